@@ -15,6 +15,11 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions as YAML (what `make crds` writes to crds/).
     Crds,
+    /// Lint, plan and apply Postgres/Supabase migrations (`tether migrate --help`).
+    Migrate {
+        #[command(subcommand)]
+        command: tether::migrate::cli::MigrateCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -25,5 +30,6 @@ fn main() -> anyhow::Result<()> {
             print!("{}", tether::api::crds_yaml()?);
             Ok(())
         }
+        Command::Migrate { command } => std::process::exit(tether::migrate::cli::main(command)?),
     }
 }
