@@ -45,13 +45,13 @@ pub enum MigrateCommand {
         #[command(flatten)]
         lint: LintArgs,
         /// `lock_timeout` for each migration (e.g. 500ms, 5s, 1m).
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = crate::api::common::parse_duration)]
         lock_timeout: Duration,
         /// `statement_timeout` for each migration.
-        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        #[arg(long, default_value = "5m", value_parser = crate::api::common::parse_duration)]
         statement_timeout: Duration,
         /// How long to wait for another runner holding the migration lock.
-        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        #[arg(long, default_value = "5m", value_parser = crate::api::common::parse_duration)]
         lock_wait: Duration,
         /// Skip the rolled-back dry run of all pending migrations before applying.
         #[arg(long)]
@@ -102,20 +102,6 @@ fn parse_acknowledgement(text: &str) -> Result<(String, Vec<String>), String> {
         return Err("no rules given".into());
     }
     Ok((version.to_string(), rules))
-}
-
-/// Parses `500ms`, `5s`, `2m`, `1h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 5s, 2m or 1h"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{text:?} has no unit: use ms, s, m or h")),
-    }
 }
 
 /// Runs a `tether migrate` subcommand; returns the process exit code.
@@ -244,14 +230,6 @@ fn write_report(out: &mut String, report: &RunReport, dry_run: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_take_a_unit() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert!(parse_duration("5").unwrap_err().contains("no unit"));
-        assert!(parse_duration("fast").is_err());
-    }
 
     #[test]
     fn acknowledgements_name_a_version_and_rules() {

@@ -48,7 +48,7 @@ const INSERT_HISTORY: &str =
 const INSERT_CHECKSUM: &str = "INSERT INTO tether.migration_checksums(version, checksum, duration_ms) \
      VALUES($1, $2, extract(epoch from clock_timestamp() - now()) * 1000) \
      ON CONFLICT (version) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = EXCLUDED.applied_at, duration_ms = EXCLUDED.duration_ms \
-     RETURNING applied_at::text, duration_ms";
+     RETURNING to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), duration_ms";
 
 /// Why talking to the database failed (migration failures are [`StatementFailed`]).
 #[derive(Debug, thiserror::Error)]
@@ -365,8 +365,10 @@ pub struct AppliedRow {
     pub statements: Option<Vec<String>>,
     /// Tether's checksum, absent for rows written by another tool.
     pub checksum: Option<String>,
-    /// When Tether applied it (text as Postgres prints a timestamptz), if Tether did.
+    /// When Tether applied it (RFC 3339, UTC), if Tether did.
     pub applied_at: Option<String>,
+    /// How long it took on the server, if Tether applied it.
+    pub duration: Option<Duration>,
 }
 
 /// Reads the applied migrations; an absent history table means nothing is applied.
@@ -385,11 +387,12 @@ pub async fn read_history(client: &Client) -> Result<Vec<AppliedRow>, DbError> {
         return Ok(Vec::new());
     }
     let sql = if checksums {
-        "SELECT h.version, coalesce(h.name, ''), h.statements, c.checksum, c.applied_at::text \
+        "SELECT h.version, coalesce(h.name, ''), h.statements, c.checksum, \
+                to_char(c.applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), c.duration_ms \
          FROM supabase_migrations.schema_migrations h \
          LEFT JOIN tether.migration_checksums c ON c.version = h.version"
     } else {
-        "SELECT version, coalesce(name, ''), statements, NULL::text, NULL::text \
+        "SELECT version, coalesce(name, ''), statements, NULL::text, NULL::text, NULL::float8 \
          FROM supabase_migrations.schema_migrations"
     };
     let rows = client.query(sql, &[]).await.map_err(DbError::query(step))?;
@@ -401,6 +404,7 @@ pub async fn read_history(client: &Client) -> Result<Vec<AppliedRow>, DbError> {
             statements: row.get(2),
             checksum: row.get(3),
             applied_at: row.get(4),
+            duration: row.get::<_, Option<f64>>(5).map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0)),
         })
         .collect())
 }
@@ -444,7 +448,7 @@ impl Recorder {
 /// What applying one migration recorded.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Recorded {
-    /// When the migration's transaction started (Postgres text form).
+    /// When the migration's transaction started (RFC 3339, UTC).
     pub applied_at: String,
     /// Server-side time the migration took.
     pub duration: Duration,

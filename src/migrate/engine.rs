@@ -155,7 +155,7 @@ pub struct Applied {
     pub version: String,
     /// The name.
     pub name: String,
-    /// When its transaction started (Postgres's text form of a timestamptz).
+    /// When its transaction started (RFC 3339, UTC).
     pub applied_at: String,
     /// How long it took on the server.
     pub duration: Duration,
@@ -213,14 +213,23 @@ pub struct RunReport {
     pub findings: Vec<Finding>,
     /// Verify checks (empty unless the run reached them).
     pub verify: Vec<VerifyResult>,
+    /// The history as the run left it (every applied migration, by any tool).
+    pub recorded: Vec<AppliedRow>,
     /// The error that stopped the run.
     pub error: Option<RunError>,
     /// Wall time of the whole run.
     pub elapsed: Duration,
 }
 
+impl Default for RunReport {
+    fn default() -> Self {
+        RunReport::new()
+    }
+}
+
 impl RunReport {
-    fn new() -> Self {
+    /// An empty report in phase `Pending`.
+    pub fn new() -> Self {
         RunReport {
             phase: Phase::Pending,
             pending: Vec::new(),
@@ -229,6 +238,7 @@ impl RunReport {
             missing: Vec::new(),
             findings: Vec::new(),
             verify: Vec::new(),
+            recorded: Vec::new(),
             error: None,
             elapsed: Duration::ZERO,
         }
@@ -272,6 +282,7 @@ async fn locked(spec: &RunSpec, source: &MigrationSet, client: &tokio_postgres::
     db::ensure_tables(client).await.map_err(RunError::Database)?;
     let history = db::read_history(client).await.map_err(RunError::Database)?;
     let plan = plan(source, &history);
+    report.recorded = history;
     report.pending = plan.pending.iter().map(|m| m.version.to_string()).collect();
     report.changed = plan.changed;
     report.missing = plan.missing;
@@ -310,6 +321,9 @@ async fn locked(spec: &RunSpec, source: &MigrationSet, client: &tokio_postgres::
         });
     }
     report.phase = Phase::Applied;
+    if !report.applied.is_empty() {
+        report.recorded = db::read_history(client).await.map_err(RunError::Database)?;
+    }
     report.verify = db::verify(client, &spec.verify_tables, &spec.verify_rls).await.map_err(RunError::Database)?;
     Ok(())
 }
@@ -382,6 +396,7 @@ mod tests {
             statements: statements.map(|s| s.into_iter().map(String::from).collect()),
             checksum: checksum.map(String::from),
             applied_at: None,
+            duration: None,
         }
     }
 

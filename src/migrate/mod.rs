@@ -17,6 +17,7 @@ pub mod cli;
 pub mod db;
 pub mod engine;
 pub mod lint;
+pub mod reconcile;
 pub mod source;
 pub mod split;
 
