@@ -86,18 +86,32 @@ impl LintArgs {
     fn policy(&self) -> LintPolicy {
         let mut acknowledged: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (version, rules) in &self.acknowledge {
-            acknowledged.entry(version.clone()).or_default().extend(rules.iter().cloned());
+            acknowledged
+                .entry(version.clone())
+                .or_default()
+                .extend(rules.iter().cloned());
         }
-        LintPolicy { allow_destructive: self.allow_destructive, acknowledged, require_timeouts: self.require_timeouts }
+        LintPolicy {
+            allow_destructive: self.allow_destructive,
+            acknowledged,
+            require_timeouts: self.require_timeouts,
+        }
     }
 }
 
 fn parse_acknowledgement(text: &str) -> Result<(String, Vec<String>), String> {
-    let (version, rules) = text.split_once(':').ok_or("expected VERSION:rule[,rule…]")?;
+    let (version, rules) = text
+        .split_once(':')
+        .ok_or("expected VERSION:rule[,rule…]")?;
     if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("version {version:?} is not numeric"));
     }
-    let rules: Vec<String> = rules.split(',').map(str::trim).filter(|r| !r.is_empty()).map(String::from).collect();
+    let rules: Vec<String> = rules
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(String::from)
+        .collect();
     if rules.is_empty() {
         return Err("no rules given".into());
     }
@@ -106,7 +120,9 @@ fn parse_acknowledgement(text: &str) -> Result<(String, Vec<String>), String> {
 
 /// Runs a `tether migrate` subcommand; returns the process exit code.
 pub fn main(command: MigrateCommand) -> anyhow::Result<i32> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let (text, code) = execute(command).await?;
         print!("{text}");
@@ -132,7 +148,11 @@ pub async fn execute(command: MigrateCommand) -> anyhow::Result<(String, i32)> {
             );
             Ok((out, i32::from(blocking > 0)))
         }
-        MigrateCommand::Plan { dir, database_url, lint } => {
+        MigrateCommand::Plan {
+            dir,
+            database_url,
+            lint,
+        } => {
             let source = MigrationSet::from_dir(&dir)?;
             let plan = engine::plan_against(&source, &database_url)
                 .await
@@ -185,11 +205,19 @@ fn write_findings(out: &mut String, findings: &[Finding]) {
 fn write_plan(out: &mut String, plan: &Plan) {
     let _ = writeln!(out, "pending: {}", plan.pending.len());
     for m in &plan.pending {
-        let late = if plan.out_of_order.contains(&m.version.to_string()) { " (older than the newest applied)" } else { "" };
+        let late = if plan.out_of_order.contains(&m.version.to_string()) {
+            " (older than the newest applied)"
+        } else {
+            ""
+        };
         let _ = writeln!(out, "  {}{late}", m.file);
     }
     for c in &plan.changed {
-        let _ = writeln!(out, "changed after apply (not re-run): {} {}: {}", c.version, c.file, c.evidence);
+        let _ = writeln!(
+            out,
+            "changed after apply (not re-run): {} {}: {}",
+            c.version, c.file, c.evidence
+        );
     }
     for v in &plan.missing {
         let _ = writeln!(out, "applied but missing from the source: {v}");
@@ -199,14 +227,22 @@ fn write_plan(out: &mut String, plan: &Plan) {
 fn write_report(out: &mut String, report: &RunReport, dry_run: bool) {
     let _ = writeln!(out, "pending: {}", report.pending.join(", "));
     for c in &report.changed {
-        let _ = writeln!(out, "changed after apply (not re-run): {} {}: {}", c.version, c.file, c.evidence);
+        let _ = writeln!(
+            out,
+            "changed after apply (not re-run): {} {}: {}",
+            c.version, c.file, c.evidence
+        );
     }
     for v in &report.missing {
         let _ = writeln!(out, "applied but missing from the source: {v}");
     }
     write_findings(out, &report.findings);
     for a in &report.applied {
-        let _ = writeln!(out, "applied {}_{} in {:.1?}", a.version, a.name, a.duration);
+        let _ = writeln!(
+            out,
+            "applied {}_{} in {:.1?}",
+            a.version, a.name, a.duration
+        );
     }
     for v in &report.verify {
         let status = if v.ok { "ok" } else { "FAILED" };
@@ -220,11 +256,21 @@ fn write_report(out: &mut String, report: &RunReport, dry_run: bool) {
         let _ = writeln!(out, "error: {error}");
     }
     let outcome = match report.phase {
-        Phase::Blocked => "blocked by lint findings (use --allow-destructive or --acknowledge VERSION:rule)".to_string(),
-        Phase::Pending if dry_run && report.error.is_none() => "dry run succeeded, nothing applied".to_string(),
+        Phase::Blocked => {
+            "blocked by lint findings (use --allow-destructive or --acknowledge VERSION:rule)"
+                .to_string()
+        }
+        Phase::Pending if dry_run && report.error.is_none() => {
+            "dry run succeeded, nothing applied".to_string()
+        }
         phase => phase.to_string(),
     };
-    let _ = writeln!(out, "{outcome}: {} applied in {:.1?}", report.applied.len(), report.elapsed);
+    let _ = writeln!(
+        out,
+        "{outcome}: {} applied in {:.1?}",
+        report.applied.len(),
+        report.elapsed
+    );
 }
 
 #[cfg(test)]
@@ -235,7 +281,10 @@ mod tests {
     fn acknowledgements_name_a_version_and_rules() {
         assert_eq!(
             parse_acknowledgement("20240101:ban-drop-table, renaming-column"),
-            Ok(("20240101".into(), vec!["ban-drop-table".into(), "renaming-column".into()]))
+            Ok((
+                "20240101".into(),
+                vec!["ban-drop-table".into(), "renaming-column".into()]
+            ))
         );
         assert!(parse_acknowledgement("x:ban-drop-table").is_err());
         assert!(parse_acknowledgement("1:").is_err());
@@ -244,14 +293,38 @@ mod tests {
     #[tokio::test]
     async fn lint_prints_file_line_rule_and_exits_1_on_blocking_findings() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("1_ok.sql"), "create table t (id bigint primary key);\n").unwrap();
+        std::fs::write(
+            dir.path().join("1_ok.sql"),
+            "create table t (id bigint primary key);\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("2_drop.sql"), "-- cleanup\ndrop table t;\n").unwrap();
-        let lint = || LintArgs { allow_destructive: false, acknowledge: vec![], require_timeouts: false };
-        let (out, code) = execute(MigrateCommand::Lint { dir: dir.path().into(), lint: lint() }).await.unwrap();
+        let lint = || LintArgs {
+            allow_destructive: false,
+            acknowledge: vec![],
+            require_timeouts: false,
+        };
+        let (out, code) = execute(MigrateCommand::Lint {
+            dir: dir.path().into(),
+            lint: lint(),
+        })
+        .await
+        .unwrap();
         assert_eq!(code, 1, "{out}");
-        assert!(out.contains("2_drop.sql:2 ban-drop-table [blocking]: "), "{out}");
-        let acknowledged = LintArgs { acknowledge: vec![("2".into(), vec!["ban-drop-table".into()])], ..lint() };
-        let (out, code) = execute(MigrateCommand::Lint { dir: dir.path().into(), lint: acknowledged }).await.unwrap();
+        assert!(
+            out.contains("2_drop.sql:2 ban-drop-table [blocking]: "),
+            "{out}"
+        );
+        let acknowledged = LintArgs {
+            acknowledge: vec![("2".into(), vec!["ban-drop-table".into()])],
+            ..lint()
+        };
+        let (out, code) = execute(MigrateCommand::Lint {
+            dir: dir.path().into(),
+            lint: acknowledged,
+        })
+        .await
+        .unwrap();
         assert_eq!(code, 0, "{out}");
         assert!(out.contains("[acknowledged]"), "{out}");
     }

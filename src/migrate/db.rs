@@ -41,12 +41,16 @@ const CREATE_CHECKSUMS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS tether.migration_checksums (version text NOT NULL PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), duration_ms double precision NOT NULL)",
     "RESET lock_timeout",
 ];
-/// The Supabase CLI's insert, verbatim.
-const INSERT_HISTORY: &str =
-    "INSERT INTO supabase_migrations.schema_migrations(version, name, statements) VALUES($1, $2, $3)";
+/// The Supabase CLI's insert (same columns and values), guarded: it only inserts while
+/// Tether's transaction for this version is still open. A file with its own COMMIT or
+/// ROLLBACK ends that transaction early (lint blocks such files; this catches files that
+/// silence the linter), and must then not be recorded as applied.
+const INSERT_HISTORY: &str = "INSERT INTO supabase_migrations.schema_migrations(version, name, statements) \
+     SELECT $1::text, $2::text, $3::text[] WHERE current_setting('tether.migration', true) = $1::text";
 /// `duration_ms` is the server time the migration took: `now()` is the transaction start.
 const INSERT_CHECKSUM: &str = "INSERT INTO tether.migration_checksums(version, checksum, duration_ms) \
-     VALUES($1, $2, extract(epoch from clock_timestamp() - now()) * 1000) \
+     SELECT $1::text, $2::text, extract(epoch from clock_timestamp() - now()) * 1000 \
+     WHERE current_setting('tether.migration', true) = $1::text \
      ON CONFLICT (version) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = EXCLUDED.applied_at, duration_ms = EXCLUDED.duration_ms \
      RETURNING to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), duration_ms";
 
@@ -70,7 +74,9 @@ pub enum DbError {
         reason: String,
     },
     /// Another runner held the advisory lock for longer than the wait allows.
-    #[error("failed to take the migration lock within {waited:?}: another runner is applying migrations")]
+    #[error(
+        "failed to take the migration lock within {waited:?}: another runner is applying migrations"
+    )]
     LockBusy {
         /// How long this runner waited.
         waited: Duration,
@@ -82,6 +88,15 @@ pub enum DbError {
         step: &'static str,
         /// The driver's error.
         source: tokio_postgres::Error,
+    },
+    /// The file ended Tether's transaction itself (its own COMMIT or ROLLBACK), so it
+    /// could not be applied atomically; it was not recorded as applied.
+    #[error(
+        "failed to apply migration {file}: the file ends the migration transaction itself (COMMIT or ROLLBACK); statements before that were committed and it is not recorded as applied; remove BEGIN/COMMIT from the file"
+    )]
+    EndedTransaction {
+        /// The migration file.
+        file: String,
     },
     /// A migration statement failed.
     #[error(transparent)]
@@ -151,7 +166,9 @@ pub fn mask_url(url: &str) -> String {
                 let query = query
                     .split('&')
                     .map(|pair| match pair.split_once('=') {
-                        Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=****"),
+                        Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                            format!("{key}=****")
+                        }
                         _ => pair.to_string(),
                     })
                     .collect::<Vec<_>>()
@@ -187,7 +204,10 @@ enum Tls {
 /// Parses `url`, taking out `sslmode` and `sslrootcert` (which tokio-postgres does not
 /// understand in their libpq forms).
 fn parse_url(url: &str) -> Result<(Config, Tls), DbError> {
-    let bad = |reason: String| DbError::BadUrl { masked: mask_url(url), reason };
+    let bad = |reason: String| DbError::BadUrl {
+        masked: mask_url(url),
+        reason,
+    };
     let mut sslmode = None;
     let mut root_cert = None;
     let cleaned = match url.split_once('?') {
@@ -206,11 +226,17 @@ fn parse_url(url: &str) -> Result<(Config, Tls), DbError> {
                     _ => true,
                 })
                 .collect();
-            if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) }
+            if kept.is_empty() {
+                base.to_string()
+            } else {
+                format!("{base}?{}", kept.join("&"))
+            }
         }
         _ => url.to_string(),
     };
-    let mut config: Config = cleaned.parse().map_err(|e: tokio_postgres::Error| bad(e.to_string()))?;
+    let mut config: Config = cleaned
+        .parse()
+        .map_err(|e: tokio_postgres::Error| bad(e.to_string()))?;
     let tls = match sslmode.as_deref() {
         Some("disable") => {
             config.ssl_mode(tokio_postgres::config::SslMode::Disable);
@@ -240,16 +266,25 @@ fn parse_url(url: &str) -> Result<(Config, Tls), DbError> {
 /// Opens one connection to `url`; the connection task runs on the current runtime.
 pub async fn connect(url: &str) -> Result<Client, DbError> {
     let (config, tls) = parse_url(url)?;
-    let failed = |reason: String| DbError::Connect { masked: mask_url(url), reason };
+    let failed = |reason: String| DbError::Connect {
+        masked: mask_url(url),
+        reason,
+    };
     match tls {
         Tls::Off => {
-            let (client, connection) = config.connect(NoTls).await.map_err(|e| failed(e.to_string()))?;
+            let (client, connection) = config
+                .connect(NoTls)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
             tokio::spawn(connection);
             Ok(client)
         }
         tls => {
             let connector = MakeRustlsConnect::new(rustls_config(&tls).map_err(failed)?);
-            let (client, connection) = config.connect(connector).await.map_err(|e| failed(e.to_string()))?;
+            let (client, connection) = config
+                .connect(connector)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
             tokio::spawn(connection);
             Ok(client)
         }
@@ -267,8 +302,12 @@ fn rustls_config(tls: &Tls) -> Result<rustls::ClientConfig, String> {
             roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
             if let Some(path) = root_cert {
                 use rustls::pki_types::{CertificateDer, pem::PemObject};
-                for cert in CertificateDer::pem_file_iter(path).map_err(|e| format!("sslrootcert {path}: {e}"))? {
-                    roots.add(cert.map_err(|e| format!("sslrootcert {path}: {e}"))?).map_err(|e| e.to_string())?;
+                for cert in CertificateDer::pem_file_iter(path)
+                    .map_err(|e| format!("sslrootcert {path}: {e}"))?
+                {
+                    roots
+                        .add(cert.map_err(|e| format!("sslrootcert {path}: {e}"))?)
+                        .map_err(|e| e.to_string())?;
                 }
             }
             builder.with_root_certificates(roots).with_no_client_auth()
@@ -304,7 +343,12 @@ impl rustls::client::danger::ServerCertVerifier for EncryptOnly {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -313,7 +357,12 @@ impl rustls::client::danger::ServerCertVerifier for EncryptOnly {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -332,10 +381,16 @@ pub async fn lock(client: &Client, wait: Duration) -> Result<(), DbError> {
         Ok(()) => Ok(()),
         Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
             // The failed batch leaves the session-level SET in place; undo it.
-            client.batch_execute("RESET lock_timeout").await.map_err(DbError::query("reset lock_timeout"))?;
+            client
+                .batch_execute("RESET lock_timeout")
+                .await
+                .map_err(DbError::query("reset lock_timeout"))?;
             Err(DbError::LockBusy { waited: wait })
         }
-        Err(e) => Err(DbError::Query { step: "take the migration advisory lock", source: e }),
+        Err(e) => Err(DbError::Query {
+            step: "take the migration advisory lock",
+            source: e,
+        }),
     }
 }
 
@@ -351,7 +406,10 @@ pub async fn unlock(client: &Client) -> Result<(), DbError> {
 /// Creates the history table (as the Supabase CLI does) and Tether's checksum table.
 pub async fn ensure_tables(client: &Client) -> Result<(), DbError> {
     let sql = [CREATE_HISTORY, CREATE_CHECKSUMS].concat().join(";\n");
-    client.batch_execute(&sql).await.map_err(DbError::query("create the migration history tables"))
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(DbError::query("create the migration history tables"))
 }
 
 /// One row of the history, joined with Tether's checksum when there is one.
@@ -404,7 +462,9 @@ pub async fn read_history(client: &Client) -> Result<Vec<AppliedRow>, DbError> {
             statements: row.get(2),
             checksum: row.get(3),
             applied_at: row.get(4),
-            duration: row.get::<_, Option<f64>>(5).map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0)),
+            duration: row
+                .get::<_, Option<f64>>(5)
+                .map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0)),
         })
         .collect())
 }
@@ -419,11 +479,14 @@ pub struct Timeouts {
 }
 
 impl Timeouts {
-    fn begin(&self) -> String {
+    /// Opens the transaction; `marker` (a version: digits) is set transaction-locally so
+    /// the history inserts can tell that the transaction is still Tether's.
+    fn begin(&self, marker: &str) -> String {
         format!(
-            "BEGIN; SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'",
+            "BEGIN; SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'; SET LOCAL tether.migration = '{}'",
             self.lock.as_millis().max(1),
-            self.statement.as_millis().max(1)
+            self.statement.as_millis().max(1),
+            marker.replace('\'', "")
         )
     }
 }
@@ -439,8 +502,14 @@ impl Recorder {
     pub async fn prepare(client: &Client) -> Result<Recorder, DbError> {
         let step = "prepare the history inserts";
         Ok(Recorder {
-            history: client.prepare(INSERT_HISTORY).await.map_err(DbError::query(step))?,
-            checksum: client.prepare(INSERT_CHECKSUM).await.map_err(DbError::query(step))?,
+            history: client
+                .prepare(INSERT_HISTORY)
+                .await
+                .map_err(DbError::query(step))?,
+            checksum: client
+                .prepare(INSERT_CHECKSUM)
+                .await
+                .map_err(DbError::query(step))?,
         })
     }
 }
@@ -463,32 +532,43 @@ pub async fn apply_one(
 ) -> Result<Recorded, DbError> {
     // BEGIN is awaited on its own: the statements must never run outside a transaction.
     client
-        .batch_execute(&timeouts.begin())
+        .batch_execute(&timeouts.begin(migration.version.as_str()))
         .await
         .map_err(DbError::query("begin the migration transaction"))?;
     let statements = migration.statement_texts();
     let version = migration.version.as_str();
-    let history_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&version, &migration.name, &statements];
-    let checksum_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&version, &migration.checksum];
+    let history_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+        [&version, &migration.name, &statements];
+    let checksum_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+        [&version, &migration.checksum];
     let (executed, history, checksum, committed) = futures::join!(
         join_all(statements.iter().map(|s| client.batch_execute(s))),
         client.execute(&recorder.history, &history_params),
-        client.query_one(&recorder.checksum, &checksum_params),
+        client.query_opt(&recorder.checksum, &checksum_params),
         client.batch_execute("COMMIT"),
     );
-    if let Some((index, error)) = executed.into_iter().enumerate().find_map(|(i, r)| r.err().map(|e| (i, e))) {
+    if let Some((index, error)) = executed
+        .into_iter()
+        .enumerate()
+        .find_map(|(i, r)| r.err().map(|e| (i, e)))
+    {
         // The pipelined COMMIT ran in an aborted transaction, which Postgres turns into a
         // rollback; the extra ROLLBACK covers errors that did not abort it (a lost connection).
         let _ = client.batch_execute("ROLLBACK").await;
         return Err(statement_failed(migration, index, &error).into());
     }
     let step = "record the migration in the history tables";
-    let recorded = history.and(checksum).map_err(DbError::query(step));
-    let recorded = match recorded {
-        Ok(row) => row,
-        Err(e) => {
+    let recorded = match (history, checksum) {
+        (Ok(1), Ok(Some(row))) => row,
+        (Ok(_), Ok(_)) => {
             let _ = client.batch_execute("ROLLBACK").await;
-            return Err(e);
+            return Err(DbError::EndedTransaction {
+                file: migration.file.clone(),
+            });
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(DbError::query(step)(e));
         }
     };
     committed.map_err(DbError::query("commit the migration"))?;
@@ -501,23 +581,41 @@ pub async fn apply_one(
 
 /// Runs every statement of `migrations`, in order, in one transaction that is rolled back.
 /// Returns the first failure.
-pub async fn dry_run(client: &Client, migrations: &[&Migration], timeouts: Timeouts) -> Result<(), DbError> {
-    client.batch_execute(&timeouts.begin()).await.map_err(DbError::query("begin the dry-run transaction"))?;
+pub async fn dry_run(
+    client: &Client,
+    migrations: &[&Migration],
+    timeouts: Timeouts,
+) -> Result<(), DbError> {
+    client
+        .batch_execute(&timeouts.begin("0"))
+        .await
+        .map_err(DbError::query("begin the dry-run transaction"))?;
     let work: Vec<(&Migration, usize, &str)> = migrations
         .iter()
-        .flat_map(|m| m.statements.iter().enumerate().map(move |(i, s)| (*m, i, s.text.as_str())))
+        .flat_map(|m| {
+            m.statements
+                .iter()
+                .enumerate()
+                .map(move |(i, s)| (*m, i, s.text.as_str()))
+        })
         .collect();
     let results = join_all(work.iter().map(|(_, _, sql)| client.batch_execute(sql))).await;
     let rolled_back = client.batch_execute("ROLLBACK").await;
-    if let Some(((migration, index, _), error)) =
-        work.iter().zip(results).find_map(|(w, r)| r.err().map(|e| (w, e)))
+    if let Some(((migration, index, _), error)) = work
+        .iter()
+        .zip(results)
+        .find_map(|(w, r)| r.err().map(|e| (w, e)))
     {
         return Err(statement_failed(migration, *index, &error).into());
     }
     rolled_back.map_err(DbError::query("roll back the dry run"))
 }
 
-fn statement_failed(migration: &Migration, index: usize, error: &tokio_postgres::Error) -> Box<StatementFailed> {
+fn statement_failed(
+    migration: &Migration,
+    index: usize,
+    error: &tokio_postgres::Error,
+) -> Box<StatementFailed> {
     let statement = &migration.statements[index];
     let (message, sqlstate, detail, position) = match error.as_db_error() {
         Some(db) => (
@@ -570,7 +668,11 @@ pub struct VerifyResult {
 }
 
 /// Checks that each of `tables` exists and that each of `rls_tables` has RLS enabled.
-pub async fn verify(client: &Client, tables: &[String], rls_tables: &[String]) -> Result<Vec<VerifyResult>, DbError> {
+pub async fn verify(
+    client: &Client,
+    tables: &[String],
+    rls_tables: &[String],
+) -> Result<Vec<VerifyResult>, DbError> {
     let step = "verify the declared tables";
     let lookup = client
         .prepare(
@@ -580,18 +682,34 @@ pub async fn verify(client: &Client, tables: &[String], rls_tables: &[String]) -
         .await
         .map_err(DbError::query(step))?;
     let mut results = Vec::new();
-    let checks = tables.iter().map(|t| (t, Check::TableExists)).chain(rls_tables.iter().map(|t| (t, Check::RlsEnabled)));
+    let checks = tables
+        .iter()
+        .map(|t| (t, Check::TableExists))
+        .chain(rls_tables.iter().map(|t| (t, Check::RlsEnabled)));
     for (table, check) in checks {
         let (schema, name) = table.split_once('.').unwrap_or(("public", table.as_str()));
-        let row = client.query_opt(&lookup, &[&schema, &name]).await.map_err(DbError::query(step))?;
+        let row = client
+            .query_opt(&lookup, &[&schema, &name])
+            .await
+            .map_err(DbError::query(step))?;
         let rls: Option<bool> = row.map(|r| r.get(0));
         let (ok, message) = match (check, rls) {
             (_, None) => (false, format!("table {table} does not exist")),
             (Check::TableExists, Some(_)) => (true, format!("table {table} exists")),
-            (Check::RlsEnabled, Some(true)) => (true, format!("row-level security is enabled on {table}")),
-            (Check::RlsEnabled, Some(false)) => (false, format!("row-level security is not enabled on table {table}")),
+            (Check::RlsEnabled, Some(true)) => {
+                (true, format!("row-level security is enabled on {table}"))
+            }
+            (Check::RlsEnabled, Some(false)) => (
+                false,
+                format!("row-level security is not enabled on table {table}"),
+            ),
         };
-        results.push(VerifyResult { table: table.clone(), check, ok, message });
+        results.push(VerifyResult {
+            table: table.clone(),
+            check,
+            ok,
+            message,
+        });
     }
     Ok(results)
 }
@@ -606,9 +724,18 @@ mod tests {
             mask_url("postgres://app:s3cr3t@db.example.com:5432/postgres?sslmode=require"),
             "postgres://app:****@db.example.com:5432/postgres?sslmode=require"
         );
-        assert_eq!(mask_url("postgresql://u:p%40ss@h/db?password=x"), "postgresql://u:****@h/db?password=****");
-        assert_eq!(mask_url("postgres://postgres@127.0.0.1/postgres"), "postgres://postgres@127.0.0.1/postgres");
-        assert_eq!(mask_url("host=h password=secret user=u"), "host=h password=**** user=u");
+        assert_eq!(
+            mask_url("postgresql://u:p%40ss@h/db?password=x"),
+            "postgresql://u:****@h/db?password=****"
+        );
+        assert_eq!(
+            mask_url("postgres://postgres@127.0.0.1/postgres"),
+            "postgres://postgres@127.0.0.1/postgres"
+        );
+        assert_eq!(
+            mask_url("host=h password=secret user=u"),
+            "host=h password=**** user=u"
+        );
     }
 
     #[test]
@@ -617,10 +744,23 @@ mod tests {
         assert_eq!(tls, Tls::Unverified);
         let (_, tls) = parse_url("postgres://u@h/db?sslmode=disable").unwrap();
         assert_eq!(tls, Tls::Off);
-        let (config, tls) = parse_url("postgres://u@h/db?sslmode=verify-full&sslrootcert=/ca.pem&connect_timeout=3").unwrap();
-        assert_eq!(tls, Tls::Verified { root_cert: Some("/ca.pem".into()) });
+        let (config, tls) = parse_url(
+            "postgres://u@h/db?sslmode=verify-full&sslrootcert=/ca.pem&connect_timeout=3",
+        )
+        .unwrap();
+        assert_eq!(
+            tls,
+            Tls::Verified {
+                root_cert: Some("/ca.pem".into())
+            }
+        );
         assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(3)));
-        let err = parse_url("postgres://u:hunter2@h/db?sslmode=sometimes").unwrap_err().to_string();
-        assert!(err.contains("sometimes") && !err.contains("hunter2"), "{err}");
+        let err = parse_url("postgres://u:hunter2@h/db?sslmode=sometimes")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sometimes") && !err.contains("hunter2"),
+            "{err}"
+        );
     }
 }

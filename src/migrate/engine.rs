@@ -99,19 +99,28 @@ pub fn plan(source: &MigrationSet, history: &[AppliedRow]) -> Plan {
             }
             Some(row) => {
                 let evidence = match (&row.checksum, &row.statements) {
-                    (Some(sum), _) if *sum != migration.checksum => Some("sha256 differs from the one recorded at apply time"),
-                    (None, Some(stored)) if *stored != migration.statement_texts() => {
-                        Some("statements differ from the ones in supabase_migrations.schema_migrations")
+                    (Some(sum), _) if *sum != migration.checksum => {
+                        Some("sha256 differs from the one recorded at apply time")
                     }
+                    (None, Some(stored)) if *stored != migration.statement_texts() => Some(
+                        "statements differ from the ones in supabase_migrations.schema_migrations",
+                    ),
                     _ => None,
                 };
                 if let Some(evidence) = evidence {
-                    out.changed.push(Changed { version: row.version.clone(), file: migration.file.clone(), evidence });
+                    out.changed.push(Changed {
+                        version: row.version.clone(),
+                        file: migration.file.clone(),
+                        evidence,
+                    });
                 }
             }
         }
     }
-    let mut missing: Vec<&AppliedRow> = history.iter().filter(|row| source.get(&row.version).is_none()).collect();
+    let mut missing: Vec<&AppliedRow> = history
+        .iter()
+        .filter(|row| source.get(&row.version).is_none())
+        .collect();
     missing.sort_by(|a, b| a.version.cmp(&b.version));
     out.missing = missing.into_iter().map(|row| row.version.clone()).collect();
     out
@@ -268,9 +277,16 @@ pub async fn run(spec: &RunSpec, source: &MigrationSet, database_url: &str) -> R
     report
 }
 
-async fn run_inner(spec: &RunSpec, source: &MigrationSet, url: &str, report: &mut RunReport) -> Result<(), RunError> {
+async fn run_inner(
+    spec: &RunSpec,
+    source: &MigrationSet,
+    url: &str,
+    report: &mut RunReport,
+) -> Result<(), RunError> {
     let client = db::connect(url).await.map_err(RunError::Database)?;
-    db::lock(&client, spec.advisory_lock_wait).await.map_err(RunError::Database)?;
+    db::lock(&client, spec.advisory_lock_wait)
+        .await
+        .map_err(RunError::Database)?;
     let outcome = locked(spec, source, &client, report).await;
     // Closing the connection releases the lock as well; unlocking first is just tidy.
     let unlocked = db::unlock(&client).await;
@@ -278,8 +294,15 @@ async fn run_inner(spec: &RunSpec, source: &MigrationSet, url: &str, report: &mu
     unlocked.map_err(RunError::Database)
 }
 
-async fn locked(spec: &RunSpec, source: &MigrationSet, client: &tokio_postgres::Client, report: &mut RunReport) -> Result<(), RunError> {
-    db::ensure_tables(client).await.map_err(RunError::Database)?;
+async fn locked(
+    spec: &RunSpec,
+    source: &MigrationSet,
+    client: &tokio_postgres::Client,
+    report: &mut RunReport,
+) -> Result<(), RunError> {
+    db::ensure_tables(client)
+        .await
+        .map_err(RunError::Database)?;
     let history = db::read_history(client).await.map_err(RunError::Database)?;
     let plan = plan(source, &history);
     report.recorded = history;
@@ -295,24 +318,33 @@ async fn locked(spec: &RunSpec, source: &MigrationSet, client: &tokio_postgres::
     }
 
     report.phase = Phase::Applying;
-    let timeouts = Timeouts { lock: spec.lock_timeout, statement: spec.statement_timeout };
+    let timeouts = Timeouts {
+        lock: spec.lock_timeout,
+        statement: spec.statement_timeout,
+    };
     if (spec.dry_run_first || spec.dry_run_only) && !plan.pending.is_empty() {
         let pending: Vec<&Migration> = plan.pending.iter().collect();
-        db::dry_run(client, &pending, timeouts).await.map_err(|e| match e {
-            DbError::Statement(s) => RunError::DryRun(s),
-            other => RunError::Database(other),
-        })?;
+        db::dry_run(client, &pending, timeouts)
+            .await
+            .map_err(|e| match e {
+                DbError::Statement(s) => RunError::DryRun(s),
+                other => RunError::Database(other),
+            })?;
     }
     if spec.dry_run_only {
         report.phase = Phase::Pending;
         return Ok(());
     }
-    let recorder = db::Recorder::prepare(client).await.map_err(RunError::Database)?;
+    let recorder = db::Recorder::prepare(client)
+        .await
+        .map_err(RunError::Database)?;
     for migration in &plan.pending {
-        let recorded = db::apply_one(client, &recorder, migration, timeouts).await.map_err(|e| match e {
-            DbError::Statement(s) => RunError::Apply(s),
-            other => RunError::Database(other),
-        })?;
+        let recorded = db::apply_one(client, &recorder, migration, timeouts)
+            .await
+            .map_err(|e| match e {
+                DbError::Statement(s) => RunError::Apply(s),
+                other => RunError::Database(other),
+            })?;
         report.applied.push(Applied {
             version: migration.version.to_string(),
             name: migration.name.clone(),
@@ -324,7 +356,9 @@ async fn locked(spec: &RunSpec, source: &MigrationSet, client: &tokio_postgres::
     if !report.applied.is_empty() {
         report.recorded = db::read_history(client).await.map_err(RunError::Database)?;
     }
-    report.verify = db::verify(client, &spec.verify_tables, &spec.verify_rls).await.map_err(RunError::Database)?;
+    report.verify = db::verify(client, &spec.verify_tables, &spec.verify_rls)
+        .await
+        .map_err(RunError::Database)?;
     Ok(())
 }
 
@@ -351,18 +385,30 @@ impl MigrationMetrics {
     /// `tether_migration_lint_findings_total{rule}`.
     pub fn register(registry: &MetricsRegistry) -> Result<Self, prometheus::Error> {
         Ok(MigrationMetrics {
-            applied: registry.register(IntCounter::new("tether_migration_applied_total", "Migrations applied.")?)?,
-            failed: registry.register(IntCounter::new("tether_migration_failed_total", "Migration runs that failed.")?)?,
+            applied: registry.register(IntCounter::new(
+                "tether_migration_applied_total",
+                "Migrations applied.",
+            )?)?,
+            failed: registry.register(IntCounter::new(
+                "tether_migration_failed_total",
+                "Migration runs that failed.",
+            )?)?,
             blocked: registry.register(IntCounter::new(
                 "tether_migration_blocked_total",
                 "Migration runs blocked by a lint finding.",
             )?)?,
             duration: registry.register(Histogram::with_opts(
-                HistogramOpts::new("tether_migration_duration_seconds", "Time to apply one migration.")
-                    .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0]),
+                HistogramOpts::new(
+                    "tether_migration_duration_seconds",
+                    "Time to apply one migration.",
+                )
+                .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0]),
             )?)?,
             findings: registry.register(IntCounterVec::new(
-                Opts::new("tether_migration_lint_findings_total", "Lint findings in pending migrations, by rule."),
+                Opts::new(
+                    "tether_migration_lint_findings_total",
+                    "Lint findings in pending migrations, by rule.",
+                ),
                 &["rule"],
             )?)?,
         })
@@ -375,7 +421,9 @@ impl MigrationMetrics {
             self.duration.observe(applied.duration.as_secs_f64());
         }
         for finding in &report.findings {
-            self.findings.with_label_values(&[finding.rule.as_str()]).inc();
+            self.findings
+                .with_label_values(&[finding.rule.as_str()])
+                .inc();
         }
         match report.phase {
             Phase::Blocked => self.blocked.inc(),
@@ -401,7 +449,12 @@ mod tests {
     }
 
     fn source() -> MigrationSet {
-        MigrationSet::from_inline([("1_a.sql", "select 1;"), ("2_b.sql", "select 2;"), ("3_c.sql", "select 3;")]).unwrap()
+        MigrationSet::from_inline([
+            ("1_a.sql", "select 1;"),
+            ("2_b.sql", "select 2;"),
+            ("3_c.sql", "select 3;"),
+        ])
+        .unwrap()
     }
 
     #[test]
@@ -431,7 +484,13 @@ mod tests {
     #[test]
     fn applied_versions_without_files_are_missing_and_older_pending_ones_out_of_order() {
         let set = source();
-        let plan = plan(&set, &[row("2", Some(&set.migrations()[1].checksum), None), row("9", None, None)]);
+        let plan = plan(
+            &set,
+            &[
+                row("2", Some(&set.migrations()[1].checksum), None),
+                row("9", None, None),
+            ],
+        );
         assert_eq!(plan.missing, vec!["9"]);
         assert_eq!(plan.out_of_order, vec!["1", "3"]);
     }
@@ -443,13 +502,22 @@ mod tests {
         let mut report = RunReport::new();
         report.phase = Phase::Blocked;
         report.findings = crate::migrate::lint::lint_all(
-            MigrationSet::from_inline([("1_a.sql", "drop table t;")]).unwrap().migrations(),
+            MigrationSet::from_inline([("1_a.sql", "drop table t;")])
+                .unwrap()
+                .migrations(),
             &LintPolicy::default(),
         );
         metrics.observe(&report);
         let text = registry.render();
         assert!(text.contains("tether_migration_blocked_total 1"), "{text}");
-        assert!(text.contains("tether_migration_lint_findings_total{rule=\"ban-drop-table\"} 1"), "{text}");
-        assert!(registry.names().contains(&"tether_migration_duration_seconds".to_string()));
+        assert!(
+            text.contains("tether_migration_lint_findings_total{rule=\"ban-drop-table\"} 1"),
+            "{text}"
+        );
+        assert!(
+            registry
+                .names()
+                .contains(&"tether_migration_duration_seconds".to_string())
+        );
     }
 }

@@ -23,8 +23,12 @@ use std::time::Duration;
 use super::engine::{Phase, RunError, RunReport, RunSpec, run};
 use super::lint::LintPolicy;
 use super::source::{MigrationSet, SourceError, Version};
-use crate::api::common::{Condition, ConditionStatus, InvalidDuration, condition_types, parse_duration};
-use crate::api::migration::{AppliedMigration, LintFinding, MigrationPhase, MigrationSource, MigrationSpec, MigrationStatus};
+use crate::api::common::{
+    Condition, ConditionStatus, InvalidDuration, condition_types, parse_duration,
+};
+use crate::api::migration::{
+    AppliedMigration, LintFinding, MigrationPhase, MigrationSource, MigrationSpec, MigrationStatus,
+};
 
 /// The `Verified` condition type (domain condition of a Migration).
 pub const VERIFIED: &str = "Verified";
@@ -61,10 +65,14 @@ pub fn resolve_source(
     config_map: Option<&BTreeMap<String, String>>,
 ) -> Result<MigrationSet, SpecError> {
     match (&source.inline, &source.config_map_ref) {
-        (Some(inline), _) => Ok(MigrationSet::from_inline(
-            inline.iter().map(|m| (format!("{}_{}.sql", m.version, m.name), m.sql.clone())),
+        (Some(inline), _) => {
+            Ok(MigrationSet::from_inline(inline.iter().map(|m| {
+                (format!("{}_{}.sql", m.version, m.name), m.sql.clone())
+            }))?)
+        }
+        (None, Some(_)) => Ok(MigrationSet::from_config_map(
+            config_map.ok_or(SpecError::ConfigMapMissing)?,
         )?),
-        (None, Some(_)) => Ok(MigrationSet::from_config_map(config_map.ok_or(SpecError::ConfigMapMissing)?)?),
         (None, None) => Ok(MigrationSet::default()),
     }
 }
@@ -74,11 +82,18 @@ pub fn run_spec(spec: &MigrationSpec) -> Result<RunSpec, SpecError> {
     let policy = &spec.policy;
     let mut acknowledged: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
     for ack in &policy.acknowledge {
-        acknowledged.entry(ack.version.clone()).or_default().extend(ack.rules.iter().cloned());
+        acknowledged
+            .entry(ack.version.clone())
+            .or_default()
+            .extend(ack.rules.iter().cloned());
     }
     let verify = spec.verify.clone().unwrap_or_default();
     Ok(RunSpec {
-        lint: LintPolicy { allow_destructive: policy.allow_destructive, acknowledged, require_timeouts: false },
+        lint: LintPolicy {
+            allow_destructive: policy.allow_destructive,
+            acknowledged,
+            require_timeouts: false,
+        },
         lock_timeout: parse_duration(&policy.lock_timeout)?,
         statement_timeout: parse_duration(&policy.statement_timeout)?,
         // A controller must not sit on a worker for long: another runner (a CI job, a
@@ -92,7 +107,11 @@ pub fn run_spec(spec: &MigrationSpec) -> Result<RunSpec, SpecError> {
 }
 
 /// Runs the spec against `database_url`: lint → dry-run → apply → verify.
-pub async fn run_migration(spec: &MigrationSpec, source: &MigrationSet, database_url: &str) -> Result<RunReport, SpecError> {
+pub async fn run_migration(
+    spec: &MigrationSpec,
+    source: &MigrationSet,
+    database_url: &str,
+) -> Result<RunReport, SpecError> {
     Ok(run(&run_spec(spec)?, source, database_url).await)
 }
 
@@ -126,7 +145,12 @@ fn phase(report: &RunReport) -> MigrationPhase {
 
 /// The status a finished run leads to. `previous` keeps `lastTransitionTime` of
 /// conditions whose status did not change; `now` is an RFC 3339 timestamp.
-pub fn status_from(report: &RunReport, generation: Option<i64>, previous: Option<&MigrationStatus>, now: &str) -> MigrationStatus {
+pub fn status_from(
+    report: &RunReport,
+    generation: Option<i64>,
+    previous: Option<&MigrationStatus>,
+    now: &str,
+) -> MigrationStatus {
     let changed: Vec<&str> = report.changed.iter().map(|c| c.version.as_str()).collect();
     let mut applied: Vec<AppliedMigration> = report
         .recorded
@@ -135,16 +159,25 @@ pub fn status_from(report: &RunReport, generation: Option<i64>, previous: Option
             version: row.version.clone(),
             name: row.name.clone(),
             applied_at: row.applied_at.clone(),
-            duration_ms: row.duration.map(|d| d.as_millis().min(i64::MAX as u128) as i64),
+            duration_ms: row
+                .duration
+                .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
             checksum_mismatch: changed.contains(&row.version.as_str()),
         })
         .collect();
-    applied.sort_by(|a, b| match (Version::parse(&a.version), Version::parse(&b.version)) {
-        (Some(x), Some(y)) => x.cmp(&y),
-        _ => a.version.cmp(&b.version),
-    });
+    applied.sort_by(
+        |a, b| match (Version::parse(&a.version), Version::parse(&b.version)) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            _ => a.version.cmp(&b.version),
+        },
+    );
     let applied_now: Vec<&str> = report.applied.iter().map(|a| a.version.as_str()).collect();
-    let pending = report.pending.iter().filter(|v| !applied_now.contains(&v.as_str())).cloned().collect();
+    let pending = report
+        .pending
+        .iter()
+        .filter(|v| !applied_now.contains(&v.as_str()))
+        .cloned()
+        .collect();
     let findings = report
         .findings
         .iter()
@@ -176,14 +209,34 @@ pub fn status_from(report: &RunReport, generation: Option<i64>, previous: Option
     let (ready, reason, message, stalled) = ready_condition(report);
     set(condition_types::READY, ready, reason, message.clone());
     if stalled {
-        set(condition_types::STALLED, ConditionStatus::True, reason, message);
+        set(
+            condition_types::STALLED,
+            ConditionStatus::True,
+            reason,
+            message,
+        );
     }
     if !report.verify.is_empty() {
-        let failures: Vec<&str> = report.verify.iter().filter(|v| !v.ok).map(|v| v.message.as_str()).collect();
+        let failures: Vec<&str> = report
+            .verify
+            .iter()
+            .filter(|v| !v.ok)
+            .map(|v| v.message.as_str())
+            .collect();
         if failures.is_empty() {
-            set(VERIFIED, ConditionStatus::True, "VerifySucceeded", format!("{} checks passed", report.verify.len()));
+            set(
+                VERIFIED,
+                ConditionStatus::True,
+                "VerifySucceeded",
+                format!("{} checks passed", report.verify.len()),
+            );
         } else {
-            set(VERIFIED, ConditionStatus::False, "VerifyFailed", failures.join("; "));
+            set(
+                VERIFIED,
+                ConditionStatus::False,
+                "VerifyFailed",
+                failures.join("; "),
+            );
         }
     }
 
@@ -201,15 +254,26 @@ pub fn status_from(report: &RunReport, generation: Option<i64>, previous: Option
 /// (Ready status, reason, message, stalled?) for a finished run.
 fn ready_condition(report: &RunReport) -> (ConditionStatus, &'static str, String, bool) {
     if let Some(error) = &report.error {
-        return (ConditionStatus::False, error.kind(), error.to_string(), is_permanent(error));
+        return (
+            ConditionStatus::False,
+            error.kind(),
+            error.to_string(),
+            is_permanent(error),
+        );
     }
     match report.phase {
         Phase::Blocked => {
-            let rules: Vec<String> = report.blocking().map(|f| format!("{} in {}", f.rule, f.version)).collect();
+            let rules: Vec<String> = report
+                .blocking()
+                .map(|f| format!("{} in {}", f.rule, f.version))
+                .collect();
             (
                 ConditionStatus::False,
                 "MigrationBlocked",
-                format!("blocked by {}: set allowDestructive or acknowledge the rule", rules.join(", ")),
+                format!(
+                    "blocked by {}: set allowDestructive or acknowledge the rule",
+                    rules.join(", ")
+                ),
                 true,
             )
         }
@@ -218,22 +282,44 @@ fn ready_condition(report: &RunReport) -> (ConditionStatus, &'static str, String
             (
                 ConditionStatus::False,
                 "MigrationEdited",
-                format!("applied migrations changed since they were applied (not re-run): {}", versions.join(", ")),
+                format!(
+                    "applied migrations changed since they were applied (not re-run): {}",
+                    versions.join(", ")
+                ),
                 true,
             )
         }
-        Phase::Applied if !report.verified() => (ConditionStatus::False, "VerifyFailed", "verification failed".into(), true),
+        Phase::Applied if !report.verified() => (
+            ConditionStatus::False,
+            "VerifyFailed",
+            "verification failed".into(),
+            true,
+        ),
         Phase::Applied => {
-            let latest = report.recorded.iter().filter_map(|r| Version::parse(&r.version)).max();
-            let latest = latest.map(|v| v.to_string()).unwrap_or_else(|| "none".into());
+            let latest = report
+                .recorded
+                .iter()
+                .filter_map(|r| Version::parse(&r.version))
+                .max();
+            let latest = latest
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "none".into());
             (
                 ConditionStatus::True,
                 "MigrationsApplied",
-                format!("{} applied this run, latest version {latest}", report.applied.len()),
+                format!(
+                    "{} applied this run, latest version {latest}",
+                    report.applied.len()
+                ),
                 false,
             )
         }
-        _ => (ConditionStatus::Unknown, "Progressing", "run did not finish".into(), false),
+        _ => (
+            ConditionStatus::Unknown,
+            "Progressing",
+            "run did not finish".into(),
+            false,
+        ),
     }
 }
 
@@ -266,12 +352,20 @@ pub fn events_from(report: &RunReport) -> Vec<MigrationEvent> {
         .map(|a| MigrationEvent {
             type_: EventType::Normal,
             reason: "MigrationApplied",
-            note: format!("Applied migration {}_{} in {} ms", a.version, a.name, a.duration.as_millis()),
+            note: format!(
+                "Applied migration {}_{} in {} ms",
+                a.version,
+                a.name,
+                a.duration.as_millis()
+            ),
         })
         .collect();
     let mut blocked: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for f in report.blocking() {
-        blocked.entry(f.version.as_str()).or_default().push(f.rule.as_str());
+        blocked
+            .entry(f.version.as_str())
+            .or_default()
+            .push(f.rule.as_str());
     }
     events.extend(blocked.into_iter().map(|(version, rules)| MigrationEvent {
         type_: EventType::Warning,
@@ -282,16 +376,29 @@ pub fn events_from(report: &RunReport) -> Vec<MigrationEvent> {
         events.push(MigrationEvent {
             type_: EventType::Warning,
             reason: "MigrationEdited",
-            note: format!("Migration {} ({}) changed after it was applied; it is not re-run", c.version, c.file),
+            note: format!(
+                "Migration {} ({}) changed after it was applied; it is not re-run",
+                c.version, c.file
+            ),
         });
     }
-    events.extend(report.verify.iter().filter(|v| !v.ok).map(|v| MigrationEvent {
-        type_: EventType::Warning,
-        reason: "VerifyFailed",
-        note: v.message.clone(),
-    }));
+    events.extend(
+        report
+            .verify
+            .iter()
+            .filter(|v| !v.ok)
+            .map(|v| MigrationEvent {
+                type_: EventType::Warning,
+                reason: "VerifyFailed",
+                note: v.message.clone(),
+            }),
+    );
     if let Some(error) = &report.error {
-        events.push(MigrationEvent { type_: EventType::Warning, reason: error.kind(), note: error.to_string() });
+        events.push(MigrationEvent {
+            type_: EventType::Warning,
+            reason: error.kind(),
+            note: error.to_string(),
+        });
     }
     events
 }
@@ -306,20 +413,45 @@ mod tests {
     use crate::migrate::lint::lint_all;
 
     fn inline(version: &str, name: &str, sql: &str) -> InlineMigration {
-        InlineMigration { version: version.into(), name: name.into(), sql: sql.into() }
+        InlineMigration {
+            version: version.into(),
+            name: name.into(),
+            sql: sql.into(),
+        }
     }
 
     #[test]
     fn inline_and_config_map_sources_resolve_to_ordered_sets() {
-        let source = MigrationSource { inline: Some(vec![inline("10", "b", "select 2;"), inline("9", "a", "select 1;")]), config_map_ref: None };
+        let source = MigrationSource {
+            inline: Some(vec![
+                inline("10", "b", "select 2;"),
+                inline("9", "a", "select 1;"),
+            ]),
+            config_map_ref: None,
+        };
         let set = resolve_source(&source, None).unwrap();
         assert_eq!(set.migrations()[0].file, "9_a.sql");
-        let source = MigrationSource { inline: None, config_map_ref: Some(LocalObjectRef { name: "m".into() }) };
-        assert!(matches!(resolve_source(&source, None), Err(SpecError::ConfigMapMissing)));
+        let source = MigrationSource {
+            inline: None,
+            config_map_ref: Some(LocalObjectRef { name: "m".into() }),
+        };
+        assert!(matches!(
+            resolve_source(&source, None),
+            Err(SpecError::ConfigMapMissing)
+        ));
         let data = BTreeMap::from([("1_x.sql".to_string(), "select 1;".to_string())]);
-        assert_eq!(resolve_source(&source, Some(&data)).unwrap().migrations().len(), 1);
+        assert_eq!(
+            resolve_source(&source, Some(&data))
+                .unwrap()
+                .migrations()
+                .len(),
+            1
+        );
         let bad = BTreeMap::from([("x.sql".to_string(), String::new())]);
-        assert_eq!(resolve_source(&source, Some(&bad)).unwrap_err().reason(), "InvalidSource");
+        assert_eq!(
+            resolve_source(&source, Some(&bad)).unwrap_err().reason(),
+            "InvalidSource"
+        );
     }
 
     #[test]
@@ -329,17 +461,33 @@ mod tests {
                 allow_destructive: false,
                 lock_timeout: "1.5s".into(),
                 statement_timeout: "1m30s".into(),
-                acknowledge: vec![Acknowledgement { version: "7".into(), rules: vec!["ban-drop-table".into()], reason: None }],
+                acknowledge: vec![Acknowledgement {
+                    version: "7".into(),
+                    rules: vec!["ban-drop-table".into()],
+                    reason: None,
+                }],
             },
-            verify: Some(Verify { tables_exist: vec!["a".into()], rls_enabled: vec!["b".into()] }),
+            verify: Some(Verify {
+                tables_exist: vec!["a".into()],
+                rls_enabled: vec!["b".into()],
+            }),
             ..MigrationSpec::default()
         };
         let run = run_spec(&spec).unwrap();
         assert_eq!(run.lock_timeout, Duration::from_millis(1500));
         assert_eq!(run.statement_timeout, Duration::from_secs(90));
         assert!(run.lint.acknowledged["7"].contains("ban-drop-table"));
-        assert_eq!((run.verify_tables, run.verify_rls), (vec!["a".to_string()], vec!["b".to_string()]));
-        let bad = MigrationSpec { policy: MigrationPolicy { lock_timeout: "soon".into(), ..MigrationPolicy::default() }, ..MigrationSpec::default() };
+        assert_eq!(
+            (run.verify_tables, run.verify_rls),
+            (vec!["a".to_string()], vec!["b".to_string()])
+        );
+        let bad = MigrationSpec {
+            policy: MigrationPolicy {
+                lock_timeout: "soon".into(),
+                ..MigrationPolicy::default()
+            },
+            ..MigrationSpec::default()
+        };
         assert_eq!(run_spec(&bad).unwrap_err().reason(), "InvalidPolicy");
     }
 
@@ -347,10 +495,22 @@ mod tests {
         let mut report = RunReport::new();
         report.phase = Phase::Applied;
         report.pending = vec!["2".into()];
-        report.applied = vec![Applied { version: "2".into(), name: "b".into(), applied_at: "2026-01-01T00:00:00.000000Z".into(), duration: Duration::from_millis(12) }];
+        report.applied = vec![Applied {
+            version: "2".into(),
+            name: "b".into(),
+            applied_at: "2026-01-01T00:00:00.000000Z".into(),
+            duration: Duration::from_millis(12),
+        }];
         report.recorded = ["10", "2"]
             .iter()
-            .map(|v| AppliedRow { version: v.to_string(), name: "x".into(), statements: None, checksum: None, applied_at: Some("2026-01-01T00:00:00.000000Z".into()), duration: Some(Duration::from_millis(12)) })
+            .map(|v| AppliedRow {
+                version: v.to_string(),
+                name: "x".into(),
+                statements: None,
+                checksum: None,
+                applied_at: Some("2026-01-01T00:00:00.000000Z".into()),
+                duration: Some(Duration::from_millis(12)),
+            })
             .collect();
         report
     }
@@ -359,12 +519,26 @@ mod tests {
     fn an_applied_run_is_ready_with_applied_versions_in_numeric_order() {
         let status = status_from(&applied_report(), Some(3), None, "2026-01-02T00:00:00Z");
         assert_eq!(status.phase, Some(MigrationPhase::Applied));
-        assert_eq!(status.applied.iter().map(|a| a.version.as_str()).collect::<Vec<_>>(), vec!["2", "10"]);
+        assert_eq!(
+            status
+                .applied
+                .iter()
+                .map(|a| a.version.as_str())
+                .collect::<Vec<_>>(),
+            vec!["2", "10"]
+        );
         assert_eq!(status.latest_version.as_deref(), Some("10"));
         assert_eq!(status.applied[0].duration_ms, Some(12));
         assert!(status.pending.is_empty());
         let ready = &status.conditions[0];
-        assert_eq!((ready.type_.as_str(), ready.status, ready.observed_generation), ("Ready", ConditionStatus::True, Some(3)));
+        assert_eq!(
+            (
+                ready.type_.as_str(),
+                ready.status,
+                ready.observed_generation
+            ),
+            ("Ready", ConditionStatus::True, Some(3))
+        );
         assert!(status.conditions.iter().all(|c| c.type_ != "Stalled"));
         let events = events_from(&applied_report());
         assert_eq!(events[0].reason, "MigrationApplied");
@@ -375,24 +549,53 @@ mod tests {
     fn a_blocked_run_is_stalled_and_names_the_rule() {
         let mut report = RunReport::new();
         report.phase = Phase::Blocked;
-        report.findings = lint_all(MigrationSet::from_inline([("5_drop.sql", "drop table t;")]).unwrap().migrations(), &LintPolicy::default());
+        report.findings = lint_all(
+            MigrationSet::from_inline([("5_drop.sql", "drop table t;")])
+                .unwrap()
+                .migrations(),
+            &LintPolicy::default(),
+        );
         let status = status_from(&report, None, None, "now");
-        let stalled = status.conditions.iter().find(|c| c.type_ == "Stalled").expect("Stalled");
-        assert!(stalled.message.contains("ban-drop-table in 5"), "{}", stalled.message);
+        let stalled = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled")
+            .expect("Stalled");
+        assert!(
+            stalled.message.contains("ban-drop-table in 5"),
+            "{}",
+            stalled.message
+        );
         assert!(status.findings[0].blocking);
         let events = events_from(&report);
-        assert_eq!((events[0].reason, events[0].type_), ("MigrationBlocked", EventType::Warning));
+        assert_eq!(
+            (events[0].reason, events[0].type_),
+            ("MigrationBlocked", EventType::Warning)
+        );
     }
 
     #[test]
     fn a_failed_verify_sets_verified_false_naming_the_table() {
         let mut report = applied_report();
-        report.verify = vec![VerifyResult { table: "profiles".into(), check: Check::RlsEnabled, ok: false, message: "row-level security is not enabled on table profiles".into() }];
+        report.verify = vec![VerifyResult {
+            table: "profiles".into(),
+            check: Check::RlsEnabled,
+            ok: false,
+            message: "row-level security is not enabled on table profiles".into(),
+        }];
         let status = status_from(&report, None, None, "now");
-        let verified = status.conditions.iter().find(|c| c.type_ == VERIFIED).unwrap();
+        let verified = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == VERIFIED)
+            .unwrap();
         assert_eq!(verified.status, ConditionStatus::False);
         assert!(verified.message.contains("profiles"));
-        assert!(events_from(&report).iter().any(|e| e.reason == "VerifyFailed" && e.note.contains("profiles")));
+        assert!(
+            events_from(&report)
+                .iter()
+                .any(|e| e.reason == "VerifyFailed" && e.note.contains("profiles"))
+        );
     }
 
     #[test]

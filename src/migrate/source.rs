@@ -62,7 +62,8 @@ pub struct Version(String);
 impl Version {
     /// Parses a version: one or more ASCII digits.
     pub fn parse(text: &str) -> Option<Version> {
-        (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then(|| Version(text.to_string()))
+        (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| Version(text.to_string()))
     }
 
     /// The version as written in the file name (and in the history table).
@@ -124,7 +125,14 @@ impl Migration {
         let (version, name) = parse_file_name(file)?;
         let statements = split_statements(&sql);
         let checksum = sha256_hex(sql.as_bytes());
-        Ok(Migration { version, name, file: file.to_string(), sql, statements, checksum })
+        Ok(Migration {
+            version,
+            name,
+            file: file.to_string(),
+            sql,
+            statements,
+            checksum,
+        })
     }
 
     /// The statement texts, as stored in `schema_migrations.statements`.
@@ -135,12 +143,17 @@ impl Migration {
 
 /// Lower-case hex sha256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Splits `<version>_<name>.sql` the way the Supabase CLI's `^([0-9]+)_(.*)\.sql$` does.
 pub fn parse_file_name(file: &str) -> Result<(Version, String), SourceError> {
-    let bad = || SourceError::BadName { file: file.to_string() };
+    let bad = || SourceError::BadName {
+        file: file.to_string(),
+    };
     let stem = file.strip_suffix(".sql").ok_or_else(bad)?;
     let (digits, name) = stem.split_once('_').ok_or_else(bad)?;
     let version = Version::parse(digits).ok_or_else(bad)?;
@@ -192,7 +205,10 @@ impl MigrationSet {
     /// Every `*.sql` file of a directory (not recursive; other files are ignored, as the
     /// Supabase CLI does). A `.sql` file with a bad name is an error.
     pub fn from_dir(dir: &Path) -> Result<MigrationSet, SourceError> {
-        let read = |source| SourceError::Read { path: dir.to_path_buf(), source };
+        let read = |source| SourceError::Read {
+            path: dir.to_path_buf(),
+            source,
+        };
         let mut migrations = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(read)? {
             let entry = entry.map_err(read)?;
@@ -200,9 +216,12 @@ impl MigrationSet {
             if !file.ends_with(".sql") || !entry.file_type().map_err(read)?.is_file() {
                 continue;
             }
-            let bytes = std::fs::read(entry.path())
-                .map_err(|source| SourceError::Read { path: entry.path(), source })?;
-            let sql = String::from_utf8(bytes).map_err(|_| SourceError::NotUtf8 { file: file.clone() })?;
+            let bytes = std::fs::read(entry.path()).map_err(|source| SourceError::Read {
+                path: entry.path(),
+                source,
+            })?;
+            let sql = String::from_utf8(bytes)
+                .map_err(|_| SourceError::NotUtf8 { file: file.clone() })?;
             migrations.push(Migration::new(&file, sql)?);
         }
         MigrationSet::new(migrations)
@@ -215,7 +234,9 @@ impl MigrationSet {
 
     /// The migration with this exact version.
     pub fn get(&self, version: &str) -> Option<&Migration> {
-        self.migrations.iter().find(|m| m.version.as_str() == version)
+        self.migrations
+            .iter()
+            .find(|m| m.version.as_str() == version)
     }
 }
 
@@ -236,23 +257,39 @@ mod tests {
 
     #[test]
     fn bad_file_names_are_rejected_with_the_expected_pattern() {
-        for file in ["create_users.sql", "2024_users.txt", "v1_users.sql", "20240101.sql", "_x.sql"] {
+        for file in [
+            "create_users.sql",
+            "2024_users.txt",
+            "v1_users.sql",
+            "20240101.sql",
+            "_x.sql",
+        ] {
             let err = parse_file_name(file).unwrap_err().to_string();
-            assert!(err.contains(file) && err.contains("<version>_<name>.sql"), "{err}");
+            assert!(
+                err.contains(file) && err.contains("<version>_<name>.sql"),
+                "{err}"
+            );
         }
     }
 
     #[test]
     fn versions_order_numerically_not_as_text() {
-        let set = MigrationSet::from_inline([("10_b.sql", ""), ("9_a.sql", ""), ("0100_c.sql", "")]).unwrap();
+        let set =
+            MigrationSet::from_inline([("10_b.sql", ""), ("9_a.sql", ""), ("0100_c.sql", "")])
+                .unwrap();
         let order: Vec<_> = set.migrations().iter().map(|m| m.file.as_str()).collect();
         assert_eq!(order, vec!["9_a.sql", "10_b.sql", "0100_c.sql"]);
     }
 
     #[test]
     fn duplicate_numeric_versions_are_an_error_naming_both_files() {
-        let err = MigrationSet::from_inline([("1_a.sql", ""), ("001_b.sql", "")]).unwrap_err().to_string();
-        assert!(err.contains("1_a.sql") && err.contains("001_b.sql"), "{err}");
+        let err = MigrationSet::from_inline([("1_a.sql", ""), ("001_b.sql", "")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("1_a.sql") && err.contains("001_b.sql"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -265,7 +302,10 @@ mod tests {
         assert_eq!(set.migrations()[0].name, "a");
         assert_eq!(set.migrations()[0].statement_texts(), vec!["select 1"]);
         let bad = BTreeMap::from([("README.md".to_string(), String::new())]);
-        assert!(matches!(MigrationSet::from_config_map(&bad), Err(SourceError::BadName { .. })));
+        assert!(matches!(
+            MigrationSet::from_config_map(&bad),
+            Err(SourceError::BadName { .. })
+        ));
     }
 
     #[test]
@@ -278,12 +318,18 @@ mod tests {
         assert_eq!(set.migrations().len(), 2);
         assert_eq!(set.migrations()[0].file, "1_first.sql");
         std::fs::write(dir.path().join("bad.sql"), "x").unwrap();
-        assert!(matches!(MigrationSet::from_dir(dir.path()), Err(SourceError::BadName { .. })));
+        assert!(matches!(
+            MigrationSet::from_dir(dir.path()),
+            Err(SourceError::BadName { .. })
+        ));
     }
 
     #[test]
     fn checksums_are_sha256_of_the_file_content() {
         let m = Migration::new("1_a.sql", "abc".to_string()).unwrap();
-        assert_eq!(m.checksum, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            m.checksum,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

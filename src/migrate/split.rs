@@ -67,15 +67,27 @@ enum State {
     /// Saw one `-`.
     Comment,
     /// Saw `/`; inside a block comment once `depth > 0`.
-    Block { depth: usize },
-    Quote { delimiter: char, escape: bool },
+    Block {
+        depth: usize,
+    },
+    Quote {
+        delimiter: char,
+        escape: bool,
+    },
     /// Inside a dollar quote (or a `--` comment, whose delimiter is a newline).
-    Dollar { delimiter: Vec<u8> },
+    Dollar {
+        delimiter: Vec<u8>,
+    },
     /// Saw `$` at `offset` of the current statement; reading a tag name.
-    Tag { offset: usize },
+    Tag {
+        offset: usize,
+    },
     Escape,
     /// Inside `( … )` or `BEGIN ATOMIC … END`.
-    Atomic { prev: Box<State>, delimiter: &'static [u8] },
+    Atomic {
+        prev: Box<State>,
+        delimiter: &'static [u8],
+    },
 }
 
 impl State {
@@ -85,7 +97,9 @@ impl State {
             State::Ready => ready_next(r, data),
             State::Comment => {
                 if r == '-' {
-                    Some(State::Dollar { delimiter: b"\n".to_vec() })
+                    Some(State::Dollar {
+                        delimiter: b"\n".to_vec(),
+                    })
                 } else {
                     ready_next(r, data)
                 }
@@ -110,11 +124,17 @@ impl State {
             State::Quote { delimiter, escape } => {
                 if escape {
                     if r == delimiter {
-                        return Some(State::Quote { delimiter, escape: false });
+                        return Some(State::Quote {
+                            delimiter,
+                            escape: false,
+                        });
                     }
                     return ready_next(r, data);
                 }
-                Some(State::Quote { delimiter, escape: r == delimiter })
+                Some(State::Quote {
+                    delimiter,
+                    escape: r == delimiter,
+                })
             }
             State::Dollar { delimiter } => {
                 if data.ends_with(&delimiter) {
@@ -125,7 +145,9 @@ impl State {
             }
             State::Tag { offset } => {
                 if r == '$' {
-                    return Some(State::Dollar { delimiter: data[offset..].to_vec() });
+                    return Some(State::Dollar {
+                        delimiter: data[offset..].to_vec(),
+                    });
                 }
                 if r.is_alphabetic() || r.is_numeric() || r == '_' {
                     return Some(State::Tag { offset });
@@ -150,16 +172,25 @@ impl State {
 
 fn ready_next(r: char, data: &[u8]) -> Option<State> {
     match r {
-        '$' => Some(State::Tag { offset: data.len() - 1 }),
-        '\'' | '"' => Some(State::Quote { delimiter: r, escape: false }),
+        '$' => Some(State::Tag {
+            offset: data.len() - 1,
+        }),
+        '\'' | '"' => Some(State::Quote {
+            delimiter: r,
+            escape: false,
+        }),
         '-' => Some(State::Comment),
         '/' => Some(State::Block { depth: 0 }),
         '\\' => Some(State::Escape),
         ';' => None,
-        '(' => Some(State::Atomic { prev: Box::new(State::Ready), delimiter: b")" }),
-        'c' | 'C' if is_begin_atomic(data) => {
-            Some(State::Atomic { prev: Box::new(State::Ready), delimiter: b"END" })
-        }
+        '(' => Some(State::Atomic {
+            prev: Box::new(State::Ready),
+            delimiter: b")",
+        }),
+        'c' | 'C' if is_begin_atomic(data) => Some(State::Atomic {
+            prev: Box::new(State::Ready),
+            delimiter: b"END",
+        }),
         _ => Some(State::Ready),
     }
 }
@@ -217,23 +248,29 @@ mod tests {
 
     #[test]
     fn semicolons_end_statements_and_are_trimmed_with_whitespace() {
-        assert_eq!(texts("create table a (id int);\n\n  select 1 ;;\n"), vec![
-            "create table a (id int)",
-            "select 1"
-        ]);
+        assert_eq!(
+            texts("create table a (id int);\n\n  select 1 ;;\n"),
+            vec!["create table a (id int)", "select 1"]
+        );
     }
 
     #[test]
     fn comments_stay_attached_to_the_statement_that_follows() {
-        assert_eq!(texts("-- users; the table\ncreate table u (id int);\n/* a; b */ select 1;"), vec![
-            "-- users; the table\ncreate table u (id int)",
-            "/* a; b */ select 1"
-        ]);
+        assert_eq!(
+            texts("-- users; the table\ncreate table u (id int);\n/* a; b */ select 1;"),
+            vec![
+                "-- users; the table\ncreate table u (id int)",
+                "/* a; b */ select 1"
+            ]
+        );
     }
 
     #[test]
     fn a_trailing_comment_becomes_its_own_statement_like_the_cli() {
-        assert_eq!(texts("select 1;\n-- end of file\n"), vec!["select 1", "-- end of file"]);
+        assert_eq!(
+            texts("select 1;\n-- end of file\n"),
+            vec!["select 1", "-- end of file"]
+        );
     }
 
     #[test]
@@ -248,52 +285,67 @@ mod tests {
     #[test]
     fn tagged_dollar_quotes_only_close_on_the_same_tag() {
         let sql = "do $body$ begin perform $$x;y$$; end $body$; select 3;";
-        assert_eq!(texts(sql), vec!["do $body$ begin perform $$x;y$$; end $body$", "select 3"]);
+        assert_eq!(
+            texts(sql),
+            vec!["do $body$ begin perform $$x;y$$; end $body$", "select 3"]
+        );
     }
 
     #[test]
     fn quotes_with_doubled_delimiters_hide_semicolons() {
-        assert_eq!(texts("insert into t values ('it''s; fine');select \"a;b\";"), vec![
-            "insert into t values ('it''s; fine')",
-            "select \"a;b\""
-        ]);
+        assert_eq!(
+            texts("insert into t values ('it''s; fine');select \"a;b\";"),
+            vec!["insert into t values ('it''s; fine')", "select \"a;b\""]
+        );
     }
 
     #[test]
     fn nested_block_comments_hide_semicolons() {
-        assert_eq!(texts("/* a /* b; */ c; */ select 1; select 2"), vec![
-            "/* a /* b; */ c; */ select 1",
-            "select 2"
-        ]);
+        assert_eq!(
+            texts("/* a /* b; */ c; */ select 1; select 2"),
+            vec!["/* a /* b; */ c; */ select 1", "select 2"]
+        );
     }
 
     #[test]
     fn begin_atomic_bodies_run_until_end() {
         let sql = "create function f() returns int language sql begin atomic select 1; select 2; end; select 3;";
-        assert_eq!(texts(sql), vec![
-            "create function f() returns int language sql begin atomic select 1; select 2; end",
-            "select 3"
-        ]);
+        assert_eq!(
+            texts(sql),
+            vec![
+                "create function f() returns int language sql begin atomic select 1; select 2; end",
+                "select 3"
+            ]
+        );
     }
 
     #[test]
     fn parentheses_hide_semicolons_like_the_cli() {
-        assert_eq!(texts("create rule r as on insert to t do also (select 1; select 2); select 3"), vec![
-            "create rule r as on insert to t do also (select 1; select 2)",
-            "select 3"
-        ]);
+        assert_eq!(
+            texts("create rule r as on insert to t do also (select 1; select 2); select 3"),
+            vec![
+                "create rule r as on insert to t do also (select 1; select 2)",
+                "select 3"
+            ]
+        );
     }
 
     #[test]
     fn positional_parameters_are_not_dollar_quotes() {
-        assert_eq!(texts("prepare p as select $1; select 2;"), vec!["prepare p as select $1", "select 2"]);
+        assert_eq!(
+            texts("prepare p as select $1; select 2;"),
+            vec!["prepare p as select $1", "select 2"]
+        );
     }
 
     #[test]
     fn offsets_point_at_the_trimmed_statement_and_lines_count_from_one() {
         let sql = "select 1;\n\n  select 2;";
         let statements = split_statements(sql);
-        assert_eq!(&sql[statements[1].offset..statements[1].offset + 8], "select 2");
+        assert_eq!(
+            &sql[statements[1].offset..statements[1].offset + 8],
+            "select 2"
+        );
         assert_eq!(line_of(sql, statements[1].offset), 3);
         assert_eq!(line_of(sql, statements[0].offset), 1);
     }
