@@ -593,7 +593,7 @@ async fn the_cli_plans_and_applies_with_the_password_masked() {
 async fn a_file_that_commits_by_itself_is_not_recorded_as_applied() {
     // Lint blocks such files; this drives the apply step directly to show the runner's
     // own guard: the history insert only happens inside Tether's transaction.
-    use tether::migrate::db::{self, DbError, Recorder, Timeouts};
+    use tether::migrate::db::{self, DbError, Durability, Recorder, Timeouts};
     let db = TestDb::create().await;
     let client = db::connect(&db.url).await.unwrap();
     db::ensure_tables(&client).await.unwrap();
@@ -607,10 +607,18 @@ async fn a_file_that_commits_by_itself_is_not_recorded_as_applied() {
         lock: Duration::from_secs(1),
         statement: Duration::from_secs(10),
     };
-    let err = db::apply_one(&client, &recorder, &set.migrations()[0], timeouts)
-        .await
-        .unwrap_err();
+    let err = db::apply_one(
+        &client,
+        &recorder,
+        &set.migrations()[0],
+        timeouts,
+        Durability::WaitForFlush,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, DbError::EndedTransaction { .. }), "{err}");
     assert!(err.to_string().contains("1_sneaky.sql"));
     assert!(history(&db.client().await).await.is_empty());
+    // The durability barrier a run ends with after a failure works on this session.
+    db::flush(&client).await.unwrap();
 }

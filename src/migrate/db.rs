@@ -13,6 +13,13 @@
 //! (`BEGIN; SET LOCAL …`, every statement, the two history inserts, `COMMIT`). If a
 //! statement fails, Postgres aborts the transaction, the later statements fail with
 //! 25P02 and the pipelined `COMMIT` becomes a rollback, so nothing of that migration stays.
+//!
+//! Durability: within a run, every migration but the last commits with
+//! `synchronous_commit = off` (no WAL flush wait per migration), and the run ends with
+//! [`flush`], a synchronous commit that makes every earlier commit durable before the run
+//! reports anything as applied. Each migration is still atomic together with its history
+//! rows, and WAL is flushed in order, so a server crash in the middle of a run can only
+//! lose a tail of whole migrations, which the next run applies again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -481,14 +488,37 @@ pub struct Timeouts {
 impl Timeouts {
     /// Opens the transaction; `marker` (a version: digits) is set transaction-locally so
     /// the history inserts can tell that the transaction is still Tether's.
-    fn begin(&self, marker: &str) -> String {
+    fn begin(&self, marker: &str, durable: Durability) -> String {
         format!(
-            "BEGIN; SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'; SET LOCAL tether.migration = '{}'",
+            "BEGIN; SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'; SET LOCAL tether.migration = '{}'{}",
             self.lock.as_millis().max(1),
             self.statement.as_millis().max(1),
-            marker.replace('\'', "")
+            marker.replace('\'', ""),
+            match durable {
+                Durability::WaitForFlush => "",
+                Durability::FlushLater => "; SET LOCAL synchronous_commit = off",
+            }
         )
     }
+}
+
+/// Whether a migration's commit waits for its WAL flush.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Wait (the server's `synchronous_commit` setting).
+    WaitForFlush,
+    /// Do not wait; the caller must call [`flush`] before reporting the migration applied.
+    FlushLater,
+}
+
+/// Makes every earlier commit of this session durable: a transaction that takes a
+/// transaction id writes a commit record, and its synchronous commit flushes the WAL up to
+/// it, which includes every earlier (asynchronous) commit.
+pub async fn flush(client: &Client) -> Result<(), DbError> {
+    client
+        .batch_execute("BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT")
+        .await
+        .map_err(DbError::query("flush the applied migrations to disk"))
 }
 
 /// Prepared bookkeeping statements, reused for every migration of a run.
@@ -529,10 +559,11 @@ pub async fn apply_one(
     recorder: &Recorder,
     migration: &Migration,
     timeouts: Timeouts,
+    durability: Durability,
 ) -> Result<Recorded, DbError> {
     // BEGIN is awaited on its own: the statements must never run outside a transaction.
     client
-        .batch_execute(&timeouts.begin(migration.version.as_str()))
+        .batch_execute(&timeouts.begin(migration.version.as_str(), durability))
         .await
         .map_err(DbError::query("begin the migration transaction"))?;
     let statements = migration.statement_texts();
@@ -587,7 +618,7 @@ pub async fn dry_run(
     timeouts: Timeouts,
 ) -> Result<(), DbError> {
     client
-        .batch_execute(&timeouts.begin("0"))
+        .batch_execute(&timeouts.begin("0", Durability::WaitForFlush))
         .await
         .map_err(DbError::query("begin the dry-run transaction"))?;
     let work: Vec<(&Migration, usize, &str)> = migrations

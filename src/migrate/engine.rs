@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts};
 
-use super::db::{self, AppliedRow, DbError, StatementFailed, Timeouts, VerifyResult};
+use super::db::{self, AppliedRow, DbError, Durability, StatementFailed, Timeouts, VerifyResult};
 use super::lint::{Finding, LintPolicy, lint_all};
 use super::source::{Migration, MigrationSet};
 use crate::telemetry::MetricsRegistry;
@@ -338,8 +338,43 @@ async fn locked(
     let recorder = db::Recorder::prepare(client)
         .await
         .map_err(RunError::Database)?;
-    for migration in &plan.pending {
-        let recorded = db::apply_one(client, &recorder, migration, timeouts)
+    if let Err(error) = apply_all(client, &recorder, &plan.pending, timeouts, report).await {
+        // The migrations before the failed one committed without waiting for their WAL
+        // flush; make them durable before reporting them applied (see `db`'s header). On
+        // success the last commit waited for the flush, which covers the earlier ones.
+        if !report.applied.is_empty()
+            && let Err(flush) = db::flush(client).await
+        {
+            tracing::warn!(error = %flush, "could not confirm the applied migrations are durable");
+        }
+        return Err(error);
+    }
+    report.phase = Phase::Applied;
+    if !report.applied.is_empty() {
+        report.recorded = db::read_history(client).await.map_err(RunError::Database)?;
+    }
+    report.verify = db::verify(client, &spec.verify_tables, &spec.verify_rls)
+        .await
+        .map_err(RunError::Database)?;
+    Ok(())
+}
+
+/// Applies `pending` in order, stopping at the first failure; only the last one waits for
+/// its WAL flush (the caller flushes after a failure).
+async fn apply_all(
+    client: &tokio_postgres::Client,
+    recorder: &db::Recorder,
+    pending: &[Migration],
+    timeouts: Timeouts,
+    report: &mut RunReport,
+) -> Result<(), RunError> {
+    for (i, migration) in pending.iter().enumerate() {
+        let durability = if i + 1 == pending.len() {
+            Durability::WaitForFlush
+        } else {
+            Durability::FlushLater
+        };
+        let recorded = db::apply_one(client, recorder, migration, timeouts, durability)
             .await
             .map_err(|e| match e {
                 DbError::Statement(s) => RunError::Apply(s),
@@ -352,13 +387,6 @@ async fn locked(
             duration: recorded.duration,
         });
     }
-    report.phase = Phase::Applied;
-    if !report.applied.is_empty() {
-        report.recorded = db::read_history(client).await.map_err(RunError::Database)?;
-    }
-    report.verify = db::verify(client, &spec.verify_tables, &spec.verify_rls)
-        .await
-        .map_err(RunError::Database)?;
     Ok(())
 }
 
