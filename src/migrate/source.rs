@@ -197,9 +197,14 @@ impl MigrationSet {
         MigrationSet::new(migrations)
     }
 
-    /// A ConfigMap's `data`: every key must be a `<version>_<name>.sql` file name.
+    /// A ConfigMap's `data`: every `*.sql` key must be a `<version>_<name>.sql` file name;
+    /// other keys (a README) are ignored, as in a directory.
     pub fn from_config_map(data: &BTreeMap<String, String>) -> Result<MigrationSet, SourceError> {
-        MigrationSet::from_inline(data.iter().map(|(k, v)| (k.as_str(), v.clone())))
+        MigrationSet::from_inline(
+            data.iter()
+                .filter(|(k, _)| k.ends_with(".sql"))
+                .map(|(k, v)| (k.as_str(), v.clone())),
+        )
     }
 
     /// Every `*.sql` file of a directory (not recursive; other files are ignored, as the
@@ -301,7 +306,14 @@ mod tests {
         let set = MigrationSet::from_config_map(&data).unwrap();
         assert_eq!(set.migrations()[0].name, "a");
         assert_eq!(set.migrations()[0].statement_texts(), vec!["select 1"]);
-        let bad = BTreeMap::from([("README.md".to_string(), String::new())]);
+        let readme = BTreeMap::from([("README.md".to_string(), String::new())]);
+        assert!(
+            MigrationSet::from_config_map(&readme)
+                .unwrap()
+                .migrations()
+                .is_empty()
+        );
+        let bad = BTreeMap::from([("create_users.sql".to_string(), String::new())]);
         assert!(matches!(
             MigrationSet::from_config_map(&bad),
             Err(SourceError::BadName { .. })
