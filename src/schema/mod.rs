@@ -18,6 +18,7 @@ mod cel;
 mod errors;
 mod meta;
 mod structural;
+pub mod validate;
 
 use std::collections::BTreeMap;
 
