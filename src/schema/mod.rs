@@ -16,8 +16,10 @@
 
 mod cel;
 mod errors;
+mod jsonpath;
 mod meta;
 mod structural;
+pub mod table;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -28,6 +30,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 use serde_json::Value;
 
 pub use errors::{Cause, Invalid};
+pub use jsonpath::{JsonPath, JsonPathError, print_value};
 
 use structural::Node;
 
@@ -93,6 +96,16 @@ pub enum SchemaError {
         /// The regex compiler's message.
         message: String,
     },
+    /// An additionalPrinterColumn's JSONPath does not parse.
+    #[error("failed to compile CRD {crd} version {version}: printer column: {source}")]
+    PrinterColumn {
+        /// The CRD's name.
+        crd: String,
+        /// The version being compiled.
+        version: String,
+        /// The JSONPath error.
+        source: JsonPathError,
+    },
     /// A CEL rule or messageExpression does not compile.
     #[error("failed to compile CRD {crd} version {version}: {path}: {message}")]
     Rule {
@@ -110,6 +123,7 @@ pub enum SchemaError {
 /// One served version of a CRD, compiled.
 struct CompiledVersion {
     root: Node,
+    table: table::TableConvertor,
 }
 
 /// One CRD with its compiled versions.
@@ -150,7 +164,18 @@ impl SchemaRegistry {
                 let schema = version_schema(&name, version)?;
                 let root = Node::compile(&schema, true, "")
                     .map_err(|e| e.into_schema_error(&name, &version.name))?;
-                versions.insert(version.name.clone(), CompiledVersion { root });
+                let printer_error = |source| SchemaError::PrinterColumn {
+                    crd: name.clone(),
+                    version: version.name.clone(),
+                    source,
+                };
+                let table = table::TableConvertor::for_crd(crd, &version.name)
+                    .map_err(printer_error)?
+                    .ok_or_else(|| SchemaError::MissingSchema {
+                        crd: name.clone(),
+                        version: version.name.clone(),
+                    })?;
+                versions.insert(version.name.clone(), CompiledVersion { root, table });
             }
             compiled.push(CompiledCrd {
                 crd: crd.clone(),
@@ -169,6 +194,18 @@ impl SchemaRegistry {
     /// Every CRD in the registry, in the order given to [`new`](Self::new).
     pub fn crds(&self) -> impl Iterator<Item = &CustomResourceDefinition> {
         self.crds.iter().map(|c| &c.crd)
+    }
+
+    /// The `Table` convertor of a served CRD version (see [`table`]).
+    pub fn table(
+        &self,
+        group: &str,
+        version: &str,
+        kind_or_plural: &str,
+    ) -> Option<&table::TableConvertor> {
+        self.find(group, kind_or_plural)
+            .and_then(|c| c.versions.get(version))
+            .map(|v| &v.table)
     }
 
     fn find(&self, group: &str, kind_or_plural: &str) -> Option<&CompiledCrd> {
@@ -334,6 +371,27 @@ mod tests {
             err.to_status("Environment", "tether.dev", "web")["message"],
             r#"Environment.tether.dev "web" is invalid: spec: Invalid value: "object": cron services need a schedule"#
         );
+    }
+
+    #[test]
+    fn served_versions_have_a_table_convertor() {
+        let r = registry();
+        let conv = r.table("tether.dev", "v1alpha1", "environments");
+        assert_eq!(conv.map(|c| c.column_definitions().len()), Some(2));
+        assert!(r.table("tether.dev", "v2", "environments").is_none());
+    }
+
+    #[test]
+    fn a_bad_printer_column_fails_the_registry() {
+        let mut crd = test_crd();
+        crd.spec.versions[0].additional_printer_columns = serde_json::from_value(
+            json!([{"name": "X", "type": "string", "jsonPath": ".status[?("}]),
+        )
+        .ok();
+        assert!(matches!(
+            SchemaRegistry::new(&[crd]),
+            Err(SchemaError::PrinterColumn { .. })
+        ));
     }
 
     #[test]
