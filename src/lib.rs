@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod localapi;
+pub mod schema;
 pub mod telemetry;
 
 /// Installs the process-wide rustls crypto provider (ring).
