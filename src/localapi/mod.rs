@@ -102,6 +102,9 @@ pub enum LocalApiError {
     /// The server's own URL does not parse.
     #[error("failed to parse the local API URL: {0}")]
     Url(#[source] http::uri::InvalidUri),
+    /// A CRD's schema or CEL rules do not compile.
+    #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaError),
     /// A CRD does not serialize.
     #[error("failed to serialize a CRD: {0}")]
     Serialize(#[source] serde_json::Error),
@@ -225,7 +228,7 @@ pub async fn start_with(
     let storage = Arc::new(Storage::open(
         store,
         table,
-        Admission::new(),
+        Admission::new(&config.crds)?,
         &crds,
         options.watch_history,
     )?);

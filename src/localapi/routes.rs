@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::admission::FieldValidation;
+use super::admission::parse_field_validation;
 use super::discovery;
 use super::events;
 use super::patch::{self, PatchType};
@@ -29,6 +29,7 @@ use super::storage::{
     self, DeleteOpts, Input, ListOpts, Storage, WatchFrom, WriteCtx, WriteOutcome,
 };
 use super::watch::{EventType, WatchEvent, event_line};
+use crate::schema::table::{IncludeObject, TableConvertor, TableOptions};
 
 /// Largest request body accepted (the real server's limit is 3 MiB per object).
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -171,6 +172,66 @@ fn parse_target(
     })
 }
 
+/// The Table convertor when the client asked for `as=Table` (kubectl get), else None.
+fn table_request(
+    app: &App,
+    def: &ResourceDef,
+    headers: &HeaderMap,
+    query: &Query_,
+) -> Result<Option<(TableConvertor, TableOptions)>, ApiError> {
+    let wants_table = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|media| {
+            let params: Vec<&str> = media.split(';').map(str::trim).collect();
+            params.contains(&"as=Table") && params.contains(&"g=meta.k8s.io")
+        });
+    if !wants_table {
+        return Ok(None);
+    }
+    let include_object = match query.get("includeObject").map(String::as_str) {
+        None | Some("") => IncludeObject::default(),
+        Some(v) => IncludeObject::from_query(v).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "includeObject must be one of None, Metadata or Object, got {v:?}"
+            ))
+        })?,
+    };
+    let convertor = if def.custom {
+        app.storage
+            .admission()
+            .registry()
+            .table(&def.group, &def.version, &def.plural)
+            .cloned()
+    } else {
+        TableConvertor::for_builtin(&def.group, &def.kind)
+    };
+    Ok(convertor.map(|c| {
+        (
+            c,
+            TableOptions {
+                include_object,
+                no_headers: false,
+            },
+        )
+    }))
+}
+
+fn table_response(value: &Value) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/json;as=Table;v=v1;g=meta.k8s.io",
+        )],
+        body,
+    )
+        .into_response()
+}
+
 fn flag(query: &Query_, key: &str) -> bool {
     matches!(query.get(key).map(String::as_str), Some("true" | "1"))
 }
@@ -205,7 +266,7 @@ fn write_ctx(query: &Query_, headers: &HeaderMap, apply: bool) -> Result<WriteCt
         manager,
         dry_run,
         force: flag(query, "force"),
-        validation: FieldValidation::parse(query.get("fieldValidation").map(String::as_str))?,
+        validation: parse_field_validation(query.get("fieldValidation").map(String::as_str))?,
     })
 }
 
@@ -310,8 +371,9 @@ async fn resource_request(
     match (method.clone(), name) {
         (Method::GET, None) => {
             let opts = list_opts(&def, query)?;
+            let table = table_request(app, &def, headers, query)?;
             if flag(query, "watch") {
-                return watch(app, def, namespace, opts, query);
+                return watch(app, def, namespace, opts, query, table);
             }
             let page = storage.list(&def, namespace.as_deref(), &opts)?;
             let items: Vec<Value> = page
@@ -319,6 +381,15 @@ async fn resource_request(
                 .iter()
                 .map(|o| storage::present(&def, o))
                 .collect();
+            if let Some((convertor, options)) = table {
+                return Ok(table_response(&convertor.table(
+                    &items,
+                    Some(&page.resource_version.to_string()),
+                    page.continue_token.as_deref(),
+                    options,
+                    jiff::Timestamp::now(),
+                )));
+            }
             Ok(json_response(
                 StatusCode::OK,
                 &json!({
@@ -334,8 +405,21 @@ async fn resource_request(
             ))
         }
         (Method::GET, Some(name)) => {
-            let obj = storage.get(&def, namespace.as_deref(), &name)?;
-            Ok(json_response(StatusCode::OK, &storage::present(&def, &obj)))
+            let obj = storage::present(&def, &*storage.get(&def, namespace.as_deref(), &name)?);
+            if let Some((convertor, options)) = table_request(app, &def, headers, query)? {
+                let rv = obj
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                return Ok(table_response(&convertor.table(
+                    std::slice::from_ref(&obj),
+                    rv.as_deref(),
+                    None,
+                    options,
+                    jiff::Timestamp::now(),
+                )));
+            }
+            Ok(json_response(StatusCode::OK, &obj))
         }
         (Method::POST, None) => {
             if def.namespaced && namespace.is_none() {
@@ -459,6 +543,7 @@ struct Filter {
     def: Arc<ResourceDef>,
     prefix: Option<String>,
     opts: ListOpts,
+    table: Option<(TableConvertor, TableOptions)>,
 }
 
 impl Filter {
@@ -471,7 +556,20 @@ impl Filter {
     }
 
     fn render_object(&self, event_type: &str, obj: &Value) -> Bytes {
-        event_line(event_type, &storage::present(&self.def, obj))
+        let wire = storage::present(&self.def, obj);
+        match &self.table {
+            Some((convertor, options)) => event_line(
+                event_type,
+                &convertor.table(
+                    std::slice::from_ref(&wire),
+                    None,
+                    None,
+                    *options,
+                    jiff::Timestamp::now(),
+                ),
+            ),
+            None => event_line(event_type, &wire),
+        }
     }
 
     /// The line for an event as this watcher sees it (selector transitions included).
@@ -489,7 +587,8 @@ impl Filter {
             (_, true, false) => EventType::Deleted,
             (_, false, false) => return None,
         };
-        let same_form = self.def.representation == Representation::Plain
+        let same_form = self.table.is_none()
+            && self.def.representation == Representation::Plain
             && event.object.get("apiVersion").and_then(Value::as_str)
                 == Some(self.def.api_version().as_str());
         if event_type == event.event_type && same_form {
@@ -540,6 +639,7 @@ fn watch(
     namespace: Option<String>,
     opts: ListOpts,
     query: &Query_,
+    table: Option<(TableConvertor, TableOptions)>,
 ) -> Result<Response, ApiError> {
     let send_initial = query.get("sendInitialEvents").map(String::as_str);
     let bookmarks = flag(query, "allowWatchBookmarks");
@@ -566,6 +666,7 @@ fn watch(
         def: def.clone(),
         prefix: namespace.as_ref().map(|ns| format!("{ns}/")),
         opts,
+        table,
     };
     let start = match app.storage.watch(&def, namespace.as_deref(), from) {
         Ok(start) => start,

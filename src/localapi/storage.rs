@@ -331,6 +331,11 @@ impl Storage {
         self.store.is_durable()
     }
 
+    /// Admission (and through it the compiled CRD schemas).
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
     /// The resource table.
     pub fn table(&self) -> &Arc<ResourceTable> {
         &self.table
@@ -1276,10 +1281,8 @@ fn prepare_builtin(def: &ResourceDef, obj: &mut Value) {
                 obj["type"] = json!("Opaque");
             }
         }
-        ("", "namespaces") => {
-            if obj.get("status").and_then(|s| s.get("phase")).is_none() {
-                obj["status"] = json!({"phase": "Active"});
-            }
+        ("", "namespaces") if obj.get("status").and_then(|s| s.get("phase")).is_none() => {
+            obj["status"] = json!({"phase": "Active"});
         }
         _ => {}
     }
