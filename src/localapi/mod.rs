@@ -105,6 +105,9 @@ pub enum LocalApiError {
     /// A CRD's schema or CEL rules do not compile.
     #[error(transparent)]
     Schema(#[from] crate::schema::SchemaError),
+    /// The OpenAPI documents could not be built.
+    #[error(transparent)]
+    OpenApi(#[from] crate::schema::openapi::OpenApiError),
     /// A CRD does not serialize.
     #[error("failed to serialize a CRD: {0}")]
     Serialize(#[source] serde_json::Error),
@@ -249,6 +252,7 @@ pub async fn start_with(
         shutdown: shutdown.clone(),
         address: addr.to_string(),
         bookmark_interval: options.bookmark_interval,
+        openapi: crate::schema::openapi::OpenApi::new(&config.crds)?,
     });
     let router = axum::Router::new().fallback(routes::handle).with_state(app);
     let url = format!("http://{addr}");

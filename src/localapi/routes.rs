@@ -29,6 +29,7 @@ use super::storage::{
     self, DeleteOpts, Input, ListOpts, Storage, WatchFrom, WriteCtx, WriteOutcome,
 };
 use super::watch::{EventType, WatchEvent, event_line};
+use crate::schema::openapi::OpenApi;
 use crate::schema::table::{IncludeObject, TableConvertor, TableOptions};
 
 /// Largest request body accepted (the real server's limit is 3 MiB per object).
@@ -44,6 +45,8 @@ pub struct App {
     pub address: String,
     /// How often watch streams with `allowWatchBookmarks` get a BOOKMARK.
     pub bookmark_interval: Duration,
+    /// The `/openapi/v3` documents (`kubectl explain`, kubectl's field-validation check).
+    pub openapi: OpenApi,
 }
 
 type Query_ = HashMap<String, String>;
@@ -99,6 +102,13 @@ async fn route(
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], "ok").into_response())
         }
         ["api"] => get_only(discovery::core_versions(&app.address)),
+        ["openapi", "v3"] => get_only(app.openapi.index()),
+        ["openapi", "v3", rest @ ..] => get_only(
+            app.openapi
+                .document(&rest.join("/"))
+                .cloned()
+                .ok_or_else(|| ApiError::path_not_found(path))?,
+        ),
         ["apis"] => get_only(discovery::group_list(&table)),
         ["api", version] => get_only(
             discovery::resource_list(&table, "", version)
