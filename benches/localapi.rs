@@ -95,7 +95,10 @@ async fn measure(store: StoreConfig) -> anyhow::Result<Numbers> {
     let concurrent = create_all(&api, "par", IN_FLIGHT).await?;
     let mut fan = Vec::new();
     for (round, watchers) in WATCHERS.into_iter().enumerate() {
-        fan.push((watchers, fan_out(&api, &format!("fan{round}"), watchers).await?));
+        fan.push((
+            watchers,
+            fan_out(&api, &format!("fan{round}"), watchers).await?,
+        ));
     }
     shutdown.cancel();
     handle.stopped().await;
@@ -116,11 +119,18 @@ fn main() -> anyhow::Result<()> {
         let memory = measure(StoreConfig::Memory).await?;
         let file = measure(StoreConfig::File(dir.path().join("bench.redb"))).await?;
         println!("localapi: {OBJECTS} ConfigMaps through kube::Client over loopback HTTP");
-        println!("{:<44} {:>12} {:>12} {:>10}", "", "memory", "file", "file/mem");
+        println!(
+            "{:<44} {:>12} {:>12} {:>10}",
+            "", "memory", "file", "file/mem"
+        );
         let row = |label: String, m: f64, f: f64| {
             println!("{label:<44} {m:>12.0} {f:>12.0} {:>10.2}", f / m);
         };
-        row("create, sequential (objects/s)".into(), memory.sequential, file.sequential);
+        row(
+            "create, sequential (objects/s)".into(),
+            memory.sequential,
+            file.sequential,
+        );
         row(
             format!("create, {IN_FLIGHT} in flight (objects/s)"),
             memory.concurrent,

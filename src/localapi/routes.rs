@@ -182,51 +182,104 @@ fn parse_target(
     })
 }
 
-/// The Table convertor when the client asked for `as=Table` (kubectl get), else None.
-fn table_request(
-    app: &App,
-    def: &ResourceDef,
-    headers: &HeaderMap,
-    query: &Query_,
-) -> Result<Option<(TableConvertor, TableOptions)>, ApiError> {
-    let wants_table = headers
+/// The representation the client asked for in `Accept`.
+#[derive(Clone)]
+enum Format {
+    /// The objects themselves.
+    Object,
+    /// `as=Table` (kubectl get).
+    Table(TableConvertor, TableOptions),
+    /// `as=PartialObjectMetadata[List]` (metadata-only clients and watchers).
+    Metadata,
+}
+
+impl Format {
+    /// The object as this format renders one item (Tables wrap their rows elsewhere).
+    fn item(&self, wire: Value) -> Value {
+        match self {
+            Format::Metadata => json!({
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": wire.get("metadata").cloned().unwrap_or_else(|| json!({})),
+            }),
+            _ => wire,
+        }
+    }
+
+    /// One object (a GET or a watch event).
+    fn single(&self, wire: Value) -> Value {
+        match self {
+            Format::Table(convertor, options) => {
+                let rv = wire
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                convertor.table(
+                    std::slice::from_ref(&wire),
+                    rv.as_deref(),
+                    None,
+                    *options,
+                    jiff::Timestamp::now(),
+                )
+            }
+            other => other.item(wire),
+        }
+    }
+}
+
+fn accepts(headers: &HeaderMap, wanted: &str, group: &str) -> bool {
+    headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|media| {
             let params: Vec<&str> = media.split(';').map(str::trim).collect();
-            params.contains(&"as=Table") && params.contains(&"g=meta.k8s.io")
-        });
-    if !wants_table {
-        return Ok(None);
+            params.contains(&wanted) && params.contains(&group)
+        })
+}
+
+/// The format of the response from the request's `Accept` and `includeObject`.
+fn response_format(
+    app: &App,
+    def: &ResourceDef,
+    headers: &HeaderMap,
+    query: &Query_,
+) -> Result<Format, ApiError> {
+    if accepts(headers, "as=Table", "g=meta.k8s.io") {
+        let include_object = match query.get("includeObject").map(String::as_str) {
+            None | Some("") => IncludeObject::default(),
+            Some(v) => IncludeObject::from_query(v).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "includeObject must be one of None, Metadata or Object, got {v:?}"
+                ))
+            })?,
+        };
+        let convertor = if def.custom {
+            app.storage
+                .admission()
+                .registry()
+                .table(&def.group, &def.version, &def.plural)
+                .cloned()
+        } else {
+            TableConvertor::for_builtin(&def.group, &def.kind)
+        };
+        if let Some(c) = convertor {
+            return Ok(Format::Table(
+                c,
+                TableOptions {
+                    include_object,
+                    no_headers: false,
+                },
+            ));
+        }
     }
-    let include_object = match query.get("includeObject").map(String::as_str) {
-        None | Some("") => IncludeObject::default(),
-        Some(v) => IncludeObject::from_query(v).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "includeObject must be one of None, Metadata or Object, got {v:?}"
-            ))
-        })?,
-    };
-    let convertor = if def.custom {
-        app.storage
-            .admission()
-            .registry()
-            .table(&def.group, &def.version, &def.plural)
-            .cloned()
-    } else {
-        TableConvertor::for_builtin(&def.group, &def.kind)
-    };
-    Ok(convertor.map(|c| {
-        (
-            c,
-            TableOptions {
-                include_object,
-                no_headers: false,
-            },
-        )
-    }))
+    if accepts(headers, "as=PartialObjectMetadataList", "g=meta.k8s.io")
+        || accepts(headers, "as=PartialObjectMetadata", "g=meta.k8s.io")
+    {
+        return Ok(Format::Metadata);
+    }
+    Ok(Format::Object)
 }
 
 fn table_response(value: &Value) -> Response {
@@ -381,30 +434,37 @@ async fn resource_request(
     match (method.clone(), name) {
         (Method::GET, None) => {
             let opts = list_opts(&def, query)?;
-            let table = table_request(app, &def, headers, query)?;
+            let format = response_format(app, &def, headers, query)?;
             if flag(query, "watch") {
-                return watch(app, def, namespace, opts, query, table);
+                return watch(app, def, namespace, opts, query, format);
             }
             let page = storage.list(&def, namespace.as_deref(), &opts)?;
             let items: Vec<Value> = page
                 .items
                 .iter()
-                .map(|o| storage::present(&def, o))
+                .map(|o| format.item(storage::present(&def, o)))
                 .collect();
-            if let Some((convertor, options)) = table {
+            if let Format::Table(convertor, options) = &format {
                 return Ok(table_response(&convertor.table(
                     &items,
                     Some(&page.resource_version.to_string()),
                     page.continue_token.as_deref(),
-                    options,
+                    *options,
                     jiff::Timestamp::now(),
                 )));
             }
+            let (kind, api_version) = match format {
+                Format::Metadata => (
+                    "PartialObjectMetadataList".to_owned(),
+                    "meta.k8s.io/v1".to_owned(),
+                ),
+                _ => (def.list_kind.clone(), def.api_version()),
+            };
             Ok(json_response(
                 StatusCode::OK,
                 &json!({
-                    "kind": def.list_kind,
-                    "apiVersion": def.api_version(),
+                    "kind": kind,
+                    "apiVersion": api_version,
                     "metadata": storage::list_metadata(
                         page.resource_version,
                         page.continue_token.as_deref(),
@@ -416,20 +476,12 @@ async fn resource_request(
         }
         (Method::GET, Some(name)) => {
             let obj = storage::present(&def, &*storage.get(&def, namespace.as_deref(), &name)?);
-            if let Some((convertor, options)) = table_request(app, &def, headers, query)? {
-                let rv = obj
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                return Ok(table_response(&convertor.table(
-                    std::slice::from_ref(&obj),
-                    rv.as_deref(),
-                    None,
-                    options,
-                    jiff::Timestamp::now(),
-                )));
+            let format = response_format(app, &def, headers, query)?;
+            let body = format.single(obj);
+            match format {
+                Format::Table(..) => Ok(table_response(&body)),
+                _ => Ok(json_response(StatusCode::OK, &body)),
             }
-            Ok(json_response(StatusCode::OK, &obj))
         }
         (Method::POST, None) => {
             if def.namespaced && namespace.is_none() {
@@ -553,7 +605,7 @@ struct Filter {
     def: Arc<ResourceDef>,
     prefix: Option<String>,
     opts: ListOpts,
-    table: Option<(TableConvertor, TableOptions)>,
+    format: Format,
 }
 
 impl Filter {
@@ -567,19 +619,7 @@ impl Filter {
 
     fn render_object(&self, event_type: &str, obj: &Value) -> Bytes {
         let wire = storage::present(&self.def, obj);
-        match &self.table {
-            Some((convertor, options)) => event_line(
-                event_type,
-                &convertor.table(
-                    std::slice::from_ref(&wire),
-                    None,
-                    None,
-                    *options,
-                    jiff::Timestamp::now(),
-                ),
-            ),
-            None => event_line(event_type, &wire),
-        }
+        event_line(event_type, &self.format.single(wire))
     }
 
     /// The line for an event as this watcher sees it (selector transitions included).
@@ -597,7 +637,7 @@ impl Filter {
             (_, true, false) => EventType::Deleted,
             (_, false, false) => return None,
         };
-        let same_form = self.table.is_none()
+        let same_form = matches!(self.format, Format::Object)
             && self.def.representation == Representation::Plain
             && event.object.get("apiVersion").and_then(Value::as_str)
                 == Some(self.def.api_version().as_str());
@@ -649,7 +689,7 @@ fn watch(
     namespace: Option<String>,
     opts: ListOpts,
     query: &Query_,
-    table: Option<(TableConvertor, TableOptions)>,
+    format: Format,
 ) -> Result<Response, ApiError> {
     let send_initial = query.get("sendInitialEvents").map(String::as_str);
     let bookmarks = flag(query, "allowWatchBookmarks");
@@ -676,7 +716,7 @@ fn watch(
         def: def.clone(),
         prefix: namespace.as_ref().map(|ns| format!("{ns}/")),
         opts,
-        table,
+        format,
     };
     let start = match app.storage.watch(&def, namespace.as_deref(), from) {
         Ok(start) => start,
