@@ -127,6 +127,9 @@ impl ConfigMapApi {
 #[tokio::test]
 async fn discovery_lists_custom_kinds_with_their_names_scope_and_status_subresource() {
     let cluster = cluster().await;
+    assert_eq!(cluster.url(), format!("http://{}", cluster.addr()));
+    let kubeconfig = std::fs::read_to_string(cluster.kubeconfig_path()).unwrap();
+    assert!(kubeconfig.contains(&cluster.url()), "{kubeconfig}");
     let discovery = kube::Discovery::new(cluster.client()).run().await.unwrap();
     let (widget_res, caps) = discovery
         .groups()
