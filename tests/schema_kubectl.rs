@@ -148,16 +148,15 @@ async fn handle(
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            if let Some((group, version)) = api_version.split_once('/') {
-                if let Err(invalid) = state
+            if let Some((group, version)) = api_version.split_once('/')
+                && let Err(invalid) = state
                     .registry
                     .admit(group, version, &kind, None, &mut obj, validation)
-                {
-                    let status = invalid.to_status(&kind, group, &name);
-                    let code = StatusCode::from_u16(status["code"].as_u64().unwrap_or(422) as u16)
-                        .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
-                    return json_response(code, status);
-                }
+            {
+                let status = invalid.to_status(&kind, group, &name);
+                let code = StatusCode::from_u16(status["code"].as_u64().unwrap_or(422) as u16)
+                    .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+                return json_response(code, status);
             }
             obj["metadata"]["creationTimestamp"] = json!(jiff::Timestamp::now().to_string());
             obj["metadata"]["resourceVersion"] = json!("1");
