@@ -125,12 +125,25 @@ async fn handle(
             .openapi
             .document(&path)
             .map_or_else(not_found, |d| json_response(StatusCode::OK, d.clone())),
-        ("POST", [.., "namespaces", _ns, _plural]) => {
+        ("GET", [.., "namespaces", _ns, _plural, _name]) => not_found(),
+        ("POST", [.., "namespaces", _ns, _plural])
+        | ("PATCH", [.., "namespaces", _ns, _plural, _]) => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
             state
                 .write_queries
                 .lock()
-                .map(|mut q| q.push(query.clone()))
+                .map(|mut q| q.push(format!("{method} {content_type} {query}")))
                 .ok();
+            if method == Method::PATCH && content_type != "application/apply-patch+yaml" {
+                return json_response(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    json!({"kind": "Status", "code": 415}),
+                );
+            }
             let Ok(mut obj) = serde_json::from_slice::<Value>(&body) else {
                 return json_response(
                     StatusCode::BAD_REQUEST,
@@ -404,6 +417,58 @@ async fn kubectl_create_uses_server_side_field_validation_and_prints_api_errors(
     assert!(
         out.lines().nth(1).is_some_and(|l| l.starts_with("staging")),
         "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_client_and_server_side_rely_on_server_validation() {
+    let server = Server::start().await;
+    let (ok, out, err) = server
+        .kubectl(&["apply", "-f", &fixture("config/samples/30-release.yaml")])
+        .await;
+    assert!(ok, "apply failed: {out} {err}");
+    assert!(out.contains("release.tether.dev/"), "{out}");
+    let (ok, out, err) = server
+        .kubectl(&[
+            "apply",
+            "--server-side",
+            "-f",
+            &fixture("config/samples/20-migration.yaml"),
+        ])
+        .await;
+    assert!(ok, "server-side apply failed: {out} {err}");
+    assert!(out.contains("serverside-applied"), "{out}");
+    let (ok, _, err) = server
+        .kubectl(&[
+            "apply",
+            "--server-side",
+            "-f",
+            &fixture("tests/fixtures/invalid/migration-two-sources.yaml"),
+        ])
+        .await;
+    assert!(!ok);
+    assert!(
+        err.contains("set exactly one of inline or configMapRef"),
+        "{err}"
+    );
+    let queries = server
+        .state
+        .write_queries
+        .lock()
+        .map(|q| q.clone())
+        .unwrap_or_default();
+    assert!(
+        queries
+            .iter()
+            .any(|q| q.starts_with("POST ") && q.contains("fieldValidation=Strict")),
+        "client-side apply must create with fieldValidation=Strict: {queries:?}"
+    );
+    assert!(
+        queries
+            .iter()
+            .any(|q| q.starts_with("PATCH application/apply-patch+yaml")
+                && q.contains("fieldValidation=Strict")),
+        "server-side apply must send fieldValidation=Strict: {queries:?}"
     );
 }
 
