@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod localapi;
 pub mod schema;
 pub mod telemetry;
 
