@@ -15,7 +15,8 @@
 use std::collections::HashSet;
 
 use kube::core::cel::{
-    CompilationError, CompiledSchema, ErrorKind, compile_schema, validate_compiled,
+    CompilationError, CompiledSchema, ErrorKind, ScopeContext, WarningKind, analyze_rule,
+    compile_schema, validate_compiled,
 };
 use serde_json::Value;
 
@@ -28,6 +29,9 @@ pub(crate) struct NodeRules {
     type_name: String,
     /// Rules that reference `oldSelf` (never ratcheted).
     transition_rules: HashSet<String>,
+    /// kube-cel's static analysis findings (estimated cost over the API server's budget,
+    /// lists or strings without bounds), as `rule: message`.
+    analysis: Vec<String>,
 }
 
 impl std::fmt::Debug for NodeRules {
@@ -117,6 +121,23 @@ impl NodeRules {
             .filter(|r| r.is_transition_rule)
             .map(|r| r.rule.rule.clone())
             .collect();
+        let mut analysis = Vec::new();
+        for rule in compiled
+            .validations
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|r| r.rule.rule.as_str())
+        {
+            // kube-cel 0.8's scope check reports comprehension variables (`self.all(c, ...)`)
+            // as undeclared, so its WrongScope findings are not used; a truly undeclared
+            // name fails at evaluation with a clear cause instead.
+            for warning in analyze_rule(rule, &compiled, ScopeContext::CrdValidation)
+                .into_iter()
+                .filter(|w| w.kind != WarningKind::WrongScope)
+            {
+                analysis.push(format!("rule {rule:?}: {}", warning.message));
+            }
+        }
         let type_name = schema
             .get("type")
             .and_then(Value::as_str)
@@ -126,7 +147,13 @@ impl NodeRules {
             compiled,
             type_name,
             transition_rules,
+            analysis,
         })
+    }
+
+    /// kube-cel's static analysis findings for this node's rules (advisory).
+    pub(crate) fn analysis(&self) -> &[String] {
+        &self.analysis
     }
 
     /// Evaluates the node's rules against `value` (with `old`, the correlated old value,
@@ -293,6 +320,39 @@ mod tests {
             "x-kubernetes-validations": [{"rule": "true"}]
         }));
         assert!(run(&r, json!({"a": "x"}), None).0.is_empty());
+    }
+
+    #[test]
+    fn rules_over_unbounded_lists_are_flagged_but_bounded_ones_are_not() {
+        let r = rules(json!({
+            "type": "array", "items": {"type": "string"},
+            "x-kubernetes-validations": [{"rule": "self.all(x, self.exists_one(y, y == x))"}]
+        }));
+        assert!(
+            r.analysis()
+                .iter()
+                .any(|w| w.contains("exceeds K8s budget")),
+            "unbounded nested comprehension must be flagged: {:?}",
+            r.analysis()
+        );
+        let bounded = rules(json!({
+            "type": "array", "maxItems": 10, "items": {"type": "string", "maxLength": 10},
+            "x-kubernetes-validations": [{"rule": "self.all(c, self.exists_one(d, d == c))"}]
+        }));
+        assert!(bounded.analysis().is_empty(), "{:?}", bounded.analysis());
+    }
+
+    #[test]
+    fn an_undeclared_variable_fails_admission_with_a_clear_cause() {
+        let r = rules(
+            json!({"type": "string", "x-kubernetes-validations": [{"rule": "object.x == 1"}]}),
+        );
+        let (errs, _) = run(&r, json!("a"), None);
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with(r#"spec: Invalid value: "string": "#) && errs[0].contains("object"),
+            "{errs:?}"
+        );
     }
 
     #[test]
