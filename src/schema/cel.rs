@@ -15,7 +15,8 @@
 use std::collections::HashSet;
 
 use kube::core::cel::{
-    CompilationError, CompiledSchema, ErrorKind, compile_schema, validate_compiled,
+    CompilationError, CompiledSchema, ErrorKind, ScopeContext, WarningKind, analyze_rule,
+    compile_schema, validate_compiled,
 };
 use serde_json::Value;
 
@@ -28,6 +29,9 @@ pub(crate) struct NodeRules {
     type_name: String,
     /// Rules that reference `oldSelf` (never ratcheted).
     transition_rules: HashSet<String>,
+    /// kube-cel's static analysis findings (estimated cost over the API server's budget,
+    /// lists or strings without bounds), as `rule: message`.
+    analysis: Vec<String>,
 }
 
 impl std::fmt::Debug for NodeRules {
@@ -84,12 +88,69 @@ fn strip_descendant_rules(schema: &mut Value) {
     descend(schema);
 }
 
+/// Whether kube-cel converts values of this subtree exactly as it converts schema-less JSON:
+/// no format it turns into a CEL type (date-time, duration, byte), no map whose keys it
+/// must leave unescaped, no embedded resource. Such subtrees are dropped from a node's
+/// compiled schema: kube-cel's walk re-converts every descendant it has a schema for, at
+/// every level, so plain subtrees would only cost time.
+fn is_plain(schema: &Value) -> bool {
+    let format_matters = matches!(
+        schema.get("format").and_then(Value::as_str),
+        Some("date-time" | "duration" | "byte")
+    );
+    let is_map = matches!(
+        schema.get("additionalProperties"),
+        Some(Value::Object(_) | Value::Bool(true))
+    );
+    let embedded = schema
+        .get("x-kubernetes-embedded-resource")
+        .and_then(Value::as_bool)
+        == Some(true);
+    let branches_plain = ["allOf", "anyOf", "oneOf"].iter().all(|k| {
+        schema
+            .get(*k)
+            .and_then(Value::as_array)
+            .is_none_or(|b| b.iter().all(is_plain))
+    });
+    !format_matters
+        && !is_map
+        && !embedded
+        && branches_plain
+        && schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .is_none_or(|p| p.values().all(is_plain))
+        && schema.get("items").is_none_or(is_plain)
+}
+
+/// Removes the plain descendants (see [`is_plain`]) of a node's schema.
+fn drop_plain_descendants(schema: &mut Value) {
+    if let Value::Object(map) = schema {
+        if let Some(Value::Object(props)) = map.get_mut("properties") {
+            props.retain(|_, p| !is_plain(p));
+            props.values_mut().for_each(drop_plain_descendants);
+        }
+        if map.get("items").is_some_and(is_plain) {
+            map.remove("items");
+        } else if let Some(items) = map.get_mut("items") {
+            drop_plain_descendants(items);
+        }
+        if let Some(additional @ Value::Object(_)) = map.get_mut("additionalProperties") {
+            drop_plain_descendants(additional);
+        }
+    }
+}
+
 impl NodeRules {
     /// Compiles the rules of `schema` (a node of the structural schema). `Err` carries the
     /// compiler's message for the first rule that does not compile.
     pub(crate) fn compile(schema: &Value) -> Result<Self, String> {
         let mut node_only = schema.clone();
         strip_descendant_rules(&mut node_only);
+        // Cost analysis needs the bounds (maxItems, maxLength) of the whole subtree, so it
+        // runs on the schema before plain subtrees are dropped for evaluation.
+        let for_analysis = compile_schema(&node_only);
+        drop_plain_descendants(&mut node_only);
         let compiled = compile_schema(&node_only);
         let mut problems = compiled.compilation_errors().into_iter().chain(
             compiled
@@ -117,6 +178,23 @@ impl NodeRules {
             .filter(|r| r.is_transition_rule)
             .map(|r| r.rule.rule.clone())
             .collect();
+        let mut analysis = Vec::new();
+        for rule in compiled
+            .validations
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|r| r.rule.rule.as_str())
+        {
+            // kube-cel 0.8's scope check reports comprehension variables (`self.all(c, ...)`)
+            // as undeclared, so its WrongScope findings are not used; a truly undeclared
+            // name fails at evaluation with a clear cause instead.
+            for warning in analyze_rule(rule, &for_analysis, ScopeContext::CrdValidation)
+                .into_iter()
+                .filter(|w| w.kind != WarningKind::WrongScope)
+            {
+                analysis.push(format!("rule {rule:?}: {}", warning.message));
+            }
+        }
         let type_name = schema
             .get("type")
             .and_then(Value::as_str)
@@ -126,7 +204,13 @@ impl NodeRules {
             compiled,
             type_name,
             transition_rules,
+            analysis,
         })
+    }
+
+    /// kube-cel's static analysis findings for this node's rules (advisory).
+    pub(crate) fn analysis(&self) -> &[String] {
+        &self.analysis
     }
 
     /// Evaluates the node's rules against `value` (with `old`, the correlated old value,
@@ -286,6 +370,48 @@ mod tests {
     }
 
     #[test]
+    fn formats_inside_a_subtree_still_reach_cel_as_typed_values() {
+        let r = rules(json!({
+            "type": "object",
+            "properties": {
+                "plain": {"type": "object", "properties": {"my-name": {"type": "string"}}},
+                "window": {"type": "object", "properties": {"every": {"type": "string", "format": "duration"}}},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}}
+            },
+            "x-kubernetes-validations": [
+                {"rule": "self.window.every > duration('1m')", "message": "at least a minute"},
+                {"rule": "self.plain.my__dash__name == 'x'", "message": "escaped name"},
+                {"rule": "'app.kubernetes.io/name' in self.labels", "message": "map keys are not escaped"}
+            ]
+        }));
+        let ok = json!({"plain": {"my-name": "x"}, "window": {"every": "5m"}, "labels": {"app.kubernetes.io/name": "a"}});
+        assert!(run(&r, ok, None).0.is_empty());
+        let (errs, _) = run(
+            &r,
+            json!({"plain": {"my-name": "y"}, "window": {"every": "30s"}, "labels": {}}),
+            None,
+        );
+        assert_eq!(errs.len(), 3, "{errs:?}");
+    }
+
+    #[test]
+    fn plain_subtrees_are_dropped_but_typed_ones_kept() {
+        let mut schema = json!({
+            "type": "object",
+            "properties": {
+                "a": {"type": "object", "properties": {"b": {"type": "string"}}},
+                "t": {"type": "string", "format": "date-time"},
+                "l": {"type": "array", "items": {"type": "object", "properties": {"x": {"type": "integer"}}}}
+            }
+        });
+        drop_plain_descendants(&mut schema);
+        assert_eq!(
+            schema,
+            json!({"type": "object", "properties": {"t": {"type": "string", "format": "date-time"}}})
+        );
+    }
+
+    #[test]
     fn descendant_rules_are_not_evaluated_by_the_parent() {
         let r = rules(json!({
             "type": "object",
@@ -293,6 +419,39 @@ mod tests {
             "x-kubernetes-validations": [{"rule": "true"}]
         }));
         assert!(run(&r, json!({"a": "x"}), None).0.is_empty());
+    }
+
+    #[test]
+    fn rules_over_unbounded_lists_are_flagged_but_bounded_ones_are_not() {
+        let r = rules(json!({
+            "type": "array", "items": {"type": "string"},
+            "x-kubernetes-validations": [{"rule": "self.all(x, self.exists_one(y, y == x))"}]
+        }));
+        assert!(
+            r.analysis()
+                .iter()
+                .any(|w| w.contains("exceeds K8s budget")),
+            "unbounded nested comprehension must be flagged: {:?}",
+            r.analysis()
+        );
+        let bounded = rules(json!({
+            "type": "array", "maxItems": 10, "items": {"type": "string", "maxLength": 10},
+            "x-kubernetes-validations": [{"rule": "self.all(c, self.exists_one(d, d == c))"}]
+        }));
+        assert!(bounded.analysis().is_empty(), "{:?}", bounded.analysis());
+    }
+
+    #[test]
+    fn an_undeclared_variable_fails_admission_with_a_clear_cause() {
+        let r = rules(
+            json!({"type": "string", "x-kubernetes-validations": [{"rule": "object.x == 1"}]}),
+        );
+        let (errs, _) = run(&r, json!("a"), None);
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with(r#"spec: Invalid value: "string": "#) && errs[0].contains("object"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -192,6 +192,24 @@ impl SchemaRegistry {
         self.find(group, kind_or_plural).map(|c| &c.crd)
     }
 
+    /// kube-cel's static analysis of every CEL rule, one line each
+    /// (`<crd> <version> <schema path>: rule "...": message`): rules whose estimated cost
+    /// may exceed the API server's budget, or that iterate lists or strings without
+    /// `maxItems`/`maxLength`. A real API server rejects a CRD whose rule cost it estimates
+    /// over budget, so these deserve a look; they do not stop admission here.
+    pub fn rule_analysis(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for crd in &self.crds {
+            let name = crd.crd.metadata.name.clone().unwrap_or_default();
+            for (version, compiled) in &crd.versions {
+                let mut lines = Vec::new();
+                compiled.root.rule_analysis("", &mut lines);
+                out.extend(lines.into_iter().map(|l| format!("{name} {version} {l}")));
+            }
+        }
+        out
+    }
+
     /// Every CRD in the registry, in the order given to [`new`](Self::new).
     pub fn crds(&self) -> impl Iterator<Item = &CustomResourceDefinition> {
         self.crds.iter().map(|c| &c.crd)

@@ -239,6 +239,23 @@ impl Node {
     fn has_object_meta(&self) -> bool {
         self.resource_root || self.embedded
     }
+
+    /// Every CEL static-analysis finding in this subtree, prefixed with the schema path.
+    pub(crate) fn rule_analysis(&self, path: &str, out: &mut Vec<String>) {
+        if let Some(rules) = &self.rules {
+            let at = if path.is_empty() { "<root>" } else { path };
+            out.extend(rules.analysis().iter().map(|w| format!("{at}: {w}")));
+        }
+        for (name, prop) in &self.properties {
+            prop.rule_analysis(&child_path(path, name), out);
+        }
+        if let Additional::Schema(schema) = &self.additional {
+            schema.rule_analysis(&key_path(path, "*"), out);
+        }
+        if let Some(items) = &self.items {
+            items.rule_analysis(&format!("{path}[*]"), out);
+        }
+    }
 }
 
 /// The admission pipeline for one object (see the module docs).
