@@ -17,6 +17,8 @@
 
 pub mod api;
 pub mod migrate;
+pub mod localapi;
+pub mod schema;
 pub mod telemetry;
 
 /// Installs the process-wide rustls crypto provider (ring).

@@ -25,6 +25,14 @@ enum Command {
         #[command(subcommand)]
         command: tether::migrate::cli::MigrateCommand,
     },
+    /// Check manifests offline as the API server would admit them: every Tether object
+    /// against the CRD schemas and CEL rules, other kinds for apiVersion/kind/metadata.
+    /// Prints `file:document: Kind/name: field: message` per problem; exits 1 if any.
+    Validate {
+        /// Files or directories of YAML manifests (multi-document streams).
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +49,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate { command } => std::process::exit(tether::migrate::cli::main(command)?),
+        Command::Validate { paths } => {
+            if !tether::schema::validate::run(&paths)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
