@@ -75,13 +75,34 @@ pub fn apply_patch(target: &mut Value, patch_type: PatchType, body: &[u8]) -> Re
         PatchType::Json => {
             let patch: json_patch::Patch = serde_json::from_slice(body)
                 .map_err(|e| ApiError::bad_request(format!("failed to decode JSON patch: {e}")))?;
-            json_patch::patch(target, &patch)
-                .map_err(|e| ApiError::bad_request(format!("failed to apply JSON patch: {e}")))
+            apply_json_patch(target, patch)
         }
         PatchType::Apply => Err(ApiError::internal(
             "server-side apply is not a patch (handled by the apply path)",
         )),
     }
+}
+
+/// Applies an RFC 6902 patch atomically, with the API server's reading of `test`: as in the
+/// JSON-patch library Kubernetes uses, testing for `null` succeeds when the member is absent.
+/// kube-runtime's finalizer helper relies on it (`test /metadata/finalizers null`, then `add`).
+fn apply_json_patch(target: &mut Value, patch: json_patch::Patch) -> Result<(), ApiError> {
+    let mut patched = target.clone();
+    for (index, operation) in patch.0.into_iter().enumerate() {
+        if let json_patch::PatchOperation::Test(test) = &operation
+            && test.value.is_null()
+            && patched.pointer(test.path.as_str()).is_none()
+        {
+            continue;
+        }
+        json_patch::patch(&mut patched, &[operation]).map_err(|e| {
+            ApiError::bad_request(format!(
+                "failed to apply JSON patch: operation {index} failed: {e}"
+            ))
+        })?;
+    }
+    *target = patched;
+    Ok(())
 }
 
 fn require_object(patch: &Value) -> Result<(), ApiError> {
@@ -130,6 +151,24 @@ fn strip_directives(value: &mut Value) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn json_patch_test_of_null_passes_on_an_absent_member_as_the_api_server_does() {
+        let mut target = json!({"metadata": {"name": "a"}});
+        let body = br#"[{"op":"test","path":"/metadata/finalizers","value":null},
+                        {"op":"add","path":"/metadata/finalizers","value":["f"]}]"#;
+        apply_patch(&mut target, PatchType::Json, body).unwrap();
+        assert_eq!(target["metadata"]["finalizers"], json!(["f"]));
+    }
+
+    #[test]
+    fn json_patch_is_atomic_when_a_later_operation_fails() {
+        let mut target = json!({"a": 1});
+        let body = br#"[{"op":"replace","path":"/a","value":2},
+                        {"op":"test","path":"/a","value":3}]"#;
+        assert!(apply_patch(&mut target, PatchType::Json, body).is_err());
+        assert_eq!(target, json!({"a": 1}));
+    }
 
     #[test]
     fn merge_patch_merges_objects_deletes_nulls_and_replaces_lists() {
