@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod controller;
 pub mod telemetry;
 
 /// Installs the process-wide rustls crypto provider (ring).
