@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod localapi;
 pub mod telemetry;
 
 /// Installs the process-wide rustls crypto provider (ring).
