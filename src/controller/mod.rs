@@ -230,9 +230,9 @@ pub(crate) async fn run_registered(
         let health = health.clone();
         async move {
             let synced = futures::future::join3(
-                env_store.wait_until_ready(),
-                release_store.wait_until_ready(),
-                migration_store.wait_until_ready(),
+                synced(&env_store),
+                synced(&release_store),
+                synced(&migration_store),
             )
             .await;
             if let (Ok(()), Ok(()), Ok(())) = synced {
@@ -265,6 +265,24 @@ pub(crate) async fn run_registered(
     readiness.abort();
     health.set_ready(false);
     result
+}
+
+/// Waits until `store` has its first complete list.
+///
+/// `Store::wait_until_ready` keeps one waker per store, and the controller's own applier
+/// waits on the same store, so a second waiter can miss the wake-up; polling it again on a
+/// short tick makes the wait reliable.
+async fn synced<K>(store: &Store<K>) -> Result<(), kube::runtime::reflector::store::WriterDropped>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    loop {
+        if let Ok(result) =
+            tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await
+        {
+            return result;
+        }
+    }
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
