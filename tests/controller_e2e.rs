@@ -161,7 +161,8 @@ where
     .await
 }
 
-async fn event_reasons(client: &Client, name: &str) -> Vec<(String, String)> {
+/// `(reason, note, published more than once)` of every event about object `name`.
+async fn event_reasons(client: &Client, name: &str) -> Vec<(String, String, bool)> {
     let events: Api<K8sEvent> = Api::default_namespaced(client.clone());
     events
         .list(&ListParams::default())
@@ -170,7 +171,13 @@ async fn event_reasons(client: &Client, name: &str) -> Vec<(String, String)> {
         .items
         .into_iter()
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .map(|e| {
+            (
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+                e.series.is_some(),
+            )
+        })
         .collect()
 }
 
@@ -248,11 +255,35 @@ async fn an_environment_stalls_on_a_missing_secret_recovers_when_it_appears_and_
         (events.len() >= 2).then_some(events)
     })
     .await;
-    let reasons: Vec<&str> = events.iter().map(|(r, _)| r.as_str()).collect();
+    let reasons: Vec<&str> = events.iter().map(|(r, _, _)| r.as_str()).collect();
     assert!(reasons.contains(&"SecretNotFound"), "{reasons:?}");
     assert!(reasons.contains(&"ReferencesResolved"), "{reasons:?}");
+    // Events mark transitions: the stalled state was reconciled more than once (after the
+    // finalizer and after its own status write) but published once.
+    assert!(
+        events.iter().all(|(_, _, repeated)| !repeated),
+        "{events:?}"
+    );
     assert!(!ready.to_string().contains(SECRET_VALUE));
-    assert!(events.iter().all(|(_, note)| !note.contains(SECRET_VALUE)));
+    assert!(
+        events
+            .iter()
+            .all(|(_, note, _)| !note.contains(SECRET_VALUE))
+    );
+    // Status belongs to one field manager, written by server-side apply.
+    let managers: Vec<(&str, &str)> = ready["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["subresource"] == "status")
+        .map(|m| {
+            (
+                m["manager"].as_str().unwrap(),
+                m["operation"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(managers, [("tether-controller", "Apply")]);
 
     envs.delete("web", &DeleteParams::default()).await.unwrap();
     wait_until_gone(&envs, "web").await;
@@ -528,5 +559,39 @@ async fn the_label_selector_limits_which_objects_are_reconciled() {
     let other = envs.get("other").await.unwrap();
     assert!(other.status.is_none());
     assert!(other.finalizers().is_empty());
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_namespaced_controller_ignores_other_namespaces() {
+    tether::install_crypto_provider();
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let apps: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "apps"}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &apps)
+        .await
+        .unwrap();
+    let config = ControllerConfig {
+        namespace: Some("apps".into()),
+        ..fast_config()
+    };
+    let running = Running::start(client.clone(), config).await;
+    let in_default: Api<Environment> = Api::default_namespaced(client.clone());
+    let in_apps: Api<Environment> = Api::namespaced(client.clone(), "apps");
+    in_default
+        .create(&PostParams::default(), &environment("elsewhere", json!({})))
+        .await
+        .unwrap();
+    in_apps
+        .create(&PostParams::default(), &environment("here", json!({})))
+        .await
+        .unwrap();
+    wait_for_condition(&in_apps, "here", "Ready", "True").await;
+    let elsewhere = in_default.get("elsewhere").await.unwrap();
+    assert!(elsewhere.status.is_none());
+    assert!(elsewhere.finalizers().is_empty());
     running.stop().await;
 }
