@@ -347,3 +347,55 @@ fn spawn_controller<K: Reconciled>(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher::Event;
+
+    fn decoded(value: serde_json::Value) -> Decoded<Environment> {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn env(namespace: &str, name: &str, token_secret: &str) -> Decoded<Environment> {
+        decoded(serde_json::json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"credentials": {"fly": {"name": token_secret}}},
+        }))
+    }
+
+    fn secret(namespace: &str, name: &str) -> MetaOnly<Secret> {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": namespace},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_secret_change_maps_to_the_objects_in_its_namespace_that_reference_it() {
+        let mut writer: Writer<Decoded<Environment>> = Writer::default();
+        for obj in [
+            env("a", "uses-it", "fly-token"),
+            env("a", "other", "different"),
+            env("b", "same-name-other-namespace", "fly-token"),
+            decoded(serde_json::json!({
+                "metadata": {"name": "malformed", "namespace": "a"},
+                "spec": {"suspend": "no"},
+            })),
+        ] {
+            writer.apply_watcher_event(&Event::Apply(obj));
+        }
+        let mapper = referencing(
+            writer.as_reader(),
+            |env: &Environment, s: &MetaOnly<Secret>| {
+                environment::references_secret(env, &s.name_any())
+            },
+        );
+        let refs = mapper(secret("a", "fly-token"));
+        let names: Vec<&str> = refs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["uses-it"]);
+        assert!(mapper(secret("a", "unrelated")).is_empty());
+    }
+}
