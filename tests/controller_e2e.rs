@@ -595,3 +595,31 @@ async fn a_namespaced_controller_ignores_other_namespaces() {
     assert!(elsewhere.finalizers().is_empty());
     running.stop().await;
 }
+
+#[tokio::test]
+async fn a_suspended_environment_is_not_reconciled_and_says_so() {
+    tether::install_crypto_provider();
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let running = Running::start(client.clone(), fast_config()).await;
+    let envs: Api<Environment> = Api::default_namespaced(client.clone());
+    let mut env = render_environment("paused", "missing-token");
+    env.spec.suspend = true;
+    envs.create(&PostParams::default(), &env).await.unwrap();
+    let status = eventually(WAIT, || async {
+        let value = serde_json::to_value(envs.get("paused").await.ok()?).ok()?;
+        let ready = condition(&value["status"], "Ready")?;
+        (ready["reason"] == "Suspended").then_some(value)
+    })
+    .await;
+    // Suspended means no actions: the missing Secret is not even looked up.
+    assert_eq!(
+        condition(&status["status"], "Ready").unwrap()["status"],
+        "False"
+    );
+    assert_eq!(
+        condition(&status["status"], "Stalled").unwrap()["status"],
+        "False"
+    );
+    running.stop().await;
+}

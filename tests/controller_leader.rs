@@ -125,7 +125,10 @@ async fn only_the_lease_holder_reconciles_and_the_standby_takes_over_when_it_sto
     let leader_identity = leader.identity.clone();
     leader.stop().await;
     // Released on shutdown: the stopped leader no longer holds the Lease.
-    assert_ne!(holder(&client).await.as_deref(), Some(leader_identity.as_str()));
+    assert_ne!(
+        holder(&client).await.as_deref(),
+        Some(leader_identity.as_str())
+    );
     let next = eventually(WAIT, || async {
         holder(&client).await.filter(|h| *h == standby.identity)
     })
