@@ -78,6 +78,7 @@ pub async fn run_elected(
     info!(lease = %lease.name, identity = %lease.identity, "waiting for leadership");
 
     let mut result = Ok(());
+    let mut manager_stopped = false;
     loop {
         if *leading.borrow_and_update() {
             info!(identity = %lease.identity, "acquired leadership; starting controllers");
@@ -94,7 +95,10 @@ pub async fn run_elected(
             let finished = tokio::select! {
                 outcome = &mut controllers => Some(outcome),
                 changed = leading.changed() => {
-                    if changed.is_err() || !*leading.borrow() {
+                    if changed.is_err() {
+                        manager_stopped = true;
+                    }
+                    if manager_stopped || !*leading.borrow() {
                         warn!(identity = %lease.identity, "lost leadership; stopping controllers");
                     }
                     None
@@ -110,15 +114,22 @@ pub async fn run_elected(
                 result = Err(error);
             }
             health.set_ready(true);
-            if shutdown.is_cancelled() || result.is_err() {
+            if shutdown.is_cancelled() || result.is_err() || manager_stopped {
                 break;
             }
         } else {
             tokio::select! {
-                changed = leading.changed() => if changed.is_err() { break },
+                changed = leading.changed() => if changed.is_err() {
+                    manager_stopped = true;
+                    break;
+                },
                 () = shutdown.cancelled() => break,
             }
         }
+    }
+    if manager_stopped && result.is_ok() {
+        // Never keep running (or report success) without a working election.
+        result = Err(ControllerError::LeaseManagerStopped);
     }
 
     // Dropping the receiver makes the manager release the Lease and return.

@@ -95,6 +95,9 @@ pub enum ControllerError {
         /// The lease manager's error.
         source: kube_lease_manager::LeaseManagerError,
     },
+    /// The lease manager stopped on its own, so leadership can no longer be known.
+    #[error("failed to keep leader election running: the lease manager stopped")]
+    LeaseManagerStopped,
     /// A controller task panicked.
     #[error("failed to run the {0} controller: its task ended abnormally")]
     Join(&'static str),
