@@ -159,10 +159,6 @@ fn store_key(storage: &str, key: &str) -> String {
     format!("{storage}\u{0}{key}")
 }
 
-fn rv_of(obj: &Value) -> Option<u64> {
-    meta::meta_str(obj, "resourceVersion")?.parse().ok()
-}
-
 fn storage_err(e: StoreError) -> ApiError {
     tracing::error!(error = %e, "local API store write failed");
     ApiError::internal(format!("{e}"))
@@ -401,6 +397,26 @@ impl Storage {
             }
             _ => &bucket.objects,
         };
+        // `metadata.name=<n>` in one namespace (kubectl wait/delete --wait): one lookup.
+        if let (Some(name), Some(ns), None, None) = (
+            opts.fields.required_value("metadata.name"),
+            namespace,
+            at,
+            &start,
+        ) {
+            let items: Vec<Arc<Value>> = objects
+                .get(&*object_key(Some(ns), name))
+                .filter(|o| opts.labels.matches_object(o) && opts.fields.matches_object(o))
+                .cloned()
+                .into_iter()
+                .collect();
+            return Ok(ListPage {
+                items,
+                resource_version: list_rv,
+                continue_token: None,
+                remaining: None,
+            });
+        }
         let prefix = namespace.map(|ns| format!("{ns}/"));
         let lower = match (&start, &prefix) {
             (Some(s), _) => Bound::Excluded(s.clone()),
@@ -1375,12 +1391,7 @@ fn decode_continue(token: &str) -> Result<(u64, String), ApiError> {
     Ok((rv, start))
 }
 
-/// The resourceVersion of a stored object (0 when missing).
-pub fn object_rv(obj: &Value) -> u64 {
-    rv_of(obj).unwrap_or(0)
-}
-
-/// A JSON object map helper for list rendering.
+/// The `metadata` of a list response.
 pub fn list_metadata(rv: u64, continue_token: Option<&str>, remaining: Option<usize>) -> Value {
     let mut m = Map::new();
     m.insert("resourceVersion".into(), json!(rv.to_string()));
