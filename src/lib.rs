@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod migrate;
+pub mod controller;
 pub mod localapi;
 pub mod schema;
 pub mod telemetry;

@@ -25,6 +25,14 @@ enum Command {
         #[command(subcommand)]
         command: tether::migrate::cli::MigrateCommand,
     },
+    /// Run the Environment, Release and Migration controllers against a Kubernetes API.
+    Controller(tether::controller::cli::ControllerArgs),
+    /// Print every metric name the binary registers, one per line.
+    #[command(hide = true)]
+    MetricsNames,
+    /// Print the Kubernetes API calls the controllers make, as JSON.
+    #[command(hide = true)]
+    Rbac,
     /// Check manifests offline as the API server would admit them: every Tether object
     /// against the CRD schemas and CEL rules, other kinds for apiVersion/kind/metadata.
     /// Prints `file:document: Kind/name: field: message` per problem; exits 1 if any.
@@ -49,6 +57,19 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate { command } => std::process::exit(tether::migrate::cli::main(command)?),
+        Command::Controller(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(tether::controller::cli::run_cli(args))?;
+            Ok(())
+        }
+        Command::MetricsNames => {
+            print!("{}", tether::controller::cli::metric_names()?);
+            Ok(())
+        }
+        Command::Rbac => {
+            println!("{}", tether::controller::rbac::to_json());
+            Ok(())
+        }
         Command::Validate { paths } => {
             if !tether::schema::validate::run(&paths)? {
                 std::process::exit(1);
