@@ -244,5 +244,12 @@ mod tests {
         let names = metric_names().unwrap();
         assert!(names.contains("controller_runtime_reconcile_total\n"));
         assert!(names.contains("tether_reconcile_stalled\n"));
+        for migration in [
+            "tether_migration_applied_total",
+            "tether_migration_duration_seconds",
+            "tether_migration_lint_findings_total",
+        ] {
+            assert!(names.contains(&format!("{migration}\n")), "{migration}");
+        }
     }
 }

@@ -46,6 +46,14 @@ pub enum Verdict {
         /// Names what is missing or invalid; never a Secret value.
         message: String,
     },
+    /// Not ready, but expected to make progress without a change (a transient failure
+    /// that is retried): `Ready=False`, `Stalled=False`.
+    NotReady {
+        /// PascalCase reason, e.g. `LockTimeout`.
+        reason: String,
+        /// Human summary; never a Secret value.
+        message: String,
+    },
     /// `spec.suspend` is true: nothing is done.
     Suspended,
 }
@@ -70,6 +78,15 @@ pub fn next_conditions(
     let (ready, stalled, resolved) = match verdict {
         Verdict::Ready { reason, message } => (
             (ConditionStatus::True, reason.as_str(), message.clone()),
+            (ConditionStatus::False, REASON_NOT_STALLED, String::new()),
+            (
+                ConditionStatus::True,
+                REASON_REFERENCES_RESOLVED,
+                "Every referenced Secret, ConfigMap and object exists".to_string(),
+            ),
+        ),
+        Verdict::NotReady { reason, message } => (
+            (ConditionStatus::False, reason.as_str(), message.clone()),
             (ConditionStatus::False, REASON_NOT_STALLED, String::new()),
             (
                 ConditionStatus::True,
@@ -154,8 +171,9 @@ pub fn transition_event(previous: &[Condition], next: &[Condition]) -> Option<Tr
     let stalled = next
         .iter()
         .any(|c| c.type_ == STALLED && c.status == ConditionStatus::True);
+    let failing = ready.status == ConditionStatus::False && ready.reason != REASON_SUSPENDED;
     Some(TransitionEvent {
-        warning: stalled,
+        warning: stalled || failing,
         reason: ready.reason.clone(),
         note: ready.message.clone(),
     })
@@ -188,6 +206,19 @@ mod tests {
 
     fn find<'a>(conds: &'a [Condition], type_: &str) -> &'a Condition {
         conds.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn a_not_ready_verdict_is_not_ready_but_not_stalled_and_warns_once() {
+        let verdict = Verdict::NotReady {
+            reason: "LockTimeout".into(),
+            message: "lock timeout".into(),
+        };
+        let next = next_conditions(&[], &verdict, None, "t1");
+        assert_eq!(find(&next, READY).status, ConditionStatus::False);
+        assert_eq!(find(&next, STALLED).status, ConditionStatus::False);
+        assert!(transition_event(&[], &next).unwrap().warning);
+        assert_eq!(transition_event(&next, &next), None);
     }
 
     #[test]

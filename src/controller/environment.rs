@@ -186,6 +186,8 @@ pub fn report(spec: &EnvironmentSpec, plan: &EnvironmentPlan) -> Report {
         },
         status,
         requeue_after: None,
+        conditions: Vec::new(),
+        events: Vec::new(),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The controllers' Prometheus metrics, named as controller-runtime names them so existing
 //! dashboards work, plus `tether_reconcile_stalled`. Labels are bounded: the controller
-//! (kind) and the result, never object names.
+//! (kind) and the result, never object names. The Migration controller's metrics
+//! (`tether_migration_*`, from [`MigrationMetrics::register`]) are registered here too, so
+//! they are registered exactly once per process, with the rest.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -8,6 +10,7 @@ use std::time::Duration;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 
+use crate::migrate::engine::MigrationMetrics;
 use crate::telemetry::MetricsRegistry;
 
 /// How one reconcile ended, as the `result` label says it.
@@ -40,6 +43,7 @@ pub struct ControllerMetrics {
     duration: HistogramVec,
     stalled: IntGaugeVec,
     stalled_objects: Arc<Mutex<BTreeMap<&'static str, BTreeSet<String>>>>,
+    migration: MigrationMetrics,
 }
 
 impl ControllerMetrics {
@@ -82,7 +86,13 @@ impl ControllerMetrics {
             duration,
             stalled,
             stalled_objects: Arc::default(),
+            migration: MigrationMetrics::register(registry)?,
         })
+    }
+
+    /// The Migration controller's run metrics (`tether_migration_*`).
+    pub fn migration(&self) -> &MigrationMetrics {
+        &self.migration
     }
 
     /// Records one reconcile of `controller` (the kind's lower-case name).

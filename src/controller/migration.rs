@@ -1,22 +1,42 @@
-//! The Migration reconciler: observe (the Environment whose Supabase database it targets,
-//! or the connection Secret; the ConfigMap source) → validate (durations, ConfigMap file
-//! names `<version>_<name>.sql` as the Supabase CLI writes them, unique versions,
-//! acknowledgements naming known versions) → plan (the ordered migrations, a pure value)
-//! → act (the `crate::migrate` engine applies the plan here in a later step; nothing is
-//! applied today) → report (phase `Pending`, the pending versions).
+//! The Migration reconciler: observe (the connection Secret, or the Environment whose
+//! Supabase database it targets; the ConfigMap source) → validate (durations, the source
+//! through `migrate::reconcile::resolve_source`: file names `<version>_<name>.sql`,
+//! unique versions; acknowledgements naming known versions) → act (the `crate::migrate`
+//! engine: lint → dry-run → apply → verify, through the seam in `migrate::reconcile`) →
+//! report (phase, pending/applied versions, findings, `Ready`/`Stalled`/`Verified`, one
+//! event per migration applied or blocked, `tether_migration_*` metrics).
+//!
+//! The run gate ([`MigrationRuns`]): the database is only touched when the inputs changed
+//! (generation, migration checksums, the Secret's resourceVersion), when the last run did
+//! not settle (a transient failure), or once per `spec.interval` (the checksum and
+//! missing-version check). Otherwise the reconcile reports the status it already has.
+//!
+//! The connection string is read from the Secret at act time and handed to the engine
+//! only: it is never logged, nor put in status, events or errors. A database named by
+//! `environmentRef` needs the Supabase platform layer to find its connection; until that
+//! exists the Migration is `Stalled` with reason `SupabaseConnectionUnavailable`.
 
-use std::collections::BTreeMap;
-use std::fmt;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use kube::ResourceExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
 
-use crate::api::Migration;
-use crate::api::common::parse_duration;
-use crate::api::migration::{MigrationPhase, MigrationSpec};
-use crate::controller::conditions::{REASON_REFERENCES_RESOLVED, Verdict};
+use crate::api::common::{ConditionStatus, SecretKeyRef, condition_types, parse_duration};
+use crate::api::migration::{MigrationSpec, MigrationStatus};
+use crate::api::{Condition, Migration};
+use crate::controller::conditions::{TransitionEvent, Verdict};
 use crate::controller::error::ReconcileError;
 use crate::controller::reconcile::{Context, Reconciled, Report};
 use crate::controller::references::{RefKind, Reference, Snapshot};
+use crate::migrate::reconcile::{
+    EventType, SpecError, VERIFIED, events_from, requeue_after, resolve_source, run_migration,
+    status_from,
+};
+use crate::migrate::source::MigrationSet;
 
 /// Every object a Migration names.
 pub fn references(spec: &MigrationSpec) -> Vec<Reference> {
@@ -44,114 +64,22 @@ pub fn references(spec: &MigrationSpec) -> Vec<Reference> {
     refs
 }
 
-/// One migration file of the source.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PlannedMigration {
-    /// Numeric version, e.g. `20240101120000`.
-    pub version: String,
-    /// Name after the version.
-    pub name: String,
-}
-
-/// The migrations to apply, ordered by version: the input of the migrate engine.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MigrationPlan {
-    /// Migrations in version order.
-    pub migrations: Vec<PlannedMigration>,
-}
-
-impl fmt::Display for MigrationPlan {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for m in &self.migrations {
-            writeln!(f, "apply {}_{}", m.version, m.name)?;
-        }
-        Ok(())
-    }
-}
-
 fn invalid(reason: &'static str, message: String) -> ReconcileError {
     ReconcileError::ValidateSpec { reason, message }
 }
 
-/// Parses a ConfigMap key of the form `<version>_<name>.sql`; other keys (a README) are
-/// not migrations and yield `None`.
-fn parse_file_name(key: &str) -> Option<Result<PlannedMigration, String>> {
-    let stem = key.strip_suffix(".sql")?;
-    let Some((version, name)) = stem.split_once('_') else {
-        return Some(Err(key.to_string()));
-    };
-    let version_ok = !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit());
-    let name_ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    Some(if version_ok && name_ok {
-        Ok(PlannedMigration {
-            version: version.to_string(),
-            name: name.to_string(),
-        })
-    } else {
-        Err(key.to_string())
-    })
+fn spec_error(error: SpecError) -> ReconcileError {
+    invalid(error.reason(), error.to_string())
 }
 
-/// Plans the migrations of `spec`, reading a ConfigMap source from `config_map` (pure).
-pub fn plan(
+/// Rejects acknowledgements naming a version the source does not hold (a typo would
+/// otherwise silently acknowledge nothing).
+pub fn check_acknowledgements(
     spec: &MigrationSpec,
-    config_map: Option<&BTreeMap<String, String>>,
-) -> Result<MigrationPlan, ReconcileError> {
-    let mut migrations: Vec<PlannedMigration> = match (&spec.source.inline, config_map) {
-        (Some(inline), _) => inline
-            .iter()
-            .map(|m| PlannedMigration {
-                version: m.version.clone(),
-                name: m.name.clone(),
-            })
-            .collect(),
-        (None, Some(data)) => {
-            let name = spec
-                .source
-                .config_map_ref
-                .as_ref()
-                .map(|r| r.name.as_str())
-                .unwrap_or_default();
-            let mut parsed = Vec::new();
-            for key in data.keys() {
-                match parse_file_name(key) {
-                    Some(Ok(m)) => parsed.push(m),
-                    Some(Err(bad)) => {
-                        return Err(invalid(
-                            "InvalidSource",
-                            format!(
-                                "ConfigMap {name:?} key {bad:?} is not named <version>_<name>.sql"
-                            ),
-                        ));
-                    }
-                    None => {}
-                }
-            }
-            if parsed.is_empty() {
-                return Err(invalid(
-                    "InvalidSource",
-                    format!("ConfigMap {name:?} holds no <version>_<name>.sql keys"),
-                ));
-            }
-            parsed
-        }
-        (None, None) => Vec::new(),
-    };
-    migrations.sort_by(|a, b| (a.version.len(), &a.version).cmp(&(b.version.len(), &b.version)));
-    if let Some(pair) = migrations.windows(2).find(|w| w[0].version == w[1].version) {
-        return Err(invalid(
-            "DuplicateVersion",
-            format!(
-                "migration version {} appears more than once",
-                pair[0].version
-            ),
-        ));
-    }
+    set: &MigrationSet,
+) -> Result<(), ReconcileError> {
     for (i, ack) in spec.policy.acknowledge.iter().enumerate() {
-        if !migrations.iter().any(|m| m.version == ack.version) {
+        if set.get(&ack.version).is_none() {
             return Err(invalid(
                 "UnknownVersion",
                 format!(
@@ -161,7 +89,7 @@ pub fn plan(
             ));
         }
     }
-    Ok(MigrationPlan { migrations })
+    Ok(())
 }
 
 /// Checks the durations the engine will need.
@@ -179,23 +107,150 @@ pub fn validate(spec: &MigrationSpec) -> Result<std::time::Duration, ReconcileEr
         .map_err(|e| invalid("InvalidInterval", format!("spec.interval: {e}")))
 }
 
-/// The status fields of a resolved Migration (pure).
-pub fn report(plan: &MigrationPlan) -> Report {
-    let pending: Vec<&str> = plan.migrations.iter().map(|m| m.version.as_str()).collect();
-    let mut status = serde_json::Map::new();
-    status.insert("phase".into(), serde_json::json!(MigrationPhase::Pending));
-    status.insert("pending".into(), serde_json::json!(pending));
-    Report {
-        verdict: Verdict::Ready {
-            reason: REASON_REFERENCES_RESOLVED.into(),
-            message: format!(
-                "All references resolved; {} migration(s) pending (applying not yet enabled)",
-                pending.len()
-            ),
+/// The status fields, verdict and `Verified` condition a Migration status stands for
+/// (pure): used for a fresh run's status and to re-report a status when the run gate
+/// skips the database.
+pub fn report_from_status(status: &MigrationStatus) -> Report {
+    let find = |type_: &str| status.conditions.iter().find(|c| c.type_ == type_);
+    let stalled = find(condition_types::STALLED).is_some_and(|c| c.status == ConditionStatus::True);
+    let verdict = match find(condition_types::READY) {
+        Some(ready) if stalled => Verdict::Stalled {
+            reason: ready.reason.clone(),
+            message: ready.message.clone(),
         },
+        Some(ready) if ready.status == ConditionStatus::True => Verdict::Ready {
+            reason: ready.reason.clone(),
+            message: ready.message.clone(),
+        },
+        Some(ready) => Verdict::NotReady {
+            reason: ready.reason.clone(),
+            message: ready.message.clone(),
+        },
+        None => Verdict::NotReady {
+            reason: "Progressing".into(),
+            message: "the migrations have not run yet".into(),
+        },
+    };
+    let conditions: Vec<Condition> = find(VERIFIED).cloned().into_iter().collect();
+    let fields = MigrationStatus {
+        observed_generation: None,
+        conditions: Vec::new(),
+        ..status.clone()
+    };
+    let status = match serde_json::to_value(fields) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    Report {
+        verdict,
         status,
         requeue_after: None,
+        conditions,
+        events: Vec::new(),
     }
+}
+
+/// The last database run of each Migration, so reconciles triggered by the Migration's
+/// own status writes (or by unrelated changes) do not run the engine again.
+#[derive(Debug, Default)]
+pub struct MigrationRuns {
+    runs: Mutex<HashMap<String, LastRun>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LastRun {
+    inputs: u64,
+    at: Instant,
+    settled: bool,
+}
+
+impl MigrationRuns {
+    /// How long the run of `key` with `inputs` may still be trusted, if at all.
+    fn fresh(&self, key: &str, inputs: u64, interval: Duration) -> Option<Duration> {
+        let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        let last = runs.get(key)?;
+        let age = last.at.elapsed();
+        (last.settled && last.inputs == inputs && age < interval).then(|| interval - age)
+    }
+
+    fn record(&self, key: &str, inputs: u64, settled: bool) {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            key.to_string(),
+            LastRun {
+                inputs,
+                at: Instant::now(),
+                settled,
+            },
+        );
+    }
+
+    fn forget(&self, key: &str) {
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+/// A fingerprint of what a run depends on: the spec's generation, every migration's
+/// checksum and the connection Secret's resourceVersion (never its value).
+fn inputs(generation: Option<i64>, set: &MigrationSet, secret_version: Option<&str>) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    generation.hash(&mut hasher);
+    for m in set.migrations() {
+        (&m.file, &m.checksum).hash(&mut hasher);
+    }
+    secret_version.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Reads the connection string from the Secret key (returns the Secret's resourceVersion
+/// beside it). Errors name the Secret and key, never the value.
+async fn connection(
+    ctx: &Context,
+    namespace: &str,
+    secret_ref: &SecretKeyRef,
+) -> Result<(String, Option<String>), ReconcileError> {
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+        .get(&secret_ref.name)
+        .await
+        .map_err(|source| ReconcileError::ReadReference {
+            what: format!("Secret {:?}", secret_ref.name),
+            source,
+        })?;
+    let from_data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&secret_ref.key))
+        .map(|b| String::from_utf8(b.0.clone()));
+    let from_string = secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get(&secret_ref.key))
+        .cloned();
+    let url = match (from_data, from_string) {
+        (Some(Ok(url)), _) | (None, Some(url)) => url,
+        (Some(Err(_)), _) => {
+            return Err(invalid(
+                "InvalidSecret",
+                format!(
+                    "spec.database.connectionSecretRef: Secret {:?} key {:?} is not UTF-8 text",
+                    secret_ref.name, secret_ref.key
+                ),
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                "SecretKeyNotFound",
+                format!(
+                    "spec.database.connectionSecretRef: Secret {:?} has no key {:?}",
+                    secret_ref.name, secret_ref.key
+                ),
+            ));
+        }
+    };
+    let url = url.trim().to_string();
+    Ok((url, secret.resource_version()))
 }
 
 impl Reconciled for Migration {
@@ -213,40 +268,104 @@ impl Reconciled for Migration {
         if !missing.is_empty() {
             return Err(ReconcileError::ResolveReferences(missing));
         }
-        if let Some(env_ref) = &self.spec.database.environment_ref
-            && snapshot
-                .environment(&env_ref.name)
-                .is_some_and(|env| env.spec.supabase.is_none())
-        {
-            return Err(invalid(
-                "NoDatabase",
-                format!(
-                    "spec.database.environmentRef: Environment {:?} declares no Supabase project",
-                    env_ref.name
-                ),
-            ));
-        }
         let config_map = self
             .spec
             .source
             .config_map_ref
             .as_ref()
             .and_then(|r| snapshot.config_map(&r.name));
-        let plan = plan(&self.spec, config_map)?;
-        tracing::debug!(%plan, "planned");
-        // Act — the seam for the migrate engine (branch `migrate`, not on main yet): read the
-        // database URL (the connection Secret's key, or the Environment's Supabase
-        // database), build the set with `migrate::reconcile::resolve_source(&spec.source,
-        // config_map)`, run `migrate::reconcile::run_migration`, and report with
-        // `migrate::reconcile::status_from` instead of `report(&plan)` below. Until then
-        // nothing is applied and every version is reported pending.
-        let mut report = report(&plan);
-        report.requeue_after = Some(interval);
+        let set = resolve_source(&self.spec.source, config_map).map_err(spec_error)?;
+        check_acknowledgements(&self.spec, &set)?;
+        let secret_ref = match (
+            &self.spec.database.connection_secret_ref,
+            &self.spec.database.environment_ref,
+        ) {
+            (Some(secret_ref), _) => secret_ref,
+            (None, Some(env_ref)) => {
+                let has_project = snapshot
+                    .environment(&env_ref.name)
+                    .is_some_and(|env| env.spec.supabase.is_some());
+                return Err(if has_project {
+                    invalid(
+                        "SupabaseConnectionUnavailable",
+                        format!(
+                            "spec.database.environmentRef: the database of Environment {:?}'s \
+                             Supabase project needs the platform layer, which this controller \
+                             does not have yet; set spec.database.connectionSecretRef instead",
+                            env_ref.name
+                        ),
+                    )
+                } else {
+                    invalid(
+                        "NoDatabase",
+                        format!(
+                            "spec.database.environmentRef: Environment {:?} declares no \
+                             Supabase project",
+                            env_ref.name
+                        ),
+                    )
+                });
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "NoDatabase",
+                    "spec.database names neither a connectionSecretRef nor an \
+                     environmentRef"
+                        .into(),
+                ));
+            }
+        };
+        let (url, secret_version) = connection(ctx, &namespace, secret_ref).await?;
+        let key = format!("{namespace}/{}", self.name_any());
+        let generation = self.metadata.generation;
+        let fingerprint = inputs(generation, &set, secret_version.as_deref());
+        if let (Some(status), Some(remaining)) = (
+            &self.status,
+            ctx.migration_runs.fresh(&key, fingerprint, interval),
+        ) {
+            tracing::debug!("inputs unchanged since the last run; not touching the database");
+            let mut report = report_from_status(status);
+            report.requeue_after = Some(remaining);
+            return Ok(report);
+        }
+
+        let run = run_migration(&self.spec, &set, &url)
+            .await
+            .map_err(spec_error)?;
+        ctx.metrics.migration().observe(&run);
+        tracing::info!(
+            phase = ?run.phase,
+            applied = run.applied.len(),
+            pending = run.pending.len(),
+            findings = run.findings.len(),
+            elapsed_ms = run.elapsed.as_millis() as u64,
+            "migration run finished"
+        );
+        let now = jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .unwrap_or_else(|_| jiff::Timestamp::now())
+            .to_string();
+        let status = status_from(&run, generation, self.status.as_ref(), &now);
+        let mut report = report_from_status(&status);
+        let settled = !matches!(report.verdict, Verdict::NotReady { .. });
+        ctx.migration_runs.record(&key, fingerprint, settled);
+        report.requeue_after = Some(requeue_after(&run, interval));
+        report.events = events_from(&run)
+            .into_iter()
+            .map(|e| TransitionEvent {
+                warning: e.type_ == EventType::Warning,
+                reason: e.reason.to_string(),
+                note: e.note,
+            })
+            .collect();
         Ok(report)
     }
 
-    async fn cleanup(&self, _ctx: &Context) -> Result<(), ReconcileError> {
-        // Applied migrations are never reverted on deletion; nothing else to release.
+    async fn cleanup(&self, ctx: &Context) -> Result<(), ReconcileError> {
+        // Applied migrations are never reverted on deletion; only forget the last run.
+        let namespace = self.namespace().unwrap_or_default();
+        ctx.migration_runs
+            .forget(&format!("{namespace}/{}", self.name_any()));
         Ok(())
     }
 }
@@ -254,6 +373,7 @@ impl Reconciled for Migration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn spec(source: serde_json::Value) -> MigrationSpec {
         serde_json::from_value(serde_json::json!({
@@ -261,12 +381,6 @@ mod tests {
             "source": source,
         }))
         .unwrap()
-    }
-
-    fn data(keys: &[&str]) -> BTreeMap<String, String> {
-        keys.iter()
-            .map(|k| (k.to_string(), "select 1;".to_string()))
-            .collect()
     }
 
     #[test]
@@ -297,64 +411,24 @@ mod tests {
     }
 
     #[test]
-    fn config_map_files_are_planned_in_version_order_and_other_keys_ignored() {
-        let spec = spec(serde_json::json!({"configMapRef": {"name": "sql"}}));
-        let plan = plan(
-            &spec,
-            Some(&data(&[
-                "20240102000000_add_users.sql",
-                "9_first.sql",
-                "README.md",
-            ])),
-        )
-        .unwrap();
-        assert_eq!(
-            plan.to_string(),
-            "apply 9_first\napply 20240102000000_add_users\n"
-        );
-    }
-
-    #[test]
-    fn a_badly_named_sql_file_is_an_invalid_source_naming_the_key() {
-        let spec = spec(serde_json::json!({"configMapRef": {"name": "sql"}}));
-        let err = plan(&spec, Some(&data(&["init.sql"]))).unwrap_err();
-        assert_eq!(err.kind(), "InvalidSource");
-        assert!(err.stall_message().contains("\"init.sql\""));
-    }
-
-    #[test]
-    fn a_config_map_without_migrations_is_invalid() {
-        let spec = spec(serde_json::json!({"configMapRef": {"name": "sql"}}));
-        assert_eq!(
-            plan(&spec, Some(&data(&["notes.txt"]))).unwrap_err().kind(),
-            "InvalidSource"
-        );
-    }
-
-    #[test]
-    fn duplicate_versions_across_files_are_rejected() {
-        let spec = spec(serde_json::json!({"configMapRef": {"name": "sql"}}));
-        let err = plan(&spec, Some(&data(&["1_a.sql", "1_b.sql"]))).unwrap_err();
-        assert_eq!(err.kind(), "DuplicateVersion");
-    }
-
-    #[test]
     fn an_acknowledgement_of_an_unknown_version_is_rejected() {
         let mut spec =
             spec(serde_json::json!({"inline": [{"version": "1", "name": "a", "sql": "x"}]}));
+        let set = resolve_source(&spec.source, None).unwrap();
         spec.policy.acknowledge = serde_json::from_value(serde_json::json!([
             {"version": "2", "rules": ["ban-drop-table"]}]))
         .unwrap();
-        assert_eq!(plan(&spec, None).unwrap_err().kind(), "UnknownVersion");
+        let err = check_acknowledgements(&spec, &set).unwrap_err();
+        assert_eq!(err.kind(), "UnknownVersion");
     }
 
     #[test]
-    fn the_report_lists_every_version_as_pending() {
-        let spec = spec(serde_json::json!({"inline": [
-            {"version": "2", "name": "b", "sql": "x"}, {"version": "1", "name": "a", "sql": "x"}]}));
-        let report = report(&plan(&spec, None).unwrap());
-        assert_eq!(report.status["pending"], serde_json::json!(["1", "2"]));
-        assert_eq!(report.status["phase"], "Pending");
+    fn a_badly_named_config_map_key_is_an_invalid_source() {
+        let spec = spec(serde_json::json!({"configMapRef": {"name": "sql"}}));
+        let data = BTreeMap::from([("init.sql".to_string(), "select 1;".to_string())]);
+        let err = spec_error(resolve_source(&spec.source, Some(&data)).unwrap_err());
+        assert_eq!(err.kind(), "InvalidSource");
+        assert!(err.stall_message().contains("init.sql"), "{err}");
     }
 
     #[test]
@@ -362,5 +436,77 @@ mod tests {
         let mut spec = spec(serde_json::json!({"inline": []}));
         spec.policy.lock_timeout = "forever".into();
         assert_eq!(validate(&spec).unwrap_err().kind(), "InvalidDuration");
+    }
+
+    fn condition(type_: &str, status: ConditionStatus, reason: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status,
+            observed_generation: None,
+            last_transition_time: "t".into(),
+            reason: reason.into(),
+            message: format!("{reason} message"),
+        }
+    }
+
+    #[test]
+    fn a_status_maps_back_to_its_verdict_fields_and_verified_condition() {
+        let status: MigrationStatus = serde_json::from_value(serde_json::json!({
+            "observedGeneration": 2,
+            "phase": "Blocked",
+            "pending": ["5"],
+        }))
+        .unwrap();
+        let status = MigrationStatus {
+            conditions: vec![
+                condition("Ready", ConditionStatus::False, "MigrationBlocked"),
+                condition("Stalled", ConditionStatus::True, "MigrationBlocked"),
+                condition(VERIFIED, ConditionStatus::False, "VerifyFailed"),
+            ],
+            ..status
+        };
+        let report = report_from_status(&status);
+        assert!(report.verdict.is_stalled());
+        assert_eq!(report.status["phase"], "Blocked");
+        assert_eq!(report.status["pending"], serde_json::json!(["5"]));
+        assert!(!report.status.contains_key("conditions"));
+        assert!(!report.status.contains_key("observedGeneration"));
+        assert_eq!(report.conditions.len(), 1);
+        assert_eq!(report.conditions[0].type_, VERIFIED);
+        let transient = MigrationStatus {
+            conditions: vec![condition("Ready", ConditionStatus::False, "LockTimeout")],
+            ..MigrationStatus::default()
+        };
+        assert!(matches!(
+            report_from_status(&transient).verdict,
+            Verdict::NotReady { .. }
+        ));
+    }
+
+    #[test]
+    fn the_run_gate_trusts_a_settled_run_with_the_same_inputs_within_the_interval() {
+        let runs = MigrationRuns::default();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(runs.fresh("ns/a", 1, hour), None);
+        runs.record("ns/a", 1, true);
+        assert!(runs.fresh("ns/a", 1, hour).is_some());
+        assert_eq!(runs.fresh("ns/a", 2, hour), None, "inputs changed");
+        assert_eq!(runs.fresh("ns/a", 1, Duration::ZERO), None, "interval passed");
+        runs.record("ns/a", 1, false);
+        assert_eq!(runs.fresh("ns/a", 1, hour), None, "transient failure");
+        runs.record("ns/a", 1, true);
+        runs.forget("ns/a");
+        assert_eq!(runs.fresh("ns/a", 1, hour), None);
+    }
+
+    #[test]
+    fn the_fingerprint_changes_with_generation_sql_and_secret_version() {
+        let a = MigrationSet::from_inline([("1_a.sql", "select 1;")]).unwrap();
+        let b = MigrationSet::from_inline([("1_a.sql", "select 2;")]).unwrap();
+        let base = inputs(Some(1), &a, Some("10"));
+        assert_eq!(base, inputs(Some(1), &a, Some("10")));
+        assert_ne!(base, inputs(Some(2), &a, Some("10")));
+        assert_ne!(base, inputs(Some(1), &b, Some("10")));
+        assert_ne!(base, inputs(Some(1), &a, Some("11")));
     }
 }

@@ -28,10 +28,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
-use crate::controller::conditions::{self, Verdict};
+use crate::api::Condition;
+use crate::controller::conditions::{self, TransitionEvent, Verdict};
 use crate::controller::decoded::Decoded;
 use crate::controller::error::{Backoff, ReconcileError};
 use crate::controller::metrics::{ControllerMetrics, ReconcileResult};
+use crate::controller::migration::MigrationRuns;
 
 /// The finalizer every reconciled object carries until its cleanup has run.
 pub const FINALIZER: &str = "tether.dev/finalizer";
@@ -49,6 +51,8 @@ pub struct Context {
     pub metrics: ControllerMetrics,
     /// Retry bounds for transient errors.
     pub backoff: Backoff,
+    /// When each Migration last ran against its database (the run gate).
+    pub migration_runs: MigrationRuns,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -66,6 +70,7 @@ impl Context {
             recorder,
             metrics,
             backoff,
+            migration_runs: MigrationRuns::default(),
             failures: Mutex::default(),
         }
     }
@@ -94,6 +99,12 @@ pub struct Report {
     pub status: serde_json::Map<String, serde_json::Value>,
     /// When to reconcile again (`None`: only on a change).
     pub requeue_after: Option<Duration>,
+    /// Domain conditions beside the ones the verdict sets (e.g. a Migration's `Verified`).
+    pub conditions: Vec<Condition>,
+    /// Kind-specific events. Normal ones mark work done in this reconcile and are always
+    /// published; Warning ones are published only when `Ready`/`Stalled` transition (the
+    /// transition-only rule), in place of the generic transition event of the same reason.
+    pub events: Vec<TransitionEvent>,
 }
 
 impl Report {
@@ -103,6 +114,8 @@ impl Report {
             verdict: Verdict::Suspended,
             status: serde_json::Map::new(),
             requeue_after: None,
+            conditions: Vec::new(),
+            events: Vec::new(),
         }
     }
 }
@@ -224,6 +237,8 @@ async fn apply<K: Reconciled>(
                 },
                 status: serde_json::Map::new(),
                 requeue_after: None,
+                conditions: Vec::new(),
+                events: Vec::new(),
             }
         }
         Err(error) => return Err(error),
@@ -256,7 +271,13 @@ async fn write_status<K: Reconciled>(
         .unwrap_or_else(|_| jiff::Timestamp::now())
         .to_string();
     let previous = obj.conditions();
-    let next = conditions::next_conditions(previous, &report.verdict, generation, &now);
+    let mut next = conditions::next_conditions(previous, &report.verdict, generation, &now);
+    for domain in &report.conditions {
+        match next.iter_mut().find(|c| c.type_ == domain.type_) {
+            Some(slot) => *slot = domain.clone(),
+            None => next.push(domain.clone()),
+        }
+    }
     let mut status = report.status.clone();
     status.insert("observedGeneration".into(), serde_json::json!(generation));
     status.insert("conditions".into(), serde_json::json!(next));
@@ -274,7 +295,18 @@ async fn write_status<K: Reconciled>(
     .await
     .map_err(ReconcileError::PatchStatus)?;
 
-    if let Some(event) = conditions::transition_event(previous, &next) {
+    let transition = conditions::transition_event(previous, &next);
+    let mut events: Vec<&TransitionEvent> = report
+        .events
+        .iter()
+        .filter(|e| !e.warning || transition.is_some())
+        .collect();
+    if let Some(event) = &transition
+        && !events.iter().any(|e| e.reason == event.reason)
+    {
+        events.insert(0, event);
+    }
+    for event in events {
         let published = ctx
             .recorder
             .publish(
@@ -284,8 +316,8 @@ async fn write_status<K: Reconciled>(
                     } else {
                         EventType::Normal
                     },
-                    reason: event.reason,
-                    note: Some(event.note),
+                    reason: event.reason.clone(),
+                    note: Some(event.note.clone()),
                     action: "Reconcile".into(),
                     secondary: None,
                 },

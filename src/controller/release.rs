@@ -172,6 +172,8 @@ pub fn report(plan: &ReleasePlan) -> Report {
         },
         status,
         requeue_after: Some(RESYNC),
+        conditions: Vec::new(),
+        events: Vec::new(),
     }
 }
 
