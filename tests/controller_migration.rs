@@ -100,11 +100,13 @@ impl TestDb {
     }
 
     async fn history(&self) -> Vec<(String, String)> {
-        self.query("select version, name from supabase_migrations.schema_migrations order by version")
-            .await
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect()
+        self.query(
+            "select version, name from supabase_migrations.schema_migrations order by version",
+        )
+        .await
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
     }
 
     async fn table_exists(&self, table: &str) -> bool {
@@ -183,7 +185,10 @@ impl Harness {
             "data": {"url": k8s_openapi::ByteString(db.url.as_bytes().to_vec())},
         }))
         .unwrap();
-        secrets.create(&PostParams::default(), &secret).await.unwrap();
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
         Harness {
             cluster,
             shutdown,
@@ -236,16 +241,16 @@ impl Harness {
             .items
             .into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .map(|e| {
-                (
-                    e.reason.unwrap_or_default(),
-                    e.note.unwrap_or_default(),
-                )
-            })
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
             .collect()
     }
 
-    async fn wait_for_event(&self, name: &str, reason: &str, count: usize) -> Vec<(String, String)> {
+    async fn wait_for_event(
+        &self,
+        name: &str,
+        reason: &str,
+        count: usize,
+    ) -> Vec<(String, String)> {
         eventually(WAIT, || async {
             let events = self.events(name).await;
             (events.iter().filter(|(r, _)| r == reason).count() >= count).then_some(events)
@@ -255,7 +260,9 @@ impl Harness {
 
     async fn metrics(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(self.metrics_addr).await.unwrap();
+        let mut stream = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .unwrap();
         let request = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
@@ -265,16 +272,28 @@ impl Harness {
 
     /// Asserts the password is in no status, event or captured log line.
     async fn assert_password_hidden(&self) {
-        for migration in self.migrations().list(&ListParams::default()).await.unwrap() {
+        for migration in self
+            .migrations()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+        {
             let status = serde_json::to_string(&migration.status).unwrap();
-            assert!(!status.contains(PASSWORD), "status of {}", migration.name_any());
+            assert!(
+                !status.contains(PASSWORD),
+                "status of {}",
+                migration.name_any()
+            );
         }
         let events: Api<K8sEvent> = Api::default_namespaced(self.client());
-        let events = serde_json::to_string(&events.list(&ListParams::default()).await.unwrap())
-            .unwrap();
+        let events =
+            serde_json::to_string(&events.list(&ListParams::default()).await.unwrap()).unwrap();
         assert!(!events.contains(PASSWORD), "events");
         let logs = String::from_utf8_lossy(&logs().lock().unwrap()).to_string();
-        assert!(logs.contains("migration run finished"), "logs were captured");
+        assert!(
+            logs.contains("migration run finished"),
+            "logs were captured"
+        );
         assert!(!logs.contains(PASSWORD), "logs");
     }
 
@@ -314,9 +333,12 @@ fn inline(migrations: &[(&str, &str, &str)]) -> Value {
 
 #[tokio::test]
 async fn an_inline_migration_is_applied_recorded_reported_and_counted_without_showing_the_password()
- {
+{
     let h = Harness::start().await;
-    assert_eq!(counter(&h.metrics().await, "tether_migration_applied_total"), 0.0);
+    assert_eq!(
+        counter(&h.metrics().await, "tether_migration_applied_total"),
+        0.0
+    );
     h.create(
         "schema",
         json!({
@@ -362,7 +384,10 @@ async fn an_inline_migration_is_applied_recorded_reported_and_counted_without_sh
 
     // The status write and later reconciles do not run the migrations again.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(counter(&h.metrics().await, "tether_migration_applied_total"), 2.0);
+    assert_eq!(
+        counter(&h.metrics().await, "tether_migration_applied_total"),
+        2.0
+    );
     assert_eq!(
         h.events("schema")
             .await
@@ -391,8 +416,11 @@ async fn a_config_map_of_migration_files_is_applied() {
         .create(&PostParams::default(), &config_map)
         .await
         .unwrap();
-    h.create("files", json!({"source": {"configMapRef": {"name": "sql"}}}))
-        .await;
+    h.create(
+        "files",
+        json!({"source": {"configMapRef": {"name": "sql"}}}),
+    )
+    .await;
     let status = h.wait_for("files", "Applied", "Ready", "True").await;
     assert_eq!(status["latestVersion"], "20240105000000");
     assert_eq!(
@@ -443,7 +471,10 @@ async fn a_destructive_migration_is_blocked_with_its_rule_until_allowed() {
             .any(|(r, n)| r == "MigrationBlocked" && n.contains("ban-drop-table")),
         "{events:?}"
     );
-    assert!(h.db.table_exists("legacy").await, "nothing applied while blocked");
+    assert!(
+        h.db.table_exists("legacy").await,
+        "nothing applied while blocked"
+    );
     let blocked = counter(&h.metrics().await, "tether_migration_blocked_total");
     assert!(blocked >= 1.0);
 
@@ -457,7 +488,10 @@ async fn a_destructive_migration_is_blocked_with_its_rule_until_allowed() {
         .unwrap();
     h.wait_for("cleanup", "Applied", "Ready", "True").await;
     assert!(!h.db.table_exists("legacy").await);
-    assert_eq!(h.db.history().await, [("7".to_string(), "drop_legacy".to_string())]);
+    assert_eq!(
+        h.db.history().await,
+        [("7".to_string(), "drop_legacy".to_string())]
+    );
     h.wait_for_event("cleanup", "MigrationApplied", 1).await;
     h.stop().await;
 }
@@ -479,7 +513,10 @@ async fn a_failing_migration_is_failed_naming_its_statement_and_leaves_no_trace(
     assert!(message.contains("select * from missing_table"), "{message}");
     assert!(message.contains("42P01"), "{message}");
     assert_eq!(condition(&status, "Stalled").unwrap()["status"], "True");
-    assert!(!h.db.table_exists("half").await, "the failing migration left a table");
+    assert!(
+        !h.db.table_exists("half").await,
+        "the failing migration left a table"
+    );
     assert!(
         !h.db.history().await.iter().any(|(v, _)| v == "2"),
         "the failing migration was recorded"

@@ -17,7 +17,7 @@
 //! exists the Migration is `Stalled` with reason `SupabaseConnectionUnavailable`.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -28,10 +28,11 @@ use kube::{Api, ResourceExt};
 use crate::api::common::{ConditionStatus, SecretKeyRef, condition_types, parse_duration};
 use crate::api::migration::{MigrationSpec, MigrationStatus};
 use crate::api::{Condition, Migration};
-use crate::controller::conditions::{TransitionEvent, Verdict};
+use crate::controller::conditions::Verdict;
 use crate::controller::error::ReconcileError;
-use crate::controller::reconcile::{Context, Reconciled, Report};
+use crate::controller::reconcile::{Context, Reconciled, Report, ReportEvent};
 use crate::controller::references::{RefKind, Reference, Snapshot};
+use crate::migrate::engine::RunReport;
 use crate::migrate::reconcile::{
     EventType, SpecError, VERIFIED, events_from, requeue_after, resolve_source, run_migration,
     status_from,
@@ -253,6 +254,37 @@ async fn connection(
     Ok((url, secret.resource_version()))
 }
 
+/// The run's events (`migrate::reconcile::events_from`), each with an action naming the
+/// migration or table it is about, so the shared Recorder keeps one event per migration
+/// instead of folding them into one series.
+fn report_events(run: &RunReport) -> Vec<ReportEvent> {
+    let blocked: BTreeSet<&str> = run.blocking().map(|f| f.version.as_str()).collect();
+    let mut applied = run.applied.iter().map(|a| format!("Apply {}", a.version));
+    let mut blocked = blocked.into_iter().map(|v| format!("Lint {v}"));
+    let mut verify = run
+        .verify
+        .iter()
+        .filter(|v| !v.ok)
+        .map(|v| format!("Verify {}", v.table));
+    events_from(run)
+        .into_iter()
+        .map(|e| {
+            let action = match e.reason {
+                "MigrationApplied" => applied.next(),
+                "MigrationBlocked" => blocked.next(),
+                "VerifyFailed" => verify.next(),
+                _ => None,
+            };
+            ReportEvent {
+                warning: e.type_ == EventType::Warning,
+                reason: e.reason.to_string(),
+                note: e.note,
+                action: action.unwrap_or_else(|| "Reconcile".into()),
+            }
+        })
+        .collect()
+}
+
 impl Reconciled for Migration {
     const CONTROLLER: &'static str = "migration";
 
@@ -350,14 +382,7 @@ impl Reconciled for Migration {
         let settled = !matches!(report.verdict, Verdict::NotReady { .. });
         ctx.migration_runs.record(&key, fingerprint, settled);
         report.requeue_after = Some(requeue_after(&run, interval));
-        report.events = events_from(&run)
-            .into_iter()
-            .map(|e| TransitionEvent {
-                warning: e.type_ == EventType::Warning,
-                reason: e.reason.to_string(),
-                note: e.note,
-            })
-            .collect();
+        report.events = report_events(&run);
         Ok(report)
     }
 
@@ -491,7 +516,11 @@ mod tests {
         runs.record("ns/a", 1, true);
         assert!(runs.fresh("ns/a", 1, hour).is_some());
         assert_eq!(runs.fresh("ns/a", 2, hour), None, "inputs changed");
-        assert_eq!(runs.fresh("ns/a", 1, Duration::ZERO), None, "interval passed");
+        assert_eq!(
+            runs.fresh("ns/a", 1, Duration::ZERO),
+            None,
+            "interval passed"
+        );
         runs.record("ns/a", 1, false);
         assert_eq!(runs.fresh("ns/a", 1, hour), None, "transient failure");
         runs.record("ns/a", 1, true);
@@ -508,5 +537,28 @@ mod tests {
         assert_ne!(base, inputs(Some(2), &a, Some("10")));
         assert_ne!(base, inputs(Some(1), &b, Some("10")));
         assert_ne!(base, inputs(Some(1), &a, Some("11")));
+    }
+
+    #[test]
+    fn each_applied_migration_gets_an_event_with_its_own_action() {
+        use crate::migrate::engine::Applied;
+        let mut run = RunReport::new();
+        run.applied = ["1", "2"]
+            .iter()
+            .map(|v| Applied {
+                version: v.to_string(),
+                name: "m".into(),
+                applied_at: "t".into(),
+                duration: Duration::from_millis(3),
+            })
+            .collect();
+        let events = report_events(&run);
+        let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["Apply 1", "Apply 2"]);
+        assert!(
+            events
+                .iter()
+                .all(|e| e.reason == "MigrationApplied" && !e.warning)
+        );
     }
 }

@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
 use crate::api::Condition;
-use crate::controller::conditions::{self, TransitionEvent, Verdict};
+use crate::controller::conditions::{self, Verdict};
 use crate::controller::decoded::Decoded;
 use crate::controller::error::{Backoff, ReconcileError};
 use crate::controller::metrics::{ControllerMetrics, ReconcileResult};
@@ -104,7 +104,22 @@ pub struct Report {
     /// Kind-specific events. Normal ones mark work done in this reconcile and are always
     /// published; Warning ones are published only when `Ready`/`Stalled` transition (the
     /// transition-only rule), in place of the generic transition event of the same reason.
-    pub events: Vec<TransitionEvent>,
+    pub events: Vec<ReportEvent>,
+}
+
+/// An event a reconciler asks to publish on its object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportEvent {
+    /// `true` for a Warning event, `false` for Normal.
+    pub warning: bool,
+    /// PascalCase reason, e.g. `MigrationApplied`.
+    pub reason: String,
+    /// Human sentence; never a Secret value.
+    pub note: String,
+    /// What was done, e.g. `Apply 20240101000000`. The shared `Recorder` folds events of
+    /// the same type, reason and action on one object into a series, so events about
+    /// different migrations carry different actions.
+    pub action: String,
 }
 
 impl Report {
@@ -296,15 +311,24 @@ async fn write_status<K: Reconciled>(
     .map_err(ReconcileError::PatchStatus)?;
 
     let transition = conditions::transition_event(previous, &next);
-    let mut events: Vec<&TransitionEvent> = report
+    let mut events: Vec<ReportEvent> = report
         .events
         .iter()
         .filter(|e| !e.warning || transition.is_some())
+        .cloned()
         .collect();
-    if let Some(event) = &transition
+    if let Some(event) = transition
         && !events.iter().any(|e| e.reason == event.reason)
     {
-        events.insert(0, event);
+        events.insert(
+            0,
+            ReportEvent {
+                warning: event.warning,
+                reason: event.reason,
+                note: event.note,
+                action: "Reconcile".into(),
+            },
+        );
     }
     for event in events {
         let published = ctx
@@ -316,9 +340,9 @@ async fn write_status<K: Reconciled>(
                     } else {
                         EventType::Normal
                     },
-                    reason: event.reason.clone(),
-                    note: Some(event.note.clone()),
-                    action: "Reconcile".into(),
+                    reason: event.reason,
+                    note: Some(event.note),
+                    action: event.action,
                     secondary: None,
                 },
                 &obj.object_ref(&()),
