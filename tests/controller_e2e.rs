@@ -362,7 +362,8 @@ async fn a_release_stalls_until_its_environment_exists_and_rejects_unknown_compo
 }
 
 #[tokio::test]
-async fn a_migration_stalls_on_a_missing_config_map_and_plans_its_files_once_it_exists() {
+async fn a_migration_stalls_on_a_missing_config_map_and_runs_once_it_exists_without_showing_the_secret()
+ {
     tether::install_crypto_provider();
     let cluster = TestCluster::start().await;
     let client = cluster.client();
@@ -400,11 +401,13 @@ async fn a_migration_stalls_on_a_missing_config_map_and_plans_its_files_once_it_
         .create(&PostParams::default(), &files)
         .await
         .unwrap();
-    let ready = wait_for_condition(&migrations, "schema", "Ready", "True").await;
-    assert_eq!(
-        ready["status"]["pending"],
-        json!(["20240101000000", "20240102000000"])
-    );
+    // The references resolve; the Secret's value is no connection string, so the run
+    // fails to connect, without the value in status.
+    let ready = wait_for_condition(&migrations, "schema", "ReferencesResolved", "True").await;
+    let not_ready = condition(&ready["status"], "Ready").unwrap();
+    assert_eq!(not_ready["status"], "False");
+    assert_eq!(not_ready["reason"], "ConnectFailed");
+    assert_eq!(ready["status"]["phase"], "Failed");
     assert!(!ready.to_string().contains(SECRET_VALUE));
 
     migrations

@@ -130,7 +130,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_controller_runtime_names_are_registered() {
+    fn the_controller_runtime_and_migration_names_are_registered() {
         let registry = MetricsRegistry::new();
         ControllerMetrics::register(&registry).unwrap();
         assert_eq!(
@@ -139,6 +139,11 @@ mod tests {
                 "controller_runtime_reconcile_errors_total",
                 "controller_runtime_reconcile_time_seconds",
                 "controller_runtime_reconcile_total",
+                "tether_migration_applied_total",
+                "tether_migration_blocked_total",
+                "tether_migration_duration_seconds",
+                "tether_migration_failed_total",
+                "tether_migration_lint_findings_total",
                 "tether_reconcile_stalled",
             ]
         );

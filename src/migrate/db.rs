@@ -186,10 +186,13 @@ pub fn mask_url(url: &str) -> String {
         };
         return format!("{scheme}://{masked_authority}{masked_tail}");
     }
+    // Key/value form. A word that is no `key=value` pair is not shown either: a Secret
+    // holding something else (a bare password or token) must not be echoed.
     url.split_whitespace()
         .map(|pair| match pair.split_once('=') {
             Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=****"),
-            _ => pair.to_string(),
+            Some(_) => pair.to_string(),
+            None => "****".to_string(),
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -767,6 +770,7 @@ mod tests {
             mask_url("host=h password=secret user=u"),
             "host=h password=**** user=u"
         );
+        assert_eq!(mask_url("s3cr3t-not-a-url"), "****");
     }
 
     #[test]
