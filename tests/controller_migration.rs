@@ -5,7 +5,8 @@
 //! applied counter), a destructive migration is blocked until allowed, a failing one is
 //! `Failed` naming its statement and leaves no trace, a failed verify sets
 //! `Verified=False` naming the table, and the connection string's password appears in no
-//! status, event or log line.
+//! status, event or log line. A database named by an Environment is `Stalled` as
+//! `SupabaseConnectionUnavailable` (the platform layer resolves those connections).
 
 pub mod support;
 
@@ -550,5 +551,53 @@ async fn a_failed_verify_sets_verified_false_naming_the_table() {
             .any(|(r, n)| r == "VerifyFailed" && n.contains("profiles")),
         "{events:?}"
     );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_database_named_by_an_environment_is_stalled_as_unavailable_naming_it() {
+    let h = Harness::start().await;
+    let environment: tether::api::Environment = serde_json::from_value(json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
+        "metadata": {"name": "staging"},
+        "spec": {
+            "credentials": {"supabase": {"name": "tokens", "key": "supabase"}},
+            "supabase": {"name": "acme-staging", "organizationId": "acme-org",
+                "region": "eu-central-1",
+                "databasePasswordSecretRef": {"name": "supabase-db", "key": "password"}},
+        },
+    }))
+    .unwrap();
+    Api::<tether::api::Environment>::default_namespaced(h.client())
+        .create(&PostParams::default(), &environment)
+        .await
+        .unwrap();
+    let migration: Migration = serde_json::from_value(json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Migration",
+        "metadata": {"name": "platform"},
+        "spec": {"database": {"environmentRef": {"name": "staging"}},
+            "source": inline(&[("1", "a", "create table a (id int);")])},
+    }))
+    .unwrap();
+    h.migrations()
+        .create(&PostParams::default(), &migration)
+        .await
+        .unwrap();
+    let api = h.migrations();
+    let stalled = eventually(WAIT, || async {
+        let st = serde_json::to_value(api.get("platform").await.ok()?)
+            .ok()?
+            .get("status")?
+            .clone();
+        let stalled = condition(&st, "Stalled")?;
+        (stalled["status"] == "True").then_some(stalled)
+    })
+    .await;
+    assert_eq!(stalled["reason"], "SupabaseConnectionUnavailable");
+    assert!(
+        stalled["message"].as_str().unwrap().contains("\"staging\""),
+        "{stalled}"
+    );
+    assert!(!h.db.table_exists("a").await);
     h.stop().await;
 }

@@ -7,8 +7,11 @@
 //! 2. Permanent errors become a `Stalled` verdict written to status; the object waits for a
 //!    change of itself or a watched reference (no requeue).
 //! 3. Status is written with server-side apply under [`FIELD_MANAGER`] with
-//!    `observedGeneration` and the conditions of [`conditions::next_conditions`].
-//! 4. An event is published through the one shared `Recorder` when `Ready`/`Stalled` change.
+//!    `observedGeneration` and the conditions of [`conditions::next_conditions`] (plus a
+//!    kind's domain conditions, [`Report::conditions`]).
+//! 4. An event is published through the one shared `Recorder` when `Ready`/`Stalled` change;
+//!    a kind's own events ([`Report::events`]) go through it too: Normal ones (work done in
+//!    this reconcile) always, Warning ones only on such a transition.
 //! 5. Transient errors are returned to the runtime; [`error_policy`] backs off per object.
 //! 6. Metrics record every reconcile.
 
