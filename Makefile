@@ -18,7 +18,7 @@ test: ## Run every test (unit, end-to-end, Postgres, chart)
 	$(CARGO) nextest run --locked --no-fail-fast
 
 crds: build ## Regenerate crds/ (and the chart's copy) from the Rust types
-	$(TETHER_BIN) crds --out-dir crds
+	$(TETHER_BIN) crds --out-dir crds --out-dir charts/tether/crds
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
