@@ -13,7 +13,6 @@ from typing import Any
 import promql_parser
 import pytest
 import yaml
-
 from conftest import CHART, HERE, ROOT, run_tether
 
 ALERTS = CHART / "files" / "alerts.yaml"
@@ -72,6 +71,7 @@ def metric_names(expr: str) -> set[str]:
 
 def unknown_metrics(expr: str, registered: set[str]) -> set[str]:
     """Names in `expr` the binary does not export (a histogram exports name_bucket/_sum/_count)."""
+
     def exported(name: str) -> bool:
         return name in registered or any(
             name.endswith(suffix) and name.removesuffix(suffix) in registered for suffix in HISTOGRAM_SUFFIXES
@@ -91,7 +91,9 @@ def registered(tether_bin: Path) -> set[str]:
 
 
 def test_promtool_accepts_the_rules_file(promtool: str) -> None:
-    done = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"SUCCESS: {len(alert_rules())} rules found" in done.stdout
 
@@ -99,10 +101,19 @@ def test_promtool_accepts_the_rules_file(promtool: str) -> None:
 def test_each_alert_fires_on_its_symptom_and_not_on_the_healthy_case(promtool: str) -> None:
     # tests/chart/alerts_test.yaml: input series and the alerts expected at given times.
     done = subprocess.run(
-        [promtool, "test", "rules", "alerts_test.yaml"], cwd=HERE, capture_output=True, text=True, timeout=60
+        [promtool, "test", "rules", "alerts_test.yaml"],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    tested = {t["alertname"] for test in yaml.safe_load((HERE / "alerts_test.yaml").read_text())["tests"] for t in test["alert_rule_test"]}
+    tested = {
+        t["alertname"]
+        for test in yaml.safe_load((HERE / "alerts_test.yaml").read_text())["tests"]
+        for t in test["alert_rule_test"]
+    }
     assert tested == {rule["alert"] for rule in alert_rules()}, "every alert needs a promtool unit test"
 
 
@@ -160,7 +171,10 @@ def test_every_alert_has_a_severity_summary_description_and_runbook() -> None:
 def test_the_alerts_named_by_the_issue_exist() -> None:
     exprs = {rule["alert"]: rule for rule in alert_rules()}
     errors = exprs["TetherReconcileErrorsHigh"]
-    assert metric_names(errors["expr"]) == {"controller_runtime_reconcile_errors_total", "controller_runtime_reconcile_total"}
+    assert metric_names(errors["expr"]) == {
+        "controller_runtime_reconcile_errors_total",
+        "controller_runtime_reconcile_total",
+    }
     assert "> 0.05" in errors["expr"] and errors["for"] == "10m"
     assert exprs["TetherDriftNotCorrected"]["for"] == "1h"
     assert exprs["TetherPlatformRateLimited"]["for"] == "15m"

@@ -14,7 +14,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
 from conftest import CHART, HERE, NAMESPACE, ROOT, full_values, kinds, only, render, run_tether, strip
 
 # The lowest Kubernetes version Tether supports (k8s-openapi feature v1_33, Chart.yaml
@@ -260,7 +259,9 @@ def test_the_service_monitor_scrapes_the_metrics_service_port() -> None:
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
-    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s", "scrapeTimeout": "5s"}]
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "15s", "scrapeTimeout": "5s"}
+    ]
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
 
 
@@ -305,7 +306,11 @@ Triple = tuple[str, str, str]
 
 def granted(objects: list[dict[str, Any]], service_account: str) -> set[Triple]:
     """(apiGroup, resource, verb) granted to the service account through the rendered bindings."""
-    roles = {(o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")): o for o in objects if o["kind"] in ("Role", "ClusterRole")}
+    roles = {
+        (o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")): o
+        for o in objects
+        if o["kind"] in ("Role", "ClusterRole")
+    }
     triples: set[Triple] = set()
     for binding in (o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):
         subjects = binding["subjects"]

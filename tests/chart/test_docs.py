@@ -10,7 +10,6 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-
 from conftest import CHART, ROOT
 
 GUIDE = ROOT / "docs" / "helm.md"
@@ -66,7 +65,12 @@ def test_the_guides_tether_objects_validate_against_the_crds() -> None:
 
 def test_a_misspelt_field_in_an_example_would_be_caught() -> None:
     schema = crd_schemas()[("tether.dev/v1alpha1", "Environment")]
-    typo = {"apiVersion": "tether.dev/v1alpha1", "kind": "Environment", "metadata": {"name": "x"}, "spec": {"driftPolcy": "Correct"}}
+    typo = {
+        "apiVersion": "tether.dev/v1alpha1",
+        "kind": "Environment",
+        "metadata": {"name": "x"},
+        "spec": {"driftPolcy": "Correct"},
+    }
     assert any("driftPolcy" in e.message for e in jsonschema.Draft7Validator(schema).iter_errors(typo))
 
 
