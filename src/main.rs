@@ -20,6 +20,14 @@ enum Command {
         #[arg(long = "out-dir")]
         out_dirs: Vec<std::path::PathBuf>,
     },
+    /// Run the Environment, Release and Migration controllers against a Kubernetes API.
+    Controller(tether::controller::cli::ControllerArgs),
+    /// Print every metric name the binary registers, one per line.
+    #[command(hide = true)]
+    MetricsNames,
+    /// Print the Kubernetes API calls the controllers make, as JSON.
+    #[command(hide = true)]
+    Rbac,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +41,19 @@ fn main() -> anyhow::Result<()> {
             for dir in out_dirs {
                 tether::api::write_crds(&dir)?;
             }
+            Ok(())
+        }
+        Command::Controller(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(tether::controller::cli::run_cli(args))?;
+            Ok(())
+        }
+        Command::MetricsNames => {
+            print!("{}", tether::controller::cli::metric_names()?);
+            Ok(())
+        }
+        Command::Rbac => {
+            println!("{}", tether::controller::rbac::to_json());
             Ok(())
         }
     }
