@@ -4,7 +4,9 @@ CRDs match what the tether binary actually does."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -204,6 +206,33 @@ def test_the_chart_sets_every_flag_of_tether_controller(tether_bin: Path) -> Non
     accepted = set(re.findall(r"^\s+(?:-\w, )?(--[a-z][a-z0-9-]*)", help_text, re.MULTILINE)) - {"--help", "--version"}
     assert accepted, f"no flags found in `tether controller --help`:\n{help_text}"
     assert flags_of(container(full_values())["args"]) == accepted
+
+
+@pytest.mark.parametrize("values_name", sorted(VALUE_SETS))
+def test_the_binary_accepts_every_argument_the_chart_renders(
+    values_name: str, tether_bin: Path, tmp_path: Path
+) -> None:
+    # With no cluster to reach, `tether controller` gets as far as building its Kubernetes
+    # client: every flag has been parsed and checked by then, so a value the binary rejects
+    # fails here with clap's "invalid value" or the controller's own start-up check instead.
+    ctr = container(VALUE_SETS[values_name])
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "missing")}
+    env |= {e["name"]: e.get("value", "tether-system") for e in ctr["env"]}
+    done = subprocess.run(
+        [str(tether_bin), *ctr["args"]], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert "failed to configure the Kubernetes client" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("minimum", "maximum"), [("10m", "5m"), ("1h", "59m"), ("2s", "1500ms"), ("90m1ms", "1h30m")])
+def test_a_minimum_retry_interval_above_the_maximum_is_refused(minimum: str, maximum: str) -> None:
+    with pytest.raises(helm.HelmRenderError, match=f"minRetryInterval \\({minimum}\\) exceeds maxRetryInterval"):
+        render({"minRetryInterval": minimum, "maxRetryInterval": maximum})
+
+
+def test_equal_or_ordered_retry_intervals_in_different_units_render() -> None:
+    for minimum, maximum in [("1h30m", "90m"), ("250ms", "1s"), ("5s", "5m")]:
+        assert container({"minRetryInterval": minimum, "maxRetryInterval": maximum})["args"]
 
 
 # --- Replicas, PodDisruptionBudget -----------------------------------------------------------

@@ -52,8 +52,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default .Release.Namespace .Values.leaderElection.namespace }}
 {{- end }}
 
-{{/* Refuse combinations that would install something broken. */}}
+{{/* A duration such as "1h30m" or "250ms" in milliseconds (the schema checks the format). */}}
+{{- define "tether.durationMs" -}}
+{{- $units := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 }}
+{{- $total := 0 }}
+{{- range regexFindAll "[0-9]+(ms|s|m|h)" . -1 }}
+{{- $total = add $total (mul (regexFind "^[0-9]+" . | int64) (get $units (regexFind "(ms|s|m|h)$" .))) }}
+{{- end }}
+{{- $total }}
+{{- end }}
+
+{{/* Refuse combinations that would install something broken (a pod that exits at start). */}}
 {{- define "tether.validate" -}}
+{{- if gt (include "tether.durationMs" .Values.minRetryInterval | int64) (include "tether.durationMs" .Values.maxRetryInterval | int64) }}
+{{- fail (printf "minRetryInterval (%s) exceeds maxRetryInterval (%s)" .Values.minRetryInterval .Values.maxRetryInterval) }}
+{{- end }}
 {{- if and (gt (int .Values.replicas) 1) (not .Values.leaderElection.enabled) }}
 {{- fail "replicas > 1 needs leaderElection.enabled=true: without it every replica reconciles at once" }}
 {{- end }}
