@@ -75,6 +75,7 @@ def test_helm_lint_strict_reports_no_warning_or_error(values_name: str) -> None:
         ({"metrics": {"port": 70000}}, "port"),
         ({"watchNamespace": "Not_A_Namespace"}, "watchNamespace"),
         ({"image": {"repository": "x", "digest": "latest"}}, "digest"),
+        ({"podDisruptionBudget": {"minAvailable": "half"}}, "minAvailable"),
     ],
 )
 def test_values_schema_rejects_misspelt_keys_and_bad_values(values: dict[str, Any], complaint: str) -> None:
