@@ -18,6 +18,7 @@
 pub mod api;
 pub mod controller;
 pub mod localapi;
+pub mod schema;
 pub mod telemetry;
 
 /// Installs the process-wide rustls crypto provider (ring).

@@ -28,6 +28,14 @@ enum Command {
     /// Print the Kubernetes API calls the controllers make, as JSON.
     #[command(hide = true)]
     Rbac,
+    /// Check manifests offline as the API server would admit them: every Tether object
+    /// against the CRD schemas and CEL rules, other kinds for apiVersion/kind/metadata.
+    /// Prints `file:document: Kind/name: field: message` per problem; exits 1 if any.
+    Validate {
+        /// Files or directories of YAML manifests (multi-document streams).
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +62,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Rbac => {
             println!("{}", tether::controller::rbac::to_json());
+            Ok(())
+        }
+        Command::Validate { paths } => {
+            if !tether::schema::validate::run(&paths)? {
+                std::process::exit(1);
+            }
             Ok(())
         }
     }

@@ -91,21 +91,22 @@ pub async fn run_elected(
                 term.clone(),
             );
             tokio::pin!(controllers);
-            let lost = tokio::select! {
-                outcome = &mut controllers => {
-                    result = outcome;
-                    false
+            let finished = tokio::select! {
+                outcome = &mut controllers => Some(outcome),
+                changed = leading.changed() => {
+                    if changed.is_err() || !*leading.borrow() {
+                        warn!(identity = %lease.identity, "lost leadership; stopping controllers");
+                    }
+                    None
                 }
-                changed = leading.changed() => changed.is_err() || !*leading.borrow(),
-                () = shutdown.cancelled() => false,
+                () = shutdown.cancelled() => None,
             };
-            if lost {
-                warn!(identity = %lease.identity, "lost leadership; stopping controllers");
-            }
             term.cancel();
-            if let Err(error) = (&mut controllers).await
-                && result.is_ok()
-            {
+            let outcome = match finished {
+                Some(outcome) => outcome,
+                None => controllers.await,
+            };
+            if let Err(error) = outcome {
                 result = Err(error);
             }
             health.set_ready(true);

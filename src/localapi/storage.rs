@@ -310,7 +310,13 @@ impl Storage {
             "managedFields".into(),
             managedfields::render_entries(&entries),
         );
-        match self.commit(&mut inner, &def, Arc::from("default"), None, Some(ns)) {
+        match self.commit(
+            &mut inner,
+            &def,
+            Arc::from("default"),
+            None,
+            Change::Put(ns),
+        ) {
             Ok(_) => Ok(()),
             Err(CommitError::Store(e)) => Err(e),
             Err(CommitError::Api(e)) => Err(StoreError::Decode {
@@ -329,6 +335,11 @@ impl Storage {
     /// Whether writes hit the disk (the server then runs them on blocking threads).
     pub fn is_durable(&self) -> bool {
         self.store.is_durable()
+    }
+
+    /// Admission (and through it the compiled CRD schemas).
+    pub fn admission(&self) -> &Admission {
+        &self.admission
     }
 
     /// The resource table.
@@ -612,7 +623,7 @@ impl Storage {
             });
         }
         let object = self
-            .commit(inner, def, key, None, Some(obj))
+            .commit(inner, def, key, None, Change::Put(obj))
             .map_err(CommitError::into_api)?;
         Ok(WriteOutcome {
             object,
@@ -786,12 +797,14 @@ impl Storage {
                 warnings,
             });
         }
-        let object = if finished {
-            self.commit(&mut inner, def, key, Some(old), None)
+        let change = if finished {
+            Change::Remove(Some(new))
         } else {
-            self.commit(&mut inner, def, key, Some(old), Some(new))
-        }
-        .map_err(CommitError::into_api)?;
+            Change::Put(new)
+        };
+        let object = self
+            .commit(&mut inner, def, key, Some(old), change)
+            .map_err(CommitError::into_api)?;
         Ok(WriteOutcome {
             object,
             created: false,
@@ -882,7 +895,7 @@ impl Storage {
                 });
             }
             let object = self
-                .commit(inner, def, key, Some(old), Some(new))
+                .commit(inner, def, key, Some(old), Change::Put(new))
                 .map_err(CommitError::into_api)?;
             return Ok(WriteOutcome {
                 object,
@@ -898,7 +911,7 @@ impl Storage {
             });
         }
         let object = self
-            .commit(inner, def, key, Some(old), None)
+            .commit(inner, def, key, Some(old), Change::Remove(None))
             .map_err(CommitError::into_api)?;
         Ok(WriteOutcome {
             object,
@@ -947,7 +960,7 @@ impl Storage {
         }
         if namespace_is_empty(inner, &self.table, &ns) {
             let object = self
-                .commit(inner, def, key, Some(old), None)
+                .commit(inner, def, key, Some(old), Change::Remove(None))
                 .map_err(CommitError::into_api)?;
             return Ok(WriteOutcome {
                 object,
@@ -959,7 +972,7 @@ impl Storage {
         mark_deleting(&mut new);
         new["status"] = json!({"phase": "Terminating"});
         let object = self
-            .commit(inner, def, key, Some(old), Some(new))
+            .commit(inner, def, key, Some(old), Change::Put(new))
             .map_err(CommitError::into_api)?;
         Ok(WriteOutcome {
             object,
@@ -1020,12 +1033,12 @@ impl Storage {
         def: &ResourceDef,
         key: Arc<str>,
         old: Option<Arc<Value>>,
-        new: Option<Value>,
+        change: Change,
     ) -> Result<Arc<Value>, CommitError> {
         let rv = inner.resource_version + 1;
         let full_key = store_key(&def.storage, &key);
-        let (event_type, object) = match new {
-            Some(mut obj) => {
+        let (event_type, object) = match change {
+            Change::Put(mut obj) => {
                 meta::meta_mut(&mut obj).insert("resourceVersion".into(), json!(rv.to_string()));
                 let json = serde_json::to_vec(&obj)
                     .map_err(|e| CommitError::Api(ApiError::internal(e.to_string())))?;
@@ -1045,14 +1058,14 @@ impl Storage {
                 };
                 (event_type, Arc::new(obj))
             }
-            None => {
+            Change::Remove(last) => {
                 let Some(old) = &old else {
                     return Err(CommitError::Api(ApiError::internal("nothing to delete")));
                 };
                 self.store
                     .commit(&[StoreOp::Delete { key: &full_key }], rv)
                     .map_err(CommitError::Store)?;
-                let mut last = (**old).clone();
+                let mut last = last.unwrap_or_else(|| (**old).clone());
                 meta::meta_mut(&mut last).insert("resourceVersion".into(), json!(rv.to_string()));
                 (EventType::Deleted, Arc::new(last))
             }
@@ -1108,9 +1121,23 @@ impl Storage {
         let Some(def) = self.table.get("", "v1", "namespaces") else {
             return Ok(());
         };
-        self.commit(inner, &def, Arc::from(ns), Some(ns_obj), None)
-            .map(|_| ())
+        self.commit(
+            inner,
+            &def,
+            Arc::from(ns),
+            Some(ns_obj),
+            Change::Remove(None),
+        )
+        .map(|_| ())
     }
+}
+
+/// What a commit does to one object.
+enum Change {
+    /// Create or replace it with this content.
+    Put(Value),
+    /// Remove it; its last state is this content (None: as stored).
+    Remove(Option<Value>),
 }
 
 enum CommitError {
@@ -1276,10 +1303,8 @@ fn prepare_builtin(def: &ResourceDef, obj: &mut Value) {
                 obj["type"] = json!("Opaque");
             }
         }
-        ("", "namespaces") => {
-            if obj.get("status").and_then(|s| s.get("phase")).is_none() {
-                obj["status"] = json!({"phase": "Active"});
-            }
+        ("", "namespaces") if obj.get("status").and_then(|s| s.get("phase")).is_none() => {
+            obj["status"] = json!({"phase": "Active"});
         }
         _ => {}
     }
