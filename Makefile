@@ -18,7 +18,7 @@ test: ## Run every test (unit, end-to-end, Postgres, chart)
 	$(CARGO) nextest run --locked --no-fail-fast
 
 crds: build ## Regenerate crds/ (and the chart's copy) from the Rust types
-	$(TETHER_BIN) crds --out-dir crds
+	$(TETHER_BIN) crds --out-dir crds --out-dir charts/tether/crds
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
@@ -26,3 +26,22 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 
 bench: ## Run the benchmarks and print their numbers
 	$(CARGO) bench --locked
+
+# --- Helm chart (charts/tether): Python tests in .venv, promtool from Debian's package ---
+VENV ?= .venv
+PYTHON ?= python3
+
+$(VENV)/.chart-deps: tests/chart/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/chart/requirements.txt
+	touch $@
+
+$(VENV)/bin/promtool:
+	tests/chart/install-promtool.sh $(VENV)/bin
+
+.PHONY: chart chart-test
+chart-test: build $(VENV)/.chart-deps $(VENV)/bin/promtool ## Test the Helm chart, alerts and dashboard (offline once .venv exists)
+	TETHER_BIN=$(TETHER_BIN) PROMTOOL=$(VENV)/bin/promtool $(VENV)/bin/python -m pytest tests/chart -q
+
+chart: $(VENV)/.chart-deps ## Lint the Helm chart strictly and package it into dist/
+	$(VENV)/bin/python charts/package.py charts/tether dist
