@@ -3,7 +3,7 @@ SHELL := bash
 CARGO ?= cargo
 TETHER_BIN = $(or $(CARGO_TARGET_DIR),target)/debug/tether
 
-.PHONY: help build run test crds lint bench
+.PHONY: help build run test test-rust crds lint bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -14,7 +14,9 @@ build: ## Build the tether binary (debug)
 run: build ## Run Tether standalone against config/samples (no cluster, no accounts)
 	$(TETHER_BIN) run --sandbox --manifests config/samples
 
-test: ## Run every test (unit, end-to-end, Postgres, chart)
+test: test-rust chart-test ## Run every test (unit, end-to-end, Postgres, Helm chart)
+
+test-rust: ## Run the Rust tests (unit, end-to-end against the embedded API, PostgreSQL)
 	$(CARGO) nextest run --locked --no-fail-fast
 
 crds: build ## Regenerate crds/ (and the chart's copy) from the Rust types
