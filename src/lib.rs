@@ -16,6 +16,8 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod platform;
+pub mod sandbox;
 pub mod telemetry;
 
 /// Installs the process-wide rustls crypto provider (ring).
