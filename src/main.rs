@@ -15,6 +15,9 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions as YAML (what `make crds` writes to crds/).
     Crds,
+    /// Serve imitations of the Render, Vercel, Fly.io and Supabase APIs on loopback ports;
+    /// prints `<platform> <base-url> <token>` per platform, serves until Ctrl-C.
+    Sandbox(tether::sandbox::cli::SandboxArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -23,6 +26,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Crds => {
             print!("{}", tether::api::crds_yaml()?);
+            Ok(())
+        }
+        Command::Sandbox(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(tether::sandbox::cli::serve(args))?;
             Ok(())
         }
     }

@@ -27,7 +27,9 @@ pub enum CredentialsError {
         key: String,
     },
     /// The value is not UTF-8 text.
-    #[error("failed to read credentials: key {key:?} of Secret {namespace}/{name} is not UTF-8 text")]
+    #[error(
+        "failed to read credentials: key {key:?} of Secret {namespace}/{name} is not UTF-8 text"
+    )]
     NotText {
         /// Namespace.
         namespace: String,
@@ -146,7 +148,10 @@ mod tests {
         let secret = secret_for_token("ns", "render", "token", &Token::new("rnd_abc"));
         let err = token_from_secret_object(&secret, "ns", "render", "apiKey").unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("ns/render") && text.contains("apiKey"), "{text}");
+        assert!(
+            text.contains("ns/render") && text.contains("apiKey"),
+            "{text}"
+        );
         assert!(!text.contains("rnd_abc"));
     }
 }

@@ -189,8 +189,14 @@ impl HttpConfig {
         for limit in &mut self.limits {
             limit.window = limit.window.div_f64(scale);
         }
-        self.min_backoff = self.min_backoff.div_f64(scale).max(Duration::from_millis(1));
-        self.max_backoff = self.max_backoff.div_f64(scale).max(Duration::from_millis(2));
+        self.min_backoff = self
+            .min_backoff
+            .div_f64(scale)
+            .max(Duration::from_millis(1));
+        self.max_backoff = self
+            .max_backoff
+            .div_f64(scale)
+            .max(Duration::from_millis(2));
         self
     }
 }
@@ -381,7 +387,12 @@ impl Limiters {
         Limiters {
             classes: limits
                 .iter()
-                .map(|l| (l.class, (l.clone(), DefaultKeyedRateLimiter::keyed(l.quota()))))
+                .map(|l| {
+                    (
+                        l.class,
+                        (l.clone(), DefaultKeyedRateLimiter::keyed(l.quota())),
+                    )
+                })
                 .collect(),
             paused_until: Mutex::new(None),
         }
@@ -872,7 +883,10 @@ mod tests {
             error_code(br#"{"error":{"code":"name_taken"}}"#),
             Some("name_taken".into())
         );
-        assert_eq!(error_code(br#"{"status":"value sk_live_123 is bad"}"#), None);
+        assert_eq!(
+            error_code(br#"{"status":"value sk_live_123 is bad"}"#),
+            None
+        );
     }
 
     #[test]
@@ -896,7 +910,10 @@ mod tests {
         let err = decode::<serde_json::Value>(Platform::Render, "get_service", b"{\"a\": sk_")
             .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("render") && text.contains("get_service"), "{text}");
+        assert!(
+            text.contains("render") && text.contains("get_service"),
+            "{text}"
+        );
         assert!(!text.contains("sk_"), "{text}");
     }
 }

@@ -100,7 +100,9 @@ pub enum PlatformError {
         status: u16,
     },
     /// The platform rejected the request as invalid (400/422 and other 4xx).
-    #[error("failed to {operation} on {platform}: request rejected as invalid (HTTP {status}: {reason})")]
+    #[error(
+        "failed to {operation} on {platform}: request rejected as invalid (HTTP {status}: {reason})"
+    )]
     Invalid {
         /// Platform called.
         platform: Platform,

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::http::{ApiRequest, PlatformHttp, decode};
 use super::{
-    Deployment, DeploymentState, DeploySource, Deployments, Domain, Ensured, EnvVar, Platform,
+    DeploySource, Deployment, DeploymentState, Deployments, Domain, Ensured, EnvVar, Platform,
     PlatformError, PlatformResult,
 };
 use std::future::Future;
@@ -202,9 +202,7 @@ impl RenderClient {
         let mut out = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let mut page_request = request
-                .clone()
-                .query("limit", self.page_limit.to_string());
+            let mut page_request = request.clone().query("limit", self.page_limit.to_string());
             if let Some(cursor) = &cursor {
                 page_request = page_request.query("cursor", cursor.clone());
             }
@@ -501,8 +499,8 @@ impl RenderServices for RenderClient {
     }
 
     async fn delete_service(&self, id: &str) -> PlatformResult<bool> {
-        let request = ApiRequest::new(Method::DELETE, "delete_service", &["services", id])
-            .limited(WRITE, "");
+        let request =
+            ApiRequest::new(Method::DELETE, "delete_service", &["services", id]).limited(WRITE, "");
         gone_is_ok(self.http.send(&request).await)
     }
 
@@ -571,7 +569,9 @@ impl RenderServices for RenderClient {
             .into_iter()
             .map(Domain::from)
             .find(|d| d.name == name)
-            .ok_or_else(|| malformed("add_domain", "created domain missing from response".into()))?;
+            .ok_or_else(|| {
+                malformed("add_domain", "created domain missing from response".into())
+            })?;
         Ok(Ensured {
             object: domain,
             created: true,
@@ -614,8 +614,11 @@ impl Deployments for RenderClient {
                 .ok_or_else(|| {
                     malformed("trigger_deploy", "202 but no queued deploy listed".into())
                 })?;
-            let deploy: ApiDeploy =
-                decode(Platform::Render, "list_deploys", deploy.to_string().as_bytes())?;
+            let deploy: ApiDeploy = decode(
+                Platform::Render,
+                "list_deploys",
+                deploy.to_string().as_bytes(),
+            )?;
             return to_deployment("trigger_deploy", deploy);
         }
         let deploy: ApiDeploy = decode(Platform::Render, "trigger_deploy", &response.body)?;
@@ -623,9 +626,11 @@ impl Deployments for RenderClient {
     }
 
     async fn deployment(&self, target: &str, deployment_id: &str) -> PlatformResult<Deployment> {
-        let request =
-            ApiRequest::get("get_deploy", &["services", target, "deploys", deployment_id])
-                .limited(READ, "");
+        let request = ApiRequest::get(
+            "get_deploy",
+            &["services", target, "deploys", deployment_id],
+        )
+        .limited(READ, "");
         let deploy: ApiDeploy = self.http.json(&request).await?;
         to_deployment("get_deploy", deploy)
     }

@@ -16,6 +16,7 @@
 //!   source is listed in `Faults::unhealthy_sources`); `GET /_sandbox/metrics` — Prometheus
 //!   text with per-app request and error counts.
 
+pub mod cli;
 pub mod render;
 
 use std::collections::HashMap;
@@ -278,11 +279,11 @@ impl Common {
             Platform::Fly => return,
         };
         let reset = format!("{:.3}", reset.as_secs_f64());
-        for (name, value) in names.into_iter().zip([
-            limit.to_string(),
-            remaining.to_string(),
-            reset,
-        ]) {
+        for (name, value) in
+            names
+                .into_iter()
+                .zip([limit.to_string(), remaining.to_string(), reset])
+        {
             if let Ok(value) = HeaderValue::from_str(&value) {
                 headers.insert(name, value);
             }
@@ -590,7 +591,11 @@ fn authorized(common: &Common, headers: &HeaderMap) -> bool {
 
 const BODY_LIMIT: usize = 8 * 1024 * 1024;
 
-async fn pipeline_layer(State(pipeline): State<Pipeline>, request: Request, next: Next) -> Response {
+async fn pipeline_layer(
+    State(pipeline): State<Pipeline>,
+    request: Request,
+    next: Next,
+) -> Response {
     let common = &pipeline.common;
     let method = request.method().as_str().to_owned();
     let full_path = request.uri().path().to_owned();
@@ -601,9 +606,7 @@ async fn pipeline_layer(State(pipeline): State<Pipeline>, request: Request, next
     let query: Vec<(String, String)> = request
         .uri()
         .query()
-        .map(|q| {
-            url_decode_pairs(q)
-        })
+        .map(url_decode_pairs)
         .unwrap_or_default();
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, BODY_LIMIT)
@@ -755,7 +758,11 @@ async fn get_app(
     let unhealthy = p.common.faults().unhealthy_sources.contains(&source);
     p.common.app_hit(&name, unhealthy);
     if unhealthy {
-        (StatusCode::INTERNAL_SERVER_ERROR, format!("{name} {source} failing")).into_response()
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{name} {source} failing"),
+        )
+            .into_response()
     } else {
         (StatusCode::OK, format!("{name} {source} ok")).into_response()
     }

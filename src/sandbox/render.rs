@@ -82,7 +82,10 @@ pub(crate) fn router(common: Arc<Common>) -> (Router, Arc<dyn Imitation>) {
             "/services/{id}/custom-domains/{name}",
             axum::routing::delete(delete_domain),
         )
-        .route("/services/{id}/deploys", get(list_deploys).post(trigger_deploy))
+        .route(
+            "/services/{id}/deploys",
+            get(list_deploys).post(trigger_deploy),
+        )
         .route("/services/{id}/deploys/{deploy}", get(get_deploy))
         .route("/services/{id}/rollback", post(rollback))
         .with_state(render.clone());
@@ -218,12 +221,18 @@ impl Imitation for Render {
         }
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (method, segments.as_slice()) {
-            ("POST", ["services"]) => vec![
-                ("write", String::new()),
-                ("service_create", String::new()),
-            ],
+            ("POST", ["services"]) => {
+                vec![("write", String::new()), ("service_create", String::new())]
+            }
             ("PATCH", ["services", id])
-            | ("POST", ["services", id, "deploys" | "rollback" | "suspend" | "resume"]) => vec![
+            | (
+                "POST",
+                [
+                    "services",
+                    id,
+                    "deploys" | "rollback" | "suspend" | "resume",
+                ],
+            ) => vec![
                 ("write", String::new()),
                 ("service_action", (*id).to_owned()),
             ],
@@ -379,9 +388,11 @@ async fn create_service(State(r): State<Render>, body: axum::body::Bytes) -> Res
         .values()
         .any(|s| s.json["name"] == name && s.json["ownerId"] == owner)
     {
-        return r
-            .common
-            .error(StatusCode::CONFLICT, "conflict", "service name already in use");
+        return r.common.error(
+            StatusCode::CONFLICT,
+            "conflict",
+            "service name already in use",
+        );
     }
     let id = state.next_id("srv");
     let slug = format!("{name}-{}", &id[id.len() - 4..]);
@@ -653,7 +664,11 @@ async fn trigger_deploy(
         return StatusCode::ACCEPTED.into_response();
     }
     match state.services.get(&id) {
-        Some(service) => (StatusCode::CREATED, axum::Json(r.deploy_json(service, index))).into_response(),
+        Some(service) => (
+            StatusCode::CREATED,
+            axum::Json(r.deploy_json(service, index)),
+        )
+            .into_response(),
         None => r.not_found(),
     }
 }
@@ -722,7 +737,11 @@ async fn rollback(
         return r.not_found();
     };
     match state.services.get(&id) {
-        Some(service) => (StatusCode::CREATED, axum::Json(r.deploy_json(service, index))).into_response(),
+        Some(service) => (
+            StatusCode::CREATED,
+            axum::Json(r.deploy_json(service, index)),
+        )
+            .into_response(),
         None => r.not_found(),
     }
 }
