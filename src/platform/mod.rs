@@ -11,6 +11,7 @@
 pub mod credentials;
 pub mod http;
 pub mod render;
+pub mod vercel;
 
 use std::fmt;
 use std::future::Future;
@@ -307,4 +308,7 @@ pub trait Deployments: Send + Sync {
 pub use render::{
     RenderClient, RenderService, RenderServiceKind, RenderServicePatch, RenderServiceSpec,
     RenderServices,
+};
+pub use vercel::{
+    VercelClient, VercelProject, VercelProjectPatch, VercelProjectSpec, VercelProjects,
 };

@@ -18,6 +18,7 @@
 
 pub mod cli;
 pub mod render;
+pub mod vercel;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -524,6 +525,7 @@ pub async fn start(
         });
         let (api, imitation): (Router, Arc<dyn Imitation>) = match platform {
             Platform::Render => render::router(common.clone()),
+            Platform::Vercel => vercel::router(common.clone()),
             other => {
                 tracing::warn!(platform = %other, "sandbox for this platform is not built yet");
                 continue;

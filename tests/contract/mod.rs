@@ -211,28 +211,46 @@ impl Contract {
         let declared = [code.as_str(), range.as_str(), "default"]
             .into_iter()
             .find_map(|c| responses.get(c).map(|r| (c, r)));
-        match declared {
-            None => errors.push(format!("response: status {code} is not declared")),
-            Some((c, response)) => {
-                let schema = &response["schema"];
-                match (&ex.response_body, schema.is_null()) {
-                    (Some(body), false) => errors.extend(self.validate(
-                        &format!("{spec_at}.responses.{c}"),
-                        schema,
-                        body,
-                        &format!("response {code} body"),
-                    )),
-                    (None, false) => {
-                        errors.push(format!("response {code} body: missing or not JSON"))
-                    }
-                    (Some(_), true) => {
-                        errors.push(format!("response {code} body: the spec declares none"))
-                    }
-                    (None, true) => {
-                        if ex.response_text.is_some() {
-                            errors.push(format!("response {code} body: the spec declares none"));
-                        }
-                    }
+        let declared_schema =
+            declared.and_then(|(c, r)| (!r["schema"].is_null()).then_some((c, &r["schema"])));
+        let error_schema = (ex.status >= 400)
+            .then(|| {
+                let errors = &self.doc["errors"];
+                errors
+                    .get(code.as_str())
+                    .map(|s| (format!("errors.{code}"), s))
+                    .or_else(|| {
+                        errors
+                            .get("default")
+                            .map(|s| ("errors.default".to_owned(), s))
+                    })
+            })
+            .flatten();
+        match (declared, declared_schema, error_schema) {
+            (_, Some((c, schema)), _) => match &ex.response_body {
+                Some(body) => errors.extend(self.validate(
+                    &format!("{spec_at}.responses.{c}"),
+                    schema,
+                    body,
+                    &format!("response {code} body"),
+                )),
+                None => errors.push(format!("response {code} body: missing or not JSON")),
+            },
+            // Error statuses the operation leaves without a body schema (or undeclared):
+            // the platform's common error shape.
+            (_, None, Some((key, schema))) => match &ex.response_body {
+                Some(body) => errors.extend(self.validate(
+                    &key,
+                    schema,
+                    body,
+                    &format!("response {code} body ({key})"),
+                )),
+                None => errors.push(format!("response {code} body: missing or not JSON")),
+            },
+            (None, None, None) => errors.push(format!("response: status {code} is not declared")),
+            (Some(_), None, None) => {
+                if ex.response_body.is_some() || ex.response_text.is_some() {
+                    errors.push(format!("response {code} body: the spec declares none"));
                 }
             }
         }

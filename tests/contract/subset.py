@@ -14,6 +14,7 @@ OpenAPI 3.0 schemas are not quite JSON Schema; the translation done here:
 - `nullable: true` becomes a `"null"` member of `type` (or `anyOf [.., {type: null}]` when the
   schema has no `type`), and `null` is added to an `enum`;
 - boolean `exclusiveMinimum`/`exclusiveMaximum` become the numeric form;
+- empty `anyOf`/`oneOf` lists are dropped;
 - `oneOf` becomes `anyOf`: the vendors use `oneOf` for variants that overlap (no discriminator,
   no `additionalProperties: false`), so strict `oneOf` would reject payloads the vendor sends;
 - `$ref`s that point outside `components/schemas` (Render refers into `#/paths/...`) are inlined.
@@ -51,6 +52,31 @@ OPERATIONS = {
         ("get", "/services/{serviceId}/deploys/{deployId}"),
         ("post", "/services/{serviceId}/rollback"),
     ],
+    "vercel": [
+        ("post", "/v11/projects"),
+        ("get", "/v10/projects"),
+        ("get", "/v9/projects/{idOrName}"),
+        ("patch", "/v9/projects/{idOrName}"),
+        ("delete", "/v9/projects/{idOrName}"),
+        ("get", "/v10/projects/{idOrName}/env"),
+        ("post", "/v10/projects/{idOrName}/env"),
+        ("delete", "/v9/projects/{idOrName}/env/{id}"),
+        ("get", "/v9/projects/{idOrName}/domains"),
+        ("post", "/v10/projects/{idOrName}/domains"),
+        ("delete", "/v9/projects/{idOrName}/domains/{domain}"),
+        ("post", "/v13/deployments"),
+        ("get", "/v13/deployments/{idOrUrl}"),
+        ("get", "/v6/deployments"),
+        ("post", "/v10/projects/{projectId}/promote/{deploymentId}"),
+    ],
+}
+
+# Error bodies. Where an operation declares an error status without a body schema (Vercel
+# declares most without content), or does not declare it at all, the body is checked against
+# the platform's error schema: the named components schema, keyed by status or "default".
+ERRORS = {
+    "render": {"default": "error"},
+    "vercel": {"default": "VercelNotFoundError", "429": "VercelRateLimitError"},
 }
 
 DROP = {"description", "summary", "example", "examples", "tags", "security", "externalDocs",
@@ -136,6 +162,10 @@ class Cutter:
                     del s[key]
         if "oneOf" in s:
             s["anyOf"] = s.pop("oneOf")
+        # An empty `anyOf` (Vercel has a few) constrains nothing in OpenAPI's reading but is
+        # invalid JSON Schema.
+        if s.get("anyOf") == []:
+            del s["anyOf"]
         return s
 
     def operation(self, path, method):
@@ -185,6 +215,9 @@ def subset(specs, platform):
     paths = {}
     for method, path in OPERATIONS[platform]:
         paths.setdefault(path, {})[method] = cutter.operation(path, method)
+    errors = {}
+    for status, name in ERRORS.get(platform, {}).items():
+        errors[status] = cutter.clean({"$ref": f"#/components/schemas/{name}"}, True)
     servers = [s.get("url") for s in doc.get("servers", [])]
     return {
         "platform": platform,
@@ -192,6 +225,7 @@ def subset(specs, platform):
         "openapi": doc.get("openapi"),
         "servers": servers,
         "paths": dict(sorted(paths.items())),
+        "errors": errors,
         "components": {"schemas": cutter.finish()},
     }
 
