@@ -9,6 +9,7 @@
 //! private to their adapter module.
 
 pub mod credentials;
+pub mod fly;
 pub mod http;
 pub mod render;
 pub mod vercel;
@@ -305,6 +306,7 @@ pub trait Deployments: Send + Sync {
     ) -> impl Future<Output = PlatformResult<Deployment>> + Send;
 }
 
+pub use fly::{FlyApp, FlyAppSpec, FlyApps, FlyClient, FlyMachine, FlyMachineSpec};
 pub use render::{
     RenderClient, RenderService, RenderServiceKind, RenderServicePatch, RenderServiceSpec,
     RenderServices,

@@ -17,6 +17,7 @@
 //!   text with per-app request and error counts.
 
 pub mod cli;
+pub mod fly;
 pub mod render;
 pub mod vercel;
 
@@ -126,6 +127,8 @@ pub(crate) struct Common {
     faults: RwLock<Faults>,
     limits: Vec<LimitSpec>,
     counters: Mutex<Counters>,
+    /// 429s sent because a documented limit was exceeded (not the storm fault).
+    limit_rejections: std::sync::atomic::AtomicU64,
     recorder: Option<Mutex<Vec<Exchange>>>,
     /// Prefix of the base URL's path (`/v1` for Render).
     prefix: &'static str,
@@ -231,7 +234,7 @@ impl Common {
                         .min(burst as f64);
                     entry.1 = now;
                     // A small tolerance for timer granularity between client and server.
-                    if tokens < 0.99 {
+                    if tokens < 0.9 {
                         entry.0 = tokens;
                         rejected = true;
                     } else {
@@ -426,6 +429,17 @@ impl SandboxHandle {
         self.window_stat(platform, class, |(received, _)| received)
     }
 
+    /// 429s the sandbox sent because a client exceeded a documented limit (storm 429s
+    /// excluded).
+    pub fn limit_rejections(&self, platform: Platform) -> u64 {
+        self.common(platform)
+            .map(|c| {
+                c.limit_rejections
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .unwrap_or(0)
+    }
+
     /// Requests of `class` accepted in total (all windows and keys).
     pub fn accepted(&self, platform: Platform, class: &str) -> u64 {
         let Some(common) = self.common(platform) else {
@@ -519,6 +533,7 @@ pub async fn start(
             faults: RwLock::new(Faults::default()),
             limits,
             counters: Mutex::new(Counters::default()),
+            limit_rejections: std::sync::atomic::AtomicU64::new(0),
             recorder: config.record.then(|| Mutex::new(Vec::new())),
             prefix,
             apps: Mutex::new(HashMap::new()),
@@ -526,6 +541,7 @@ pub async fn start(
         let (api, imitation): (Router, Arc<dyn Imitation>) = match platform {
             Platform::Render => render::router(common.clone()),
             Platform::Vercel => vercel::router(common.clone()),
+            Platform::Fly => fly::router(common.clone()),
             other => {
                 tracing::warn!(platform = %other, "sandbox for this platform is not built yet");
                 continue;
@@ -666,6 +682,9 @@ async fn handle_request(
         return common.too_many(wait, window);
     }
     if rejected {
+        common
+            .limit_rejections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let wait = window
             .map(|(_, _, reset)| reset)
             .unwrap_or_else(|| common.wall(Duration::from_secs(1)));
@@ -821,4 +840,12 @@ pub(crate) fn set_field(object: &mut Value, field: &str, value: Value) -> bool {
 /// RFC 3339 timestamp for a wall-clock instant.
 pub(crate) fn timestamp() -> String {
     jiff::Timestamp::now().to_string()
+}
+
+/// A stable digest of a value (image shas, secret digests) that does not reveal it.
+pub(crate) fn digest(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }

@@ -158,7 +158,8 @@ impl Render {
             "updatedAt": timestamp(),
         });
         if let Some(image) = &deploy.image {
-            out["image"] = json!({ "ref": image, "sha": format!("sha256:{:x}", hash(image)) });
+            out["image"] =
+                json!({ "ref": image, "sha": format!("sha256:{:x}", super::digest(image)) });
         }
         if let Some(commit) = &deploy.commit {
             out["commit"] = json!({ "id": commit, "message": "sandbox commit" });
@@ -205,13 +206,6 @@ impl Render {
         });
         Some((service.deploys.len() - 1, busy_until.is_some()))
     }
-}
-
-fn hash(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
 }
 
 impl Imitation for Render {

@@ -69,6 +69,27 @@ OPERATIONS = {
         ("get", "/v6/deployments"),
         ("post", "/v10/projects/{projectId}/promote/{deploymentId}"),
     ],
+    "fly": [
+        ("get", "/v1/apps"),
+        ("post", "/v1/apps"),
+        ("get", "/v1/apps/{app_name}"),
+        ("delete", "/v1/apps/{app_name}"),
+        ("get", "/v1/apps/{app_name}/machines"),
+        ("post", "/v1/apps/{app_name}/machines"),
+        ("get", "/v1/apps/{app_name}/machines/{machine_id}"),
+        ("post", "/v1/apps/{app_name}/machines/{machine_id}"),
+        ("delete", "/v1/apps/{app_name}/machines/{machine_id}"),
+        ("post", "/v1/apps/{app_name}/machines/{machine_id}/lease"),
+        ("delete", "/v1/apps/{app_name}/machines/{machine_id}/lease"),
+        ("post", "/v1/apps/{app_name}/machines/{machine_id}/stop"),
+        ("post", "/v1/apps/{app_name}/machines/{machine_id}/start"),
+        ("get", "/v1/apps/{app_name}/secrets"),
+        ("post", "/v1/apps/{app_name}/secrets"),
+        ("delete", "/v1/apps/{app_name}/secrets/{secret_name}"),
+        ("get", "/v1/apps/{app_name}/certificates"),
+        ("post", "/v1/apps/{app_name}/certificates/acme"),
+        ("delete", "/v1/apps/{app_name}/certificates/{hostname}"),
+    ],
 }
 
 # Error bodies. Where an operation declares an error status without a body schema (Vercel
@@ -77,6 +98,7 @@ OPERATIONS = {
 ERRORS = {
     "render": {"default": "error"},
     "vercel": {"default": "VercelNotFoundError", "429": "VercelRateLimitError"},
+    "fly": {"default": "ErrorResponse"},
 }
 
 DROP = {"description", "summary", "example", "examples", "tags", "security", "externalDocs",
