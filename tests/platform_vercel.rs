@@ -13,6 +13,9 @@ use tether::platform::{
 };
 use tether::sandbox::Faults;
 
+/// Rate-limit tests run slower so that a request interval (window / limit) stays well above
+/// the scheduling jitter of a busy machine.
+const STORM_SCALE: f64 = 50.0;
 const SCALE: f64 = 200.0;
 
 fn spec(name: &str) -> VercelProjectSpec {
@@ -277,7 +280,7 @@ async fn a_wrong_token_is_unauthorized_and_names_vercel() {
 
 #[tokio::test]
 async fn under_a_429_storm_clients_stay_within_the_limit_and_finish() {
-    let env = harness::start(Platform::Vercel, SCALE).await;
+    let env = harness::start(Platform::Vercel, STORM_SCALE).await;
     let client = client(&env);
     let project = client.ensure_project(&spec("s")).await.unwrap().object;
     env.set_faults(
@@ -292,7 +295,7 @@ async fn under_a_429_storm_clients_stay_within_the_limit_and_finish() {
         let client = client.clone();
         let id = project.id.clone();
         tokio::spawn(async move {
-            futures::future::try_join_all((0..250).map(|i| {
+            futures::future::try_join_all((0..120).map(|i| {
                 let (client, id) = (&client, &id);
                 async move {
                     client
@@ -306,7 +309,7 @@ async fn under_a_429_storm_clients_stay_within_the_limit_and_finish() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     env.set_faults(Platform::Vercel, Faults::default());
     work.await.unwrap().unwrap();
-    assert_eq!(client.list_env_vars(&project.id).await.unwrap().len(), 250);
+    assert_eq!(client.list_env_vars(&project.id).await.unwrap().len(), 120);
     assert!(env.sandbox.max_received_in_window(Platform::Vercel, "api") <= 100);
     env.check_contract(Platform::Vercel);
 }

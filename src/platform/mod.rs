@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod fly;
 pub mod http;
 pub mod render;
+pub mod supabase;
 pub mod vercel;
 
 use std::fmt;
@@ -310,6 +311,10 @@ pub use fly::{FlyApp, FlyAppSpec, FlyApps, FlyClient, FlyMachine, FlyMachineSpec
 pub use render::{
     RenderClient, RenderService, RenderServiceKind, RenderServicePatch, RenderServiceSpec,
     RenderServices,
+};
+pub use supabase::{
+    ProjectState, ServiceHealth, SupabaseClient, SupabaseProject, SupabaseProjectSpec,
+    SupabaseProjects,
 };
 pub use vercel::{
     VercelClient, VercelProject, VercelProjectPatch, VercelProjectSpec, VercelProjects,

@@ -19,6 +19,7 @@
 pub mod cli;
 pub mod fly;
 pub mod render;
+pub mod supabase;
 pub mod vercel;
 
 use std::collections::HashMap;
@@ -59,7 +60,7 @@ impl Default for SandboxConfig {
         SandboxConfig {
             time_scale: 1.0,
             record: false,
-            platforms: vec![Platform::Render],
+            platforms: Platform::ALL.to_vec(),
             limits: HashMap::new(),
         }
     }
@@ -542,10 +543,7 @@ pub async fn start(
             Platform::Render => render::router(common.clone()),
             Platform::Vercel => vercel::router(common.clone()),
             Platform::Fly => fly::router(common.clone()),
-            other => {
-                tracing::warn!(platform = %other, "sandbox for this platform is not built yet");
-                continue;
-            }
+            Platform::Supabase => supabase::router(common.clone()),
         };
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await

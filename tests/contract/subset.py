@@ -90,6 +90,19 @@ OPERATIONS = {
         ("post", "/v1/apps/{app_name}/certificates/acme"),
         ("delete", "/v1/apps/{app_name}/certificates/{hostname}"),
     ],
+    "supabase": [
+        ("post", "/v1/projects"),
+        ("get", "/v1/projects/{ref}"),
+        ("patch", "/v1/projects/{ref}"),
+        ("delete", "/v1/projects/{ref}"),
+        ("get", "/v1/organizations/{slug}/projects"),
+        ("get", "/v1/projects/{ref}/secrets"),
+        ("post", "/v1/projects/{ref}/secrets"),
+        ("delete", "/v1/projects/{ref}/secrets"),
+        ("get", "/v1/projects/{ref}/health"),
+        ("post", "/v1/projects/{ref}/pause"),
+        ("post", "/v1/projects/{ref}/restore"),
+    ],
 }
 
 # Error bodies. Where an operation declares an error status without a body schema (Vercel
@@ -99,6 +112,10 @@ ERRORS = {
     "render": {"default": "error"},
     "vercel": {"default": "VercelNotFoundError", "429": "VercelRateLimitError"},
     "fly": {"default": "ErrorResponse"},
+    # Supabase models no error bodies; its API and CLI use `{"message": string}` (inferred,
+    # see provider-apis/README.md), so that shape is declared here.
+    "supabase": {"default": {"type": "object", "required": ["message"],
+                             "properties": {"message": {"type": "string"}}}},
 }
 
 DROP = {"description", "summary", "example", "examples", "tags", "security", "externalDocs",
@@ -239,7 +256,10 @@ def subset(specs, platform):
         paths.setdefault(path, {})[method] = cutter.operation(path, method)
     errors = {}
     for status, name in ERRORS.get(platform, {}).items():
-        errors[status] = cutter.clean({"$ref": f"#/components/schemas/{name}"}, True)
+        if isinstance(name, dict):
+            errors[status] = name
+        else:
+            errors[status] = cutter.clean({"$ref": f"#/components/schemas/{name}"}, True)
     servers = [s.get("url") for s in doc.get("servers", [])]
     return {
         "platform": platform,
