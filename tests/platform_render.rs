@@ -427,3 +427,119 @@ fn the_contract_check_names_the_spec_path_and_field_of_a_mismatch() {
     };
     assert!(contract.check(&unknown)[0].contains("no such operation"));
 }
+
+#[tokio::test]
+async fn the_admin_endpoint_switches_faults_and_applies_dashboard_edits_at_run_time() {
+    let env = harness::start(Platform::Render, SCALE).await;
+    let client = RenderClient::new(env.http(Platform::Render));
+    let service = client
+        .ensure_service(&spec("dash", "acme/d:1"))
+        .await
+        .unwrap()
+        .object;
+    let admin = env.sandbox.admin_url(Platform::Render).unwrap();
+    let token = env.sandbox.token(Platform::Render).unwrap();
+    let http = reqwest::Client::new();
+
+    // A person changes the plan in the dashboard: the next read shows the drift.
+    let edit = http
+        .post(format!("{admin}/edit"))
+        .bearer_auth(token.expose())
+        .json(&serde_json::json!({"object": "service", "name": "dash", "field": "serviceDetails.plan", "value": "pro"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(edit.status(), 204);
+    assert_eq!(
+        client
+            .get_service(&service.id)
+            .await
+            .unwrap()
+            .plan
+            .as_deref(),
+        Some("pro")
+    );
+    let unknown = http
+        .post(format!("{admin}/edit"))
+        .bearer_auth(token.expose())
+        .json(&serde_json::json!({"object": "service", "name": "nope", "field": "x", "value": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    // Faults are switched over HTTP too, and need the token.
+    let faults = serde_json::json!({"latencyMs": 80, "unhealthySources": ["acme/d:1"]});
+    let anonymous = http
+        .put(format!("{admin}/faults"))
+        .json(&faults)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let put = http
+        .put(format!("{admin}/faults"))
+        .bearer_auth(token.expose())
+        .json(&faults)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let started = std::time::Instant::now();
+    client.get_service(&service.id).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(80),
+        "latency fault applies"
+    );
+
+    // The deployed app answers its health endpoint with 500 and the metrics count it.
+    eventually(
+        "first deploy to go live",
+        Duration::from_secs(10),
+        || async {
+            let r = reqwest::get(format!("{admin}/apps/dash")).await.unwrap();
+            (r.status() == 500).then_some(())
+        },
+    )
+    .await;
+    let metrics = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sandbox_app_errors_total{app=\"dash\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sandbox_app_requests_total{app=\"dash\"} 1"),
+        "{metrics}"
+    );
+    env.check_contract(Platform::Render);
+}
+
+#[tokio::test]
+async fn sandbox_credentials_round_trip_through_kubernetes_secrets() {
+    let env = harness::start(Platform::Render, SCALE).await;
+    let secrets = env.sandbox.credential_secrets("default");
+    assert_eq!(secrets.len(), 1);
+    let (platform, secret) = &secrets[0];
+    assert_eq!(*platform, Platform::Render);
+    let token = tether::platform::credentials::token_from_secret_object(
+        secret,
+        "default",
+        "tether-sandbox-render",
+        "token",
+    )
+    .unwrap();
+    let client = RenderClient::new(env.http_with_token(Platform::Render, token));
+    assert!(
+        client
+            .list_services("tea-test", None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    env.check_contract(Platform::Render);
+}

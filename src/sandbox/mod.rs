@@ -391,6 +391,27 @@ impl SandboxHandle {
             .map(|(_, _, token, _)| token.clone())
     }
 
+    /// One Kubernetes Secret per served platform holding its sandbox token under key
+    /// `token`, named `tether-sandbox-<platform>` — what `tether run --sandbox` applies so
+    /// that Environments can name their credentials as they would in production.
+    pub fn credential_secrets(
+        &self,
+        namespace: &str,
+    ) -> Vec<(Platform, k8s_openapi::api::core::v1::Secret)> {
+        self.servers
+            .iter()
+            .map(|(platform, _, token, _)| {
+                let name = format!("tether-sandbox-{platform}");
+                (
+                    *platform,
+                    crate::platform::credentials::secret_for_token(
+                        namespace, &name, "token", token,
+                    ),
+                )
+            })
+            .collect()
+    }
+
     /// The admin base URL of `platform` (`<origin>/_sandbox`).
     pub fn admin_url(&self, platform: Platform) -> Option<String> {
         let common = self.common(platform)?;
