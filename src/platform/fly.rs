@@ -676,7 +676,7 @@ impl Deployments for FlyClient {
             return Err(PlatformError::Invalid {
                 platform: Platform::Fly,
                 operation: "deploy",
-                status: 0,
+                status: None,
                 reason: "Fly machines deploy container images".into(),
             });
         };
@@ -685,7 +685,7 @@ impl Deployments for FlyClient {
             return Err(PlatformError::Invalid {
                 platform: Platform::Fly,
                 operation: "deploy",
-                status: 0,
+                status: None,
                 reason: "the app has no machines to deploy to".into(),
             });
         }

@@ -742,7 +742,7 @@ impl PlatformHttp {
             400..=499 => Err(Failure::Final(PlatformError::Invalid {
                 platform,
                 operation,
-                status,
+                status: Some(status),
                 reason: error_code(&body).unwrap_or_else(|| format!("HTTP {status}")),
             })),
             _ => Err(Failure::Final(PlatformError::Malformed {

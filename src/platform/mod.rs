@@ -102,17 +102,19 @@ pub enum PlatformError {
         /// 401 or 403.
         status: u16,
     },
-    /// The platform rejected the request as invalid (400/422 and other 4xx).
+    /// The request is invalid: the platform rejected it (400/422 and other 4xx, `status`
+    /// set) or the adapter refused to send it (`status` is `None`).
     #[error(
-        "failed to {operation} on {platform}: request rejected as invalid (HTTP {status}: {reason})"
+        "failed to {operation} on {platform}: invalid request ({}{reason})",
+        status.map(|s| format!("HTTP {s}: ")).unwrap_or_default()
     )]
     Invalid {
         /// Platform called.
         platform: Platform,
         /// Operation name.
         operation: &'static str,
-        /// HTTP status.
-        status: u16,
+        /// HTTP status, when the platform answered.
+        status: Option<u16>,
         /// A short reason (vendor error code), never a secret.
         reason: String,
     },

@@ -395,7 +395,7 @@ impl SupabaseProjects for SupabaseClient {
             return Err(PlatformError::Invalid {
                 platform: Platform::Supabase,
                 operation: "set_secrets",
-                status: 0,
+                status: None,
                 reason: format!("secret names must not start with SUPABASE_ ({name})"),
             });
         }

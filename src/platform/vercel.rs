@@ -442,7 +442,7 @@ impl VercelProjects for VercelClient {
             return Err(PlatformError::Invalid {
                 platform: Platform::Vercel,
                 operation: "set_env_var",
-                status: 0,
+                status: None,
                 reason: "a value is required to set a variable".into(),
             });
         };
@@ -471,7 +471,7 @@ impl VercelProjects for VercelClient {
             return Err(PlatformError::Invalid {
                 platform: Platform::Vercel,
                 operation: "set_env_var",
-                status: 201,
+                status: Some(201),
                 reason: "the variable was listed as failed".into(),
             });
         }
@@ -554,7 +554,7 @@ impl Deployments for VercelClient {
                     return Err(PlatformError::Invalid {
                         platform: Platform::Vercel,
                         operation: "create_deployment",
-                        status: 0,
+                        status: None,
                         reason: "the project has no linked git repository".into(),
                     });
                 };
@@ -567,7 +567,7 @@ impl Deployments for VercelClient {
                     return Err(PlatformError::Invalid {
                         platform: Platform::Vercel,
                         operation: "create_deployment",
-                        status: 0,
+                        status: None,
                         reason: "nothing to redeploy yet".into(),
                     });
                 };
@@ -577,7 +577,7 @@ impl Deployments for VercelClient {
                 return Err(PlatformError::Invalid {
                     platform: Platform::Vercel,
                     operation: "create_deployment",
-                    status: 0,
+                    status: None,
                     reason: "Vercel deploys git refs, not container images".into(),
                 });
             }
