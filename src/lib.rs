@@ -16,8 +16,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod localapi;
+pub mod migrate;
 pub mod platform;
 pub mod sandbox;
+pub mod schema;
 pub mod telemetry;
 
 /// Installs the process-wide rustls crypto provider (ring).

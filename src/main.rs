@@ -20,6 +20,19 @@ enum Command {
         #[arg(long = "out-dir")]
         out_dirs: Vec<std::path::PathBuf>,
     },
+    /// Lint, plan and apply Postgres/Supabase migrations (`tether migrate --help`).
+    Migrate {
+        #[command(subcommand)]
+        command: tether::migrate::cli::MigrateCommand,
+    },
+    /// Check manifests offline as the API server would admit them: every Tether object
+    /// against the CRD schemas and CEL rules, other kinds for apiVersion/kind/metadata.
+    /// Prints `file:document: Kind/name: field: message` per problem; exits 1 if any.
+    Validate {
+        /// Files or directories of YAML manifests (multi-document streams).
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+    },
     /// Serve imitations of the Render, Vercel, Fly.io and Supabase APIs on loopback ports;
     /// prints `<platform> <base-url> <token>` per platform, serves until Ctrl-C.
     Sandbox(tether::sandbox::cli::SandboxArgs),
@@ -35,6 +48,13 @@ fn main() -> anyhow::Result<()> {
             }
             for dir in out_dirs {
                 tether::api::write_crds(&dir)?;
+            }
+            Ok(())
+        }
+        Command::Migrate { command } => std::process::exit(tether::migrate::cli::main(command)?),
+        Command::Validate { paths } => {
+            if !tether::schema::validate::run(&paths)? {
+                std::process::exit(1);
             }
             Ok(())
         }
