@@ -16,9 +16,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod migrate;
 pub mod controller;
 pub mod localapi;
+pub mod migrate;
+pub mod platform;
+pub mod sandbox;
 pub mod schema;
 pub mod telemetry;
 

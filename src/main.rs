@@ -41,6 +41,9 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<std::path::PathBuf>,
     },
+    /// Serve imitations of the Render, Vercel, Fly.io and Supabase APIs on loopback ports;
+    /// prints `<platform> <base-url> <token>` per platform, serves until Ctrl-C.
+    Sandbox(tether::sandbox::cli::SandboxArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,6 +77,11 @@ fn main() -> anyhow::Result<()> {
             if !tether::schema::validate::run(&paths)? {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::Sandbox(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(tether::sandbox::cli::serve(args))?;
             Ok(())
         }
     }
