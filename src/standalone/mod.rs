@@ -1,0 +1,234 @@
+//! `tether run`: standalone mode, no cluster needed.
+//!
+//! Starts the embedded Kubernetes API ([`crate::localapi`]) with its store in
+//! `<state-dir>/store.redb`, writes `<state-dir>/kubeconfig` for kubectl, applies every
+//! manifest under `--manifests` as `kubectl apply --server-side` would, prunes what was
+//! removed, keeps watching the directory, runs the controllers, and prints progress lines.
+//!
+//! Flow: [`run`] (signals, runtime) → [`serve`]: start API → kubeconfig → progress watchers
+//! → controllers → [`sync::Syncer`] pass (scan → parse → resolve → apply → prune) → wait for
+//! a directory change ([`dirwatch`]) → pass → … → shutdown.
+
+pub mod apply;
+pub mod dirwatch;
+pub mod inventory;
+pub mod manifests;
+pub mod progress;
+pub mod sync;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::localapi::{LocalApiConfig, LocalApiError, StoreConfig};
+use progress::{Progress, Reporter};
+
+/// How long a burst of file changes must be quiet before a sync pass starts.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+/// How long shutdown waits for the API server and the controllers to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Flags of `tether run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Directory of manifests (`*.yaml`, `*.yml`, searched recursively).
+    #[arg(long, value_name = "DIR")]
+    pub manifests: PathBuf,
+    /// Where the store (`store.redb`) and the kubeconfig are kept; a restart keeps everything.
+    #[arg(long, value_name = "DIR", default_value = ".tether")]
+    pub state_dir: PathBuf,
+    /// Address of the embedded API server (loopback; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub addr: SocketAddr,
+    /// Log filter for stderr logs, in RUST_LOG syntax (`info`, `tether=debug,kube=warn`).
+    #[arg(long, default_value = "warn")]
+    pub log_level: String,
+}
+
+/// Why `tether run` could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// `--manifests` is not a readable directory.
+    #[error("failed to open manifest directory {path}: {reason}")]
+    ManifestDir {
+        /// The path given.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The state directory could not be created.
+    #[error("failed to create state directory {path}: {source}")]
+    StateDir {
+        /// The path given.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The embedded API server did not start.
+    #[error("failed to start the embedded API server: {0}")]
+    StartApi(#[from] LocalApiError),
+    /// The kubeconfig could not be written.
+    #[error("failed to write kubeconfig {path}: {reason}")]
+    Kubeconfig {
+        /// Where it should have gone.
+        path: PathBuf,
+        /// Why it could not be written.
+        reason: String,
+    },
+    /// The directory watch did not start.
+    #[error(transparent)]
+    Watch(#[from] dirwatch::WatchError),
+    /// The async runtime or signal handlers could not be set up.
+    #[error("failed to start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// Runs `tether run` until Ctrl-C or SIGTERM: builds the async runtime, installs the signal
+/// handlers and calls [`serve`].
+pub fn run(args: RunArgs) -> Result<(), RunError> {
+    crate::telemetry::init_tracing(&args.log_level, crate::telemetry::LogFormat::Text);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(RunError::Runtime)?;
+        let on_signal = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = sigterm.recv() => {}
+            }
+            on_signal.cancel();
+        });
+        serve(args, Reporter::stdout(), shutdown).await
+    })
+}
+
+/// Serves `tether run` until `shutdown` is cancelled, printing progress to `reporter`.
+pub async fn serve(
+    args: RunArgs,
+    reporter: Reporter,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    if !args.manifests.is_dir() {
+        return Err(RunError::ManifestDir {
+            path: args.manifests.clone(),
+            reason: "not a directory".into(),
+        });
+    }
+    std::fs::create_dir_all(&args.state_dir).map_err(|source| RunError::StateDir {
+        path: args.state_dir.clone(),
+        source,
+    })?;
+    let store = args.state_dir.join("store.redb");
+    let crds = crate::api::crds();
+
+    // Everything started below stops with `stop`; `shutdown` only triggers it, so the
+    // order of stopping stays ours (sync loop first, then controllers, then the API).
+    let stop = CancellationToken::new();
+    let api = crate::localapi::start(
+        LocalApiConfig {
+            addr: args.addr,
+            store: StoreConfig::File(store.clone()),
+            crds: crds.clone(),
+        },
+        stop.clone(),
+    )
+    .await?;
+    let client = api.client();
+    let kubeconfig = args.state_dir.join("kubeconfig");
+    write_kubeconfig(&kubeconfig, &api.kubeconfig())?;
+    reporter.print(Progress::Listening {
+        url: api.url(),
+        store: store.display().to_string(),
+    });
+    reporter.print(Progress::KubectlHint {
+        kubeconfig: kubeconfig.display().to_string(),
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(progress::watch_conditions(
+        client.clone(),
+        crds.clone(),
+        reporter.clone(),
+        stop.clone(),
+    ));
+    tasks.spawn(progress::watch_warnings(
+        client.clone(),
+        reporter.clone(),
+        stop.clone(),
+    ));
+
+    let mut watch = dirwatch::DirWatch::start(&args.manifests, &args.state_dir, DEBOUNCE)?;
+    let tether_groups: Vec<String> = crds.iter().map(|c| c.spec.group.clone()).collect();
+    let mut syncer = sync::Syncer::new(
+        client,
+        &args.manifests,
+        &args.state_dir,
+        tether_groups,
+        reporter.clone(),
+    );
+    sync_and_report(&mut syncer, &reporter, &args.manifests).await;
+    reporter.print(Progress::Watching {
+        dir: args.manifests.display().to_string(),
+    });
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = watch.changed() => {
+                if !changed {
+                    break;
+                }
+                sync_and_report(&mut syncer, &reporter, &args.manifests).await;
+            }
+        }
+    }
+
+    reporter.print(Progress::Stopping);
+    stop.cancel();
+    let drained = async {
+        while tasks.join_next().await.is_some() {}
+        api.stopped().await;
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+        tracing::warn!("components did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    Ok(())
+}
+
+/// A failed pass (directory unreadable, inventory unreachable) is printed; the next change
+/// triggers another pass.
+async fn sync_and_report(syncer: &mut sync::Syncer, reporter: &Reporter, dir: &Path) {
+    if let Err(err) = syncer.sync().await {
+        reporter.print(Progress::Error {
+            place: dir.display().to_string(),
+            object: None,
+            reason: err.to_string(),
+        });
+    }
+}
+
+/// Writes `config` to `path` as YAML, readable by kubectl, replacing any older file
+/// atomically (write to a temporary file, then rename) and readable only by its owner.
+fn write_kubeconfig(path: &Path, config: &kube::config::Kubeconfig) -> Result<(), RunError> {
+    let error = |reason: String| RunError::Kubeconfig {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let yaml = serde_saphyr::to_string(config).map_err(|e| error(e.to_string()))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, yaml).map_err(|e| error(e.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| error(e.to_string()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| error(e.to_string()))
+}
