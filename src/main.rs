@@ -13,16 +13,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the CustomResourceDefinitions as YAML (what `make crds` writes to crds/).
-    Crds,
+    /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into each
+    /// `--out-dir` (what `make crds` does for crds/ and the Helm chart).
+    Crds {
+        /// Write `<plural>.<group>.yaml` files into this directory (repeatable).
+        #[arg(long = "out-dir")]
+        out_dirs: Vec<std::path::PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     tether::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
-        Command::Crds => {
-            print!("{}", tether::api::crds_yaml()?);
+        Command::Crds { out_dirs } => {
+            if out_dirs.is_empty() {
+                print!("{}", tether::api::crds_yaml()?);
+            }
+            for dir in out_dirs {
+                tether::api::write_crds(&dir)?;
+            }
             Ok(())
         }
     }

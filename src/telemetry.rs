@@ -95,7 +95,9 @@ mod tests {
     fn names_lists_metrics_that_have_no_samples_yet() {
         let registry = MetricsRegistry::new();
         registry
-            .register(IntCounterVec::new(Opts::new("tether_example_total", "help"), &["kind"]).unwrap())
+            .register(
+                IntCounterVec::new(Opts::new("tether_example_total", "help"), &["kind"]).unwrap(),
+            )
             .unwrap();
         assert_eq!(registry.names(), vec!["tether_example_total".to_string()]);
         assert!(!registry.render().contains("tether_example_total"));
@@ -105,7 +107,13 @@ mod tests {
     fn registering_a_name_twice_fails() {
         let registry = MetricsRegistry::new();
         let opts = Opts::new("tether_twice_total", "help");
-        registry.register(prometheus::IntCounter::with_opts(opts.clone()).unwrap()).unwrap();
-        assert!(registry.register(prometheus::IntCounter::with_opts(opts).unwrap()).is_err());
+        registry
+            .register(prometheus::IntCounter::with_opts(opts.clone()).unwrap())
+            .unwrap();
+        assert!(
+            registry
+                .register(prometheus::IntCounter::with_opts(opts).unwrap())
+                .is_err()
+        );
     }
 }

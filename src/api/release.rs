@@ -1,0 +1,330 @@
+//! `Release`: one version of the application rolled out to one Environment, step by step,
+//! behind gates (migrations, approval, promotion), verified by health checks and metric
+//! analysis, and rolled back automatically on failure.
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Condition, LocalObjectRef};
+
+/// A version to roll out to an Environment.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "tether.dev",
+    version = "v1alpha1",
+    kind = "Release",
+    plural = "releases",
+    shortname = "rel",
+    category = "tether",
+    namespaced,
+    doc = "A Release: one version of the application rolled out to an Environment, in ordered steps behind approval, promotion and migration gates, verified by health checks and analysis, rolled back on failure.",
+    status = "ReleaseStatus",
+    printcolumn = r#"{"name":"Environment","type":"string","jsonPath":".spec.environmentRef.name"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.version"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.steps) || self.steps.all(s, s.components.all(c, self.artifacts.exists(a, a.component == c)))").message("steps name a component that has no artifact"))]
+#[x_kube(validation = Rule::new("!has(self.steps) || self.artifacts.all(a, self.steps.exists(s, a.component in s.components))").message("every artifact must appear in a step when steps are given"))]
+#[x_kube(validation = Rule::new("!has(self.promotion) || self.promotion.fromEnvironment != self.environmentRef.name").message("promotion.fromEnvironment must differ from environmentRef"))]
+pub struct ReleaseSpec {
+    /// The Environment to roll out to (same namespace). Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("environmentRef is immutable"))]
+    pub environment_ref: LocalObjectRef,
+    /// The version being released (a tag, semver or commit). Immutable: a new version is a
+    /// new Release.
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("version is immutable; create a new Release"))]
+    pub version: String,
+    /// One artifact per component that changes in this release.
+    #[schemars(length(min = 1, max = 50))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.component == a.component))").message("each component may have one artifact"))]
+    pub artifacts: Vec<Artifact>,
+    /// The order of the rollout: steps run one after another, the components of one step
+    /// in parallel. Unset: all components in one step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub steps: Vec<ReleaseStep>,
+    /// Migrations (names in the same namespace) that must be `Applied` before any component
+    /// is deployed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub migrations: Vec<String>,
+    /// HTTP checks that must pass after each step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub health_checks: Vec<HealthCheck>,
+    /// A Prometheus query that must stay within its threshold after the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
+    /// A manual approval gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+    /// A promotion gate: the same version must have succeeded in another Environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<Promotion>,
+    /// What to do when a step, a health check or the analysis fails.
+    #[serde(default)]
+    pub rollback: Rollback,
+    /// The longest the whole rollout may take before it counts as failed.
+    #[serde(default = "default_release_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub timeout: String,
+}
+
+fn default_release_timeout() -> String {
+    "30m".to_string()
+}
+
+/// The platform a component lives on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ComponentPlatform {
+    /// A Render service.
+    #[default]
+    Render,
+    /// A Vercel project.
+    Vercel,
+    /// A Fly app.
+    Fly,
+}
+
+/// What to deploy for one component.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.image), has(self.gitRef), has(self.deploymentId)].filter(x, x).size() == 1").message("set exactly one of image, gitRef or deploymentId"))]
+#[x_kube(validation = Rule::new("!has(self.image) || self.platform != 'vercel'").message("Vercel components deploy a gitRef or a deploymentId, not an image"))]
+#[x_kube(validation = Rule::new("self.platform == 'vercel' || !(has(self.gitRef) || has(self.deploymentId))").message("Render and Fly components deploy a container image"))]
+pub struct Artifact {
+    /// The component: the name of a Render service, Vercel project or Fly app in the
+    /// Environment.
+    #[schemars(length(min = 1, max = 63))]
+    pub component: String,
+    /// The platform of the component.
+    pub platform: ComponentPlatform,
+    /// Container image (`registry/repo:tag` or `@sha256:` digest) for Render and Fly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+    /// Git ref (branch, tag or commit SHA) Vercel builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub git_ref: Option<String>,
+    /// An existing Vercel deployment to promote instead of building.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^dpl_[A-Za-z0-9]+$"))]
+    pub deployment_id: Option<String>,
+}
+
+/// One step of a rollout.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseStep {
+    /// Components deployed together in this step.
+    #[schemars(length(min = 1, max = 50))]
+    pub components: Vec<String>,
+}
+
+/// An HTTP health check.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// Check name, used in status and events.
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// URL requested with GET.
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub url: String,
+    /// HTTP status that counts as healthy.
+    #[serde(default = "default_expected_status")]
+    #[schemars(range(min = 100, max = 599))]
+    pub expected_status: i32,
+    /// The slowest acceptable response.
+    #[serde(default = "default_latency_budget")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub latency_budget: String,
+    /// Attempts before the check fails.
+    #[serde(default = "default_retries")]
+    #[schemars(range(min = 0, max = 100))]
+    pub retries: i32,
+    /// Time between attempts.
+    #[serde(default = "default_check_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub interval: String,
+}
+
+fn default_expected_status() -> i32 {
+    200
+}
+
+fn default_latency_budget() -> String {
+    "1s".to_string()
+}
+
+fn default_retries() -> i32 {
+    3
+}
+
+fn default_check_interval() -> String {
+    "10s".to_string()
+}
+
+/// Metric analysis with a Prometheus query.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Analysis {
+    /// Base URL of the Prometheus HTTP API.
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub prometheus_url: String,
+    /// PromQL returning one number, e.g. an error rate.
+    #[schemars(length(min = 1))]
+    pub query: String,
+    /// The value the result is compared with.
+    pub threshold: f64,
+    /// How the result must compare with the threshold to pass.
+    #[serde(default)]
+    pub operator: AnalysisOperator,
+    /// How long the query must keep passing.
+    #[serde(default = "default_analysis_duration")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub duration: String,
+    /// Time between evaluations.
+    #[serde(default = "default_analysis_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub interval: String,
+}
+
+fn default_analysis_duration() -> String {
+    "5m".to_string()
+}
+
+fn default_analysis_interval() -> String {
+    "1m".to_string()
+}
+
+/// Comparison of an analysis result with its threshold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AnalysisOperator {
+    /// Pass while the result is below the threshold.
+    #[default]
+    LessThan,
+    /// Pass while the result is above the threshold.
+    GreaterThan,
+}
+
+/// Manual approval.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Approval {
+    /// When true the release waits in `AwaitingApproval` until annotated with
+    /// `tether.dev/approved-by: <who>`.
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// Promotion gate.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Promotion {
+    /// The Environment (same namespace) where a Release of the same version must have
+    /// succeeded first.
+    #[schemars(length(min = 1))]
+    pub from_environment: String,
+}
+
+/// Rollback behaviour.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollback {
+    /// Roll every component already changed back to the previous release on failure.
+    #[serde(default = "default_true")]
+    pub automatic: bool,
+}
+
+impl Default for Rollback {
+    fn default() -> Self {
+        Self { automatic: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The phases of a Release.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ReleasePhase {
+    /// Waiting to start (gates not yet evaluated).
+    #[default]
+    Pending,
+    /// Waiting for the approval annotation.
+    AwaitingApproval,
+    /// Waiting for the listed Migrations.
+    Migrating,
+    /// Deploying components.
+    Deploying,
+    /// Running health checks and analysis.
+    Verifying,
+    /// Done and verified.
+    Succeeded,
+    /// Failed without rollback.
+    Failed,
+    /// Failed and rolled back.
+    RolledBack,
+}
+
+/// Observed state of a Release.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseStatus {
+    /// The generation the status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Reconciling`, `Stalled` and domain conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Where the rollout is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ReleasePhase>,
+    /// One entry per component deployment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepStatus>,
+    /// The version this release replaces, for rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<String>,
+    /// When the rollout started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When it finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+/// The deployment of one component.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepStatus {
+    /// The component.
+    pub component: String,
+    /// Its platform.
+    pub platform: ComponentPlatform,
+    /// The platform's deployment id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<String>,
+    /// The platform's deployment state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// When the deployment started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When it finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// What happened, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
