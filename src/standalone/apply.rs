@@ -292,7 +292,11 @@ mod tests {
         let obj = object("apiVersion: v1\nkind: Namespace\nmetadata: {name: a, namespace: x}\n");
         let id = object_id(&obj, &resolved(false));
         assert_eq!(id.namespace, None);
-        assert!(prepared_body(&obj, &id, "a.yaml")["metadata"].get("namespace").is_none());
+        assert!(
+            prepared_body(&obj, &id, "a.yaml")["metadata"]
+                .get("namespace")
+                .is_none()
+        );
     }
 
     #[test]
@@ -304,7 +308,10 @@ mod tests {
         let body = prepared_body(&obj, &id, "envs/a.yaml");
         assert_eq!(body["metadata"]["labels"]["team"], "web");
         assert_eq!(body["metadata"]["labels"][MANAGED_BY_LABEL], "tether-run");
-        assert_eq!(body["metadata"]["annotations"][SOURCE_ANNOTATION], "envs/a.yaml");
+        assert_eq!(
+            body["metadata"]["annotations"][SOURCE_ANNOTATION],
+            "envs/a.yaml"
+        );
     }
 
     #[test]
@@ -312,7 +319,10 @@ mod tests {
         let groups = vec!["tether.dev".to_string()];
         let ns = rank(&GroupVersionKind::gvk("", "v1", "Namespace"), &groups);
         let secret = rank(&GroupVersionKind::gvk("", "v1", "Secret"), &groups);
-        let env = rank(&GroupVersionKind::gvk("tether.dev", "v1alpha1", "Environment"), &groups);
+        let env = rank(
+            &GroupVersionKind::gvk("tether.dev", "v1alpha1", "Environment"),
+            &groups,
+        );
         assert!(ns < secret && secret < env);
     }
 

@@ -184,7 +184,11 @@ impl InventoryStore {
     /// The stored inventory (empty when there is none yet).
     pub async fn load(&self) -> Result<Inventory, InventoryError> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), INVENTORY_NAMESPACE);
-        let Some(cm) = api.get_opt(INVENTORY_NAME).await.map_err(InventoryError::Read)? else {
+        let Some(cm) = api
+            .get_opt(INVENTORY_NAME)
+            .await
+            .map_err(InventoryError::Read)?
+        else {
             return Ok(Inventory::default());
         };
         match cm.data.as_ref().and_then(|d| d.get(INVENTORY_KEY)) {
@@ -247,7 +251,10 @@ mod tests {
 
     #[test]
     fn objects_no_longer_in_any_manifest_are_stale() {
-        let old = inventory(&[entry("ConfigMap", "a", "a.yaml"), entry("ConfigMap", "b", "b.yaml")]);
+        let old = inventory(&[
+            entry("ConfigMap", "a", "a.yaml"),
+            entry("ConfigMap", "b", "b.yaml"),
+        ]);
         let desired = inventory(&[entry("ConfigMap", "a", "a.yaml")]);
         let stale = old.stale(&desired, &BTreeSet::new());
         assert_eq!(stale, vec![entry("ConfigMap", "b", "b.yaml")]);
@@ -276,13 +283,19 @@ mod tests {
 
     #[test]
     fn the_inventory_round_trips_through_json() {
-        let inv = inventory(&[entry("ConfigMap", "a", "a.yaml"), entry("Secret", "s", "s.yaml")]);
+        let inv = inventory(&[
+            entry("ConfigMap", "a", "a.yaml"),
+            entry("Secret", "s", "s.yaml"),
+        ]);
         assert_eq!(Inventory::from_json(&inv.to_json().unwrap()).unwrap(), inv);
     }
 
     #[test]
     fn object_ids_read_like_kubectl_output() {
-        assert_eq!(entry("Environment", "web", "x").id.to_string(), "environment default/web");
+        assert_eq!(
+            entry("Environment", "web", "x").id.to_string(),
+            "environment default/web"
+        );
         let ns = ObjectId {
             group: String::new(),
             kind: "Namespace".into(),

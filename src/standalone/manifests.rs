@@ -237,10 +237,7 @@ impl ManifestObject {
                 (group.to_string(), version.to_string())
             }
             Some(_) => {
-                return Err(error(
-                    "apiVersion",
-                    "must be `version` or `group/version`",
-                ));
+                return Err(error("apiVersion", "must be `version` or `group/version`"));
             }
             None => (String::new(), api_version.to_string()),
         };

@@ -95,9 +95,8 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         .map_err(RunError::Runtime)?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        let mut sigterm =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .map_err(RunError::Runtime)?;
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(RunError::Runtime)?;
         let on_signal = shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {

@@ -105,7 +105,10 @@ impl fmt::Display for Progress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Progress::Listening { url, store } => {
-                write!(f, "tether run: API server listening on {url} (store {store})")
+                write!(
+                    f,
+                    "tether run: API server listening on {url} (store {store})"
+                )
             }
             Progress::KubectlHint { kubeconfig } => write!(
                 f,
@@ -434,7 +437,10 @@ mod tests {
             {"type": "Ready", "status": "True", "reason": "Synced", "message": "all good"},
             {"status": "True"}
         ]}});
-        assert_eq!(conditions(&obj), vec![cond("Ready", "True", "Synced", "all good")]);
+        assert_eq!(
+            conditions(&obj),
+            vec![cond("Ready", "True", "Synced", "all good")]
+        );
         assert!(conditions(&serde_json::json!({})).is_empty());
     }
 
@@ -449,7 +455,10 @@ mod tests {
             cond("Stalled", "True", "BadToken", "token rejected"),
             cond("Synced", "True", "Synced", ""),
         ];
-        let types: Vec<String> = transitions(&old, &new).into_iter().map(|c| c.type_).collect();
+        let types: Vec<String> = transitions(&old, &new)
+            .into_iter()
+            .map(|c| c.type_)
+            .collect();
         assert_eq!(types, vec!["Stalled", "Synced"]);
     }
 

@@ -1,0 +1,331 @@
+//! `tether run` end to end, through the real binary and kubectl: a directory is applied in
+//! dependency order, a changed file is re-applied, a removed file's objects are pruned (also
+//! when removed while `tether run` was stopped), a bad manifest is reported with file, field
+//! and reason while the others apply, and a SIGKILLed `tether run` restarted on the same state
+//! directory still has every object and its status.
+
+mod run_harness;
+
+use run_harness::Workspace;
+
+const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: staging\n";
+
+const SECRET: &str = "\
+apiVersion: v1
+kind: Secret
+metadata:
+  name: tokens
+  namespace: staging
+stringData:
+  render: sandbox-render-token
+";
+
+fn config_maps(value: &str) -> String {
+    format!(
+        "---\n# two config maps and an empty document\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n  namespace: staging\ndata:\n  level: {value}\n\
+         ---\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\n  namespace: staging\ndata:\n  a: b\n"
+    )
+}
+
+fn environment(name: &str) -> String {
+    format!(
+        "\
+apiVersion: tether.dev/v1alpha1
+kind: Environment
+metadata:
+  name: {name}
+  namespace: staging
+spec:
+  credentials:
+    render: {{ name: tokens, key: render }}
+  render:
+    ownerId: tea-sandbox
+    services:
+      - {{ name: {name}-api, type: web, image: ghcr.io/acme/api:1 }}
+"
+    )
+}
+
+/// An Environment that breaks the CEL rule "spec.credentials.render is required when
+/// spec.render is set" (line 1 is a comment, so the document starts on line 2).
+const ENVIRONMENT_BREAKING_CEL: &str = "\
+# render is set but its credentials are not
+apiVersion: tether.dev/v1alpha1
+kind: Environment
+metadata:
+  name: broken
+  namespace: staging
+spec:
+  credentials: {}
+  render:
+    ownerId: tea-sandbox
+    services:
+      - { name: x, type: web, image: ghcr.io/acme/api:1 }
+";
+
+fn standard_workspace() -> Workspace {
+    let ws = Workspace::new();
+    // File names sort the Tether kind first: the apply order must not follow them.
+    ws.write("a-environment.yaml", &environment("web"));
+    ws.write("app/config.yaml", &config_maps("info"));
+    ws.write("app/secret.yml", SECRET);
+    ws.write("namespace.yaml", NAMESPACE);
+    ws
+}
+
+#[test]
+fn a_directory_is_applied_namespaces_first_with_one_line_per_object() {
+    let ws = standard_workspace();
+    let mut run = ws.start();
+    let all = run.output();
+    assert!(
+        all.contains("kubectl --kubeconfig") && all.contains("get env,rel,mig"),
+        "the kubectl hint is printed:\n{all}"
+    );
+    let ns = all.find("applied  namespace staging  (namespace.yaml)");
+    let secret = all.find("applied  secret staging/tokens  (app/secret.yml)");
+    let env = all.find("applied  environment staging/web  (a-environment.yaml)");
+    assert!(
+        ns.is_some() && secret.is_some() && env.is_some(),
+        "every object is reported:\n{all}"
+    );
+    assert!(
+        ns < secret && secret < env,
+        "namespace, then secret, then environment:\n{all}"
+    );
+    assert!(all.contains("applied  configmap staging/app  (app/config.yaml)"));
+    assert!(all.contains("applied  configmap staging/extra  (app/config.yaml)"));
+    run.wait_for("synced   4 files: 5 applied, 0 pruned, 0 errors");
+
+    let names = run.kubectl_ok(&[
+        "get",
+        "configmaps,secrets,environments",
+        "-n",
+        "staging",
+        "-l",
+        "app.kubernetes.io/managed-by=tether-run",
+        "-o",
+        "name",
+    ]);
+    for expected in [
+        "configmap/app",
+        "configmap/extra",
+        "secret/tokens",
+        "environment.tether.dev/web",
+    ] {
+        assert!(
+            names.contains(expected),
+            "{expected} missing from:\n{names}"
+        );
+    }
+    let source = run.kubectl_ok(&[
+        "get",
+        "configmap",
+        "app",
+        "-n",
+        "staging",
+        "-o",
+        "jsonpath={.metadata.annotations.tether\\.dev/source}",
+    ]);
+    assert_eq!(source, "app/config.yaml");
+    let managers = run.kubectl_ok(&[
+        "get",
+        "configmap",
+        "app",
+        "-n",
+        "staging",
+        "--show-managed-fields",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}",
+    ]);
+    assert!(managers.contains("tether-run"), "field manager: {managers}");
+}
+
+#[test]
+fn a_changed_file_is_re_applied_and_a_removed_file_is_pruned() {
+    let ws = standard_workspace();
+    let mut run = ws.start();
+    run.wait_for("synced");
+
+    ws.write("app/config.yaml", &config_maps("debug"));
+    let line = run.wait_for("applied  configmap staging/app");
+    assert!(line.ends_with("(app/config.yaml)"));
+    let summary = run.wait_for("synced");
+    assert!(
+        summary.contains("2 applied, 0 pruned"),
+        "only the changed file is applied: {summary}"
+    );
+    let level = run.kubectl_ok(&[
+        "get",
+        "configmap",
+        "app",
+        "-n",
+        "staging",
+        "-o",
+        "jsonpath={.data.level}",
+    ]);
+    assert_eq!(level, "debug");
+
+    ws.remove("app/config.yaml");
+    run.wait_for("pruned   configmap staging/app  (no longer in app/config.yaml)");
+    run.wait_for("pruned   configmap staging/extra");
+    run.wait_for("synced");
+    let gone = run.kubectl(&["get", "configmap", "app", "-n", "staging"]);
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("NotFound"));
+    // Objects of the other files are untouched.
+    run.kubectl_ok(&["get", "secret", "tokens", "-n", "staging"]);
+}
+
+#[test]
+fn a_bad_manifest_is_reported_with_file_field_and_reason_and_the_others_still_apply() {
+    let ws = standard_workspace();
+    ws.write(
+        "bad/syntax.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [unclosed\n",
+    );
+    ws.write(
+        "bad/kinds.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {namespace: staging}\n---\n\
+         apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: g, namespace: staging}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata: {name: survivor, namespace: staging}\n",
+    );
+    ws.write("bad/cel.yaml", ENVIRONMENT_BREAKING_CEL);
+    let mut run = ws.start();
+    let all = run.output();
+
+    let syntax = line_with(&all, "bad/syntax.yaml");
+    assert!(
+        syntax.starts_with("error    bad/syntax.yaml (line "),
+        "{syntax}"
+    );
+    assert!(syntax.contains("invalid YAML"), "{syntax}");
+
+    let no_name = line_with(&all, "bad/kinds.yaml (document 1, line 1)");
+    assert!(
+        no_name.contains("metadata.name: Required value"),
+        "{no_name}"
+    );
+
+    let unknown = line_with(&all, "bad/kinds.yaml (document 2, line 5)");
+    assert!(
+        unknown.contains("gadget staging/g") && unknown.contains("kind Gadget"),
+        "{unknown}"
+    );
+
+    let cel = line_with(&all, "bad/cel.yaml (document 1, line 2)");
+    assert!(cel.contains("environment staging/broken"), "{cel}");
+    assert!(
+        cel.contains("spec.credentials.render is required when spec.render is set"),
+        "the CEL rule's message: {cel}"
+    );
+
+    assert!(all.contains("applied  configmap staging/survivor  (bad/kinds.yaml)"));
+    assert!(all.contains("applied  environment staging/web"));
+    run.wait_for("synced   7 files: 6 applied, 0 pruned, 4 errors");
+    run.kubectl_ok(&["get", "configmap", "survivor", "-n", "staging"]);
+    let missing = run.kubectl(&["get", "environment", "broken", "-n", "staging"]);
+    assert!(
+        !missing.status.success(),
+        "the invalid Environment was not stored"
+    );
+}
+
+#[test]
+fn a_file_with_errors_prunes_nothing_it_applied_before() {
+    let ws = standard_workspace();
+    let mut run = ws.start();
+    run.wait_for("synced");
+    ws.write(
+        "app/config.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: [broken\n",
+    );
+    run.wait_for("error    app/config.yaml");
+    let summary = run.wait_for("synced");
+    assert!(summary.contains("0 pruned"), "{summary}");
+    run.kubectl_ok(&["get", "configmap", "app", "-n", "staging"]);
+}
+
+#[test]
+fn a_sigkilled_run_restarted_on_the_same_state_keeps_every_object_and_status() {
+    let ws = standard_workspace();
+    let mut run = ws.start();
+    run.wait_for("synced");
+    let uid_before = run.kubectl_ok(&[
+        "get",
+        "environment",
+        "web",
+        "-n",
+        "staging",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    // Status as a controller would write it (through the status subresource).
+    run.kubectl_ok(&[
+        "patch",
+        "environment",
+        "web",
+        "-n",
+        "staging",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"summary":"3/3","conditions":[{"type":"Ready","status":"True","reason":"Synced","message":"all objects ready","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#,
+    ]);
+    // An object made with kubectl, not from the manifests: restart must keep it, and
+    // `tether run` must not prune it.
+    run.kubectl_ok(&[
+        "create",
+        "configmap",
+        "by-hand",
+        "-n",
+        "staging",
+        "--from-literal=k=v",
+    ]);
+    run.kill();
+
+    // Removed while stopped: pruned on the next start, from the stored inventory.
+    ws.remove("app/secret.yml");
+    let mut run = ws.start();
+    run.wait_for("synced   3 files: 4 applied, 1 pruned, 0 errors");
+    let all = run.output();
+    assert!(
+        all.contains("pruned   secret staging/tokens  (no longer in app/secret.yml)"),
+        "{all}"
+    );
+
+    let uid_after = run.kubectl_ok(&[
+        "get",
+        "environment",
+        "web",
+        "-n",
+        "staging",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    assert_eq!(
+        uid_before, uid_after,
+        "the Environment is the same object, not a new one"
+    );
+    let ready = run.kubectl_ok(&[
+        "get",
+        "environment",
+        "web",
+        "-n",
+        "staging",
+        "-o",
+        r#"jsonpath={.status.summary} {.status.conditions[?(@.type=="Ready")].message}"#,
+    ]);
+    assert_eq!(ready, "3/3 all objects ready");
+    run.kubectl_ok(&["get", "configmap", "by-hand", "-n", "staging"]);
+    run.kubectl_ok(&["get", "configmap", "app", "-n", "staging"]);
+    assert!(run.terminate(), "SIGTERM stops tether run cleanly");
+}
+
+fn line_with<'a>(all: &'a str, needle: &str) -> &'a str {
+    all.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{all}"))
+}
