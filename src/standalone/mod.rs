@@ -231,3 +231,80 @@ fn write_kubeconfig(path: &Path, config: &kube::config::Kubeconfig) -> Result<()
     }
     std::fs::rename(&tmp, path).map_err(|e| error(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::config::{Cluster, Context, Kubeconfig, NamedCluster, NamedContext};
+
+    fn local_kubeconfig() -> Kubeconfig {
+        Kubeconfig {
+            clusters: vec![NamedCluster {
+                name: "tether".into(),
+                cluster: Some(Cluster {
+                    server: Some("http://127.0.0.1:41234".into()),
+                    ..Default::default()
+                }),
+                other: Default::default(),
+            }],
+            contexts: vec![NamedContext {
+                name: "tether".into(),
+                context: Some(Context {
+                    cluster: "tether".into(),
+                    ..Default::default()
+                }),
+                other: Default::default(),
+            }],
+            current_context: Some("tether".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_kubeconfig_is_written_as_yaml_that_reads_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(&path, "old").unwrap();
+        write_kubeconfig(&path, &local_kubeconfig()).unwrap();
+        let read = Kubeconfig::read_from(&path).unwrap();
+        assert_eq!(read.current_context.as_deref(), Some("tether"));
+        assert_eq!(
+            read.clusters[0].cluster.as_ref().unwrap().server.as_deref(),
+            Some("http://127.0.0.1:41234")
+        );
+        assert!(!path.with_extension("tmp").exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn kubectl_reads_the_written_kubeconfig() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        write_kubeconfig(&path, &local_kubeconfig()).unwrap();
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&path)
+            .args([
+                "config",
+                "view",
+                "-o",
+                "jsonpath={.clusters[0].cluster.server} {.current-context}",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "http://127.0.0.1:41234 tether"
+        );
+    }
+}
