@@ -58,6 +58,12 @@ pub enum RunError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// `--addr` is not a loopback address.
+    #[error(
+        "failed to use --addr {0}: the embedded API server has no authentication and serves \
+         Secrets, so it only listens on a loopback address (127.0.0.1 or ::1)"
+    )]
+    NotLoopback(SocketAddr),
     /// The state directory could not be created.
     #[error("failed to create state directory {path}: {source}")]
     StateDir {
@@ -121,6 +127,9 @@ pub async fn serve(
             reason: "not a directory".into(),
         });
     }
+    if !args.addr.ip().is_loopback() {
+        return Err(RunError::NotLoopback(args.addr));
+    }
     std::fs::create_dir_all(&args.state_dir).map_err(|source| RunError::StateDir {
         path: args.state_dir.clone(),
         source,
@@ -173,20 +182,35 @@ pub async fn serve(
         tether_groups,
         reporter.clone(),
     );
-    sync_and_report(&mut syncer, &reporter, &args.manifests).await;
-    reporter.print(Progress::Watching {
-        dir: args.manifests.display().to_string(),
-    });
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
+    // A pass may be cut short by shutdown: every apply is idempotent and the inventory's
+    // intent record covers objects created just before, so the next start finishes the job.
+    let first = sync_and_report(&mut syncer, &reporter, &args.manifests);
+    let mut stopping = tokio::select! {
+        _ = first => false,
+        _ = shutdown.cancelled() => true,
+    };
+    if !stopping {
+        reporter.print(Progress::Watching {
+            dir: args.manifests.display().to_string(),
+        });
+    }
+    while !stopping {
+        stopping = tokio::select! {
+            _ = shutdown.cancelled() => true,
             changed = watch.changed() => {
-                if !changed {
-                    break;
+                if changed {
+                    let pass = sync_and_report(&mut syncer, &reporter, &args.manifests);
+                    tokio::select! {
+                        _ = pass => false,
+                        _ = shutdown.cancelled() => true,
+                    }
+                } else {
+                    // The watch ended (cannot happen while `watch` lives): keep serving.
+                    shutdown.cancelled().await;
+                    true
                 }
-                sync_and_report(&mut syncer, &reporter, &args.manifests).await;
             }
-        }
+        };
     }
 
     reporter.print(Progress::Stopping);
