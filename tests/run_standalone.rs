@@ -324,6 +324,63 @@ fn a_sigkilled_run_restarted_on_the_same_state_keeps_every_object_and_status() {
     assert!(run.terminate(), "SIGTERM stops tether run cleanly");
 }
 
+#[test]
+fn condition_transitions_and_warning_events_of_tether_objects_are_printed() {
+    let ws = standard_workspace();
+    let mut run = ws.start();
+    run.wait_for("synced");
+    set_ready(&run, "False", "Reconciling", "creating 3 objects");
+    run.wait_for("environment staging/web  Ready=False Reconciling: creating 3 objects");
+    // Same status and reason, new message: not a transition. Then a real one.
+    set_ready(&run, "False", "Reconciling", "creating 2 objects");
+    set_ready(&run, "True", "Synced", "all objects ready");
+    let next = run.wait_for("environment staging/web  Ready=");
+    assert_eq!(
+        next,
+        "environment staging/web  Ready=True Synced: all objects ready"
+    );
+
+    let event = ws.scratch_file(
+        "event.yaml",
+        "\
+apiVersion: events.k8s.io/v1
+kind: Event
+metadata: { name: web.deploy-failed, namespace: staging }
+eventTime: \"2026-01-01T00:00:00.000000Z\"
+reportingController: tether.dev/controller
+reportingInstance: tether-controller-0
+action: Deploy
+reason: DeployFailed
+note: render service web-api deployment dep-1 failed
+type: Warning
+regarding: { apiVersion: tether.dev/v1alpha1, kind: Environment, name: web, namespace: staging }
+",
+    );
+    run.kubectl_ok(&["create", "-f", event.to_str().expect("utf-8 path")]);
+    run.wait_for(
+        "warning  environment staging/web  DeployFailed: render service web-api deployment dep-1 failed",
+    );
+}
+
+/// Sets the Ready condition of `staging/web` through the status subresource, as the
+/// Environment controller would.
+fn set_ready(run: &run_harness::TetherRun, ready: &str, reason: &str, message: &str) {
+    let patch = format!(
+        r#"{{"status":{{"conditions":[{{"type":"Ready","status":"{ready}","reason":"{reason}","message":"{message}","lastTransitionTime":"2026-01-01T00:00:00Z"}}]}}}}"#
+    );
+    run.kubectl_ok(&[
+        "patch",
+        "environment",
+        "web",
+        "-n",
+        "staging",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+}
+
 fn line_with<'a>(all: &'a str, needle: &str) -> &'a str {
     all.lines()
         .find(|l| l.contains(needle))

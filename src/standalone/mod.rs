@@ -27,6 +27,8 @@ use progress::{Progress, Reporter};
 
 /// How long a burst of file changes must be quiet before a sync pass starts.
 const DEBOUNCE: Duration = Duration::from_millis(300);
+/// How long the start waits for the progress watchers' first list.
+const WATCHERS_LISTED: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the API server and the controllers to stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -160,18 +162,35 @@ pub async fn serve(
         kubeconfig: kubeconfig.display().to_string(),
     });
 
+    // The progress watchers list first, so every change from the first sync pass on is
+    // printed (bounded: a watcher that cannot list only costs its lines, not the run).
     let mut tasks = tokio::task::JoinSet::new();
+    let watchers = crds.len() + 1;
+    let (listed, mut listed_rx) = tokio::sync::mpsc::channel(watchers);
     tasks.spawn(progress::watch_conditions(
         client.clone(),
         crds.clone(),
         reporter.clone(),
+        listed.clone(),
         stop.clone(),
     ));
     tasks.spawn(progress::watch_warnings(
         client.clone(),
         reporter.clone(),
+        listed,
         stop.clone(),
     ));
+    let all_listed = async {
+        for _ in 0..watchers {
+            listed_rx.recv().await;
+        }
+    };
+    if tokio::time::timeout(WATCHERS_LISTED, all_listed)
+        .await
+        .is_err()
+    {
+        tracing::warn!("progress watchers did not list within {WATCHERS_LISTED:?}");
+    }
 
     let mut watch = dirwatch::DirWatch::start(&args.manifests, &args.state_dir, DEBOUNCE)?;
     let tether_groups: Vec<String> = crds.iter().map(|c| c.spec.group.clone()).collect();

@@ -18,6 +18,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::inventory::ObjectId;
@@ -243,11 +244,13 @@ pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<Condition> {
 }
 
 /// Prints condition transitions of every object of the Tether kinds in `crds` until
-/// `shutdown`.
+/// `shutdown`. Sends one message on `listed` per kind once its first list is done (from
+/// then on, every change of that kind is printed).
 pub async fn watch_conditions(
     client: kube::Client,
     crds: Vec<CustomResourceDefinition>,
     reporter: Reporter,
+    listed: mpsc::Sender<()>,
     shutdown: CancellationToken,
 ) {
     let watches = crds.iter().filter_map(|crd| {
@@ -263,6 +266,7 @@ pub async fn watch_conditions(
             Api::all_with(client.clone(), &resource),
             gvk,
             reporter.clone(),
+            listed.clone(),
         ))
     });
     let all = futures::future::join_all(watches);
@@ -272,7 +276,12 @@ pub async fn watch_conditions(
     }
 }
 
-async fn watch_kind(api: Api<DynamicObject>, gvk: GroupVersionKind, reporter: Reporter) {
+async fn watch_kind(
+    api: Api<DynamicObject>,
+    gvk: GroupVersionKind,
+    reporter: Reporter,
+    listed: mpsc::Sender<()>,
+) {
     let mut known: HashMap<ObjectId, Vec<Condition>> = HashMap::new();
     let mut baseline = true;
     let mut stream = watcher(api, watcher::Config::default())
@@ -289,7 +298,12 @@ async fn watch_kind(api: Api<DynamicObject>, gvk: GroupVersionKind, reporter: Re
         };
         match event {
             watcher::Event::Init => {}
-            watcher::Event::InitDone => baseline = false,
+            watcher::Event::InitDone => {
+                if baseline {
+                    let _ = listed.try_send(());
+                }
+                baseline = false;
+            }
             watcher::Event::InitApply(obj) | watcher::Event::Apply(obj) => {
                 let id = dynamic_id(&gvk, &obj);
                 let now = conditions(&obj.data);
@@ -357,8 +371,13 @@ fn occurrences(event: &Event) -> i32 {
 }
 
 /// Prints every new Warning event (events.k8s.io/v1, what kube's event recorder writes)
-/// until `shutdown`.
-pub async fn watch_warnings(client: kube::Client, reporter: Reporter, shutdown: CancellationToken) {
+/// until `shutdown`. Sends one message on `listed` once the first list is done.
+pub async fn watch_warnings(
+    client: kube::Client,
+    reporter: Reporter,
+    listed: mpsc::Sender<()>,
+    shutdown: CancellationToken,
+) {
     let api: Api<Event> = Api::all(client);
     let mut seen: HashMap<String, i32> = HashMap::new();
     let mut baseline = true;
@@ -380,7 +399,12 @@ pub async fn watch_warnings(client: kube::Client, reporter: Reporter, shutdown: 
         };
         match event {
             watcher::Event::Init | watcher::Event::Delete(_) => {}
-            watcher::Event::InitDone => baseline = false,
+            watcher::Event::InitDone => {
+                if baseline {
+                    let _ = listed.try_send(());
+                }
+                baseline = false;
+            }
             watcher::Event::InitApply(ev) | watcher::Event::Apply(ev) => {
                 let key = ev.metadata.uid.clone().unwrap_or_default();
                 let count = occurrences(&ev);

@@ -44,6 +44,13 @@ impl Workspace {
         std::fs::rename(&tmp, &path).expect("rename manifest");
     }
 
+    /// Writes `<name>` next to (not inside) the manifest directory and returns its path.
+    pub fn scratch_file(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, content).expect("write scratch file");
+        path
+    }
+
     /// Removes `manifests/<path>`.
     pub fn remove(&self, path: &str) {
         std::fs::remove_file(self.manifests().join(path)).expect("remove manifest");
