@@ -192,7 +192,6 @@ fn a_bad_manifest_is_reported_with_file_field_and_reason_and_the_others_still_ap
          apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: g, namespace: staging}\n---\n\
          apiVersion: v1\nkind: ConfigMap\nmetadata: {name: survivor, namespace: staging}\n",
     );
-    ws.write("bad/cel.yaml", ENVIRONMENT_BREAKING_CEL);
     let mut run = ws.start();
     let all = run.output();
 
@@ -215,17 +214,27 @@ fn a_bad_manifest_is_reported_with_file_field_and_reason_and_the_others_still_ap
         "{unknown}"
     );
 
+    assert!(all.contains("applied  configmap staging/survivor  (bad/kinds.yaml)"));
+    assert!(all.contains("applied  environment staging/web"));
+    run.wait_for("synced   6 files: 6 applied, 0 pruned, 3 errors");
+    run.kubectl_ok(&["get", "configmap", "survivor", "-n", "staging"]);
+}
+
+#[test]
+fn an_object_rejected_by_a_cel_rule_is_reported_with_the_rules_message() {
+    let ws = standard_workspace();
+    ws.write("bad/cel.yaml", ENVIRONMENT_BREAKING_CEL);
+    let mut run = ws.start();
+    let all = run.output();
     let cel = line_with(&all, "bad/cel.yaml (document 1, line 2)");
+    assert!(cel.starts_with("error    "), "{cel}");
     assert!(cel.contains("environment staging/broken"), "{cel}");
     assert!(
         cel.contains("spec.credentials.render is required when spec.render is set"),
         "the CEL rule's message: {cel}"
     );
-
-    assert!(all.contains("applied  configmap staging/survivor  (bad/kinds.yaml)"));
-    assert!(all.contains("applied  environment staging/web"));
-    run.wait_for("synced   7 files: 6 applied, 0 pruned, 4 errors");
-    run.kubectl_ok(&["get", "configmap", "survivor", "-n", "staging"]);
+    assert!(all.contains("applied  environment staging/web"), "{all}");
+    run.wait_for("synced   5 files: 5 applied, 0 pruned, 1 errors");
     let missing = run.kubectl(&["get", "environment", "broken", "-n", "staging"]);
     assert!(
         !missing.status.success(),
@@ -276,14 +285,11 @@ fn a_sigkilled_run_restarted_on_the_same_state_keeps_every_object_and_status() {
     ]);
     // An object made with kubectl, not from the manifests: restart must keep it, and
     // `tether run` must not prune it.
-    run.kubectl_ok(&[
-        "create",
-        "configmap",
-        "by-hand",
-        "-n",
-        "staging",
-        "--from-literal=k=v",
-    ]);
+    let by_hand = ws.scratch_file(
+        "by-hand.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: by-hand, namespace: staging}\ndata: {k: v}\n",
+    );
+    run.kubectl_ok(&["create", "--validate=false", "-f", path(&by_hand)]);
     run.kill();
 
     // Removed while stopped: pruned on the next start, from the stored inventory.
@@ -356,7 +362,7 @@ type: Warning
 regarding: { apiVersion: tether.dev/v1alpha1, kind: Environment, name: web, namespace: staging }
 ",
     );
-    run.kubectl_ok(&["create", "-f", event.to_str().expect("utf-8 path")]);
+    run.kubectl_ok(&["create", "--validate=false", "-f", path(&event)]);
     run.wait_for(
         "warning  environment staging/web  DeployFailed: render service web-api deployment dep-1 failed",
     );
@@ -379,6 +385,10 @@ fn set_ready(run: &run_harness::TetherRun, ready: &str, reason: &str, message: &
         "-p",
         &patch,
     ]);
+}
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().expect("utf-8 path")
 }
 
 fn line_with<'a>(all: &'a str, needle: &str) -> &'a str {
