@@ -168,6 +168,13 @@ fn a_changed_file_is_re_applied_and_a_removed_file_is_pruned() {
     ]);
     assert_eq!(level, "debug");
 
+    // A new directory is watched too.
+    ws.write(
+        "more/nested/extra.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: nested, namespace: staging}\n",
+    );
+    run.wait_for("applied  configmap staging/nested  (more/nested/extra.yaml)");
+
     ws.remove("app/config.yaml");
     run.wait_for("pruned   configmap staging/app  (no longer in app/config.yaml)");
     run.wait_for("pruned   configmap staging/extra");
@@ -385,6 +392,50 @@ fn set_ready(run: &run_harness::TetherRun, ready: &str, reason: &str, message: &
         "-p",
         &patch,
     ]);
+}
+
+#[test]
+fn a_missing_manifest_directory_or_a_non_loopback_address_is_refused_with_a_clear_error() {
+    let ws = Workspace::new();
+    let missing = ws.manifests().join("nope");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args([
+            "run",
+            "--manifests",
+            path(&missing),
+            "--state-dir",
+            path(&ws.state()),
+        ])
+        .output()
+        .expect("run tether");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("failed to open manifest directory"),
+        "{stderr}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args([
+            "run",
+            "--manifests",
+            path(&ws.manifests()),
+            "--addr",
+            "0.0.0.0:0",
+        ])
+        .args(["--state-dir", path(&ws.state())])
+        .output()
+        .expect("run tether");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("only listens on a loopback address"),
+        "{stderr}"
+    );
+    assert!(
+        !ws.state().exists(),
+        "nothing is created when the flags are refused"
+    );
 }
 
 fn path(p: &std::path::Path) -> &str {
