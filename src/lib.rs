@@ -16,6 +16,8 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod localapi;
+pub mod schema;
 pub mod telemetry;
 
 /// Installs the process-wide rustls crypto provider (ring).

@@ -20,6 +20,14 @@ enum Command {
         #[arg(long = "out-dir")]
         out_dirs: Vec<std::path::PathBuf>,
     },
+    /// Check manifests offline as the API server would admit them: every Tether object
+    /// against the CRD schemas and CEL rules, other kinds for apiVersion/kind/metadata.
+    /// Prints `file:document: Kind/name: field: message` per problem; exits 1 if any.
+    Validate {
+        /// Files or directories of YAML manifests (multi-document streams).
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,6 +40,12 @@ fn main() -> anyhow::Result<()> {
             }
             for dir in out_dirs {
                 tether::api::write_crds(&dir)?;
+            }
+            Ok(())
+        }
+        Command::Validate { paths } => {
+            if !tether::schema::validate::run(&paths)? {
+                std::process::exit(1);
             }
             Ok(())
         }

@@ -1,0 +1,209 @@
+//! Test support shared by the end-to-end tests: [`TestCluster`] starts the in-process
+//! Kubernetes API (memory store, random loopback port, the Tether CRDs plus any test CRDs)
+//! and hands out a `kube::Client`, a kubeconfig file and a `kubectl` runner.
+//!
+//! It is a builder so that more parts (controllers) can be switched on per test:
+//! `TestCluster::builder().crd(Widget::crd()).start().await`.
+
+pub mod widget;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use tether::localapi::{self, LocalApiConfig, LocalApiHandle, ServerOptions, StoreConfig};
+use tokio_util::sync::CancellationToken;
+
+/// How to start a [`TestCluster`].
+pub struct TestClusterBuilder {
+    crds: Vec<CustomResourceDefinition>,
+    store: StoreConfig,
+    options: ServerOptions,
+    addr: SocketAddr,
+}
+
+impl TestClusterBuilder {
+    /// Serves one more CRD (a test kind).
+    pub fn crd(mut self, crd: CustomResourceDefinition) -> Self {
+        self.crds.push(crd);
+        self
+    }
+
+    /// Persists into a redb file instead of memory.
+    pub fn file_store(mut self, path: &Path) -> Self {
+        self.store = StoreConfig::File(path.to_owned());
+        self
+    }
+
+    /// Keeps only `n` changes per resource for resuming watches (older ones get 410).
+    pub fn watch_history(mut self, n: usize) -> Self {
+        self.options.watch_history = n;
+        self
+    }
+
+    /// Sends bookmarks this often on watches that allow them.
+    pub fn bookmark_interval(mut self, interval: Duration) -> Self {
+        self.options.bookmark_interval = interval;
+        self
+    }
+
+    /// Listens on this address (to restart a server on the same port).
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Starts the server and writes the kubeconfig.
+    pub async fn start(self) -> TestCluster {
+        tether::install_crypto_provider();
+        let shutdown = CancellationToken::new();
+        let handle = localapi::start_with(
+            LocalApiConfig {
+                addr: self.addr,
+                store: self.store,
+                crds: self.crds,
+            },
+            self.options,
+            shutdown.clone(),
+        )
+        .await
+        .expect("the local API starts");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let kubeconfig_path = dir.path().join("kubeconfig");
+        let yaml = serde_saphyr::to_string(&handle.kubeconfig()).expect("kubeconfig serializes");
+        std::fs::write(&kubeconfig_path, yaml).expect("kubeconfig is written");
+        TestCluster {
+            handle: Some(handle),
+            shutdown,
+            _dir: dir,
+            kubeconfig_path,
+        }
+    }
+}
+
+/// A running in-process API server for one test.
+pub struct TestCluster {
+    handle: Option<LocalApiHandle>,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+    kubeconfig_path: PathBuf,
+}
+
+/// What a `kubectl` run printed.
+#[derive(Debug)]
+pub struct KubectlOutput {
+    /// Exit status was 0.
+    pub success: bool,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl TestCluster {
+    /// A builder with the Tether CRDs, memory store, random port.
+    pub fn builder() -> TestClusterBuilder {
+        TestClusterBuilder {
+            crds: tether::api::crds(),
+            store: StoreConfig::Memory,
+            options: ServerOptions::default(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
+    }
+
+    /// Starts a cluster with the defaults.
+    pub async fn start() -> TestCluster {
+        Self::builder().start().await
+    }
+
+    fn handle(&self) -> &LocalApiHandle {
+        self.handle.as_ref().expect("the cluster is running")
+    }
+
+    /// A client for the cluster (default namespace `default`).
+    pub fn client(&self) -> kube::Client {
+        self.handle().client()
+    }
+
+    /// The listen address.
+    pub fn addr(&self) -> SocketAddr {
+        self.handle().addr()
+    }
+
+    /// A kubeconfig file pointing at the cluster.
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig_path
+    }
+
+    /// Runs the real `kubectl` against the cluster.
+    pub async fn kubectl(&self, args: &[&str]) -> KubectlOutput {
+        self.kubectl_with_stdin(args, None).await
+    }
+
+    /// Runs `kubectl` with `stdin` piped in (for `apply -f -`).
+    pub async fn kubectl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> KubectlOutput {
+        let mut command = std::process::Command::new("kubectl");
+        command
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig_path)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .env("KUBECACHEDIR", self._dir.path().join("cache"));
+        let input = stdin.map(str::to_owned);
+        let run = tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            let mut child = command.spawn().expect("kubectl runs");
+            let mut pipe = child.stdin.take().expect("stdin is piped");
+            if let Some(input) = input {
+                pipe.write_all(input.as_bytes()).expect("stdin is written");
+            }
+            drop(pipe);
+            child.wait_with_output().expect("kubectl output is read")
+        });
+        let out = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("kubectl finishes within a minute")
+            .expect("kubectl task completes");
+        KubectlOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Shuts the server down and waits until it stopped.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.stopped().await;
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Polls `check` until it returns Some, failing the test after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
