@@ -7,6 +7,8 @@
 //!   Rust structs. The CRD YAML in `crds/` and in the chart is generated from them.
 //! - `localapi`: a small Kubernetes-compatible API server that runs in process, so the
 //!   controllers run without a cluster (`tether run`) and in every end-to-end test.
+//! - `standalone`: `tether run` — the embedded API plus the controllers on a folder of
+//!   manifests, applied and pruned as kubectl would, watched for changes.
 //! - `controller`: one reconciler per resource on `kube::runtime::Controller`
 //!   (observe → plan → act → report), plus the shared runtime (metrics, leader election).
 //! - `platform`: clients for the four vendor APIs behind small traits, with one shared
@@ -18,6 +20,7 @@
 pub mod api;
 pub mod localapi;
 pub mod schema;
+pub mod standalone;
 pub mod telemetry;
 
 /// Installs the process-wide rustls crypto provider (ring).

@@ -28,6 +28,8 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<std::path::PathBuf>,
     },
+    /// Standalone mode: run the embedded API and the controllers against a folder of manifests.
+    Run(tether::standalone::RunArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,5 +51,6 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Run(args) => Ok(tether::standalone::run(args)?),
     }
 }

@@ -13,6 +13,8 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use serde_json::json;
 use tether::localapi::{LocalApiConfig, LocalApiHandle, StoreConfig};
+use tether::standalone::apply::Applier;
+use tether::standalone::manifests;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -114,6 +116,30 @@ async fn set_ready(client: &kube::Client, name: &str, status: &str, message: &st
         .expect("status patch");
 }
 
+/// Loads config/samples/ through the client (server-side apply, as `tether run` does), for
+/// the tests whose subject is another kubectl command.
+async fn load_samples(cluster: &Cluster) {
+    let root = repo("config/samples");
+    let mut applier = Applier::new(cluster.client());
+    let mut files = manifests::scan(&root, None).expect("scan samples");
+    // Secrets and ConfigMaps before the Tether kinds that name them.
+    files.sort_by_key(|f| f.contains("environment") || f.contains("release"));
+    for file in files {
+        let source = manifests::SourceFile::read(&root, &file);
+        for doc in source.parsed.expect("samples parse") {
+            let object = doc.expect("sample documents are objects");
+            let resolved = applier
+                .resolve(&object.gvk)
+                .await
+                .expect("sample kinds are served");
+            applier
+                .apply(&object, &resolved, &file)
+                .await
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    }
+}
+
 async fn apply_samples(cluster: &Cluster) {
     let kubeconfig = cluster.kubeconfig_path();
     let samples = repo("config/samples");
@@ -187,7 +213,7 @@ async fn kubectl_applies_the_samples_and_gets_them_with_their_printer_columns() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_describe_lists_the_events_of_an_environment() {
     let cluster = Cluster::start().await;
-    apply_samples(&cluster).await;
+    load_samples(&cluster).await;
     let client = cluster.client();
     let env = environments(&client).get("staging").await.expect("get env");
     let reference = ObjectReference {
@@ -230,7 +256,7 @@ async fn kubectl_describe_lists_the_events_of_an_environment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_wait_returns_when_the_environment_becomes_ready() {
     let cluster = Cluster::start().await;
-    apply_samples(&cluster).await;
+    load_samples(&cluster).await;
     let client = cluster.client();
     set_ready(&client, "staging", "False", "creating 7 objects").await;
 
@@ -276,7 +302,7 @@ async fn kubectl_wait_returns_when_the_environment_becomes_ready() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_delete_waits_for_the_finalizer() {
     let cluster = Cluster::start().await;
-    apply_samples(&cluster).await;
+    load_samples(&cluster).await;
     let client = cluster.client();
     let envs = environments(&client);
     let finalizer = json!({"metadata": {"finalizers": ["tether.dev/cleanup"]}});
