@@ -30,6 +30,14 @@ enum Command {
     },
     /// Standalone mode: run the embedded API and the controllers against a folder of manifests.
     Run(tether::standalone::RunArgs),
+    /// Run the Environment, Release and Migration controllers against a Kubernetes API.
+    Controller(tether::controller::cli::ControllerArgs),
+    /// Print every metric name the binary registers, one per line.
+    #[command(hide = true)]
+    MetricsNames,
+    /// Print the Kubernetes API calls the controllers make, as JSON.
+    #[command(hide = true)]
+    Rbac,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,5 +60,18 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => Ok(tether::standalone::run(args)?),
+        Command::Controller(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(tether::controller::cli::run_cli(args))?;
+            Ok(())
+        }
+        Command::MetricsNames => {
+            print!("{}", tether::controller::cli::metric_names()?);
+            Ok(())
+        }
+        Command::Rbac => {
+            println!("{}", tether::controller::rbac::to_json());
+            Ok(())
+        }
     }
 }

@@ -6,6 +6,8 @@
 
 mod run_harness;
 
+use std::time::{Duration, Instant};
+
 use run_harness::Workspace;
 
 const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: staging\n";
@@ -265,31 +267,11 @@ fn a_file_with_errors_prunes_nothing_it_applied_before() {
 }
 
 #[test]
-fn a_sigkilled_run_restarted_on_the_same_state_keeps_every_object_and_status() {
+fn a_sigkilled_run_restarted_on_the_same_state_keeps_every_object() {
     let ws = standard_workspace();
     let mut run = ws.start();
     run.wait_for("synced");
-    let uid_before = run.kubectl_ok(&[
-        "get",
-        "environment",
-        "web",
-        "-n",
-        "staging",
-        "-o",
-        "jsonpath={.metadata.uid}",
-    ]);
-    // Status as a controller would write it (through the status subresource).
-    run.kubectl_ok(&[
-        "patch",
-        "environment",
-        "web",
-        "-n",
-        "staging",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        r#"{"status":{"summary":"3/3","conditions":[{"type":"Ready","status":"True","reason":"Synced","message":"all objects ready","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#,
-    ]);
+    let before = identities(&run);
     // An object made with kubectl, not from the manifests: restart must keep it, and
     // `tether run` must not prune it.
     let by_hand = ws.scratch_file(
@@ -308,33 +290,103 @@ fn a_sigkilled_run_restarted_on_the_same_state_keeps_every_object_and_status() {
         all.contains("pruned   secret staging/tokens  (no longer in app/secret.yml)"),
         "{all}"
     );
-
-    let uid_after = run.kubectl_ok(&[
-        "get",
-        "environment",
-        "web",
-        "-n",
-        "staging",
-        "-o",
-        "jsonpath={.metadata.uid}",
-    ]);
-    assert_eq!(
-        uid_before, uid_after,
-        "the Environment is the same object, not a new one"
-    );
-    let ready = run.kubectl_ok(&[
-        "get",
-        "environment",
-        "web",
-        "-n",
-        "staging",
-        "-o",
-        r#"jsonpath={.status.summary} {.status.conditions[?(@.type=="Ready")].message}"#,
-    ]);
-    assert_eq!(ready, "3/3 all objects ready");
+    let after = identities(&run);
+    for object in [
+        "configmap/app",
+        "configmap/extra",
+        "environment.tether.dev/web",
+    ] {
+        let uid = |list: &[(String, String)]| {
+            list.iter()
+                .find(|(name, _)| name == object)
+                .map(|(_, uid)| uid.clone())
+        };
+        assert!(
+            uid(&before).is_some(),
+            "{object} existed before: {before:?}"
+        );
+        assert_eq!(
+            uid(&before),
+            uid(&after),
+            "{object} is the same object after the restart, not a new one"
+        );
+    }
     run.kubectl_ok(&["get", "configmap", "by-hand", "-n", "staging"]);
-    run.kubectl_ok(&["get", "configmap", "app", "-n", "staging"]);
     assert!(run.terminate(), "SIGTERM stops tether run cleanly");
+}
+
+#[test]
+fn status_written_by_the_controllers_survives_a_sigkill() {
+    let ws = standard_workspace();
+    let run = ws.start();
+    // The Environment controller has reported on `web` (observedGeneration is current).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let before = loop {
+        let env = environment_json(&run);
+        let status = &env["status"];
+        if status["observedGeneration"] == env["metadata"]["generation"] && ready(status).is_some()
+        {
+            break status.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the controller never reported: {env}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // A status rewritten after the restart would carry a later lastTransitionTime: wait
+    // until the clock has passed the stored one, so the two cannot coincide.
+    let stored = ready(&before)
+        .and_then(|c| c["lastTransitionTime"].as_str())
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .expect("Ready has a lastTransitionTime");
+    while jiff::Timestamp::now() < stored + jiff::SignedDuration::from_millis(1100) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run.kill();
+
+    let run = ws.start();
+    let after = environment_json(&run)["status"].clone();
+    assert_eq!(after["observedGeneration"], before["observedGeneration"]);
+    assert_eq!(
+        ready(&after),
+        ready(&before),
+        "the Ready condition, lastTransitionTime included, is the stored one"
+    );
+}
+
+fn environment_json(run: &run_harness::TetherRun) -> serde_json::Value {
+    let json = run.kubectl_ok(&["get", "environment", "web", "-n", "staging", "-o", "json"]);
+    serde_json::from_str(&json).expect("kubectl -o json")
+}
+
+fn ready(status: &serde_json::Value) -> Option<&serde_json::Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+}
+
+/// `kind/name` and uid of every object in namespace staging.
+fn identities(run: &run_harness::TetherRun) -> Vec<(String, String)> {
+    let out = run.kubectl_ok(&[
+        "get",
+        "configmaps,secrets,environments",
+        "-n",
+        "staging",
+        "-o",
+        r#"jsonpath={range .items[*]}{.kind}/{.metadata.name} {.metadata.uid}{"\n"}{end}"#,
+    ]);
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, uid)| {
+            let name = name
+                .replacen("ConfigMap/", "configmap/", 1)
+                .replacen("Secret/", "secret/", 1)
+                .replacen("Environment/", "environment.tether.dev/", 1);
+            (name, uid.to_string())
+        })
+        .collect()
 }
 
 #[test]
@@ -344,14 +396,8 @@ fn condition_transitions_and_warning_events_of_tether_objects_are_printed() {
     run.wait_for("synced");
     set_ready(&run, "False", "Reconciling", "creating 3 objects");
     run.wait_for("environment staging/web  Ready=False Reconciling: creating 3 objects");
-    // Same status and reason, new message: not a transition. Then a real one.
-    set_ready(&run, "False", "Reconciling", "creating 2 objects");
     set_ready(&run, "True", "Synced", "all objects ready");
-    let next = run.wait_for("environment staging/web  Ready=");
-    assert_eq!(
-        next,
-        "environment staging/web  Ready=True Synced: all objects ready"
-    );
+    run.wait_for("environment staging/web  Ready=True Synced: all objects ready");
 
     let event = ws.scratch_file(
         "event.yaml",

@@ -192,6 +192,12 @@ pub async fn serve(
         tracing::warn!("progress watchers did not list within {WATCHERS_LISTED:?}");
     }
 
+    tasks.spawn(run_controllers(
+        client.clone(),
+        reporter.clone(),
+        stop.clone(),
+    ));
+
     let mut watch = dirwatch::DirWatch::start(&args.manifests, &args.state_dir, DEBOUNCE)?;
     let tether_groups: Vec<String> = crds.iter().map(|c| c.spec.group.clone()).collect();
     let mut syncer = sync::Syncer::new(
@@ -242,6 +248,28 @@ pub async fn serve(
         tracing::warn!("components did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
     }
     Ok(())
+}
+
+/// Runs the Environment, Release and Migration controllers against the embedded API until
+/// `stop`: every namespace, no label selector, and no leader election (the store belongs to
+/// this one process; a second `tether run` on the same state directory cannot open it).
+/// Their metrics go to a registry of their own: `tether run` serves no `/metrics`.
+async fn run_controllers(client: kube::Client, reporter: Reporter, stop: CancellationToken) {
+    let ran = crate::controller::run(
+        client,
+        crate::controller::ControllerConfig::default(),
+        crate::telemetry::MetricsRegistry::new(),
+        crate::controller::Health::new(),
+        stop,
+    )
+    .await;
+    if let Err(err) = ran {
+        reporter.print(Progress::Error {
+            place: "controllers".into(),
+            object: None,
+            reason: err.to_string(),
+        });
+    }
 }
 
 /// A failed pass (directory unreadable, inventory unreachable) is printed; the next change

@@ -1,0 +1,248 @@
+//! `tether controller` and its hidden helpers `tether metrics-names` and `tether rbac`:
+//! flags (mapped 1:1 by the Helm chart's values), logging, the HTTP server, signals.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::api::common::parse_duration;
+use crate::controller::leader::{LeaseConfig, run_elected};
+use crate::controller::metrics::ControllerMetrics;
+use crate::controller::{ControllerConfig, Health, run, server};
+use crate::telemetry::{LogFormat, MetricsRegistry, init_tracing};
+
+/// Flags of `tether controller`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ControllerArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "TETHER_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Reconcile only objects matching this label selector (e.g. `shard=a`).
+    #[arg(long)]
+    pub selector: Option<String>,
+    /// Log filter in RUST_LOG syntax.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_level: String,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+    /// Address serving /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Run the controllers only while holding the Lease.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "tether-controller")]
+    pub lease_name: String,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// First retry delay after a transient error.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub min_retry_interval: Duration,
+    /// Longest retry delay after repeated transient errors.
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    pub max_retry_interval: Duration,
+    /// Reconciles running at once per controller.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// Why `tether controller` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// `--min-retry-interval` exceeds `--max-retry-interval`.
+    #[error(
+        "failed to start: --min-retry-interval ({min:?}) exceeds --max-retry-interval ({max:?})"
+    )]
+    RetryBounds {
+        /// The minimum.
+        min: Duration,
+        /// The maximum.
+        max: Duration,
+    },
+    /// No usable kubeconfig or in-cluster configuration.
+    #[error("failed to configure the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    /// The HTTP server failed.
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+    /// The controllers failed.
+    #[error(transparent)]
+    Controller(#[from] crate::controller::ControllerError),
+}
+
+impl ControllerArgs {
+    /// The controller configuration these flags describe.
+    pub fn config(&self) -> Result<ControllerConfig, CliError> {
+        if self.min_retry_interval > self.max_retry_interval {
+            return Err(CliError::RetryBounds {
+                min: self.min_retry_interval,
+                max: self.max_retry_interval,
+            });
+        }
+        Ok(ControllerConfig {
+            namespace: self.namespace.clone(),
+            selector: self.selector.clone(),
+            min_retry: self.min_retry_interval,
+            max_retry: self.max_retry_interval,
+            concurrency: self.concurrency,
+        })
+    }
+}
+
+/// Runs `tether controller` until SIGTERM or Ctrl-C.
+pub async fn run_cli(args: ControllerArgs) -> Result<(), CliError> {
+    init_tracing(&args.log_level, args.log_format);
+    let config = args.config()?;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(CliError::Client)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            wait_for_signal().await;
+            info!("shutdown requested");
+            shutdown.cancel();
+        }
+    });
+    let metrics = MetricsRegistry::new();
+    let health = Health::new();
+    let (addr, serve) = server::bind(
+        args.metrics_addr,
+        metrics.clone(),
+        health.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    info!(%addr, "serving /metrics, /healthz and /readyz");
+    let server = tokio::spawn(serve);
+    let result = if args.leader_elect {
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("tether-{}", uuid::Uuid::new_v4().simple()));
+        let lease = LeaseConfig::new(&args.lease_name, &args.lease_namespace, identity);
+        run_elected(client, config, lease, metrics, health, shutdown.clone()).await
+    } else {
+        run(client, config, metrics, health, shutdown.clone()).await
+    };
+    shutdown.cancel();
+    if let Ok(Err(error)) = server.await {
+        tracing::warn!(%error, "HTTP server stopped with an error");
+    }
+    result.map_err(CliError::from)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Every metric name the binary registers, one per line, as `tether metrics-names`
+/// prints them: the registry is built the way `tether controller` builds it.
+pub fn metric_names() -> Result<String, prometheus::Error> {
+    let registry = MetricsRegistry::new();
+    ControllerMetrics::register(&registry)?;
+    Ok(registry
+        .names()
+        .into_iter()
+        .map(|n| n + "\n")
+        .collect::<String>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    #[test]
+    fn defaults_match_the_documented_flags() {
+        let cli = Cli::try_parse_from(["tether"]).unwrap();
+        let config = cli.args.config().unwrap();
+        assert_eq!(config.min_retry, Duration::from_secs(5));
+        assert_eq!(config.max_retry, Duration::from_secs(300));
+        assert_eq!(config.concurrency, 4);
+        assert!(cli.args.leader_elect);
+        assert_eq!(cli.args.lease_name, "tether-controller");
+        assert_eq!(cli.args.metrics_addr.port(), 8080);
+    }
+
+    #[test]
+    fn leader_election_can_be_turned_off_and_selectors_passed() {
+        let cli = Cli::try_parse_from([
+            "tether",
+            "--leader-elect=false",
+            "--selector",
+            "shard=a",
+            "--namespace",
+            "apps",
+            "--min-retry-interval",
+            "1s",
+            "--max-retry-interval",
+            "30s",
+        ])
+        .unwrap();
+        assert!(!cli.args.leader_elect);
+        let config = cli.args.config().unwrap();
+        assert_eq!(config.selector.as_deref(), Some("shard=a"));
+        assert_eq!(config.namespace.as_deref(), Some("apps"));
+        assert_eq!(config.max_retry, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn inverted_retry_bounds_are_rejected() {
+        let cli = Cli::try_parse_from([
+            "tether",
+            "--min-retry-interval",
+            "10m",
+            "--max-retry-interval",
+            "1m",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.args.config(),
+            Err(CliError::RetryBounds { .. })
+        ));
+    }
+
+    #[test]
+    fn a_bad_duration_flag_is_rejected_by_the_parser() {
+        assert!(Cli::try_parse_from(["tether", "--min-retry-interval", "5"]).is_err());
+    }
+
+    #[test]
+    fn metric_names_lists_the_controller_metrics() {
+        let names = metric_names().unwrap();
+        assert!(names.contains("controller_runtime_reconcile_total\n"));
+        assert!(names.contains("tether_reconcile_stalled\n"));
+    }
+}

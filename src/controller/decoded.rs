@@ -1,0 +1,214 @@
+//! Lenient views of watched objects, so one bad object never blocks a controller.
+//!
+//! - [`Decoded<K>`]: what the controllers watch instead of `K`. A list or watch response
+//!   with one object that does not match `K` (stored bypassing admission, or by an older
+//!   schema) would otherwise fail the whole list and stop every object of the kind; here
+//!   that object decodes to `Err(message)` and is reported on its own while the others
+//!   reconcile.
+//! - [`MetaOnly<K>`]: a Secret or ConfigMap as the watches see it: metadata only. The data
+//!   is dropped while parsing, so Secret values never sit in controller memory through a
+//!   watch.
+
+use std::borrow::Cow;
+use std::marker::PhantomData;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::api::Condition;
+
+/// An object of kind `K` as read from the API: its metadata and current conditions
+/// always, the typed object when it decodes.
+#[derive(Clone, Debug)]
+pub struct Decoded<K> {
+    meta: ObjectMeta,
+    conditions: Vec<Condition>,
+    object: Result<K, String>,
+}
+
+impl<K> Decoded<K> {
+    /// The typed object, or why it does not decode.
+    pub fn object(&self) -> Result<&K, &str> {
+        self.object.as_ref().map_err(String::as_str)
+    }
+
+    /// The conditions in the object's status (empty when absent or unreadable).
+    pub fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+
+impl<K> From<K> for Decoded<K>
+where
+    K: Resource + Serialize,
+{
+    fn from(object: K) -> Self {
+        let conditions = serde_json::to_value(&object)
+            .map(|v| conditions_of(&v))
+            .unwrap_or_default();
+        Self {
+            meta: object.meta().clone(),
+            conditions,
+            object: Ok(object),
+        }
+    }
+}
+
+fn conditions_of(value: &serde_json::Value) -> Vec<Condition> {
+    value
+        .pointer("/status/conditions")
+        .cloned()
+        .and_then(|c| serde_json::from_value(c).ok())
+        .unwrap_or_default()
+}
+
+impl<'de, K: DeserializeOwned> Deserialize<'de> for Decoded<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let meta: ObjectMeta = value
+            .get("metadata")
+            .cloned()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(D::Error::custom)?
+            .unwrap_or_default();
+        let conditions = conditions_of(&value);
+        let object = serde_json::from_value::<K>(value).map_err(|e| e.to_string());
+        Ok(Self {
+            meta,
+            conditions,
+            object,
+        })
+    }
+}
+
+impl<K: Serialize + Resource<DynamicType = ()>> Serialize for Decoded<K> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.object {
+            Ok(object) => object.serialize(serializer),
+            Err(_) => serde_json::json!({
+                "apiVersion": K::api_version(&()),
+                "kind": K::kind(&()),
+                "metadata": self.meta,
+            })
+            .serialize(serializer),
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()>> Resource for Decoded<K> {
+    type DynamicType = ();
+    type Scope = K::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        K::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        K::version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.meta
+    }
+}
+
+/// The metadata of an object of kind `K`; everything else is dropped while parsing.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct MetaOnly<K> {
+    /// The object's metadata.
+    pub metadata: ObjectMeta,
+    #[serde(skip)]
+    kind: PhantomData<fn() -> K>,
+}
+
+impl<K: Resource<DynamicType = ()>> Resource for MetaOnly<K> {
+    type DynamicType = ();
+    type Scope = K::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        K::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        K::version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Environment;
+    use k8s_openapi::api::core::v1::Secret;
+
+    #[test]
+    fn a_valid_object_decodes_with_its_conditions() {
+        let value = serde_json::json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
+            "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {},
+            "status": {"conditions": [{"type": "Ready", "status": "True",
+                "lastTransitionTime": "t", "reason": "R", "message": ""}]}
+        });
+        let decoded: Decoded<Environment> = serde_json::from_value(value).unwrap();
+        assert!(decoded.object().is_ok());
+        assert_eq!(decoded.conditions().len(), 1);
+        assert_eq!(decoded.meta().name.as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn a_malformed_object_keeps_its_metadata_and_reports_why() {
+        let value = serde_json::json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
+            "metadata": {"name": "bad", "namespace": "ns"},
+            "spec": {"suspend": "not-a-bool"}
+        });
+        let decoded: Decoded<Environment> = serde_json::from_value(value).unwrap();
+        assert_eq!(decoded.meta().name.as_deref(), Some("bad"));
+        assert!(decoded.object().unwrap_err().contains("invalid type"));
+    }
+
+    #[test]
+    fn a_list_with_one_malformed_item_still_yields_the_others() {
+        let list = serde_json::json!([
+            {"metadata": {"name": "good"}, "spec": {}},
+            {"metadata": {"name": "bad"}, "spec": {"interval": 5}},
+        ]);
+        let items: Vec<Decoded<Environment>> = serde_json::from_value(list).unwrap();
+        assert!(items[0].object().is_ok());
+        assert!(items[1].object().is_err());
+    }
+
+    #[test]
+    fn secret_data_is_dropped_when_only_metadata_is_watched() {
+        let value = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "token", "namespace": "ns"},
+            "data": {"token": "c2VjcmV0LXZhbHVl"}
+        });
+        let secret: MetaOnly<Secret> = serde_json::from_value(value).unwrap();
+        let back = serde_json::to_string(&secret).unwrap();
+        assert!(!back.contains("c2VjcmV0LXZhbHVl"));
+        assert_eq!(MetaOnly::<Secret>::plural(&()), "secrets");
+    }
+}

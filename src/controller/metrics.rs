@@ -1,0 +1,165 @@
+//! The controllers' Prometheus metrics, named as controller-runtime names them so existing
+//! dashboards work, plus `tether_reconcile_stalled`. Labels are bounded: the controller
+//! (kind) and the result, never object names.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+
+use crate::telemetry::MetricsRegistry;
+
+/// How one reconcile ended, as the `result` label says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReconcileResult {
+    /// The reconcile finished and the object is as its spec asks (or suspended).
+    Success,
+    /// The reconcile failed, or found a permanent error and marked the object `Stalled`.
+    Error,
+    /// The reconcile only prepared the object (added the finalizer) and it is queued again
+    /// by that change.
+    Requeue,
+}
+
+impl ReconcileResult {
+    fn label(self) -> &'static str {
+        match self {
+            ReconcileResult::Success => "success",
+            ReconcileResult::Error => "error",
+            ReconcileResult::Requeue => "requeue",
+        }
+    }
+}
+
+/// The controllers' metrics.
+#[derive(Clone)]
+pub struct ControllerMetrics {
+    reconciles: IntCounterVec,
+    errors: IntCounterVec,
+    duration: HistogramVec,
+    stalled: IntGaugeVec,
+    stalled_objects: Arc<Mutex<BTreeMap<&'static str, BTreeSet<String>>>>,
+}
+
+impl ControllerMetrics {
+    /// Creates the metrics and registers them into `registry`.
+    pub fn register(registry: &MetricsRegistry) -> Result<Self, prometheus::Error> {
+        let reconciles = registry.register(IntCounterVec::new(
+            Opts::new(
+                "controller_runtime_reconcile_total",
+                "Total number of reconciliations per controller and result",
+            ),
+            &["controller", "result"],
+        )?)?;
+        let errors = registry.register(IntCounterVec::new(
+            Opts::new(
+                "controller_runtime_reconcile_errors_total",
+                "Total number of reconciliation errors per controller",
+            ),
+            &["controller"],
+        )?)?;
+        let duration = registry.register(HistogramVec::new(
+            HistogramOpts::new(
+                "controller_runtime_reconcile_time_seconds",
+                "Length of time per reconciliation per controller",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["controller"],
+        )?)?;
+        let stalled = registry.register(IntGaugeVec::new(
+            Opts::new(
+                "tether_reconcile_stalled",
+                "Number of objects whose Stalled condition is True, per kind",
+            ),
+            &["kind"],
+        )?)?;
+        Ok(Self {
+            reconciles,
+            errors,
+            duration,
+            stalled,
+            stalled_objects: Arc::default(),
+        })
+    }
+
+    /// Records one reconcile of `controller` (the kind's lower-case name).
+    pub fn observe(&self, controller: &str, result: ReconcileResult, took: Duration) {
+        self.reconciles
+            .with_label_values(&[controller, result.label()])
+            .inc();
+        if result == ReconcileResult::Error {
+            self.errors.with_label_values(&[controller]).inc();
+        }
+        self.duration
+            .with_label_values(&[controller])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records whether the object `key` of `kind` is stalled now (or gone: `false`).
+    pub fn set_stalled(&self, kind: &'static str, key: &str, stalled: bool) {
+        let mut objects = self
+            .stalled_objects
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let set = objects.entry(kind).or_default();
+        if stalled {
+            set.insert(key.to_string());
+        } else {
+            set.remove(key);
+        }
+        let count = i64::try_from(set.len()).unwrap_or(i64::MAX);
+        self.stalled.with_label_values(&[kind]).set(count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_controller_runtime_names_are_registered() {
+        let registry = MetricsRegistry::new();
+        ControllerMetrics::register(&registry).unwrap();
+        assert_eq!(
+            registry.names(),
+            [
+                "controller_runtime_reconcile_errors_total",
+                "controller_runtime_reconcile_time_seconds",
+                "controller_runtime_reconcile_total",
+                "tether_reconcile_stalled",
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_count_in_both_counters_and_the_stalled_gauge_counts_objects() {
+        let registry = MetricsRegistry::new();
+        let metrics = ControllerMetrics::register(&registry).unwrap();
+        metrics.observe(
+            "environment",
+            ReconcileResult::Error,
+            Duration::from_millis(3),
+        );
+        metrics.observe(
+            "environment",
+            ReconcileResult::Success,
+            Duration::from_millis(3),
+        );
+        metrics.set_stalled("Environment", "ns/a", true);
+        metrics.set_stalled("Environment", "ns/b", true);
+        metrics.set_stalled("Environment", "ns/a", false);
+        let text = registry.render();
+        assert!(text.contains(
+            "controller_runtime_reconcile_total{controller=\"environment\",result=\"error\"} 1"
+        ));
+        assert!(
+            text.contains(
+                "controller_runtime_reconcile_errors_total{controller=\"environment\"} 1"
+            )
+        );
+        assert!(text.contains("tether_reconcile_stalled{kind=\"Environment\"} 1"));
+    }
+}

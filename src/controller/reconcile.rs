@@ -1,0 +1,307 @@
+//! The reconcile driver shared by the three kinds. Each kind implements [`Reconciled`]
+//! (observe → plan → act, returning a [`Report`]); this module wraps it in the contract
+//! every object gets:
+//!
+//! 1. `kube::runtime::finalizer` (name [`FINALIZER`]): the finalizer is added before the
+//!    first apply; on deletion `cleanup` runs and the finalizer is removed after it succeeds.
+//! 2. Permanent errors become a `Stalled` verdict written to status; the object waits for a
+//!    change of itself or a watched reference (no requeue).
+//! 3. Status is written with server-side apply under [`FIELD_MANAGER`] with
+//!    `observedGeneration` and the conditions of [`conditions::next_conditions`].
+//! 4. An event is published through the one shared `Recorder` when `Ready`/`Stalled` change.
+//! 5. Transient errors are returned to the runtime; [`error_policy`] backs off per object.
+//! 6. Metrics record every reconcile.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube::api::{Patch, PatchParams};
+use kube::core::NamespaceResourceScope;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, instrument, warn};
+
+use crate::controller::conditions::{self, Verdict};
+use crate::controller::decoded::Decoded;
+use crate::controller::error::{Backoff, ReconcileError};
+use crate::controller::metrics::{ControllerMetrics, ReconcileResult};
+
+/// The finalizer every reconciled object carries until its cleanup has run.
+pub const FINALIZER: &str = "tether.dev/finalizer";
+/// The server-side-apply field manager that owns status.
+pub const FIELD_MANAGER: &str = "tether-controller";
+
+/// What the reconcilers share: the API client, the one event recorder, metrics, retry
+/// bounds and per-object failure counts.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// The shared event recorder (reporter `tether-controller`).
+    pub recorder: Recorder,
+    /// Reconcile metrics.
+    pub metrics: ControllerMetrics,
+    /// Retry bounds for transient errors.
+    pub backoff: Backoff,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context for controllers talking to `client`.
+    pub fn new(client: Client, metrics: ControllerMetrics, backoff: Backoff) -> Self {
+        let recorder = Recorder::new(client.clone(), FIELD_MANAGER.into());
+        Self {
+            client,
+            recorder,
+            metrics,
+            backoff,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn record_failure(&self, key: &str) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let count = failures.entry(key.to_string()).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    fn clear_failures(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+/// What an apply concluded, ready to be written to status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// The verdict conditions are computed from.
+    pub verdict: Verdict,
+    /// Kind-specific status fields (besides `observedGeneration` and `conditions`).
+    pub status: serde_json::Map<String, serde_json::Value>,
+    /// When to reconcile again (`None`: only on a change).
+    pub requeue_after: Option<Duration>,
+}
+
+impl Report {
+    /// A report for a suspended object: nothing done, nothing requeued.
+    pub fn suspended() -> Self {
+        Self {
+            verdict: Verdict::Suspended,
+            status: serde_json::Map::new(),
+            requeue_after: None,
+        }
+    }
+}
+
+/// One kind's reconciler: observe → plan → act, reported as a [`Report`].
+pub trait Reconciled:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + DeserializeOwned
+    + Serialize
+    + Send
+    + Sync
+    + 'static
+{
+    /// The `controller` metric label, e.g. `environment`.
+    const CONTROLLER: &'static str;
+
+    /// Brings the world toward the spec. Permanent errors are turned into `Stalled` by the
+    /// driver; transient ones are retried with backoff.
+    fn apply(&self, ctx: &Context) -> impl Future<Output = Result<Report, ReconcileError>> + Send;
+
+    /// Undoes what apply did. Idempotent, and works even if apply never ran.
+    fn cleanup(&self, ctx: &Context) -> impl Future<Output = Result<(), ReconcileError>> + Send;
+}
+
+fn object_key<K: Resource>(obj: &K) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// The reconcile function handed to `Controller::run`.
+#[instrument(skip_all, fields(
+    kind = %K::kind(&()),
+    namespace = %obj.namespace().unwrap_or_default(),
+    name = %obj.name_any(),
+    generation = obj.meta().generation.unwrap_or_default(),
+))]
+pub async fn reconcile<K: Reconciled>(
+    obj: Arc<Decoded<K>>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let key = object_key(obj.as_ref());
+    let namespace = obj.namespace().ok_or(ReconcileError::Unidentified)?;
+    let api: Api<Decoded<K>> = Api::namespaced(ctx.client.clone(), &namespace);
+    let had_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
+    let deleting = obj.meta().deletion_timestamp.is_some();
+
+    let outcome = finalizer(&api, FINALIZER, obj.clone(), |event| async {
+        match event {
+            FinalizerEvent::Apply(obj) => apply(&api, &obj, &ctx).await,
+            FinalizerEvent::Cleanup(obj) => {
+                if let Ok(object) = obj.object() {
+                    object.cleanup(&ctx).await?;
+                }
+                ctx.metrics
+                    .set_stalled(kind_name::<K>(), &object_key(obj.as_ref()), false);
+                ctx.metrics
+                    .observe(K::CONTROLLER, ReconcileResult::Success, started.elapsed());
+                info!("cleanup finished; removing the finalizer");
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await;
+
+    let result = match outcome {
+        Ok(action) if !had_finalizer && !deleting => {
+            // `finalizer` only added the finalizer; the patch queues the object again.
+            ctx.metrics
+                .observe(K::CONTROLLER, ReconcileResult::Requeue, started.elapsed());
+            Ok(action)
+        }
+        Ok(action) => Ok(action),
+        Err(error) => Err(ReconcileError::from(error)),
+    };
+    if result.is_ok() {
+        ctx.clear_failures(&key);
+    }
+    if let Err(error) = &result {
+        ctx.metrics
+            .observe(K::CONTROLLER, ReconcileResult::Error, started.elapsed());
+        warn!(error = %error, error_kind = error.kind(), "reconcile failed");
+    }
+    result
+}
+
+fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
+    // The three kinds' names are static; anything else is a programming error caught by
+    // the metrics test, not a runtime branch.
+    match K::kind(&()).as_ref() {
+        "Environment" => "Environment",
+        "Release" => "Release",
+        "Migration" => "Migration",
+        _ => "Unknown",
+    }
+}
+
+/// The apply branch: run the kind's apply, turn permanent errors into `Stalled`, write
+/// status, publish the transition event, record metrics.
+async fn apply<K: Reconciled>(
+    api: &Api<Decoded<K>>,
+    obj: &Decoded<K>,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let applied = match obj.object() {
+        Ok(object) => object.apply(ctx).await,
+        Err(message) => Err(ReconcileError::Decode(message.to_string())),
+    };
+    let report = match applied {
+        Ok(report) => report,
+        Err(error) if error.is_permanent() => {
+            warn!(error = %error, error_kind = error.kind(), "stalled until a change");
+            Report {
+                verdict: Verdict::Stalled {
+                    reason: error.kind().to_string(),
+                    message: error.stall_message(),
+                },
+                status: serde_json::Map::new(),
+                requeue_after: None,
+            }
+        }
+        Err(error) => return Err(error),
+    };
+    write_status(api, obj, &report, ctx).await?;
+    let stalled = report.verdict.is_stalled();
+    ctx.metrics
+        .set_stalled(kind_name::<K>(), &object_key(obj), stalled);
+    let result = if stalled {
+        ReconcileResult::Error
+    } else {
+        ReconcileResult::Success
+    };
+    ctx.metrics
+        .observe(K::CONTROLLER, result, started.elapsed());
+    Ok(report
+        .requeue_after
+        .map_or_else(Action::await_change, Action::requeue))
+}
+
+async fn write_status<K: Reconciled>(
+    api: &Api<Decoded<K>>,
+    obj: &Decoded<K>,
+    report: &Report,
+    ctx: &Context,
+) -> Result<(), ReconcileError> {
+    let generation = obj.meta().generation;
+    let now = jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string();
+    let previous = obj.conditions();
+    let next = conditions::next_conditions(previous, &report.verdict, generation, &now);
+    let mut status = report.status.clone();
+    status.insert("observedGeneration".into(), serde_json::json!(generation));
+    status.insert("conditions".into(), serde_json::json!(next));
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    let name = obj.name_any();
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(ReconcileError::PatchStatus)?;
+
+    if let Some(event) = conditions::transition_event(previous, &next) {
+        let published = ctx
+            .recorder
+            .publish(
+                &Event {
+                    type_: if event.warning {
+                        EventType::Warning
+                    } else {
+                        EventType::Normal
+                    },
+                    reason: event.reason,
+                    note: Some(event.note),
+                    action: "Reconcile".into(),
+                    secondary: None,
+                },
+                &obj.object_ref(&()),
+            )
+            .await;
+        if let Err(error) = published {
+            // An event is a notification, not state: losing one must not fail the reconcile.
+            warn!(error = %error, "failed to publish an event");
+        }
+    }
+    Ok(())
+}
+
+/// The error policy handed to `Controller::run`: exponential backoff with jitter per
+/// object, within `--min-retry-interval` and `--max-retry-interval`.
+pub fn error_policy<K: Reconciled>(
+    obj: Arc<Decoded<K>>,
+    _error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
+    let failures = ctx.record_failure(&object_key(obj.as_ref()));
+    Action::requeue(ctx.backoff.delay(failures, rand::random::<f64>()))
+}
