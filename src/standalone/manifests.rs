@@ -64,14 +64,6 @@ impl SourceFile {
             parsed,
         }
     }
-
-    /// Whether the file or any of its documents failed to parse.
-    pub fn has_errors(&self) -> bool {
-        match &self.parsed {
-            Ok(docs) => docs.iter().any(Result::is_err),
-            Err(_) => true,
-        }
-    }
 }
 
 /// Why a whole file could not be used.
@@ -174,7 +166,7 @@ pub fn scan(root: &Path, skip: Option<&Path>) -> Result<Vec<String>, ScanError> 
 }
 
 /// Whether a path names a manifest file (`.yaml` or `.yml`).
-pub fn is_manifest_file(path: &Path) -> bool {
+fn is_manifest_file(path: &Path) -> bool {
     path.extension()
         .is_some_and(|ext| ext.eq_ignore_ascii_case("yaml") || ext.eq_ignore_ascii_case("yml"))
 }
@@ -337,7 +329,6 @@ mod tests {
             "bad.yaml".into(),
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [unclosed\n".into(),
         );
-        assert!(file.has_errors());
         match file.parsed {
             Err(FileError::Syntax { line, message }) => {
                 assert!(line.is_some_and(|l| l >= 4), "line {line:?}");
