@@ -142,6 +142,8 @@ pub async fn serve(
     // Everything started below stops with `stop`; `shutdown` only triggers it, so the
     // order of stopping stays ours (sync loop first, then controllers, then the API).
     let stop = CancellationToken::new();
+    // An early return (a failed start step) stops whatever was already started.
+    let _stop_on_return = stop.clone().drop_guard();
     let api = crate::localapi::start(
         LocalApiConfig {
             addr: args.addr,

@@ -12,6 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use kube::api::GroupVersionKind;
+
 use super::apply::{Applier, ApplyError, Located, Resolved, object_id, rank};
 use super::inventory::{Entry, Inventory, InventoryError, InventoryStore};
 use super::manifests::{FileError, ManifestObject, ScanError, SourceFile, scan};
@@ -180,7 +182,14 @@ impl Syncer {
         let mut kept = old.from_sources(&held);
         let mut pruned = 0;
         let mut prune_errors = 0;
-        for entry in old.stale(&desired, &held) {
+        // Reverse apply order: Tether objects go before the Secrets they name, and
+        // Namespaces last.
+        let mut stale = old.stale(&desired, &held);
+        stale.sort_by_key(|e| {
+            let gvk = GroupVersionKind::gvk(&e.id.group, "", &e.id.kind);
+            std::cmp::Reverse(rank(&gvk, &self.tether_groups))
+        });
+        for entry in stale {
             match self.applier.delete(&entry.id, &entry.api_version).await {
                 Ok(deleted) => {
                     if deleted {
