@@ -386,11 +386,13 @@ async fn delete_preconditions_and_dry_run_are_honoured() {
     api.create(&PostParams::default(), &config_map("d", json!({})))
         .await
         .unwrap();
-    let mut dp = DeleteParams::default();
-    dp.preconditions = Some(kube::api::Preconditions {
-        uid: Some("wrong".into()),
-        resource_version: None,
-    });
+    let dp = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some("wrong".into()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
     let err = api_error(api.delete("d", &dp).await.unwrap_err());
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
     api.delete("d", &DeleteParams::default().dry_run())
@@ -528,4 +530,48 @@ async fn lists_page_with_limit_and_continue() {
     assert_eq!(pages, 3);
     let expected: Vec<String> = (0..7).map(|i| format!("cm-{i}")).collect();
     assert_eq!(seen, expected);
+}
+
+#[tokio::test]
+async fn custom_resources_are_admitted_against_the_crd_schema_and_cel_rules() {
+    let cluster = cluster().await;
+    let client = cluster.client();
+    let gvk = kube::api::GroupVersionKind::gvk("tether.dev", "v1alpha1", "Environment");
+    let resource = kube::api::ApiResource::from_gvk(&gvk);
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &resource);
+    let text =
+        std::fs::read_to_string("tests/fixtures/invalid/env-fly-without-credentials.yaml").unwrap();
+    let bad: kube::api::DynamicObject = serde_saphyr::from_str(&text).unwrap();
+    let err = api_error(api.create(&PostParams::default(), &bad).await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+    assert!(
+        err.message
+            .starts_with("Environment.tether.dev \"bad\" is invalid: ")
+            && err
+                .message
+                .contains("spec.credentials.fly is required when spec.fly is set"),
+        "{}",
+        err.message
+    );
+    assert_eq!(api_error(api.get("bad").await.unwrap_err()).code, 404);
+
+    // Unknown fields are pruned (the default fieldValidation is Warn).
+    let gvk = kube::api::GroupVersionKind::gvk("test.tether.dev", "v1", "Widget");
+    let widgets: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client, "default", &kube::api::ApiResource::from_gvk(&gvk));
+    let mut w = serde_json::to_value(widget("pruned", 1)).unwrap();
+    w["spec"]["unknownField"] = json!("x");
+    let dynamic: kube::api::DynamicObject = serde_json::from_value(w).unwrap();
+    assert_eq!(dynamic.data["spec"]["unknownField"], "x");
+    let stored = widgets
+        .create(&PostParams::default(), &dynamic)
+        .await
+        .unwrap();
+    assert_eq!(stored.data["spec"]["size"], 1);
+    assert!(
+        stored.data["spec"].get("unknownField").is_none(),
+        "{:?}",
+        stored.data
+    );
 }

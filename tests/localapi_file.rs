@@ -59,8 +59,14 @@ async fn objects_status_and_the_resource_version_survive_a_restart() {
     assert_eq!(kept.spec.size, 3);
     assert_eq!(kept.status, with_status.status);
     assert_eq!(kept.uid(), with_status.uid());
-    assert_eq!(kept.metadata.managed_fields, with_status.metadata.managed_fields);
-    assert!(api.get_opt("gone").await.unwrap().is_none(), "{gone:?} stays deleted");
+    assert_eq!(
+        kept.metadata.managed_fields,
+        with_status.metadata.managed_fields
+    );
+    assert!(
+        api.get_opt("gone").await.unwrap().is_none(),
+        "{gone:?} stays deleted"
+    );
     let cms: Api<ConfigMap> = Api::default_namespaced(cluster.client());
     assert_eq!(cms.get("c").await.unwrap().data.unwrap()["k"], "v");
 

@@ -87,8 +87,9 @@ pub fn spec_changed(old: &Value, new: &Value, status_subresource: bool) -> bool 
             .map(|m| {
                 m.iter()
                     .filter(|(k, _)| {
-                        !matches!(k.as_str(), "metadata" | "apiVersion" | "kind")
-                            && !(status_subresource && k.as_str() == "status")
+                        let ignored = matches!(k.as_str(), "metadata" | "apiVersion" | "kind")
+                            || (status_subresource && k.as_str() == "status");
+                        !ignored
                     })
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect()

@@ -102,6 +102,12 @@ pub enum LocalApiError {
     /// The server's own URL does not parse.
     #[error("failed to parse the local API URL: {0}")]
     Url(#[source] http::uri::InvalidUri),
+    /// A CRD's schema or CEL rules do not compile.
+    #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaError),
+    /// The OpenAPI documents could not be built.
+    #[error(transparent)]
+    OpenApi(#[from] crate::schema::openapi::OpenApiError),
     /// A CRD does not serialize.
     #[error("failed to serialize a CRD: {0}")]
     Serialize(#[source] serde_json::Error),
@@ -225,7 +231,7 @@ pub async fn start_with(
     let storage = Arc::new(Storage::open(
         store,
         table,
-        Admission::new(),
+        Admission::new(&config.crds)?,
         &crds,
         options.watch_history,
     )?);
@@ -246,6 +252,7 @@ pub async fn start_with(
         shutdown: shutdown.clone(),
         address: addr.to_string(),
         bookmark_interval: options.bookmark_interval,
+        openapi: crate::schema::openapi::OpenApi::new(&config.crds)?,
     });
     let router = axum::Router::new().fallback(routes::handle).with_state(app);
     let url = format!("http://{addr}");

@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::admission::FieldValidation;
+use super::admission::parse_field_validation;
 use super::discovery;
 use super::events;
 use super::patch::{self, PatchType};
@@ -29,6 +29,8 @@ use super::storage::{
     self, DeleteOpts, Input, ListOpts, Storage, WatchFrom, WriteCtx, WriteOutcome,
 };
 use super::watch::{EventType, WatchEvent, event_line};
+use crate::schema::openapi::OpenApi;
+use crate::schema::table::{IncludeObject, TableConvertor, TableOptions};
 
 /// Largest request body accepted (the real server's limit is 3 MiB per object).
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -43,6 +45,8 @@ pub struct App {
     pub address: String,
     /// How often watch streams with `allowWatchBookmarks` get a BOOKMARK.
     pub bookmark_interval: Duration,
+    /// The `/openapi/v3` documents (`kubectl explain`, kubectl's field-validation check).
+    pub openapi: OpenApi,
 }
 
 type Query_ = HashMap<String, String>;
@@ -98,6 +102,13 @@ async fn route(
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], "ok").into_response())
         }
         ["api"] => get_only(discovery::core_versions(&app.address)),
+        ["openapi", "v3"] => get_only(app.openapi.index()),
+        ["openapi", "v3", rest @ ..] => get_only(
+            app.openapi
+                .document(&rest.join("/"))
+                .cloned()
+                .ok_or_else(|| ApiError::path_not_found(path))?,
+        ),
         ["apis"] => get_only(discovery::group_list(&table)),
         ["api", version] => get_only(
             discovery::resource_list(&table, "", version)
@@ -171,6 +182,119 @@ fn parse_target(
     })
 }
 
+/// The representation the client asked for in `Accept`.
+#[derive(Clone)]
+enum Format {
+    /// The objects themselves.
+    Object,
+    /// `as=Table` (kubectl get).
+    Table(TableConvertor, TableOptions),
+    /// `as=PartialObjectMetadata[List]` (metadata-only clients and watchers).
+    Metadata,
+}
+
+impl Format {
+    /// The object as this format renders one item (Tables wrap their rows elsewhere).
+    fn item(&self, wire: Value) -> Value {
+        match self {
+            Format::Metadata => json!({
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": wire.get("metadata").cloned().unwrap_or_else(|| json!({})),
+            }),
+            _ => wire,
+        }
+    }
+
+    /// One object (a GET or a watch event).
+    fn single(&self, wire: Value) -> Value {
+        match self {
+            Format::Table(convertor, options) => {
+                let rv = wire
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                convertor.table(
+                    std::slice::from_ref(&wire),
+                    rv.as_deref(),
+                    None,
+                    *options,
+                    jiff::Timestamp::now(),
+                )
+            }
+            other => other.item(wire),
+        }
+    }
+}
+
+fn accepts(headers: &HeaderMap, wanted: &str, group: &str) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|media| {
+            let params: Vec<&str> = media.split(';').map(str::trim).collect();
+            params.contains(&wanted) && params.contains(&group)
+        })
+}
+
+/// The format of the response from the request's `Accept` and `includeObject`.
+fn response_format(
+    app: &App,
+    def: &ResourceDef,
+    headers: &HeaderMap,
+    query: &Query_,
+) -> Result<Format, ApiError> {
+    if accepts(headers, "as=Table", "g=meta.k8s.io") {
+        let include_object = match query.get("includeObject").map(String::as_str) {
+            None | Some("") => IncludeObject::default(),
+            Some(v) => IncludeObject::from_query(v).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "includeObject must be one of None, Metadata or Object, got {v:?}"
+                ))
+            })?,
+        };
+        let convertor = if def.custom {
+            app.storage
+                .admission()
+                .registry()
+                .table(&def.group, &def.version, &def.plural)
+                .cloned()
+        } else {
+            TableConvertor::for_builtin(&def.group, &def.kind)
+        };
+        if let Some(c) = convertor {
+            return Ok(Format::Table(
+                c,
+                TableOptions {
+                    include_object,
+                    no_headers: false,
+                },
+            ));
+        }
+    }
+    if accepts(headers, "as=PartialObjectMetadataList", "g=meta.k8s.io")
+        || accepts(headers, "as=PartialObjectMetadata", "g=meta.k8s.io")
+    {
+        return Ok(Format::Metadata);
+    }
+    Ok(Format::Object)
+}
+
+fn table_response(value: &Value) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/json;as=Table;v=v1;g=meta.k8s.io",
+        )],
+        body,
+    )
+        .into_response()
+}
+
 fn flag(query: &Query_, key: &str) -> bool {
     matches!(query.get(key).map(String::as_str), Some("true" | "1"))
 }
@@ -205,7 +329,7 @@ fn write_ctx(query: &Query_, headers: &HeaderMap, apply: bool) -> Result<WriteCt
         manager,
         dry_run,
         force: flag(query, "force"),
-        validation: FieldValidation::parse(query.get("fieldValidation").map(String::as_str))?,
+        validation: parse_field_validation(query.get("fieldValidation").map(String::as_str))?,
     })
 }
 
@@ -310,20 +434,37 @@ async fn resource_request(
     match (method.clone(), name) {
         (Method::GET, None) => {
             let opts = list_opts(&def, query)?;
+            let format = response_format(app, &def, headers, query)?;
             if flag(query, "watch") {
-                return watch(app, def, namespace, opts, query);
+                return watch(app, def, namespace, opts, query, format);
             }
             let page = storage.list(&def, namespace.as_deref(), &opts)?;
             let items: Vec<Value> = page
                 .items
                 .iter()
-                .map(|o| storage::present(&def, o))
+                .map(|o| format.item(storage::present(&def, o)))
                 .collect();
+            if let Format::Table(convertor, options) = &format {
+                return Ok(table_response(&convertor.table(
+                    &items,
+                    Some(&page.resource_version.to_string()),
+                    page.continue_token.as_deref(),
+                    *options,
+                    jiff::Timestamp::now(),
+                )));
+            }
+            let (kind, api_version) = match format {
+                Format::Metadata => (
+                    "PartialObjectMetadataList".to_owned(),
+                    "meta.k8s.io/v1".to_owned(),
+                ),
+                _ => (def.list_kind.clone(), def.api_version()),
+            };
             Ok(json_response(
                 StatusCode::OK,
                 &json!({
-                    "kind": def.list_kind,
-                    "apiVersion": def.api_version(),
+                    "kind": kind,
+                    "apiVersion": api_version,
                     "metadata": storage::list_metadata(
                         page.resource_version,
                         page.continue_token.as_deref(),
@@ -334,8 +475,13 @@ async fn resource_request(
             ))
         }
         (Method::GET, Some(name)) => {
-            let obj = storage.get(&def, namespace.as_deref(), &name)?;
-            Ok(json_response(StatusCode::OK, &storage::present(&def, &obj)))
+            let obj = storage::present(&def, &*storage.get(&def, namespace.as_deref(), &name)?);
+            let format = response_format(app, &def, headers, query)?;
+            let body = format.single(obj);
+            match format {
+                Format::Table(..) => Ok(table_response(&body)),
+                _ => Ok(json_response(StatusCode::OK, &body)),
+            }
         }
         (Method::POST, None) => {
             if def.namespaced && namespace.is_none() {
@@ -459,6 +605,7 @@ struct Filter {
     def: Arc<ResourceDef>,
     prefix: Option<String>,
     opts: ListOpts,
+    format: Format,
 }
 
 impl Filter {
@@ -471,7 +618,8 @@ impl Filter {
     }
 
     fn render_object(&self, event_type: &str, obj: &Value) -> Bytes {
-        event_line(event_type, &storage::present(&self.def, obj))
+        let wire = storage::present(&self.def, obj);
+        event_line(event_type, &self.format.single(wire))
     }
 
     /// The line for an event as this watcher sees it (selector transitions included).
@@ -489,7 +637,8 @@ impl Filter {
             (_, true, false) => EventType::Deleted,
             (_, false, false) => return None,
         };
-        let same_form = self.def.representation == Representation::Plain
+        let same_form = matches!(self.format, Format::Object)
+            && self.def.representation == Representation::Plain
             && event.object.get("apiVersion").and_then(Value::as_str)
                 == Some(self.def.api_version().as_str());
         if event_type == event.event_type && same_form {
@@ -540,6 +689,7 @@ fn watch(
     namespace: Option<String>,
     opts: ListOpts,
     query: &Query_,
+    format: Format,
 ) -> Result<Response, ApiError> {
     let send_initial = query.get("sendInitialEvents").map(String::as_str);
     let bookmarks = flag(query, "allowWatchBookmarks");
@@ -566,6 +716,7 @@ fn watch(
         def: def.clone(),
         prefix: namespace.as_ref().map(|ns| format!("{ns}/")),
         opts,
+        format,
     };
     let start = match app.storage.watch(&def, namespace.as_deref(), from) {
         Ok(start) => start,

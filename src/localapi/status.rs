@@ -236,9 +236,13 @@ impl ApiError {
             .and_then(Value::as_str)
             .unwrap_or("invalid object")
             .to_owned();
+        let reason = match status.get("reason").and_then(Value::as_str) {
+            Some("BadRequest") => "BadRequest",
+            _ => "Invalid",
+        };
         ApiError {
             code,
-            reason: "Invalid",
+            reason,
             message,
             details: status.get("details").cloned(),
         }

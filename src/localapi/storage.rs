@@ -159,10 +159,6 @@ fn store_key(storage: &str, key: &str) -> String {
     format!("{storage}\u{0}{key}")
 }
 
-fn rv_of(obj: &Value) -> Option<u64> {
-    meta::meta_str(obj, "resourceVersion")?.parse().ok()
-}
-
 fn storage_err(e: StoreError) -> ApiError {
     tracing::error!(error = %e, "local API store write failed");
     ApiError::internal(format!("{e}"))
@@ -310,7 +306,13 @@ impl Storage {
             "managedFields".into(),
             managedfields::render_entries(&entries),
         );
-        match self.commit(&mut inner, &def, Arc::from("default"), None, Some(ns)) {
+        match self.commit(
+            &mut inner,
+            &def,
+            Arc::from("default"),
+            None,
+            Change::Put(ns),
+        ) {
             Ok(_) => Ok(()),
             Err(CommitError::Store(e)) => Err(e),
             Err(CommitError::Api(e)) => Err(StoreError::Decode {
@@ -329,6 +331,11 @@ impl Storage {
     /// Whether writes hit the disk (the server then runs them on blocking threads).
     pub fn is_durable(&self) -> bool {
         self.store.is_durable()
+    }
+
+    /// Admission (and through it the compiled CRD schemas).
+    pub fn admission(&self) -> &Admission {
+        &self.admission
     }
 
     /// The resource table.
@@ -390,6 +397,26 @@ impl Storage {
             }
             _ => &bucket.objects,
         };
+        // `metadata.name=<n>` in one namespace (kubectl wait/delete --wait): one lookup.
+        if let (Some(name), Some(ns), None, None) = (
+            opts.fields.required_value("metadata.name"),
+            namespace,
+            at,
+            &start,
+        ) {
+            let items: Vec<Arc<Value>> = objects
+                .get(&*object_key(Some(ns), name))
+                .filter(|o| opts.labels.matches_object(o) && opts.fields.matches_object(o))
+                .cloned()
+                .into_iter()
+                .collect();
+            return Ok(ListPage {
+                items,
+                resource_version: list_rv,
+                continue_token: None,
+                remaining: None,
+            });
+        }
         let prefix = namespace.map(|ns| format!("{ns}/"));
         let lower = match (&start, &prefix) {
             (Some(s), _) => Bound::Excluded(s.clone()),
@@ -612,7 +639,7 @@ impl Storage {
             });
         }
         let object = self
-            .commit(inner, def, key, None, Some(obj))
+            .commit(inner, def, key, None, Change::Put(obj))
             .map_err(CommitError::into_api)?;
         Ok(WriteOutcome {
             object,
@@ -786,12 +813,14 @@ impl Storage {
                 warnings,
             });
         }
-        let object = if finished {
-            self.commit(&mut inner, def, key, Some(old), None)
+        let change = if finished {
+            Change::Remove(Some(new))
         } else {
-            self.commit(&mut inner, def, key, Some(old), Some(new))
-        }
-        .map_err(CommitError::into_api)?;
+            Change::Put(new)
+        };
+        let object = self
+            .commit(&mut inner, def, key, Some(old), change)
+            .map_err(CommitError::into_api)?;
         Ok(WriteOutcome {
             object,
             created: false,
@@ -882,7 +911,7 @@ impl Storage {
                 });
             }
             let object = self
-                .commit(inner, def, key, Some(old), Some(new))
+                .commit(inner, def, key, Some(old), Change::Put(new))
                 .map_err(CommitError::into_api)?;
             return Ok(WriteOutcome {
                 object,
@@ -898,7 +927,7 @@ impl Storage {
             });
         }
         let object = self
-            .commit(inner, def, key, Some(old), None)
+            .commit(inner, def, key, Some(old), Change::Remove(None))
             .map_err(CommitError::into_api)?;
         Ok(WriteOutcome {
             object,
@@ -947,7 +976,7 @@ impl Storage {
         }
         if namespace_is_empty(inner, &self.table, &ns) {
             let object = self
-                .commit(inner, def, key, Some(old), None)
+                .commit(inner, def, key, Some(old), Change::Remove(None))
                 .map_err(CommitError::into_api)?;
             return Ok(WriteOutcome {
                 object,
@@ -959,7 +988,7 @@ impl Storage {
         mark_deleting(&mut new);
         new["status"] = json!({"phase": "Terminating"});
         let object = self
-            .commit(inner, def, key, Some(old), Some(new))
+            .commit(inner, def, key, Some(old), Change::Put(new))
             .map_err(CommitError::into_api)?;
         Ok(WriteOutcome {
             object,
@@ -1020,12 +1049,12 @@ impl Storage {
         def: &ResourceDef,
         key: Arc<str>,
         old: Option<Arc<Value>>,
-        new: Option<Value>,
+        change: Change,
     ) -> Result<Arc<Value>, CommitError> {
         let rv = inner.resource_version + 1;
         let full_key = store_key(&def.storage, &key);
-        let (event_type, object) = match new {
-            Some(mut obj) => {
+        let (event_type, object) = match change {
+            Change::Put(mut obj) => {
                 meta::meta_mut(&mut obj).insert("resourceVersion".into(), json!(rv.to_string()));
                 let json = serde_json::to_vec(&obj)
                     .map_err(|e| CommitError::Api(ApiError::internal(e.to_string())))?;
@@ -1045,14 +1074,14 @@ impl Storage {
                 };
                 (event_type, Arc::new(obj))
             }
-            None => {
+            Change::Remove(last) => {
                 let Some(old) = &old else {
                     return Err(CommitError::Api(ApiError::internal("nothing to delete")));
                 };
                 self.store
                     .commit(&[StoreOp::Delete { key: &full_key }], rv)
                     .map_err(CommitError::Store)?;
-                let mut last = (**old).clone();
+                let mut last = last.unwrap_or_else(|| (**old).clone());
                 meta::meta_mut(&mut last).insert("resourceVersion".into(), json!(rv.to_string()));
                 (EventType::Deleted, Arc::new(last))
             }
@@ -1108,9 +1137,23 @@ impl Storage {
         let Some(def) = self.table.get("", "v1", "namespaces") else {
             return Ok(());
         };
-        self.commit(inner, &def, Arc::from(ns), Some(ns_obj), None)
-            .map(|_| ())
+        self.commit(
+            inner,
+            &def,
+            Arc::from(ns),
+            Some(ns_obj),
+            Change::Remove(None),
+        )
+        .map(|_| ())
     }
+}
+
+/// What a commit does to one object.
+enum Change {
+    /// Create or replace it with this content.
+    Put(Value),
+    /// Remove it; its last state is this content (None: as stored).
+    Remove(Option<Value>),
 }
 
 enum CommitError {
@@ -1276,10 +1319,8 @@ fn prepare_builtin(def: &ResourceDef, obj: &mut Value) {
                 obj["type"] = json!("Opaque");
             }
         }
-        ("", "namespaces") => {
-            if obj.get("status").and_then(|s| s.get("phase")).is_none() {
-                obj["status"] = json!({"phase": "Active"});
-            }
+        ("", "namespaces") if obj.get("status").and_then(|s| s.get("phase")).is_none() => {
+            obj["status"] = json!({"phase": "Active"});
         }
         _ => {}
     }
@@ -1350,12 +1391,7 @@ fn decode_continue(token: &str) -> Result<(u64, String), ApiError> {
     Ok((rv, start))
 }
 
-/// The resourceVersion of a stored object (0 when missing).
-pub fn object_rv(obj: &Value) -> u64 {
-    rv_of(obj).unwrap_or(0)
-}
-
-/// A JSON object map helper for list rendering.
+/// The `metadata` of a list response.
 pub fn list_metadata(rv: u64, continue_token: Option<&str>, remaining: Option<usize>) -> Value {
     let mut m = Map::new();
     m.insert("resourceVersion".into(), json!(rv.to_string()));

@@ -18,6 +18,7 @@ mod cel;
 mod errors;
 mod jsonpath;
 mod meta;
+pub mod openapi;
 mod structural;
 pub mod table;
 pub mod validate;

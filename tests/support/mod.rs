@@ -131,6 +131,11 @@ impl TestCluster {
         self.handle().addr()
     }
 
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        self.handle().url()
+    }
+
     /// A kubeconfig file pointing at the cluster.
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig_path

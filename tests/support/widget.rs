@@ -52,3 +52,11 @@ pub fn widget(name: &str, size: i64) -> Widget {
         status: None,
     }
 }
+
+/// A cluster-scoped test kind, `Gadget` (`test.tether.dev/v1`, no status subresource).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(group = "test.tether.dev", version = "v1", kind = "Gadget")]
+pub struct GadgetSpec {
+    /// A label.
+    pub label: String,
+}
