@@ -211,17 +211,25 @@ impl ManifestObject {
             field: field.to_string(),
             reason: reason.to_string(),
         };
+        // YAML reads `name: yes`, `name: 1.10` or `name: null` as a bool, a number or null.
+        let not_a_string = |field: &str, value: &Value| {
+            let reason = match value {
+                Value::String(_) => "must not be empty".to_string(),
+                other => format!("must be a string, got {other} (quote it in YAML)"),
+            };
+            error(field, &reason)
+        };
         let Value::Object(map) = &body else {
             return Err(error("", "a manifest must be a YAML mapping (an object)"));
         };
         let api_version = match map.get("apiVersion") {
             Some(Value::String(s)) if !s.is_empty() => s.as_str(),
-            Some(_) => return Err(error("apiVersion", "must be a non-empty string")),
+            Some(other) => return Err(not_a_string("apiVersion", other)),
             None => return Err(error("apiVersion", "Required value")),
         };
         let kind = match map.get("kind") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(_) => return Err(error("kind", "must be a non-empty string")),
+            Some(other) => return Err(not_a_string("kind", other)),
             None => return Err(error("kind", "Required value")),
         };
         let (group, version) = match api_version.split_once('/') {
@@ -240,7 +248,7 @@ impl ManifestObject {
         };
         let name = match metadata.get("name") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(_) => return Err(error("metadata.name", "must be a non-empty string")),
+            Some(other) => return Err(not_a_string("metadata.name", other)),
             None if metadata.contains_key("generateName") => {
                 return Err(error(
                     "metadata.name",
@@ -252,7 +260,7 @@ impl ManifestObject {
         let namespace = match metadata.get("namespace") {
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
             Some(Value::String(_)) | None | Some(Value::Null) => None,
-            Some(_) => return Err(error("metadata.namespace", "must be a string")),
+            Some(other) => return Err(not_a_string("metadata.namespace", other)),
         };
         Ok(Self {
             index,
@@ -315,6 +323,14 @@ mod tests {
     fn a_document_that_is_not_a_mapping_is_rejected() {
         let docs = objects("- a\n- b\n");
         assert!(docs[0].as_ref().unwrap_err().reason.contains("mapping"));
+    }
+
+    #[test]
+    fn a_name_that_yaml_reads_as_a_bool_says_to_quote_it() {
+        let docs = objects("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: true}\n");
+        let err = docs[0].as_ref().unwrap_err();
+        assert_eq!(err.field, "metadata.name");
+        assert_eq!(err.reason, "must be a string, got true (quote it in YAML)");
     }
 
     #[test]
