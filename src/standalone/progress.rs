@@ -230,15 +230,21 @@ pub fn conditions(obj: &Value) -> Vec<Condition> {
         .unwrap_or_default()
 }
 
-/// The conditions of `new` that are transitions from `old`: new types, and types whose
-/// status or reason changed. A message that changes under the same status and reason is
-/// not a transition (controllers refresh messages; printing each would flood the terminal).
+/// Conditions with "abnormal-true" polarity (kstatus): `False` is their normal state, so
+/// they are only worth a line when they turn `True`; `Ready` already says all is well.
+const ABNORMAL_TRUE: [&str; 2] = ["Reconciling", "Stalled"];
+
+/// The conditions of `new` that are transitions from `old` worth a line: new types, and
+/// types whose status or reason changed — except `Reconciling`/`Stalled` going back to
+/// `False`. A message that changes under the same status and reason is not a transition
+/// (controllers refresh messages; printing each would flood the terminal).
 pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<Condition> {
     new.iter()
         .filter(|n| {
             !old.iter()
                 .any(|o| o.type_ == n.type_ && o.status == n.status && o.reason == n.reason)
         })
+        .filter(|n| !(ABNORMAL_TRUE.contains(&n.type_.as_str()) && n.status == "False"))
         .cloned()
         .collect()
 }
@@ -484,6 +490,21 @@ mod tests {
             .map(|c| c.type_)
             .collect();
         assert_eq!(types, vec!["Stalled", "Synced"]);
+    }
+
+    #[test]
+    fn reconciling_and_stalled_print_when_they_turn_true_not_when_they_clear() {
+        let old = vec![cond("Stalled", "True", "BadToken", "token rejected")];
+        let new = vec![
+            cond("Stalled", "False", "NotStalled", ""),
+            cond("Reconciling", "True", "Progressing", "creating 3 objects"),
+            cond("Ready", "False", "Reconciling", "creating 3 objects"),
+        ];
+        let types: Vec<String> = transitions(&old, &new)
+            .into_iter()
+            .map(|c| c.type_)
+            .collect();
+        assert_eq!(types, vec!["Reconciling", "Ready"]);
     }
 
     #[test]
