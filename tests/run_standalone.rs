@@ -177,15 +177,49 @@ fn a_changed_file_is_re_applied_and_a_removed_file_is_pruned() {
     );
     run.wait_for("applied  configmap staging/nested  (more/nested/extra.yaml)");
 
+    // Someone takes `extra` over (removes the tether-run label): it is theirs now.
+    run.kubectl_ok(&[
+        "label",
+        "configmap",
+        "extra",
+        "-n",
+        "staging",
+        "app.kubernetes.io/managed-by-",
+    ]);
     ws.remove("app/config.yaml");
     run.wait_for("pruned   configmap staging/app  (no longer in app/config.yaml)");
-    run.wait_for("pruned   configmap staging/extra");
-    run.wait_for("synced");
+    let summary = run.wait_for("synced");
+    assert!(summary.contains("1 pruned"), "{summary}");
     let gone = run.kubectl(&["get", "configmap", "app", "-n", "staging"]);
     assert!(!gone.status.success());
     assert!(String::from_utf8_lossy(&gone.stderr).contains("NotFound"));
-    // Objects of the other files are untouched.
+    run.kubectl_ok(&["get", "configmap", "extra", "-n", "staging"]);
+    // Objects of the other files are untouched, and the inventory no longer lists `app`.
     run.kubectl_ok(&["get", "secret", "tokens", "-n", "staging"]);
+    let inventory = run.kubectl_ok(&[
+        "get",
+        "configmap",
+        "tether-run-inventory",
+        "-n",
+        "default",
+        "-o",
+        r"jsonpath={.data.entries\.json}",
+    ]);
+    let entries: serde_json::Value = serde_json::from_str(&inventory).expect("inventory JSON");
+    let names: Vec<&str> = entries
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"nested") && names.contains(&"tokens"),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"app") && !names.contains(&"extra"),
+        "{names:?}"
+    );
 }
 
 #[test]
