@@ -47,6 +47,22 @@ pub struct Syncer {
     seen: BTreeMap<String, Seen>,
 }
 
+/// What one pass did, for its summary line and the next pass.
+#[derive(Default)]
+struct Pass {
+    /// Errors per manifest file.
+    errors: BTreeMap<String, usize>,
+    applied: usize,
+    pruned: usize,
+    prune_errors: usize,
+}
+
+impl Pass {
+    fn error_in(&mut self, file: &str) {
+        *self.errors.entry(file.to_string()).or_default() += 1;
+    }
+}
+
 /// A document ready to apply.
 struct Planned<'a> {
     file: &'a str,
@@ -82,13 +98,57 @@ impl Syncer {
             .iter()
             .map(|p| SourceFile::read(&self.root, p))
             .collect();
-        let mut errors: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut pass = Pass::default();
+        let (desired, mut plan) = self.resolve(&files, &mut pass).await;
+        plan.sort_by_key(|p| rank(&p.object.gvk, &self.tether_groups));
 
-        // Parse and resolve every document: the desired set needs all of them, the apply
-        // list only the changed files.
+        // Intent record first, so that whatever gets created below is known even if the
+        // process dies before the final inventory is written.
+        let old = self.inventory.load().await?;
+        let mut about_to_apply = Inventory::default();
+        for p in &plan {
+            about_to_apply.insert(entry(p.object, &p.resolved, p.file));
+        }
+        if !about_to_apply.is_empty() {
+            self.inventory.save(&old.union(&about_to_apply)).await?;
+        }
+
+        self.apply(&plan, &mut pass).await;
+        let kept = self.prune(&old, &desired, &mut pass).await;
+        let new = kept.union(&desired);
+        if new != old {
+            self.inventory.save(&new).await?;
+        }
+
+        self.reporter.print(Progress::Synced {
+            files: files.len(),
+            applied: pass.applied,
+            pruned: pass.pruned,
+            errors: pass.errors.values().sum::<usize>() + pass.prune_errors,
+        });
+        self.seen = files
+            .iter()
+            .map(|f| {
+                let seen = Seen {
+                    content: f.content.clone(),
+                    had_errors: pass.errors.contains_key(&f.path),
+                };
+                (f.path.clone(), seen)
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// Parses and resolves every document: the desired set needs all of them, the apply
+    /// plan only those of files that changed (or had errors) since the last pass.
+    async fn resolve<'a>(
+        &mut self,
+        files: &'a [SourceFile],
+        pass: &mut Pass,
+    ) -> (Inventory, Vec<Planned<'a>>) {
         let mut desired = Inventory::default();
-        let mut plan: Vec<Planned<'_>> = Vec::new();
-        for file in &files {
+        let mut plan = Vec::new();
+        for file in files {
             let changed = self
                 .seen
                 .get(&file.path)
@@ -99,7 +159,7 @@ impl Syncer {
                     if changed {
                         self.report_file_error(&file.path, err);
                     }
-                    *errors.entry(&file.path).or_default() += 1;
+                    pass.error_in(&file.path);
                     continue;
                 }
             };
@@ -114,17 +174,13 @@ impl Syncer {
                                 reason: err.to_string(),
                             });
                         }
-                        *errors.entry(&file.path).or_default() += 1;
+                        pass.error_in(&file.path);
                         continue;
                     }
                 };
                 match self.applier.resolve(&object.gvk).await {
                     Ok(resolved) => {
-                        desired.insert(Entry {
-                            id: object_id(object, &resolved),
-                            api_version: object.gvk.api_version(),
-                            source: file.path.clone(),
-                        });
+                        desired.insert(entry(object, &resolved, &file.path));
                         if changed {
                             plan.push(Planned {
                                 file: &file.path,
@@ -137,34 +193,21 @@ impl Syncer {
                         if changed {
                             self.report_apply_error(&file.path, object, None, &err);
                         }
-                        *errors.entry(&file.path).or_default() += 1;
+                        pass.error_in(&file.path);
                     }
                 }
             }
         }
-        plan.sort_by_key(|p| rank(&p.object.gvk, &self.tether_groups));
+        (desired, plan)
+    }
 
-        // Intent record first, so that whatever gets created below is known even if the
-        // process dies before the final inventory is written.
-        let old = self.inventory.load().await?;
-        let mut about_to_apply = Inventory::default();
-        for p in &plan {
-            about_to_apply.insert(Entry {
-                id: object_id(p.object, &p.resolved),
-                api_version: p.object.gvk.api_version(),
-                source: p.file.to_string(),
-            });
-        }
-        if !about_to_apply.is_empty() {
-            self.inventory.save(&old.union(&about_to_apply)).await?;
-        }
-
-        let mut applied = 0;
-        for p in &plan {
+    /// Applies the plan in order, one line per object.
+    async fn apply(&self, plan: &[Planned<'_>], pass: &mut Pass) {
+        for p in plan {
             let id = object_id(p.object, &p.resolved);
             match self.applier.apply(p.object, &p.resolved, p.file).await {
                 Ok(_) => {
-                    applied += 1;
+                    pass.applied += 1;
                     self.reporter.print(Progress::Applied {
                         id,
                         source: p.file.to_string(),
@@ -172,69 +215,52 @@ impl Syncer {
                 }
                 Err(err) => {
                     self.report_apply_error(p.file, p.object, Some(id.to_string()), &err);
-                    *errors.entry(p.file).or_default() += 1;
+                    pass.error_in(p.file);
                 }
             }
         }
+    }
 
-        // Prune what the previous inventory has and the manifests no longer do.
-        let held: BTreeSet<String> = errors.keys().map(|f| f.to_string()).collect();
+    /// Deletes what the previous inventory `old` has and `desired` no longer does, except
+    /// what came from a file with errors. Returns the entries of `old` to keep (those of
+    /// files with errors, and those whose delete failed, to retry on the next pass).
+    async fn prune(&mut self, old: &Inventory, desired: &Inventory, pass: &mut Pass) -> Inventory {
+        let held: BTreeSet<String> = pass.errors.keys().cloned().collect();
         let mut kept = old.from_sources(&held);
-        let mut pruned = 0;
-        let mut prune_errors = 0;
         // Reverse apply order: Tether objects go before the Secrets they name, and
         // Namespaces last.
-        let mut stale = old.stale(&desired, &held);
+        let mut stale = old.stale(desired, &held);
         stale.sort_by_key(|e| {
             let gvk = GroupVersionKind::gvk(&e.id.group, "", &e.id.kind);
             std::cmp::Reverse(rank(&gvk, &self.tether_groups))
         });
-        for entry in stale {
-            match self.applier.delete(&entry.id, &entry.api_version).await {
-                Ok(deleted) => {
-                    if deleted {
-                        pruned += 1;
-                        self.reporter.print(Progress::Pruned {
-                            id: entry.id.clone(),
-                            source: entry.source.clone(),
-                        });
-                    }
+        for stale_entry in stale {
+            match self
+                .applier
+                .delete(&stale_entry.id, &stale_entry.api_version)
+                .await
+            {
+                Ok(true) => {
+                    pass.pruned += 1;
+                    self.reporter.print(Progress::Pruned {
+                        id: stale_entry.id.clone(),
+                        source: stale_entry.source.clone(),
+                    });
                 }
+                // Already gone, or taken over by someone else.
+                Ok(false) => {}
                 Err(err) => {
-                    prune_errors += 1;
+                    pass.prune_errors += 1;
                     self.reporter.print(Progress::Error {
-                        place: entry.source.clone(),
-                        object: Some(format!("failed to prune {}", entry.id)),
+                        place: stale_entry.source.clone(),
+                        object: Some(format!("failed to prune {}", stale_entry.id)),
                         reason: err.to_string(),
                     });
-                    // Keep it to try again on the next pass.
-                    kept.insert(entry);
+                    kept.insert(stale_entry);
                 }
             }
         }
-        let new = kept.union(&desired);
-        if new != old {
-            self.inventory.save(&new).await?;
-        }
-
-        let error_count = errors.values().sum::<usize>() + prune_errors;
-        self.reporter.print(Progress::Synced {
-            files: files.len(),
-            applied,
-            pruned,
-            errors: error_count,
-        });
-        self.seen = files
-            .iter()
-            .map(|f| {
-                let seen = Seen {
-                    content: f.content.clone(),
-                    had_errors: errors.contains_key(f.path.as_str()),
-                };
-                (f.path.clone(), seen)
-            })
-            .collect();
-        Ok(())
+        kept
     }
 
     fn report_file_error(&self, path: &str, err: &FileError) {
@@ -279,6 +305,15 @@ impl Syncer {
             object: Some(object_name),
             reason: err.to_string(),
         });
+    }
+}
+
+/// The inventory entry of `object` from manifest file `source`.
+fn entry(object: &ManifestObject, resolved: &Resolved, source: &str) -> Entry {
+    Entry {
+        id: object_id(object, resolved),
+        api_version: object.gvk.api_version(),
+        source: source.to_string(),
     }
 }
 
