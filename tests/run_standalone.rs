@@ -354,7 +354,7 @@ fn status_written_by_the_controllers_survives_a_sigkill() {
     let ws = standard_workspace();
     let run = ws.start();
     // The Environment controller has reported on `web` (observedGeneration is current).
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(8);
     let before = loop {
         let env = environment_json(&run);
         let status = &env["status"];
