@@ -20,6 +20,14 @@ enum Command {
         #[arg(long = "out-dir")]
         out_dirs: Vec<std::path::PathBuf>,
     },
+    /// Run the Environment, Release and Migration controllers against a Kubernetes API.
+    Controller(tether::controller::cli::ControllerArgs),
+    /// Print every metric name the binary registers, one per line.
+    #[command(hide = true)]
+    MetricsNames,
+    /// Print the Kubernetes API calls the controllers make, as JSON.
+    #[command(hide = true)]
+    Rbac,
     /// Check manifests offline as the API server would admit them: every Tether object
     /// against the CRD schemas and CEL rules, other kinds for apiVersion/kind/metadata.
     /// Prints `file:document: Kind/name: field: message` per problem; exits 1 if any.
@@ -30,14 +38,6 @@ enum Command {
     },
     /// Standalone mode: run the embedded API and the controllers against a folder of manifests.
     Run(tether::standalone::RunArgs),
-    /// Run the Environment, Release and Migration controllers against a Kubernetes API.
-    Controller(tether::controller::cli::ControllerArgs),
-    /// Print every metric name the binary registers, one per line.
-    #[command(hide = true)]
-    MetricsNames,
-    /// Print the Kubernetes API calls the controllers make, as JSON.
-    #[command(hide = true)]
-    Rbac,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,13 +53,6 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Validate { paths } => {
-            if !tether::schema::validate::run(&paths)? {
-                std::process::exit(1);
-            }
-            Ok(())
-        }
-        Command::Run(args) => Ok(tether::standalone::run(args)?),
         Command::Controller(args) => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(tether::controller::cli::run_cli(args))?;
@@ -73,5 +66,12 @@ fn main() -> anyhow::Result<()> {
             println!("{}", tether::controller::rbac::to_json());
             Ok(())
         }
+        Command::Validate { paths } => {
+            if !tether::schema::validate::run(&paths)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Run(args) => Ok(tether::standalone::run(args)?),
     }
 }

@@ -130,7 +130,17 @@ async fn discovery_lists_custom_kinds_with_their_names_scope_and_status_subresou
     assert_eq!(cluster.url(), format!("http://{}", cluster.addr()));
     let kubeconfig = std::fs::read_to_string(cluster.kubeconfig_path()).unwrap();
     assert!(kubeconfig.contains(&cluster.url()), "{kubeconfig}");
-    let discovery = kube::Discovery::new(cluster.client()).run().await.unwrap();
+    let client = cluster.client();
+    let version = client.apiserver_version().await.unwrap();
+    assert_eq!(
+        (version.major.as_str(), version.minor.as_str()),
+        ("1", "33")
+    );
+    for probe in ["/healthz", "/readyz", "/livez"] {
+        let request = http::Request::get(probe).body(Vec::new()).unwrap();
+        assert_eq!(client.request_text(request).await.unwrap(), "ok");
+    }
+    let discovery = kube::Discovery::new(client).run().await.unwrap();
     let (widget_res, caps) = discovery
         .groups()
         .flat_map(|g| g.recommended_resources())

@@ -290,3 +290,65 @@ async fn kubectl_applies_the_samples_prints_printer_columns_explains_and_shows_c
         rejected.stderr
     );
 }
+
+#[tokio::test]
+async fn kubectl_imperative_commands_create_label_patch_and_wait() {
+    let cluster = cluster().await;
+    // kubectl's typed clients send protobuf bodies for these.
+    ok(cluster.kubectl(&["create", "namespace", "team"]).await);
+    ok(cluster
+        .kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            "tokens",
+            "--from-literal=render=abc",
+            "-n",
+            "team",
+        ])
+        .await);
+    ok(cluster
+        .kubectl(&[
+            "create",
+            "configmap",
+            "settings",
+            "--from-literal=mode=fast",
+        ])
+        .await);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(cluster.client(), "team");
+    assert_eq!(
+        secrets.get("tokens").await.unwrap().data.unwrap()["render"].0,
+        b"abc".to_vec()
+    );
+    ok(cluster
+        .kubectl(&["label", "configmap", "settings", "app=web"])
+        .await);
+    ok(cluster
+        .kubectl(&[
+            "patch",
+            "configmap",
+            "settings",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/data/level","value":"3"}]"#,
+        ])
+        .await);
+    ok(cluster
+        .kubectl(&[
+            "wait",
+            "--for=jsonpath={.data.level}=3",
+            "configmap/settings",
+            "--timeout=20s",
+        ])
+        .await);
+    let listed = ok(cluster
+        .kubectl(&["get", "configmaps", "-l", "app=web", "-o", "name"])
+        .await);
+    assert_eq!(listed.trim(), "configmap/settings");
+    let namespaces = ok(cluster.kubectl(&["get", "namespaces"]).await);
+    assert!(
+        namespaces.contains("team") && namespaces.contains("Active"),
+        "{namespaces}"
+    );
+}

@@ -147,6 +147,22 @@ async fn recorder_events_are_listed_with_core_v1_involved_object_field_selectors
     assert_eq!(ev.series.as_ref().and_then(|s| s.count), Some(2));
     let all = core.list(&ListParams::default()).await.unwrap();
     assert_eq!(all.items.len(), 2);
+
+    // The same events read back through events.k8s.io/v1, selected by `regarding.*`.
+    let v1: Api<k8s_openapi::api::events::v1::Event> = Api::default_namespaced(cluster.client());
+    let listed = v1
+        .list(&ListParams::default().fields("regarding.name=ev"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(
+        listed.items[0].note.as_deref(),
+        Some("hello from the recorder")
+    );
+    assert_eq!(
+        listed.items[0].reporting_controller.as_deref(),
+        Some("tether-test")
+    );
 }
 
 #[tokio::test]

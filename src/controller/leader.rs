@@ -78,6 +78,7 @@ pub async fn run_elected(
     info!(lease = %lease.name, identity = %lease.identity, "waiting for leadership");
 
     let mut result = Ok(());
+    let mut manager_stopped = false;
     loop {
         if *leading.borrow_and_update() {
             info!(identity = %lease.identity, "acquired leadership; starting controllers");
@@ -91,33 +92,44 @@ pub async fn run_elected(
                 term.clone(),
             );
             tokio::pin!(controllers);
-            let lost = tokio::select! {
-                outcome = &mut controllers => {
-                    result = outcome;
-                    false
+            let finished = tokio::select! {
+                outcome = &mut controllers => Some(outcome),
+                changed = leading.changed() => {
+                    if changed.is_err() {
+                        manager_stopped = true;
+                    }
+                    if manager_stopped || !*leading.borrow() {
+                        warn!(identity = %lease.identity, "lost leadership; stopping controllers");
+                    }
+                    None
                 }
-                changed = leading.changed() => changed.is_err() || !*leading.borrow(),
-                () = shutdown.cancelled() => false,
+                () = shutdown.cancelled() => None,
             };
-            if lost {
-                warn!(identity = %lease.identity, "lost leadership; stopping controllers");
-            }
             term.cancel();
-            if let Err(error) = (&mut controllers).await
-                && result.is_ok()
-            {
+            let outcome = match finished {
+                Some(outcome) => outcome,
+                None => controllers.await,
+            };
+            if let Err(error) = outcome {
                 result = Err(error);
             }
             health.set_ready(true);
-            if shutdown.is_cancelled() || result.is_err() {
+            if shutdown.is_cancelled() || result.is_err() || manager_stopped {
                 break;
             }
         } else {
             tokio::select! {
-                changed = leading.changed() => if changed.is_err() { break },
+                changed = leading.changed() => if changed.is_err() {
+                    manager_stopped = true;
+                    break;
+                },
                 () = shutdown.cancelled() => break,
             }
         }
+    }
+    if manager_stopped && result.is_ok() {
+        // Never keep running (or report success) without a working election.
+        result = Err(ControllerError::LeaseManagerStopped);
     }
 
     // Dropping the receiver makes the manager release the Lease and return.

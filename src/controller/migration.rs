@@ -234,8 +234,12 @@ impl Reconciled for Migration {
             .and_then(|r| snapshot.config_map(&r.name));
         let plan = plan(&self.spec, config_map)?;
         tracing::debug!(%plan, "planned");
-        // Act: `crate::migrate` (lint, dry-run, lock, apply, record, verify) runs `plan`
-        // here and its run report fills `applied`, `findings` and `latestVersion`.
+        // Act — the seam for the migrate engine (branch `migrate`, not on main yet): read the
+        // database URL (the connection Secret's key, or the Environment's Supabase
+        // database), build the set with `migrate::reconcile::resolve_source(&spec.source,
+        // config_map)`, run `migrate::reconcile::run_migration`, and report with
+        // `migrate::reconcile::status_from` instead of `report(&plan)` below. Until then
+        // nothing is applied and every version is reported pending.
         let mut report = report(&plan);
         report.requeue_after = Some(interval);
         Ok(report)

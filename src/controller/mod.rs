@@ -95,6 +95,9 @@ pub enum ControllerError {
         /// The lease manager's error.
         source: kube_lease_manager::LeaseManagerError,
     },
+    /// The lease manager stopped on its own, so leadership can no longer be known.
+    #[error("failed to keep leader election running: the lease manager stopped")]
+    LeaseManagerStopped,
     /// A controller task panicked.
     #[error("failed to run the {0} controller: its task ended abnormally")]
     Join(&'static str),
@@ -230,9 +233,9 @@ pub(crate) async fn run_registered(
         let health = health.clone();
         async move {
             let synced = futures::future::join3(
-                env_store.wait_until_ready(),
-                release_store.wait_until_ready(),
-                migration_store.wait_until_ready(),
+                synced(&env_store),
+                synced(&release_store),
+                synced(&migration_store),
             )
             .await;
             if let (Ok(()), Ok(()), Ok(())) = synced {
@@ -265,6 +268,24 @@ pub(crate) async fn run_registered(
     readiness.abort();
     health.set_ready(false);
     result
+}
+
+/// Waits until `store` has its first complete list.
+///
+/// `Store::wait_until_ready` keeps one waker per store, and the controller's own applier
+/// waits on the same store, so a second waiter can miss the wake-up; polling it again on a
+/// short tick makes the wait reliable.
+async fn synced<K>(store: &Store<K>) -> Result<(), kube::runtime::reflector::store::WriterDropped>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    loop {
+        if let Ok(result) =
+            tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await
+        {
+            return result;
+        }
+    }
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -328,4 +349,56 @@ fn spawn_controller<K: Reconciled>(
             } => warn!(controller = K::CONTROLLER, "shutdown grace period ran out"),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher::Event;
+
+    fn decoded(value: serde_json::Value) -> Decoded<Environment> {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn env(namespace: &str, name: &str, token_secret: &str) -> Decoded<Environment> {
+        decoded(serde_json::json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"credentials": {"fly": {"name": token_secret}}},
+        }))
+    }
+
+    fn secret(namespace: &str, name: &str) -> MetaOnly<Secret> {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": namespace},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_secret_change_maps_to_the_objects_in_its_namespace_that_reference_it() {
+        let mut writer: Writer<Decoded<Environment>> = Writer::default();
+        for obj in [
+            env("a", "uses-it", "fly-token"),
+            env("a", "other", "different"),
+            env("b", "same-name-other-namespace", "fly-token"),
+            decoded(serde_json::json!({
+                "metadata": {"name": "malformed", "namespace": "a"},
+                "spec": {"suspend": "no"},
+            })),
+        ] {
+            writer.apply_watcher_event(&Event::Apply(obj));
+        }
+        let mapper = referencing(
+            writer.as_reader(),
+            |env: &Environment, s: &MetaOnly<Secret>| {
+                environment::references_secret(env, &s.name_any())
+            },
+        );
+        let refs = mapper(secret("a", "fly-token"));
+        let names: Vec<&str> = refs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["uses-it"]);
+        assert!(mapper(secret("a", "unrelated")).is_empty());
+    }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use kube::api::{Patch, PatchParams};
 use kube::core::NamespaceResourceScope;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -55,7 +55,12 @@ pub struct Context {
 impl Context {
     /// A context for controllers talking to `client`.
     pub fn new(client: Client, metrics: ControllerMetrics, backoff: Backoff) -> Self {
-        let recorder = Recorder::new(client.clone(), FIELD_MANAGER.into());
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            // Tells replicas apart in `kubectl describe` (the chart sets POD_NAME).
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        let recorder = Recorder::new(client.clone(), reporter);
         Self {
             client,
             recorder,

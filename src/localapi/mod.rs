@@ -14,6 +14,7 @@ pub mod events;
 pub mod managedfields;
 pub mod meta;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
 pub mod routes;
 pub mod selector;

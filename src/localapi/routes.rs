@@ -22,6 +22,7 @@ use super::admission::parse_field_validation;
 use super::discovery;
 use super::events;
 use super::patch::{self, PatchType};
+use super::protobuf;
 use super::resources::{Representation, ResourceDef};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
@@ -295,6 +296,21 @@ fn table_response(value: &Value) -> Response {
         .into_response()
 }
 
+/// Decodes a POST/PUT body: JSON, or the protobuf kubectl's typed clients send for
+/// ConfigMaps, Secrets and Namespaces; anything else gets 415.
+fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    match content_type.split(';').next().unwrap_or_default().trim() {
+        "" | "application/json" | "*/*" => patch::decode_json(body),
+        "application/vnd.kubernetes.protobuf" => protobuf::decode(body)
+            .map_err(|e| ApiError::unsupported_media_type_because(content_type, &e.to_string())),
+        _ => Err(ApiError::unsupported_media_type(content_type)),
+    }
+}
+
 fn flag(query: &Query_, key: &str) -> bool {
     matches!(query.get(key).map(String::as_str), Some("true" | "1"))
 }
@@ -492,7 +508,7 @@ async fn resource_request(
                 )));
             }
             let ctx = write_ctx(query, headers, false)?;
-            let obj = patch::decode_json(&body)?;
+            let obj = decode_body(headers, &body)?;
             let d = def.clone();
             let outcome = run_write(storage, move |s| {
                 s.create(&d, namespace.as_deref(), obj, &ctx)
@@ -502,7 +518,7 @@ async fn resource_request(
         }
         (Method::PUT, Some(name)) => {
             let ctx = write_ctx(query, headers, false)?;
-            let obj = patch::decode_json(&body)?;
+            let obj = decode_body(headers, &body)?;
             let d = def.clone();
             let outcome = run_write(storage, move |s| {
                 s.modify(

@@ -202,6 +202,17 @@ impl ApiError {
         )
     }
 
+    /// 415 for a body in a media type that is accepted only for some kinds.
+    pub fn unsupported_media_type_because(content_type: &str, why: &str) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request in {content_type:?} cannot be handled: {why}; send application/json"
+            ),
+        )
+    }
+
     /// 500 for a storage failure (never carries object contents).
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)

@@ -1,0 +1,124 @@
+//! The `tether` binary's controller surface: `tether controller` starts against a kubeconfig,
+//! turns ready, and exits cleanly on SIGTERM; the hidden `tether rbac` and
+//! `tether metrics-names` print what the Helm chart's tests compare against.
+
+pub mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{TestCluster, eventually};
+
+const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+
+#[test]
+fn rbac_prints_the_controllers_api_calls_as_json() {
+    let out = Command::new(TETHER).arg("rbac").output().unwrap();
+    assert!(out.status.success());
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected = serde_json::to_value(tether::controller::rbac::API_ACCESS).unwrap();
+    assert_eq!(printed, expected);
+    assert!(
+        printed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["apiGroup"] == "coordination.k8s.io" && a["resource"] == "leases")
+    );
+}
+
+#[test]
+fn metrics_names_lists_every_registered_metric() {
+    let out = Command::new(TETHER).arg("metrics-names").output().unwrap();
+    assert!(out.status.success());
+    let names = String::from_utf8(out.stdout).unwrap();
+    for name in [
+        "controller_runtime_reconcile_total",
+        "controller_runtime_reconcile_errors_total",
+        "controller_runtime_reconcile_time_seconds",
+        "tether_reconcile_stalled",
+    ] {
+        assert!(
+            names.lines().any(|l| l == name),
+            "{name} missing from {names}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_controller_becomes_ready_and_shuts_down_gracefully_on_sigterm() {
+    let cluster = TestCluster::start().await;
+    let mut child = Command::new(TETHER)
+        .args([
+            "controller",
+            "--leader-elect=false",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log-level",
+            "info",
+        ])
+        .env("KUBECONFIG", cluster.kubeconfig_path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // JSON logs: find the line announcing the bound address.
+    let stderr = child.stderr.take().unwrap();
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut addr_tx = Some(addr_tx);
+        // Keep draining stderr so the child never blocks on a full pipe.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if let Some(addr) = value["addr"].as_str().and_then(|a| a.parse().ok())
+                && let Some(tx) = addr_tx.take()
+            {
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr: std::net::SocketAddr = tokio::time::timeout(Duration::from_secs(20), addr_rx)
+        .await
+        .expect("the controller logs its metrics address in time")
+        .expect("the controller logs its metrics address as JSON");
+
+    eventually(Duration::from_secs(20), || async {
+        let response = reqwest_free_get(addr, "/readyz").await?;
+        response.starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the controller did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+}
+
+/// A minimal HTTP GET (the crate has no HTTP client dependency).
+async fn reqwest_free_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    Some(response)
+}

@@ -1,0 +1,140 @@
+//! Leader election end to end: two controller instances share one API and one Lease; only
+//! the holder reconciles, and the other takes over once the first stops (releasing the
+//! Lease on shutdown).
+
+pub mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use support::{TestCluster, eventually};
+use tether::api::Environment;
+use tether::controller::leader::{LeaseConfig, run_elected};
+use tether::controller::{ControllerConfig, Health};
+use tether::telemetry::MetricsRegistry;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Instance {
+    identity: String,
+    metrics: MetricsRegistry,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Instance {
+    fn start(client: Client, identity: &str) -> Instance {
+        let metrics = MetricsRegistry::new();
+        let shutdown = CancellationToken::new();
+        let mut lease = LeaseConfig::new("tether-controller", "default", identity);
+        lease.duration = Duration::from_secs(3);
+        lease.grace = Duration::from_secs(1);
+        let config = ControllerConfig {
+            min_retry: Duration::from_millis(100),
+            max_retry: Duration::from_secs(1),
+            ..ControllerConfig::default()
+        };
+        let task = tokio::spawn({
+            let metrics = metrics.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                run_elected(client, config, lease, metrics, Health::new(), shutdown)
+                    .await
+                    .unwrap();
+            }
+        });
+        Instance {
+            identity: identity.to_string(),
+            metrics,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Reconciles this instance ran, over every controller and result.
+    fn reconciles(&self) -> f64 {
+        self.metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("controller_runtime_reconcile_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("the instance stops in time")
+            .unwrap();
+    }
+}
+
+async fn holder(client: &Client) -> Option<String> {
+    let leases: Api<Lease> = Api::default_namespaced(client.clone());
+    leases
+        .get_opt("tether-controller")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+}
+
+async fn create_ready_environment(client: &Client, name: &str) {
+    let envs: Api<Environment> = Api::default_namespaced(client.clone());
+    let env: Environment = serde_json::from_value(json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
+        "metadata": {"name": name}, "spec": {},
+    }))
+    .unwrap();
+    envs.create(&PostParams::default(), &env).await.unwrap();
+    eventually(WAIT, || async {
+        let env = envs.get(name).await.ok()?;
+        env.status?
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == tether::api::ConditionStatus::True)
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn only_the_lease_holder_reconciles_and_the_standby_takes_over_when_it_stops() {
+    tether::install_crypto_provider();
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let first = Instance::start(client.clone(), "replica-a");
+    let second = Instance::start(client.clone(), "replica-b");
+
+    let leader = eventually(WAIT, || holder(&client)).await;
+    let (leader, standby) = if leader == first.identity {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    create_ready_environment(&client, "one").await;
+    assert!(leader.reconciles() > 0.0);
+    assert_eq!(standby.reconciles(), 0.0, "the standby must not reconcile");
+
+    // Stopping the leader releases the Lease; the standby acquires it and reconciles.
+    let leader_identity = leader.identity.clone();
+    leader.stop().await;
+    // Released on shutdown: the stopped leader no longer holds the Lease.
+    assert_ne!(
+        holder(&client).await.as_deref(),
+        Some(leader_identity.as_str())
+    );
+    let next = eventually(WAIT, || async {
+        holder(&client).await.filter(|h| *h == standby.identity)
+    })
+    .await;
+    assert_ne!(next, leader_identity);
+    create_ready_environment(&client, "two").await;
+    assert!(standby.reconciles() > 0.0);
+    standby.stop().await;
+}
