@@ -389,6 +389,45 @@ fn status_written_by_the_controllers_survives_a_sigkill() {
     );
 }
 
+#[test]
+fn kubectl_wait_sees_the_controllers_make_the_samples_ready() {
+    let ws = Workspace::new();
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples");
+    for entry in std::fs::read_dir(&samples).expect("config/samples") {
+        let path = entry.expect("sample").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("file name");
+        ws.write(name, &std::fs::read_to_string(&path).expect("read sample"));
+    }
+    let mut run = ws.start();
+    run.wait_for("0 errors");
+    // No status is written by the test: Ready comes from the controllers `tether run` runs.
+    let out = run.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "environment/staging",
+        "release/staging-1-4-2",
+        "migration/app-schema",
+        "-n",
+        "default",
+        "--timeout=8s",
+    ]);
+    for object in [
+        "environment.tether.dev/staging condition met",
+        "release.tether.dev/staging-1-4-2 condition met",
+        "migration.tether.dev/app-schema condition met",
+    ] {
+        assert!(out.contains(object), "{object:?} missing from:\n{out}");
+    }
+    let all = run.output();
+    assert!(
+        all.contains("environment default/staging  Ready=True"),
+        "the transition is printed:\n{all}"
+    );
+}
+
 fn environment_json(run: &run_harness::TetherRun) -> serde_json::Value {
     let json = run.kubectl_ok(&["get", "environment", "web", "-n", "staging", "-o", "json"]);
     serde_json::from_str(&json).expect("kubectl -o json")
