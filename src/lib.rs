@@ -20,6 +20,7 @@
 pub mod api;
 pub mod controller;
 pub mod localapi;
+pub mod migrate;
 pub mod schema;
 pub mod standalone;
 pub mod telemetry;

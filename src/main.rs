@@ -38,6 +38,11 @@ enum Command {
     },
     /// Standalone mode: run the embedded API and the controllers against a folder of manifests.
     Run(tether::standalone::RunArgs),
+    /// Lint, plan and apply Postgres/Supabase migrations (`tether migrate --help`).
+    Migrate {
+        #[command(subcommand)]
+        command: tether::migrate::cli::MigrateCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,5 +78,6 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => Ok(tether::standalone::run(args)?),
+        Command::Migrate { command } => std::process::exit(tether::migrate::cli::main(command)?),
     }
 }
