@@ -22,6 +22,7 @@ pub mod migrate;
 pub mod platform;
 pub mod sandbox;
 pub mod schema;
+pub mod standalone;
 pub mod telemetry;
 
 /// Installs the process-wide rustls crypto provider (ring).

@@ -41,6 +41,8 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<std::path::PathBuf>,
     },
+    /// Standalone mode: run the embedded API and the controllers against a folder of manifests.
+    Run(tether::standalone::RunArgs),
     /// Serve imitations of the Render, Vercel, Fly.io and Supabase APIs on loopback ports;
     /// prints `<platform> <base-url> <token>` per platform, serves until Ctrl-C.
     Sandbox(tether::sandbox::cli::SandboxArgs),
@@ -79,6 +81,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Run(args) => Ok(tether::standalone::run(args)?),
         Command::Sandbox(args) => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(tether::sandbox::cli::serve(args))?;
