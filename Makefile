@@ -3,7 +3,7 @@ SHELL := bash
 CARGO ?= cargo
 TETHER_BIN = $(or $(CARGO_TARGET_DIR),target)/debug/tether
 
-.PHONY: help build run test crds lint bench
+.PHONY: help build run test test-rust crds lint bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -12,13 +12,15 @@ build: ## Build the tether binary (debug)
 	$(CARGO) build --locked
 
 run: build ## Run Tether standalone against config/samples (no cluster, no accounts)
-	$(TETHER_BIN) run --sandbox --manifests config/samples
+	$(TETHER_BIN) run --manifests config/samples
 
-test: ## Run every test (unit, end-to-end, Postgres, chart)
+test: test-rust chart-test ## Run every test (unit, end-to-end, Postgres, Helm chart)
+
+test-rust: ## Run the Rust tests (unit, end-to-end against the embedded API, PostgreSQL)
 	$(CARGO) nextest run --locked --no-fail-fast
 
 crds: build ## Regenerate crds/ (and the chart's copy) from the Rust types
-	$(TETHER_BIN) crds --out-dir crds
+	$(TETHER_BIN) crds --out-dir crds --out-dir charts/tether/crds
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
@@ -26,3 +28,22 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 
 bench: ## Run the benchmarks and print their numbers
 	$(CARGO) bench --locked
+
+# --- Helm chart (charts/tether): Python tests in .venv, promtool from Debian's package ---
+VENV ?= .venv
+PYTHON ?= python3
+
+$(VENV)/.chart-deps: tests/chart/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/chart/requirements.txt
+	touch $@
+
+$(VENV)/bin/promtool:
+	tests/chart/install-promtool.sh $(VENV)/bin
+
+.PHONY: chart chart-test
+chart-test: build $(VENV)/.chart-deps $(VENV)/bin/promtool ## Test the Helm chart, alerts and dashboard (offline once .venv exists)
+	TETHER_BIN=$(TETHER_BIN) PROMTOOL=$(VENV)/bin/promtool $(VENV)/bin/python -m pytest tests/chart -q
+
+chart: $(VENV)/.chart-deps ## Lint the Helm chart strictly and package it into dist/
+	$(VENV)/bin/python charts/package.py charts/tether dist

@@ -5,21 +5,32 @@
 //!
 //! - [`api`]: the three custom resources (`Environment`, `Release`, `Migration`) as typed
 //!   Rust structs. The CRD YAML in `crds/` and in the chart is generated from them.
-//! - `localapi`: a small Kubernetes-compatible API server that runs in process, so the
+//! - [`schema`]: what the API server does with a CRD's structural schema — pruning,
+//!   defaulting, validation and CEL rules, Table output, OpenAPI v3 — used by the embedded API
+//!   server and by `tether validate`.
+//! - [`localapi`]: a small Kubernetes-compatible API server that runs in process, so the
 //!   controllers run without a cluster (`tether run`) and in every end-to-end test.
-//! - `controller`: one reconciler per resource on `kube::runtime::Controller`
-//!   (observe → plan → act → report), plus the shared runtime (metrics, leader election).
-//! - `platform`: clients for the four vendor APIs behind small traits, with one shared
+//! - [`standalone`]: `tether run` — the embedded API, the manifests of a folder applied and
+//!   pruned as it changes, the controllers, progress lines for a person.
+//! - [`controller`]: one reconciler per resource on `kube::runtime::Controller`
+//!   (observe → plan → act → report), the shared runtime (finalizers, status by server-side
+//!   apply, events, metrics, leader election) and `tether controller`.
+//! - [`platform`]: clients for the four vendor APIs behind small traits, with one shared
 //!   HTTP layer (auth, rate limits, retries, metrics).
-//! - `sandbox`: stateful imitations of the four vendor APIs for tests and `make run`.
-//! - `migrate`: the Postgres migration engine (lint, dry-run, lock, apply, record, verify).
+//! - [`sandbox`]: stateful imitations of the four vendor APIs for tests and `tether sandbox`.
+//! - [`migrate`]: the Postgres migration engine (lint, dry-run, lock, apply, record, verify)
+//!   and `tether migrate`.
+//! - [`telemetry`]: the metrics registry and the tracing subscriber.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod controller;
 pub mod localapi;
 pub mod migrate;
+pub mod platform;
+pub mod sandbox;
 pub mod schema;
+pub mod standalone;
 pub mod telemetry;
 
 /// Installs the process-wide rustls crypto provider (ring).

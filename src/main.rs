@@ -41,6 +41,11 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<std::path::PathBuf>,
     },
+    /// Standalone mode: run the embedded API and the controllers against a folder of manifests.
+    Run(tether::standalone::RunArgs),
+    /// Serve imitations of the Render, Vercel, Fly.io and Supabase APIs on loopback ports;
+    /// prints `<platform> <base-url> <token>` per platform, serves until Ctrl-C.
+    Sandbox(tether::sandbox::cli::SandboxArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,6 +79,12 @@ fn main() -> anyhow::Result<()> {
             if !tether::schema::validate::run(&paths)? {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::Run(args) => Ok(tether::standalone::run(args)?),
+        Command::Sandbox(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(tether::sandbox::cli::serve(args))?;
             Ok(())
         }
     }

@@ -218,36 +218,15 @@ fn every_cel_rule_has_a_violating_fixture() {
     );
 }
 
-/// Rules kube-cel estimates over the API server's cost budget today, reported to the owner
-/// of `src/api` (each iterates a list without `maxItems` with a nested comprehension; a real
-/// API server refuses such a CRD). This list may only shrink: the test fails for any new
-/// rule over budget, and for an entry here that is no longer over budget.
-const KNOWN_OVER_BUDGET: &[&str] = &[
-    "environments.tether.dev v1alpha1 spec.vercel.projects[*].envVars:",
-    "migrations.tether.dev v1alpha1 spec.source.inline:",
-];
-
 #[test]
-fn no_new_rule_is_estimated_over_the_api_servers_cost_budget() {
+fn no_rule_is_estimated_over_the_api_servers_cost_budget() {
     let analysis = registry().rule_analysis();
     let over_budget: Vec<&String> = analysis
         .iter()
         .filter(|l| l.contains("exceeds K8s budget"))
         .collect();
-    let new: Vec<&&String> = over_budget
-        .iter()
-        .filter(|l| !KNOWN_OVER_BUDGET.iter().any(|k| l.starts_with(k)))
-        .collect();
     assert!(
-        new.is_empty(),
-        "rules a real API server would reject as too expensive: {new:#?}"
-    );
-    let fixed: Vec<&&str> = KNOWN_OVER_BUDGET
-        .iter()
-        .filter(|k| !over_budget.iter().any(|l| l.starts_with(**k)))
-        .collect();
-    assert!(
-        fixed.is_empty(),
-        "no longer over budget, remove from KNOWN_OVER_BUDGET: {fixed:?}"
+        over_budget.is_empty(),
+        "rules a real API server would reject as too expensive: {over_budget:#?}"
     );
 }

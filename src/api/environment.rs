@@ -359,9 +359,10 @@ pub struct VercelProject {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+\.x$"))]
     pub node_version: Option<String>,
-    /// Environment variables with the deployment targets they apply to.
+    /// Environment variables with the deployment targets they apply to (at most 100, so the
+    /// uniqueness rule stays within the API server's CEL cost budget).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 200))]
+    #[schemars(length(max = 100))]
     #[x_kube(validation = Rule::new("self.all(e, self.exists_one(f, f.name == e.name && f.targets == e.targets && (has(f.gitBranch) ? f.gitBranch : '') == (has(e.gitBranch) ? e.gitBranch : '')))").message("a Vercel environment variable may appear once per name, targets and gitBranch"))]
     pub env_vars: Vec<VercelEnvVar>,
     /// Domains assigned to the project.

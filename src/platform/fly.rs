@@ -1,0 +1,772 @@
+//! Fly.io Machines adapter: apps (created with an `idempotency_key`), machines (updated
+//! under a lease with `current_version`), app secrets and ACME certificates, as
+//! `fly/openapi.json` defines them. The base URL is the spec's server,
+//! `https://api.machines.dev` (paths carry `/v1`). Machine lists follow the
+//! `fly-next-cursor` response header; app lists the body's `next_cursor`.
+//!
+//! Fly has no deployment object: a deployment here is "every machine of the app runs image
+//! X". Its id is the image reference; its state is read from the machines (all `started` →
+//! live, any `failed` → failed), and rolling back is deploying the earlier image again.
+
+use std::collections::BTreeMap;
+
+use http::Method;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::http::{ApiRequest, PlatformHttp};
+use super::{
+    DeploySource, Deployment, DeploymentState, Deployments, Domain, Ensured, EnvVar, Platform,
+    PlatformError, PlatformResult,
+};
+use std::future::Future;
+
+const ACTION: &[&str] = &["action"];
+const GET_MACHINE: &[&str] = &["get_machine"];
+const LEASE_HEADER: &str = "fly-machine-lease-nonce";
+
+/// What Tether wants a Fly app to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlyAppSpec {
+    /// App name (globally unique at Fly).
+    pub name: String,
+    /// Organization slug.
+    pub org_slug: String,
+}
+
+/// A Fly app as observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlyApp {
+    /// App id.
+    pub id: String,
+    /// App name.
+    pub name: String,
+    /// Machines in the app, when reported.
+    pub machine_count: Option<u64>,
+}
+
+/// What Tether wants one machine to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlyMachineSpec {
+    /// Machine name (the stable identity within the app).
+    pub name: String,
+    /// Region code (`ams`, `iad`, …); Fly picks when `None`.
+    pub region: Option<String>,
+    /// Image to run.
+    pub image: String,
+    /// Plain environment variables (secrets go through [`FlyApps::set_secrets`]).
+    pub env: BTreeMap<String, String>,
+}
+
+/// A machine as observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlyMachine {
+    /// Machine id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Fly's state name (`created`, `starting`, `started`, `stopping`, `stopped`, `failed`, …).
+    pub state: String,
+    /// Region.
+    pub region: Option<String>,
+    /// Configured image.
+    pub image: Option<String>,
+    /// Configured environment.
+    pub env: BTreeMap<String, String>,
+    /// Current version (`instance_id`), the `current_version` of the next update.
+    pub version: String,
+}
+
+/// Fly apps and what runs in them.
+pub trait FlyApps: Deployments {
+    /// Every app of the organization (all pages).
+    fn list_apps(&self, org_slug: &str)
+    -> impl Future<Output = PlatformResult<Vec<FlyApp>>> + Send;
+    /// Reads one app.
+    fn get_app(&self, name: &str) -> impl Future<Output = PlatformResult<FlyApp>> + Send;
+    /// Finds the app by name, or creates it with an idempotency key derived from the name.
+    fn ensure_app(
+        &self,
+        spec: &FlyAppSpec,
+    ) -> impl Future<Output = PlatformResult<Ensured<FlyApp>>> + Send;
+    /// Deletes the app; `Ok(false)` when it was already gone.
+    fn delete_app(&self, name: &str) -> impl Future<Output = PlatformResult<bool>> + Send;
+    /// Every machine of the app (all pages).
+    fn list_machines(
+        &self,
+        app: &str,
+    ) -> impl Future<Output = PlatformResult<Vec<FlyMachine>>> + Send;
+    /// Reads one machine.
+    fn get_machine(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> impl Future<Output = PlatformResult<FlyMachine>> + Send;
+    /// Finds the machine by name, or creates (and launches) it.
+    fn ensure_machine(
+        &self,
+        app: &str,
+        spec: &FlyMachineSpec,
+    ) -> impl Future<Output = PlatformResult<Ensured<FlyMachine>>> + Send;
+    /// Replaces the machine's image and env under a lease, guarded by its current version.
+    fn update_machine(
+        &self,
+        app: &str,
+        id: &str,
+        spec: &FlyMachineSpec,
+    ) -> impl Future<Output = PlatformResult<FlyMachine>> + Send;
+    /// Stops a machine.
+    fn stop_machine(&self, app: &str, id: &str) -> impl Future<Output = PlatformResult<()>> + Send;
+    /// Starts a stopped machine.
+    fn start_machine(&self, app: &str, id: &str)
+    -> impl Future<Output = PlatformResult<()>> + Send;
+    /// Destroys a machine; `Ok(false)` when it was already gone.
+    fn delete_machine(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> impl Future<Output = PlatformResult<bool>> + Send;
+    /// The app's secret names (values are never read back).
+    fn list_secrets(&self, app: &str) -> impl Future<Output = PlatformResult<Vec<EnvVar>>> + Send;
+    /// Sets secrets in one call; returns the new secrets version, which machines must be
+    /// updated with to see the values. (The spec types values as strings, so unsetting goes
+    /// through [`FlyApps::delete_secret`].)
+    fn set_secrets(
+        &self,
+        app: &str,
+        values: &BTreeMap<String, String>,
+    ) -> impl Future<Output = PlatformResult<u64>> + Send;
+    /// Removes one secret; `Ok(false)` when it was not there.
+    fn delete_secret(
+        &self,
+        app: &str,
+        name: &str,
+    ) -> impl Future<Output = PlatformResult<bool>> + Send;
+    /// The app's certificates (custom domains).
+    fn list_certificates(
+        &self,
+        app: &str,
+    ) -> impl Future<Output = PlatformResult<Vec<Domain>>> + Send;
+    /// Requests an ACME certificate for `hostname`, or returns the existing one.
+    fn ensure_certificate(
+        &self,
+        app: &str,
+        hostname: &str,
+    ) -> impl Future<Output = PlatformResult<Ensured<Domain>>> + Send;
+    /// Removes a certificate; `Ok(false)` when it was not there.
+    fn delete_certificate(
+        &self,
+        app: &str,
+        hostname: &str,
+    ) -> impl Future<Output = PlatformResult<bool>> + Send;
+}
+
+/// The Fly Machines client.
+#[derive(Clone)]
+pub struct FlyClient {
+    http: PlatformHttp,
+    page_limit: u32,
+    lease_ttl_secs: u64,
+}
+
+impl FlyClient {
+    /// A client sending through `http` (built for [`Platform::Fly`]).
+    pub fn new(http: PlatformHttp) -> Self {
+        FlyClient {
+            http,
+            page_limit: 1000,
+            lease_ttl_secs: 30,
+        }
+    }
+
+    /// Sets the page size of list calls (advisory at Fly).
+    pub fn with_page_limit(mut self, limit: u32) -> Self {
+        self.page_limit = limit.clamp(1, 1000);
+        self
+    }
+
+    /// Runs `update` under a machine lease, releasing it afterwards.
+    async fn leased_update(&self, app: &str, id: &str, body: Value) -> PlatformResult<ApiMachine> {
+        let key = format!("{app}/{id}");
+        let lease = ApiRequest::post(
+            "acquire_lease",
+            &["v1", "apps", app, "machines", id, "lease"],
+        )
+        .json(json!({ "ttl": self.lease_ttl_secs }))
+        .limited(ACTION, format!("lease:{key}"));
+        let lease: ApiLease = self.http.json(&lease).await?;
+        let nonce = lease
+            .nonce
+            .ok_or_else(|| malformed("acquire_lease", "lease without `nonce`".into()))?;
+        // Guarded by current_version: a repeat after an applied update gets 409 instead of
+        // applying twice, so the request may be retried.
+        let update = ApiRequest::post("update_machine", &["v1", "apps", app, "machines", id])
+            .header(LEASE_HEADER, nonce.clone())
+            .json(body)
+            .idempotent()
+            .limited(ACTION, format!("update:{key}"));
+        let result = self.http.json::<ApiMachine>(&update).await;
+        let release = ApiRequest::new(
+            Method::DELETE,
+            "release_lease",
+            &["v1", "apps", app, "machines", id, "lease"],
+        )
+        .header(LEASE_HEADER, nonce)
+        .limited(ACTION, format!("release:{key}"));
+        // A lease that cannot be released expires after its TTL; the update's outcome is
+        // what matters to the caller.
+        if let Err(e) = self.http.send(&release).await {
+            tracing::warn!(error = %e, "failed to release a Fly machine lease");
+        }
+        result
+    }
+}
+
+fn malformed(operation: &'static str, reason: String) -> PlatformError {
+    PlatformError::Malformed {
+        platform: Platform::Fly,
+        operation,
+        reason,
+    }
+}
+
+fn gone_is_ok<T>(result: PlatformResult<T>) -> PlatformResult<bool> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(PlatformError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ApiApp {
+    #[serde(default)]
+    id: Option<String>,
+    name: String,
+    #[serde(default)]
+    machine_count: Option<u64>,
+}
+
+impl From<ApiApp> for FlyApp {
+    fn from(a: ApiApp) -> Self {
+        FlyApp {
+            id: a.id.unwrap_or_else(|| a.name.clone()),
+            name: a.name,
+            machine_count: a.machine_count,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ApiAppList {
+    apps: Vec<ApiApp>,
+    #[serde(default)]
+    next_cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ApiMachine {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    instance_id: Option<String>,
+    #[serde(default)]
+    config: Option<ApiMachineConfig>,
+}
+
+#[derive(Deserialize)]
+struct ApiMachineConfig {
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    env: Option<BTreeMap<String, String>>,
+}
+
+fn to_machine(operation: &'static str, m: ApiMachine) -> PlatformResult<FlyMachine> {
+    let state = m
+        .state
+        .ok_or_else(|| malformed(operation, "machine without `state`".into()))?;
+    let version = m
+        .instance_id
+        .ok_or_else(|| malformed(operation, "machine without `instance_id`".into()))?;
+    let config = m.config;
+    Ok(FlyMachine {
+        name: m.name.unwrap_or_else(|| m.id.clone()),
+        id: m.id,
+        state,
+        region: m.region,
+        image: config.as_ref().and_then(|c| c.image.clone()),
+        env: config.and_then(|c| c.env).unwrap_or_default(),
+        version,
+    })
+}
+
+#[derive(Deserialize)]
+struct ApiLease {
+    #[serde(default)]
+    nonce: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ApiSecrets {
+    #[serde(default)]
+    secrets: Vec<ApiSecret>,
+}
+
+#[derive(Deserialize)]
+struct ApiSecret {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct ApiSecretsVersion {
+    #[serde(default)]
+    version: Option<u64>,
+    #[serde(default, rename = "Version")]
+    legacy_version: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ApiCertificates {
+    #[serde(default)]
+    certificates: Vec<ApiCertificate>,
+    #[serde(default)]
+    next_cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ApiCertificate {
+    hostname: String,
+    #[serde(default)]
+    configured: Option<bool>,
+}
+
+impl From<ApiCertificate> for Domain {
+    fn from(c: ApiCertificate) -> Self {
+        Domain {
+            id: c.hostname.clone(),
+            name: c.hostname,
+            verified: c.configured.unwrap_or(false),
+        }
+    }
+}
+
+fn machine_body(spec: &FlyMachineSpec) -> Value {
+    let mut body = json!({
+        "name": spec.name,
+        "config": { "image": spec.image, "env": spec.env },
+    });
+    if let Some(region) = &spec.region {
+        body["region"] = json!(region);
+    }
+    body
+}
+
+/// Tether's reading of the machines running (or meant to run) `image`.
+fn rollout_state(machines: &[FlyMachine], image: &str) -> (DeploymentState, String) {
+    let on_image: Vec<&FlyMachine> = machines
+        .iter()
+        .filter(|m| m.image.as_deref() == Some(image))
+        .collect();
+    if on_image.is_empty() {
+        return (DeploymentState::Superseded, "replaced".into());
+    }
+    if let Some(failed) = on_image.iter().find(|m| m.state == "failed") {
+        return (DeploymentState::Failed, failed.state.clone());
+    }
+    if on_image.len() == machines.len() && on_image.iter().all(|m| m.state == "started") {
+        return (DeploymentState::Live, "started".into());
+    }
+    let pending = on_image
+        .iter()
+        .find(|m| m.state != "started")
+        .map(|m| m.state.clone())
+        .unwrap_or_else(|| "replacing".into());
+    (DeploymentState::Deploying, pending)
+}
+
+impl FlyApps for FlyClient {
+    async fn list_apps(&self, org_slug: &str) -> PlatformResult<Vec<FlyApp>> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut request = ApiRequest::get("list_apps", &["v1", "apps"])
+                .query("org_slug", org_slug)
+                .query("limit", self.page_limit.to_string())
+                .limited(ACTION, format!("list_apps:{org_slug}"));
+            if let Some(cursor) = &cursor {
+                request = request.query("cursor", cursor.clone());
+            }
+            let page: ApiAppList = self.http.json(&request).await?;
+            let count = page.apps.len();
+            out.extend(page.apps.into_iter().map(FlyApp::from));
+            cursor = page.next_cursor.filter(|c| !c.is_empty());
+            if cursor.is_none() || count == 0 {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn get_app(&self, name: &str) -> PlatformResult<FlyApp> {
+        let request = ApiRequest::get("get_app", &["v1", "apps", name])
+            .limited(ACTION, format!("get_app:{name}"));
+        let app: ApiApp = self.http.json(&request).await?;
+        Ok(app.into())
+    }
+
+    async fn ensure_app(&self, spec: &FlyAppSpec) -> PlatformResult<Ensured<FlyApp>> {
+        match self.get_app(&spec.name).await {
+            Ok(app) => {
+                return Ok(Ensured {
+                    object: app,
+                    created: false,
+                });
+            }
+            Err(PlatformError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        // The key is derived from the name, so a retry (or a second controller after a
+        // crash) gets the first app back instead of an error or a twin.
+        let request = ApiRequest::post("create_app", &["v1", "apps"])
+            .json(json!({
+                "name": spec.name,
+                "org_slug": spec.org_slug,
+                "idempotency_key": format!("tether:{}:{}", spec.org_slug, spec.name),
+            }))
+            .idempotent()
+            .limited(ACTION, format!("create_app:{}", spec.org_slug));
+        self.http.send(&request).await?;
+        Ok(Ensured {
+            object: self.get_app(&spec.name).await?,
+            created: true,
+        })
+    }
+
+    async fn delete_app(&self, name: &str) -> PlatformResult<bool> {
+        let request = ApiRequest::new(Method::DELETE, "delete_app", &["v1", "apps", name])
+            .limited(ACTION, format!("delete_app:{name}"));
+        gone_is_ok(self.http.send(&request).await)
+    }
+
+    async fn list_machines(&self, app: &str) -> PlatformResult<Vec<FlyMachine>> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut request = ApiRequest::get("list_machines", &["v1", "apps", app, "machines"])
+                .query("limit", self.page_limit.to_string())
+                .limited(ACTION, format!("list_machines:{app}"));
+            if let Some(cursor) = &cursor {
+                request = request.query("cursor", cursor.clone());
+            }
+            let response = self.http.send(&request).await?;
+            let page: Vec<ApiMachine> =
+                super::http::decode(Platform::Fly, "list_machines", &response.body)?;
+            for machine in page {
+                out.push(to_machine("list_machines", machine)?);
+            }
+            // Pages may be short or empty; only the header says whether more follow.
+            cursor = response
+                .header("fly-next-cursor")
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned);
+            if cursor.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn get_machine(&self, app: &str, id: &str) -> PlatformResult<FlyMachine> {
+        let request = ApiRequest::get("get_machine", &["v1", "apps", app, "machines", id])
+            .limited(GET_MACHINE, format!("{app}/{id}"));
+        let machine: ApiMachine = self.http.json(&request).await?;
+        to_machine("get_machine", machine)
+    }
+
+    async fn ensure_machine(
+        &self,
+        app: &str,
+        spec: &FlyMachineSpec,
+    ) -> PlatformResult<Ensured<FlyMachine>> {
+        if let Some(existing) = self
+            .list_machines(app)
+            .await?
+            .into_iter()
+            .find(|m| m.name == spec.name)
+        {
+            return Ok(Ensured {
+                object: existing,
+                created: false,
+            });
+        }
+        let request = ApiRequest::post("create_machine", &["v1", "apps", app, "machines"])
+            .json(machine_body(spec))
+            .limited(ACTION, format!("create_machine:{app}"));
+        let machine: ApiMachine = self.http.json(&request).await?;
+        Ok(Ensured {
+            object: to_machine("create_machine", machine)?,
+            created: true,
+        })
+    }
+
+    async fn update_machine(
+        &self,
+        app: &str,
+        id: &str,
+        spec: &FlyMachineSpec,
+    ) -> PlatformResult<FlyMachine> {
+        let current = self.get_machine(app, id).await?;
+        let mut body = machine_body(spec);
+        body["current_version"] = json!(current.version);
+        match self.leased_update(app, id, body).await {
+            Ok(machine) => to_machine("update_machine", machine),
+            // A retried update that had already been applied: the machine now is what we
+            // asked for.
+            Err(PlatformError::Conflict { .. })
+                if self.get_machine(app, id).await.is_ok_and(|m| {
+                    m.image.as_deref() == Some(spec.image.as_str()) && m.env == spec.env
+                }) =>
+            {
+                self.get_machine(app, id).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn stop_machine(&self, app: &str, id: &str) -> PlatformResult<()> {
+        let request =
+            ApiRequest::post("stop_machine", &["v1", "apps", app, "machines", id, "stop"])
+                .json(json!({}))
+                .idempotent()
+                .limited(ACTION, format!("stop:{app}/{id}"));
+        self.http.send(&request).await.map(|_| ())
+    }
+
+    async fn start_machine(&self, app: &str, id: &str) -> PlatformResult<()> {
+        let request = ApiRequest::post(
+            "start_machine",
+            &["v1", "apps", app, "machines", id, "start"],
+        )
+        .idempotent()
+        .limited(ACTION, format!("start:{app}/{id}"));
+        self.http.send(&request).await.map(|_| ())
+    }
+
+    async fn delete_machine(&self, app: &str, id: &str) -> PlatformResult<bool> {
+        let request = ApiRequest::new(
+            Method::DELETE,
+            "delete_machine",
+            &["v1", "apps", app, "machines", id],
+        )
+        .query("force", "true")
+        .limited(ACTION, format!("delete:{app}/{id}"));
+        gone_is_ok(self.http.send(&request).await)
+    }
+
+    async fn list_secrets(&self, app: &str) -> PlatformResult<Vec<EnvVar>> {
+        let request = ApiRequest::get("list_secrets", &["v1", "apps", app, "secrets"])
+            .limited(ACTION, format!("list_secrets:{app}"));
+        let secrets: ApiSecrets = self.http.json(&request).await?;
+        Ok(secrets
+            .secrets
+            .into_iter()
+            .map(|s| EnvVar {
+                key: s.name,
+                value: None,
+                secret: true,
+            })
+            .collect())
+    }
+
+    async fn set_secrets(
+        &self,
+        app: &str,
+        values: &BTreeMap<String, String>,
+    ) -> PlatformResult<u64> {
+        // Setting the same values again yields the same state: safe to retry.
+        let request = ApiRequest::post("set_secrets", &["v1", "apps", app, "secrets"])
+            .json(json!({ "values": values }))
+            .idempotent()
+            .limited(ACTION, format!("set_secrets:{app}"));
+        let version: ApiSecretsVersion = self.http.json(&request).await?;
+        version
+            .version
+            .or(version.legacy_version)
+            .ok_or_else(|| malformed("set_secrets", "response without `version`".into()))
+    }
+
+    async fn delete_secret(&self, app: &str, name: &str) -> PlatformResult<bool> {
+        let request = ApiRequest::new(
+            Method::DELETE,
+            "delete_secret",
+            &["v1", "apps", app, "secrets", name],
+        )
+        .limited(ACTION, format!("delete_secret:{app}"));
+        gone_is_ok(self.http.send(&request).await)
+    }
+
+    async fn list_certificates(&self, app: &str) -> PlatformResult<Vec<Domain>> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut request =
+                ApiRequest::get("list_certificates", &["v1", "apps", app, "certificates"])
+                    .query("limit", self.page_limit.to_string())
+                    .limited(ACTION, format!("list_certificates:{app}"));
+            if let Some(cursor) = &cursor {
+                request = request.query("cursor", cursor.clone());
+            }
+            let page: ApiCertificates = self.http.json(&request).await?;
+            let count = page.certificates.len();
+            out.extend(page.certificates.into_iter().map(Domain::from));
+            cursor = page.next_cursor.filter(|c| !c.is_empty());
+            if cursor.is_none() || count == 0 {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn ensure_certificate(
+        &self,
+        app: &str,
+        hostname: &str,
+    ) -> PlatformResult<Ensured<Domain>> {
+        if let Some(existing) = self
+            .list_certificates(app)
+            .await?
+            .into_iter()
+            .find(|d| d.name == hostname)
+        {
+            return Ok(Ensured {
+                object: existing,
+                created: false,
+            });
+        }
+        let request = ApiRequest::post(
+            "add_certificate",
+            &["v1", "apps", app, "certificates", "acme"],
+        )
+        .json(json!({ "hostname": hostname }))
+        .limited(ACTION, format!("add_certificate:{app}"));
+        let certificate: ApiCertificate = self.http.json(&request).await?;
+        Ok(Ensured {
+            object: certificate.into(),
+            created: true,
+        })
+    }
+
+    async fn delete_certificate(&self, app: &str, hostname: &str) -> PlatformResult<bool> {
+        let request = ApiRequest::new(
+            Method::DELETE,
+            "delete_certificate",
+            &["v1", "apps", app, "certificates", hostname],
+        )
+        .limited(ACTION, format!("delete_certificate:{app}"));
+        gone_is_ok(self.http.send(&request).await)
+    }
+}
+
+impl Deployments for FlyClient {
+    async fn deploy(&self, target: &str, source: &DeploySource) -> PlatformResult<Deployment> {
+        let DeploySource::Image(image) = source else {
+            return Err(PlatformError::Invalid {
+                platform: Platform::Fly,
+                operation: "deploy",
+                status: None,
+                reason: "Fly machines deploy container images".into(),
+            });
+        };
+        let machines = self.list_machines(target).await?;
+        if machines.is_empty() {
+            return Err(PlatformError::Invalid {
+                platform: Platform::Fly,
+                operation: "deploy",
+                status: None,
+                reason: "the app has no machines to deploy to".into(),
+            });
+        }
+        let mut updated = Vec::with_capacity(machines.len());
+        for machine in &machines {
+            let spec = FlyMachineSpec {
+                name: machine.name.clone(),
+                region: machine.region.clone(),
+                image: image.clone(),
+                env: machine.env.clone(),
+            };
+            updated.push(self.update_machine(target, &machine.id, &spec).await?);
+        }
+        let (state, platform_state) = rollout_state(&updated, image);
+        Ok(Deployment {
+            id: image.clone(),
+            state,
+            platform_state,
+            source: Some(image.clone()),
+        })
+    }
+
+    async fn deployment(&self, target: &str, deployment_id: &str) -> PlatformResult<Deployment> {
+        let machines = self.list_machines(target).await?;
+        let (state, platform_state) = rollout_state(&machines, deployment_id);
+        Ok(Deployment {
+            id: deployment_id.to_owned(),
+            state,
+            platform_state,
+            source: Some(deployment_id.to_owned()),
+        })
+    }
+
+    async fn list_deployments(&self, target: &str) -> PlatformResult<Vec<Deployment>> {
+        let machines = self.list_machines(target).await?;
+        let mut images: Vec<String> = machines.iter().filter_map(|m| m.image.clone()).collect();
+        images.dedup();
+        Ok(images
+            .into_iter()
+            .map(|image| {
+                let (state, platform_state) = rollout_state(&machines, &image);
+                Deployment {
+                    id: image.clone(),
+                    state,
+                    platform_state,
+                    source: Some(image),
+                }
+            })
+            .collect())
+    }
+
+    async fn rollback(&self, target: &str, deployment_id: &str) -> PlatformResult<Deployment> {
+        self.deploy(target, &DeploySource::Image(deployment_id.to_owned()))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(image: &str, state: &str) -> FlyMachine {
+        FlyMachine {
+            id: "m".into(),
+            name: "m".into(),
+            state: state.into(),
+            region: None,
+            image: Some(image.into()),
+            env: BTreeMap::new(),
+            version: "v".into(),
+        }
+    }
+
+    #[test]
+    fn a_rollout_is_live_only_when_every_machine_runs_the_image_started() {
+        let both = [machine("a:2", "started"), machine("a:2", "started")];
+        assert_eq!(rollout_state(&both, "a:2").0, DeploymentState::Live);
+        let half = [machine("a:2", "started"), machine("a:1", "started")];
+        assert_eq!(rollout_state(&half, "a:2").0, DeploymentState::Deploying);
+        let failed = [machine("a:2", "failed"), machine("a:2", "started")];
+        assert_eq!(rollout_state(&failed, "a:2").0, DeploymentState::Failed);
+        assert_eq!(rollout_state(&half, "a:0").0, DeploymentState::Superseded);
+    }
+}

@@ -1,0 +1,919 @@
+//! The one HTTP layer every platform adapter sends through: bearer auth, timeouts,
+//! client-side rate limiting (governor, seeded from the documented limits and corrected live
+//! from the platforms' rate-limit headers), retries with exponential backoff and jitter
+//! (backon), typed errors and request metrics.
+//!
+//! Adapters describe a call as an [`ApiRequest`] (operation name, path segments, query, JSON
+//! body, which rate-limit classes it counts against) and get back an [`ApiResponse`] or a
+//! [`PlatformError`]. Nothing here knows a vendor's types.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use bytes::Bytes;
+use governor::{DefaultKeyedRateLimiter, Quota};
+use http::{HeaderMap, Method};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use reqwest::Url;
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+
+use super::{Platform, PlatformError, PlatformResult};
+use crate::telemetry::MetricsRegistry;
+
+/// A platform API token. Debug and Display print `***`; the value only leaves this type as
+/// the `Authorization` header.
+#[derive(Clone)]
+pub struct Token(SecretString);
+
+impl Token {
+    /// Wraps a token value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Token(SecretString::from(value.into()))
+    }
+
+    /// The value, for building the `Authorization` header (and for the sandbox's check).
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How a documented limit counts requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitStyle {
+    /// `max` requests per fixed `window` (Render, Vercel, Supabase). The client paces itself
+    /// so that no window of that length ever holds more than `max` requests.
+    Window,
+    /// A token bucket refilling `max` per `window` with bursts up to `burst` (Fly).
+    Bucket {
+        /// Largest burst.
+        burst: u32,
+    },
+}
+
+/// One documented rate limit of a platform.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitSpec {
+    /// Class name requests refer to (`read`, `write`, `service_create`, …).
+    pub class: &'static str,
+    /// Requests allowed per window.
+    pub max: u32,
+    /// Window length.
+    pub window: Duration,
+    /// Counting style.
+    pub style: LimitStyle,
+    /// Whether the limit applies per object (the request's limit key) rather than per token.
+    pub per_key: bool,
+}
+
+impl LimitSpec {
+    fn quota(&self) -> Quota {
+        let max = self.max.max(1);
+        let (burst, paced) = match self.style {
+            // GCRA allows `burst + window/interval` requests in any window; keeping a burst
+            // of 1/20 and pacing the rest keeps every window at or under `max` while
+            // sustaining 95% of it.
+            LimitStyle::Window => {
+                let burst = max.div_ceil(20).max(1);
+                (burst, (max - burst).max(1))
+            }
+            LimitStyle::Bucket { burst } => (burst.max(1), max),
+        };
+        let interval = (self.window / paced).max(Duration::from_nanos(1));
+        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        Quota::with_period(interval)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst)
+    }
+}
+
+/// The documented limits of a platform (see the issue and provider-apis/README.md).
+pub fn documented_limits(platform: Platform) -> Vec<LimitSpec> {
+    const MIN: Duration = Duration::from_secs(60);
+    const HOUR: Duration = Duration::from_secs(3600);
+    const SEC: Duration = Duration::from_secs(1);
+    let window = |class, max, window, per_key| LimitSpec {
+        class,
+        max,
+        window,
+        style: LimitStyle::Window,
+        per_key,
+    };
+    match platform {
+        Platform::Render => vec![
+            window("read", 400, MIN, false),
+            window("write", 30, MIN, false),
+            window("service_action", 10, MIN, true),
+            window("service_create", 20, HOUR, false),
+        ],
+        // Vercel publishes no per-endpoint quotas in its spec; 100/min is a conservative
+        // seed, corrected live from X-RateLimit-* headers and the 429 body.
+        Platform::Vercel => vec![window("api", 100, MIN, false)],
+        Platform::Fly => vec![
+            LimitSpec {
+                class: "action",
+                max: 1,
+                window: SEC,
+                style: LimitStyle::Bucket { burst: 3 },
+                per_key: true,
+            },
+            LimitSpec {
+                class: "get_machine",
+                max: 5,
+                window: SEC,
+                style: LimitStyle::Bucket { burst: 10 },
+                per_key: true,
+            },
+        ],
+        Platform::Supabase => vec![window("api", 120, MIN, false)],
+    }
+}
+
+/// Settings of the HTTP layer for one platform.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Whole-request timeout.
+    pub timeout: Duration,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Retries after the first attempt for transient failures of idempotent requests.
+    pub max_retries: usize,
+    /// First backoff delay.
+    pub min_backoff: Duration,
+    /// Largest backoff delay.
+    pub max_backoff: Duration,
+    /// How long one call may keep waiting out 429s before giving up with `RateLimited`.
+    pub max_rate_limited_wait: Duration,
+    /// Client-side limits (defaults: the documented ones).
+    pub limits: Vec<LimitSpec>,
+}
+
+impl HttpConfig {
+    /// Defaults for `platform`, with its documented rate limits.
+    pub fn for_platform(platform: Platform) -> Self {
+        HttpConfig {
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            max_retries: 8,
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(20),
+            max_rate_limited_wait: Duration::from_secs(300),
+            limits: documented_limits(platform),
+        }
+    }
+
+    /// Divides every limit window (and the backoff delays) by `scale`, for tests and
+    /// benchmarks that run the sandbox faster than real time.
+    pub fn time_scaled(mut self, scale: f64) -> Self {
+        let scale = if scale.is_finite() && scale > 0.0 {
+            scale
+        } else {
+            1.0
+        };
+        for limit in &mut self.limits {
+            limit.window = limit.window.div_f64(scale);
+        }
+        self.min_backoff = self
+            .min_backoff
+            .div_f64(scale)
+            .max(Duration::from_millis(1));
+        self.max_backoff = self
+            .max_backoff
+            .div_f64(scale)
+            .max(Duration::from_millis(2));
+        self
+    }
+}
+
+/// Request metrics shared by every platform client of the process.
+#[derive(Clone)]
+pub struct PlatformMetrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    remaining: IntGaugeVec,
+    rate_limited: IntCounterVec,
+}
+
+impl PlatformMetrics {
+    /// Creates the metrics and registers them into `registry`.
+    pub fn register(registry: &MetricsRegistry) -> Result<Self, prometheus::Error> {
+        Ok(PlatformMetrics {
+            requests: registry.register(IntCounterVec::new(
+                Opts::new(
+                    "tether_platform_requests_total",
+                    "Platform API requests by platform, operation and HTTP status code.",
+                ),
+                &["platform", "operation", "code"],
+            )?)?,
+            duration: registry.register(HistogramVec::new(
+                HistogramOpts::new(
+                    "tether_platform_request_duration_seconds",
+                    "Duration of platform API requests.",
+                ),
+                &["platform", "operation"],
+            )?)?,
+            remaining: registry.register(IntGaugeVec::new(
+                Opts::new(
+                    "tether_platform_ratelimit_remaining",
+                    "Requests left in the platform's current rate-limit window, as last reported.",
+                ),
+                &["platform"],
+            )?)?,
+            rate_limited: registry.register(IntCounterVec::new(
+                Opts::new(
+                    "tether_platform_rate_limited_total",
+                    "Responses with HTTP 429 from the platform.",
+                ),
+                &["platform"],
+            )?)?,
+        })
+    }
+}
+
+/// One API call as an adapter describes it.
+#[derive(Clone, Debug)]
+pub struct ApiRequest {
+    method: Method,
+    operation: &'static str,
+    segments: Vec<String>,
+    query: Vec<(&'static str, String)>,
+    headers: Vec<(&'static str, String)>,
+    body: Option<serde_json::Value>,
+    idempotent: bool,
+    limits: &'static [&'static str],
+    limit_key: String,
+}
+
+impl ApiRequest {
+    /// A request; GET, PUT and DELETE count as idempotent (retried on transient failures).
+    pub fn new(method: Method, operation: &'static str, segments: &[&str]) -> Self {
+        let idempotent = matches!(
+            method,
+            Method::GET | Method::PUT | Method::DELETE | Method::HEAD
+        );
+        ApiRequest {
+            method,
+            operation,
+            segments: segments.iter().map(|s| (*s).to_owned()).collect(),
+            query: Vec::new(),
+            headers: Vec::new(),
+            body: None,
+            idempotent,
+            limits: &[],
+            limit_key: String::new(),
+        }
+    }
+
+    /// A GET.
+    pub fn get(operation: &'static str, segments: &[&str]) -> Self {
+        Self::new(Method::GET, operation, segments)
+    }
+
+    /// A POST (not idempotent unless [`ApiRequest::idempotent`] is called).
+    pub fn post(operation: &'static str, segments: &[&str]) -> Self {
+        Self::new(Method::POST, operation, segments)
+    }
+
+    /// Adds a query parameter.
+    pub fn query(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.query.push((name, value.into()));
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Sets a JSON body.
+    pub fn json(mut self, body: serde_json::Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+
+    /// Marks the request safe to repeat (a POST carrying an idempotency key, or a
+    /// `current_version`-guarded update).
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+
+    /// The rate-limit classes this request counts against, and the object key for
+    /// per-object classes.
+    pub fn limited(mut self, classes: &'static [&'static str], key: impl Into<String>) -> Self {
+        self.limits = classes;
+        self.limit_key = key.into();
+        self
+    }
+
+    /// The operation name (metric label and error text).
+    pub fn operation(&self) -> &'static str {
+        self.operation
+    }
+}
+
+/// A successful (2xx) response.
+#[derive(Clone, Debug)]
+pub struct ApiResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// Raw body.
+    pub body: Bytes,
+}
+
+impl ApiResponse {
+    /// A header value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Decodes a JSON body, turning failures into [`PlatformError::Malformed`] without echoing
+/// body content (it may hold secrets).
+pub fn decode<T: DeserializeOwned>(
+    platform: Platform,
+    operation: &'static str,
+    body: &[u8],
+) -> PlatformResult<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        let text = e.to_string();
+        // serde's "missing field `x`" names a field, never a value; other messages can
+        // quote values, so only their category and position are reported.
+        let reason = if text.starts_with("missing field") {
+            text
+        } else {
+            format!(
+                "invalid JSON body ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            )
+        };
+        PlatformError::Malformed {
+            platform,
+            operation,
+            reason,
+        }
+    })
+}
+
+struct Limiters {
+    classes: HashMap<&'static str, (LimitSpec, DefaultKeyedRateLimiter<String>)>,
+    /// Set from rate-limit headers: no request leaves before this instant.
+    paused_until: Mutex<Option<Instant>>,
+}
+
+impl Limiters {
+    fn new(limits: &[LimitSpec]) -> Self {
+        Limiters {
+            classes: limits
+                .iter()
+                .map(|l| {
+                    (
+                        l.class,
+                        (l.clone(), DefaultKeyedRateLimiter::keyed(l.quota())),
+                    )
+                })
+                .collect(),
+            paused_until: Mutex::new(None),
+        }
+    }
+
+    async fn acquire(&self, request: &ApiRequest) {
+        loop {
+            let pause = *self
+                .paused_until
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match pause {
+                Some(until) if until > Instant::now() => {
+                    tokio::time::sleep_until(until.into()).await
+                }
+                _ => break,
+            }
+        }
+        for class in request.limits {
+            if let Some((spec, limiter)) = self.classes.get(class) {
+                let key = if spec.per_key {
+                    request.limit_key.clone()
+                } else {
+                    String::new()
+                };
+                limiter.until_key_ready(&key).await;
+            }
+        }
+    }
+
+    fn pause_for(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut paused = self
+            .paused_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if paused.is_none_or(|current| current < until) {
+            *paused = Some(until);
+        }
+    }
+}
+
+/// The shared HTTP client for one platform (cheap to clone).
+#[derive(Clone)]
+pub struct PlatformHttp {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    platform: Platform,
+    base: Url,
+    token: Token,
+    client: reqwest::Client,
+    config: HttpConfig,
+    limiters: Limiters,
+    metrics: PlatformMetrics,
+}
+
+/// Why building a client failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpSetupError {
+    /// The base URL does not parse or cannot carry paths.
+    #[error("failed to parse the {platform} base URL: {reason}")]
+    BaseUrl {
+        /// Platform.
+        platform: Platform,
+        /// Parser message.
+        reason: String,
+    },
+    /// reqwest could not build a client (TLS setup).
+    #[error("failed to build the {platform} HTTP client")]
+    Client {
+        /// Platform.
+        platform: Platform,
+        /// Builder error.
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+enum Failure {
+    /// Stop and return this error.
+    Final(PlatformError),
+    /// Retry after at least this long (when retries allow).
+    Retry {
+        error: PlatformError,
+        rate_limited: bool,
+        wait: Duration,
+    },
+}
+
+impl PlatformHttp {
+    /// Builds the client for `platform` at `base_url` (the spec's `servers` URL, e.g.
+    /// `https://api.render.com/v1`).
+    pub fn new(
+        platform: Platform,
+        base_url: &str,
+        token: Token,
+        config: HttpConfig,
+        metrics: PlatformMetrics,
+    ) -> Result<Self, HttpSetupError> {
+        let base = Url::parse(base_url).map_err(|e| HttpSetupError::BaseUrl {
+            platform,
+            reason: e.to_string(),
+        })?;
+        if base.cannot_be_a_base() {
+            return Err(HttpSetupError::BaseUrl {
+                platform,
+                reason: "URL cannot carry a path".into(),
+            });
+        }
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.connect_timeout)
+            .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|source| HttpSetupError::Client { platform, source })?;
+        Ok(PlatformHttp {
+            inner: Arc::new(Inner {
+                platform,
+                base,
+                token,
+                client,
+                limiters: Limiters::new(&config.limits),
+                config,
+                metrics,
+            }),
+        })
+    }
+
+    /// The platform this client talks to.
+    pub fn platform(&self) -> Platform {
+        self.inner.platform
+    }
+
+    /// Sends `request`, waiting for the rate limiters and retrying as the request allows.
+    /// Returns the 2xx response or a typed error.
+    pub async fn send(&self, request: &ApiRequest) -> PlatformResult<ApiResponse> {
+        let inner = &self.inner;
+        let started = Instant::now();
+        let mut backoff = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(inner.config.min_backoff)
+            .with_max_delay(inner.config.max_backoff)
+            .without_max_times()
+            .build();
+        let mut transient_retries = 0usize;
+        loop {
+            let outcome = self.attempt(request).await;
+            let (error, rate_limited, wait) = match outcome {
+                Ok(response) => return Ok(response),
+                Err(Failure::Final(error)) => return Err(error),
+                Err(Failure::Retry {
+                    error,
+                    rate_limited,
+                    wait,
+                }) => (error, rate_limited, wait),
+            };
+            // A 429 means the platform did not act on the request, so every request may be
+            // repeated after it; 5xx and timeouts may have been applied, so only idempotent
+            // requests are repeated after those.
+            let may_retry = if rate_limited {
+                started.elapsed() + wait <= inner.config.max_rate_limited_wait
+            } else {
+                request.idempotent && transient_retries < inner.config.max_retries
+            };
+            if !may_retry {
+                return Err(error);
+            }
+            if !rate_limited {
+                transient_retries += 1;
+            }
+            let delay = backoff.next().unwrap_or(inner.config.max_backoff);
+            let delay = if rate_limited {
+                // The limiter pause already waits `wait`; a little jitter spreads the herd.
+                delay.min(inner.config.min_backoff)
+            } else {
+                delay.max(wait)
+            };
+            tracing::debug!(
+                platform = %inner.platform,
+                operation = request.operation,
+                kind = error.kind(),
+                ?delay,
+                "retrying platform request"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Sends `request` and decodes its JSON body.
+    pub async fn json<T: DeserializeOwned>(&self, request: &ApiRequest) -> PlatformResult<T> {
+        let response = self.send(request).await?;
+        decode(self.inner.platform, request.operation, &response.body)
+    }
+
+    fn url(&self, request: &ApiRequest) -> Url {
+        let mut url = self.inner.base.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty();
+            segments.extend(request.segments.iter());
+        }
+        if !request.query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (name, value) in &request.query {
+                pairs.append_pair(name, value);
+            }
+        }
+        url
+    }
+
+    async fn attempt(&self, request: &ApiRequest) -> Result<ApiResponse, Failure> {
+        let inner = &self.inner;
+        let platform = inner.platform;
+        let operation = request.operation;
+        inner.limiters.acquire(request).await;
+        let mut builder = inner
+            .client
+            .request(request.method.clone(), self.url(request))
+            .header(http::header::ACCEPT, "application/json")
+            .header(http::header::AUTHORIZATION, auth_header(&inner.token));
+        for (name, value) in &request.headers {
+            builder = builder.header(*name, value);
+        }
+        if let Some(body) = &request.body {
+            builder = builder.json(body);
+        }
+        let timer = inner
+            .metrics
+            .duration
+            .with_label_values(&[platform.as_str(), operation])
+            .start_timer();
+        let result = match builder.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                response.bytes().await.map(|body| (status, headers, body))
+            }
+            Err(e) => Err(e),
+        };
+        timer.observe_duration();
+        let (status, headers, body) = match result {
+            Ok(parts) => parts,
+            Err(e) => {
+                let code = if e.is_timeout() { "timeout" } else { "error" };
+                inner
+                    .metrics
+                    .requests
+                    .with_label_values(&[platform.as_str(), operation, code])
+                    .inc();
+                let reason = if e.is_timeout() {
+                    "timed out".to_owned()
+                } else if e.is_connect() {
+                    "connection failed".to_owned()
+                } else {
+                    "transport error".to_owned()
+                };
+                return Err(Failure::Retry {
+                    error: PlatformError::Transient {
+                        platform,
+                        operation,
+                        reason,
+                    },
+                    rate_limited: false,
+                    wait: Duration::ZERO,
+                });
+            }
+        };
+        inner
+            .metrics
+            .requests
+            .with_label_values(&[platform.as_str(), operation, &status.to_string()])
+            .inc();
+        let window = read_rate_headers(&headers);
+        if let Some(remaining) = window.remaining {
+            inner
+                .metrics
+                .remaining
+                .with_label_values(&[platform.as_str()])
+                .set(remaining);
+            if remaining <= 0
+                && let Some(reset) = window.reset
+            {
+                inner.limiters.pause_for(reset);
+            }
+        }
+        match status {
+            200..=299 => Ok(ApiResponse {
+                status,
+                headers,
+                body,
+            }),
+            429 => {
+                inner
+                    .metrics
+                    .rate_limited
+                    .with_label_values(&[platform.as_str()])
+                    .inc();
+                let wait = window
+                    .retry_after
+                    .or(window.reset)
+                    .or_else(|| vercel_body_reset(&body))
+                    .unwrap_or(inner.config.min_backoff);
+                inner.limiters.pause_for(wait);
+                Err(Failure::Retry {
+                    error: PlatformError::RateLimited {
+                        platform,
+                        operation,
+                        retry_after: wait,
+                    },
+                    rate_limited: true,
+                    wait,
+                })
+            }
+            500..=599 => Err(Failure::Retry {
+                error: PlatformError::Transient {
+                    platform,
+                    operation,
+                    reason: format!("HTTP {status}"),
+                },
+                rate_limited: false,
+                wait: window.retry_after.unwrap_or(Duration::ZERO),
+            }),
+            401 | 403 => Err(Failure::Final(PlatformError::Unauthorized {
+                platform,
+                operation,
+                status,
+            })),
+            404 | 410 => Err(Failure::Final(PlatformError::NotFound {
+                platform,
+                operation,
+            })),
+            409 | 412 => Err(Failure::Final(PlatformError::Conflict {
+                platform,
+                operation,
+                reason: error_code(&body).unwrap_or_else(|| format!("HTTP {status}")),
+            })),
+            408 => Err(Failure::Retry {
+                error: PlatformError::Transient {
+                    platform,
+                    operation,
+                    reason: "HTTP 408".into(),
+                },
+                rate_limited: false,
+                wait: Duration::ZERO,
+            }),
+            400..=499 => Err(Failure::Final(PlatformError::Invalid {
+                platform,
+                operation,
+                status: Some(status),
+                reason: error_code(&body).unwrap_or_else(|| format!("HTTP {status}")),
+            })),
+            _ => Err(Failure::Final(PlatformError::Malformed {
+                platform,
+                operation,
+                reason: format!("unexpected HTTP status {status}"),
+            })),
+        }
+    }
+}
+
+/// Fly macaroons (`FlyV1 …`) carry their own scheme; every other token is a bearer token.
+fn auth_header(token: &Token) -> String {
+    let value = token.expose();
+    if value.starts_with("FlyV1 ") {
+        value.to_owned()
+    } else {
+        format!("Bearer {value}")
+    }
+}
+
+#[derive(Default)]
+struct RateWindow {
+    remaining: Option<i64>,
+    reset: Option<Duration>,
+    retry_after: Option<Duration>,
+}
+
+fn header_f64(headers: &HeaderMap, names: &[&str]) -> Option<f64> {
+    names.iter().find_map(|name| {
+        headers
+            .get(*name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0)
+    })
+}
+
+/// A reset value is either seconds to wait or a UNIX epoch in seconds (Render's docs say
+/// epoch, their example looks like seconds); anything above a billion is an epoch.
+fn reset_to_wait(value: f64) -> Duration {
+    if value > 1e9 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        Duration::from_secs_f64((value - now).clamp(0.0, 3600.0))
+    } else {
+        Duration::from_secs_f64(value.min(3600.0))
+    }
+}
+
+fn read_rate_headers(headers: &HeaderMap) -> RateWindow {
+    RateWindow {
+        remaining: header_f64(headers, &["ratelimit-remaining", "x-ratelimit-remaining"])
+            .map(|v| v as i64),
+        reset: header_f64(headers, &["ratelimit-reset", "x-ratelimit-reset"]).map(reset_to_wait),
+        retry_after: header_f64(headers, &["retry-after"]).map(reset_to_wait),
+    }
+}
+
+/// Vercel's 429 body: `{"error": {"limit": {"reset": <epoch s>, "resetMs": <epoch ms>}}}`.
+fn vercel_body_reset(body: &[u8]) -> Option<Duration> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let limit = value.get("error")?.get("limit")?;
+    if let Some(ms) = limit.get("resetMs").and_then(|v| v.as_f64()) {
+        return Some(reset_to_wait(ms / 1000.0));
+    }
+    limit
+        .get("reset")
+        .and_then(|v| v.as_f64())
+        .map(reset_to_wait)
+}
+
+/// A short, bounded error code from a vendor error body (Vercel `error.code`, Fly `status`,
+/// Render `id`), never the free-text message (it may echo input).
+fn error_code(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let code = value
+        .get("error")
+        .and_then(|e| e.get("code"))
+        .or_else(|| value.get("status"))
+        .or_else(|| value.get("code"))
+        .and_then(|v| v.as_str())?;
+    let safe = code.len() <= 64
+        && code
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+    safe.then(|| code.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_prints_as_stars_in_debug_and_display() {
+        let token = Token::new("rnd_supersecret");
+        assert_eq!(format!("{token:?}"), "***");
+        assert_eq!(format!("{token}"), "***");
+        assert_eq!(token.expose(), "rnd_supersecret");
+    }
+
+    #[test]
+    fn fly_macaroons_keep_their_scheme_and_others_get_bearer() {
+        assert_eq!(auth_header(&Token::new("FlyV1 fm2_x")), "FlyV1 fm2_x");
+        assert_eq!(auth_header(&Token::new("abc")), "Bearer abc");
+    }
+
+    #[test]
+    fn reset_values_are_read_as_seconds_or_epoch() {
+        assert_eq!(reset_to_wait(45.0), Duration::from_secs(45));
+        let epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+            + 30.0;
+        let wait = reset_to_wait(epoch);
+        assert!(wait > Duration::from_secs(28) && wait <= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn vercel_rate_limit_body_gives_the_wait() {
+        let reset = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as f64
+            + 10_000.0;
+        let body = serde_json::json!({"error": {"code": "rate_limited", "message": "x",
+            "limit": {"remaining": 0, "reset": 0, "resetMs": reset, "total": 100}}});
+        let wait = vercel_body_reset(body.to_string().as_bytes()).unwrap();
+        assert!(wait > Duration::from_secs(8) && wait <= Duration::from_secs(10));
+    }
+
+    #[test]
+    fn error_codes_with_free_text_are_not_echoed() {
+        assert_eq!(
+            error_code(br#"{"error":{"code":"name_taken"}}"#),
+            Some("name_taken".into())
+        );
+        assert_eq!(
+            error_code(br#"{"status":"value sk_live_123 is bad"}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn window_quota_never_allows_more_than_max_in_a_window() {
+        let spec = LimitSpec {
+            class: "write",
+            max: 30,
+            window: Duration::from_secs(60),
+            style: LimitStyle::Window,
+            per_key: false,
+        };
+        let quota = spec.quota();
+        let per_window = quota.burst_size().get() as u128
+            + spec.window.as_nanos() / quota.replenish_interval().as_nanos();
+        assert!(per_window <= 30, "{per_window}");
+        assert!(per_window >= 28, "{per_window}");
+    }
+
+    #[test]
+    fn malformed_json_reports_position_not_content() {
+        let err = decode::<serde_json::Value>(Platform::Render, "get_service", b"{\"a\": sk_")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("render") && text.contains("get_service"),
+            "{text}"
+        );
+        assert!(!text.contains("sk_"), "{text}");
+    }
+}

@@ -1,0 +1,442 @@
+//! Supabase Management API adapter: projects (create, read, rename, pause/restore, delete,
+//! per-service health) and Edge Function secrets, as `supabase/openapi.json` defines them.
+//! Organization project lists use `offset`/`limit` paging; creates look the project up by
+//! name first, because project creation has no idempotency key.
+
+use http::Method;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::http::{ApiRequest, PlatformHttp};
+use super::{Ensured, EnvVar, Platform, PlatformError, PlatformResult, Token};
+use std::future::Future;
+
+const API: &[&str] = &["api"];
+
+/// What Tether wants a Supabase project to be.
+#[derive(Clone, Debug)]
+pub struct SupabaseProjectSpec {
+    /// Project name (the stable identity within the organization).
+    pub name: String,
+    /// Organization slug.
+    pub organization_slug: String,
+    /// Specific region code (`eu-central-1`, …); Supabase picks when `None`.
+    pub region: Option<String>,
+    /// Instance size (`micro`, `small`, …); the plan default when `None`.
+    pub instance_size: Option<String>,
+    /// Database password, used only at creation.
+    pub db_pass: Token,
+}
+
+/// A project's lifecycle in Tether's words; [`SupabaseProject::status`] keeps Supabase's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProjectState {
+    /// Being created, restored, resized, upgraded or restarted.
+    Provisioning,
+    /// Up and healthy.
+    Healthy,
+    /// Up but unhealthy.
+    Unhealthy,
+    /// Paused (or pausing).
+    Paused,
+    /// Creation, restore or pause failed.
+    Failed,
+    /// Removed, or a status Tether does not know.
+    Gone,
+}
+
+/// A Supabase project as observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SupabaseProject {
+    /// Project ref (20 lower-case letters).
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Organization slug.
+    pub organization_slug: Option<String>,
+    /// Region.
+    pub region: String,
+    /// Supabase's status name, verbatim.
+    pub status: String,
+    /// Tether's reading of it.
+    pub state: ProjectState,
+}
+
+/// Health of one project service (`db`, `auth`, `rest`, …).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceHealth {
+    /// Service name.
+    pub name: String,
+    /// `COMING_UP`, `ACTIVE_HEALTHY` or `UNHEALTHY`.
+    pub status: String,
+}
+
+/// Supabase projects and their secrets.
+pub trait SupabaseProjects: Send + Sync {
+    /// Every project of the organization (all pages).
+    fn list_projects(
+        &self,
+        organization: &str,
+    ) -> impl Future<Output = PlatformResult<Vec<SupabaseProject>>> + Send;
+    /// Reads one project.
+    fn get_project(
+        &self,
+        project_ref: &str,
+    ) -> impl Future<Output = PlatformResult<SupabaseProject>> + Send;
+    /// Finds the project by name, or creates it (it then comes up asynchronously).
+    fn ensure_project(
+        &self,
+        spec: &SupabaseProjectSpec,
+    ) -> impl Future<Output = PlatformResult<Ensured<SupabaseProject>>> + Send;
+    /// Renames the project.
+    fn rename_project(
+        &self,
+        project_ref: &str,
+        name: &str,
+    ) -> impl Future<Output = PlatformResult<()>> + Send;
+    /// Deletes the project; `Ok(false)` when it was already gone.
+    fn delete_project(
+        &self,
+        project_ref: &str,
+    ) -> impl Future<Output = PlatformResult<bool>> + Send;
+    /// Pauses the project.
+    fn pause_project(&self, project_ref: &str) -> impl Future<Output = PlatformResult<()>> + Send;
+    /// Restores (unpauses) the project.
+    fn restore_project(&self, project_ref: &str)
+    -> impl Future<Output = PlatformResult<()>> + Send;
+    /// Health of the core services (`db`, `auth`, `rest`, `storage`).
+    fn project_health(
+        &self,
+        project_ref: &str,
+    ) -> impl Future<Output = PlatformResult<Vec<ServiceHealth>>> + Send;
+    /// The project's Edge Function secret names (values are digests, not returned).
+    fn list_secrets(
+        &self,
+        project_ref: &str,
+    ) -> impl Future<Output = PlatformResult<Vec<EnvVar>>> + Send;
+    /// Creates or overwrites secrets in one call.
+    fn set_secrets(
+        &self,
+        project_ref: &str,
+        secrets: &[(String, String)],
+    ) -> impl Future<Output = PlatformResult<()>> + Send;
+    /// Deletes secrets by name in one call.
+    fn delete_secrets(
+        &self,
+        project_ref: &str,
+        names: &[String],
+    ) -> impl Future<Output = PlatformResult<()>> + Send;
+}
+
+/// The Supabase Management API client.
+#[derive(Clone)]
+pub struct SupabaseClient {
+    http: PlatformHttp,
+    page_limit: u32,
+}
+
+impl SupabaseClient {
+    /// A client sending through `http` (built for [`Platform::Supabase`]).
+    pub fn new(http: PlatformHttp) -> Self {
+        SupabaseClient {
+            http,
+            page_limit: 100,
+        }
+    }
+
+    /// Sets the page size of list calls (1–100).
+    pub fn with_page_limit(mut self, limit: u32) -> Self {
+        self.page_limit = limit.clamp(1, 100);
+        self
+    }
+
+    async fn find_project(
+        &self,
+        organization: &str,
+        name: &str,
+    ) -> PlatformResult<Option<SupabaseProject>> {
+        let projects = self.list_paged(organization, Some(name)).await?;
+        Ok(projects.into_iter().find(|p| p.name == name))
+    }
+
+    async fn list_paged(
+        &self,
+        organization: &str,
+        search: Option<&str>,
+    ) -> PlatformResult<Vec<SupabaseProject>> {
+        let mut out = Vec::new();
+        let mut offset = 0u64;
+        loop {
+            let mut request = ApiRequest::get(
+                "list_projects",
+                &["v1", "organizations", organization, "projects"],
+            )
+            .query("offset", offset.to_string())
+            .query("limit", self.page_limit.to_string())
+            .query("sort", "created_asc")
+            .limited(API, "");
+            if let Some(search) = search {
+                request = request.query("search", search);
+            }
+            let page: ApiOrgProjects = self.http.json(&request).await?;
+            let count = page.projects.len() as u64;
+            for project in page.projects {
+                out.push(SupabaseProject {
+                    state: project_state(&project.status),
+                    id: project.reference,
+                    name: project.name,
+                    organization_slug: Some(organization.to_owned()),
+                    region: project.region,
+                    status: project.status,
+                });
+            }
+            offset += count;
+            if count == 0 || offset >= page.pagination.count {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+fn project_state(status: &str) -> ProjectState {
+    match status {
+        "ACTIVE_HEALTHY" => ProjectState::Healthy,
+        "ACTIVE_UNHEALTHY" => ProjectState::Unhealthy,
+        "COMING_UP" | "RESTORING" | "UPGRADING" | "RESTARTING" | "RESIZING" | "UNKNOWN" => {
+            ProjectState::Provisioning
+        }
+        "INACTIVE" | "PAUSING" | "GOING_DOWN" => ProjectState::Paused,
+        "INIT_FAILED" | "RESTORE_FAILED" | "PAUSE_FAILED" => ProjectState::Failed,
+        _ => ProjectState::Gone,
+    }
+}
+
+#[derive(Deserialize)]
+struct ApiProject {
+    #[serde(rename = "ref")]
+    reference: String,
+    name: String,
+    #[serde(default)]
+    organization_slug: Option<String>,
+    region: String,
+    status: String,
+}
+
+impl From<ApiProject> for SupabaseProject {
+    fn from(p: ApiProject) -> Self {
+        SupabaseProject {
+            state: project_state(&p.status),
+            id: p.reference,
+            name: p.name,
+            organization_slug: p.organization_slug,
+            region: p.region,
+            status: p.status,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ApiOrgProjects {
+    projects: Vec<ApiOrgProject>,
+    pagination: ApiPagination,
+}
+
+#[derive(Deserialize)]
+struct ApiOrgProject {
+    #[serde(rename = "ref")]
+    reference: String,
+    name: String,
+    region: String,
+    status: String,
+}
+
+#[derive(Deserialize)]
+struct ApiPagination {
+    count: u64,
+}
+
+#[derive(Deserialize)]
+struct ApiHealth {
+    name: String,
+    status: String,
+}
+
+#[derive(Deserialize)]
+struct ApiSecret {
+    name: String,
+}
+
+impl SupabaseProjects for SupabaseClient {
+    async fn list_projects(&self, organization: &str) -> PlatformResult<Vec<SupabaseProject>> {
+        self.list_paged(organization, None).await
+    }
+
+    async fn get_project(&self, project_ref: &str) -> PlatformResult<SupabaseProject> {
+        let request =
+            ApiRequest::get("get_project", &["v1", "projects", project_ref]).limited(API, "");
+        let project: ApiProject = self.http.json(&request).await?;
+        Ok(project.into())
+    }
+
+    async fn ensure_project(
+        &self,
+        spec: &SupabaseProjectSpec,
+    ) -> PlatformResult<Ensured<SupabaseProject>> {
+        if let Some(existing) = self
+            .find_project(&spec.organization_slug, &spec.name)
+            .await?
+        {
+            return Ok(Ensured {
+                object: existing,
+                created: false,
+            });
+        }
+        let mut body = json!({
+            "name": spec.name,
+            "organization_slug": spec.organization_slug,
+            "db_pass": spec.db_pass.expose(),
+        });
+        if let Some(region) = &spec.region {
+            body["region_selection"] = json!({ "type": "specific", "code": region });
+        }
+        if let Some(size) = &spec.instance_size {
+            body["desired_instance_size"] = json!(size);
+        }
+        let request = ApiRequest::post("create_project", &["v1", "projects"])
+            .json(body)
+            .limited(API, "");
+        let project: ApiProject = self.http.json(&request).await?;
+        Ok(Ensured {
+            object: project.into(),
+            created: true,
+        })
+    }
+
+    async fn rename_project(&self, project_ref: &str, name: &str) -> PlatformResult<()> {
+        let request = ApiRequest::new(
+            Method::PATCH,
+            "rename_project",
+            &["v1", "projects", project_ref],
+        )
+        .json(json!({ "name": name }))
+        .idempotent()
+        .limited(API, "");
+        self.http.send(&request).await.map(|_| ())
+    }
+
+    async fn delete_project(&self, project_ref: &str) -> PlatformResult<bool> {
+        let request = ApiRequest::new(
+            Method::DELETE,
+            "delete_project",
+            &["v1", "projects", project_ref],
+        )
+        .limited(API, "");
+        match self.http.send(&request).await {
+            Ok(_) => Ok(true),
+            Err(PlatformError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn pause_project(&self, project_ref: &str) -> PlatformResult<()> {
+        let request = ApiRequest::post("pause_project", &["v1", "projects", project_ref, "pause"])
+            .idempotent()
+            .limited(API, "");
+        self.http.send(&request).await.map(|_| ())
+    }
+
+    async fn restore_project(&self, project_ref: &str) -> PlatformResult<()> {
+        let request = ApiRequest::post(
+            "restore_project",
+            &["v1", "projects", project_ref, "restore"],
+        )
+        .idempotent()
+        .limited(API, "");
+        self.http.send(&request).await.map(|_| ())
+    }
+
+    async fn project_health(&self, project_ref: &str) -> PlatformResult<Vec<ServiceHealth>> {
+        let mut request =
+            ApiRequest::get("project_health", &["v1", "projects", project_ref, "health"])
+                .limited(API, "");
+        for service in ["db", "auth", "rest", "storage"] {
+            request = request.query("services", service);
+        }
+        let health: Vec<ApiHealth> = self.http.json(&request).await?;
+        Ok(health
+            .into_iter()
+            .map(|h| ServiceHealth {
+                name: h.name,
+                status: h.status,
+            })
+            .collect())
+    }
+
+    async fn list_secrets(&self, project_ref: &str) -> PlatformResult<Vec<EnvVar>> {
+        let request = ApiRequest::get("list_secrets", &["v1", "projects", project_ref, "secrets"])
+            .limited(API, "");
+        let secrets: Vec<ApiSecret> = self.http.json(&request).await?;
+        Ok(secrets
+            .into_iter()
+            .map(|s| EnvVar {
+                key: s.name,
+                value: None,
+                secret: true,
+            })
+            .collect())
+    }
+
+    async fn set_secrets(
+        &self,
+        project_ref: &str,
+        secrets: &[(String, String)],
+    ) -> PlatformResult<()> {
+        if let Some((name, _)) = secrets.iter().find(|(n, _)| n.starts_with("SUPABASE_")) {
+            return Err(PlatformError::Invalid {
+                platform: Platform::Supabase,
+                operation: "set_secrets",
+                status: None,
+                reason: format!("secret names must not start with SUPABASE_ ({name})"),
+            });
+        }
+        let body: Vec<_> = secrets
+            .iter()
+            .map(|(name, value)| json!({ "name": name, "value": value }))
+            .collect();
+        // Writing the same values again gives the same state: safe to retry.
+        let request = ApiRequest::post("set_secrets", &["v1", "projects", project_ref, "secrets"])
+            .json(json!(body))
+            .idempotent()
+            .limited(API, "");
+        self.http.send(&request).await.map(|_| ())
+    }
+
+    async fn delete_secrets(&self, project_ref: &str, names: &[String]) -> PlatformResult<()> {
+        let request = ApiRequest::new(
+            Method::DELETE,
+            "delete_secrets",
+            &["v1", "projects", project_ref, "secrets"],
+        )
+        .json(json!(names))
+        .limited(API, "");
+        self.http.send(&request).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_project_status_has_a_state() {
+        for (status, state) in [
+            ("COMING_UP", ProjectState::Provisioning),
+            ("ACTIVE_HEALTHY", ProjectState::Healthy),
+            ("INIT_FAILED", ProjectState::Failed),
+            ("INACTIVE", ProjectState::Paused),
+            ("REMOVED", ProjectState::Gone),
+        ] {
+            assert_eq!(project_state(status), state, "{status}");
+        }
+    }
+}

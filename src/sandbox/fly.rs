@@ -1,0 +1,749 @@
+//! Fly.io Machines imitation: apps (with `idempotency_key`), machines (`created → starting →
+//! started`, `stopping → stopped`, `failed` for a failing image; leases with nonces;
+//! updates guarded by `current_version`), app secrets with versions, ACME certificates, and
+//! `fly-next-cursor` paging of machine lists, with the shapes of `fly/openapi.json`.
+//! Rate limits are per action and object (token buckets, no headers), as Fly documents.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde_json::{Value, json};
+
+use super::{Common, Imitation, set_field, timestamp};
+
+/// Simulated length of a transition (`starting`, `stopping`, …).
+const STEP: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+struct Fly {
+    common: Arc<Common>,
+    state: Arc<Mutex<FlyState>>,
+}
+
+#[derive(Default)]
+struct FlyState {
+    seq: u64,
+    apps: BTreeMap<String, App>,
+}
+
+struct App {
+    json: Value,
+    idempotency_key: Option<String>,
+    machines: BTreeMap<String, Machine>,
+    secrets: BTreeMap<String, (String, u64)>,
+    secrets_version: u64,
+    certificates: BTreeMap<String, Value>,
+}
+
+struct Machine {
+    json: Value,
+    /// The transition in progress: (transient state, settled state, started at).
+    phase: (&'static str, &'static str, Instant),
+    lease: Option<(String, Instant)>,
+}
+
+pub(crate) fn router(common: Arc<Common>) -> (Router, Arc<dyn Imitation>) {
+    let fly = Fly {
+        common,
+        state: Arc::new(Mutex::new(FlyState::default())),
+    };
+    let router = Router::new()
+        .route("/v1/apps", get(list_apps).post(create_app))
+        .route("/v1/apps/{app}", get(get_app).delete(delete_app))
+        .route(
+            "/v1/apps/{app}/machines",
+            get(list_machines).post(create_machine),
+        )
+        .route(
+            "/v1/apps/{app}/machines/{id}",
+            get(get_machine).post(update_machine).delete(delete_machine),
+        )
+        .route(
+            "/v1/apps/{app}/machines/{id}/lease",
+            post(acquire_lease).delete(release_lease),
+        )
+        .route("/v1/apps/{app}/machines/{id}/stop", post(stop_machine))
+        .route("/v1/apps/{app}/machines/{id}/start", post(start_machine))
+        .route(
+            "/v1/apps/{app}/secrets",
+            get(list_secrets).post(set_secrets),
+        )
+        .route("/v1/apps/{app}/secrets/{name}", delete(delete_secret))
+        .route("/v1/apps/{app}/certificates", get(list_certificates))
+        .route("/v1/apps/{app}/certificates/acme", post(add_certificate))
+        .route(
+            "/v1/apps/{app}/certificates/{hostname}",
+            delete(delete_certificate),
+        )
+        .with_state(fly.clone());
+    (router, Arc::new(fly))
+}
+
+impl Fly {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FlyState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn error(&self, status: StatusCode, code: &str, message: &str) -> Response {
+        let mut body = self.common.error_body(code, message);
+        if matches!(code, "name_taken" | "insufficient_capacity" | "unknown") {
+            body["status"] = json!(code);
+        }
+        (status, axum::Json(body)).into_response()
+    }
+
+    fn not_found(&self) -> Response {
+        self.error(StatusCode::NOT_FOUND, "not_found", "not found")
+    }
+
+    fn bad_request(&self, message: &str) -> Response {
+        self.error(StatusCode::BAD_REQUEST, "unknown", message)
+    }
+
+    fn machine_state(&self, m: &Machine) -> &'static str {
+        let (transient, settled, at) = m.phase;
+        if self.common.sim_elapsed(at) < STEP {
+            transient
+        } else {
+            settled
+        }
+    }
+
+    fn machine_json(&self, m: &Machine) -> Value {
+        let mut json = m.json.clone();
+        json["state"] = json!(self.machine_state(m));
+        json
+    }
+
+    /// Starts a launch of the configured image: `starting → started`, or `failed`.
+    fn launch(&self, m: &mut Machine) {
+        let image = m.json["config"]["image"].as_str().unwrap_or_default();
+        let settled = if self.common.source_fails(image) {
+            "failed"
+        } else {
+            "started"
+        };
+        m.phase = ("starting", settled, Instant::now());
+    }
+
+    fn next_id(state: &mut FlyState) -> String {
+        state.seq += 1;
+        format!("{:014x}", state.seq * 7919)
+    }
+}
+
+impl Imitation for Fly {
+    fn classify(&self, method: &str, path: &str) -> Vec<(&'static str, String)> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (method, segments.as_slice()) {
+            ("GET", ["v1", "apps", app, "machines", id]) => {
+                vec![("get_machine", format!("{app}/{id}"))]
+            }
+            // Per action and per object: the method and concrete path name both.
+            _ => vec![("action", format!("{method} {path}"))],
+        }
+    }
+
+    fn edit(&self, object: &str, name: &str, field: &str, value: Value) -> bool {
+        let mut state = self.lock();
+        match object {
+            "app" => state
+                .apps
+                .get_mut(name)
+                .is_some_and(|a| set_field(&mut a.json, field, value)),
+            "machine" => state.apps.values_mut().any(|a| {
+                a.machines
+                    .values_mut()
+                    .find(|m| m.json["name"] == name || m.json["id"] == name)
+                    .is_some_and(|m| set_field(&mut m.json, field, value.clone()))
+            }),
+            _ => false,
+        }
+    }
+
+    fn live_source(&self, name: &str) -> Option<String> {
+        let state = self.lock();
+        let app = state.apps.get(name)?;
+        app.machines
+            .values()
+            .find(|m| self.machine_state(m) == "started")
+            .and_then(|m| m.json["config"]["image"].as_str().map(str::to_owned))
+    }
+}
+
+type Params = Query<Vec<(String, String)>>;
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn body_json(bytes: &[u8]) -> Option<Value> {
+    if bytes.is_empty() {
+        return Some(json!({}));
+    }
+    serde_json::from_slice(bytes).ok()
+}
+
+/// A page of `items` after `cursor` (an item key) of at most `limit`; the next cursor when
+/// more follow.
+fn paged<T: Clone>(
+    items: Vec<(String, T)>,
+    cursor: Option<&str>,
+    limit: Option<usize>,
+) -> Result<(Vec<T>, Option<String>), ()> {
+    let start = match cursor {
+        Some(c) => items.iter().position(|(k, _)| k == c).ok_or(())? + 1,
+        None => 0,
+    };
+    let limit = limit.unwrap_or(usize::MAX);
+    let rest = &items[start.min(items.len())..];
+    let page: Vec<(String, T)> = rest.iter().take(limit).cloned().collect();
+    let next = (rest.len() > page.len())
+        .then(|| page.last().map(|(k, _)| k.clone()))
+        .flatten();
+    Ok((page.into_iter().map(|(_, v)| v).collect(), next))
+}
+
+fn limit(params: &[(String, String)], max: usize) -> Result<Option<usize>, ()> {
+    match param(params, "limit").map(str::parse::<usize>) {
+        None => Ok(None),
+        Some(Ok(n)) if (1..=max).contains(&n) => Ok(Some(n)),
+        Some(_) => Err(()),
+    }
+}
+
+async fn list_apps(State(f): State<Fly>, Query(params): Params) -> Response {
+    let Some(org) = param(&params, "org_slug") else {
+        return f.bad_request("org_slug is required");
+    };
+    let Ok(limit) = limit(&params, 5000) else {
+        return f.bad_request("invalid limit");
+    };
+    let state = f.lock();
+    let items: Vec<(String, Value)> = state
+        .apps
+        .iter()
+        .filter(|(_, a)| a.json["organization"]["slug"] == org)
+        .map(|(k, a)| {
+            let mut json = a.json.clone();
+            json["machine_count"] = json!(a.machines.len());
+            (k.clone(), json)
+        })
+        .collect();
+    let total = items.len();
+    let Ok((page, next)) = paged(items, param(&params, "cursor"), limit) else {
+        return f.bad_request("invalid cursor");
+    };
+    let mut body = json!({ "apps": page, "total_apps": total });
+    if let Some(next) = next {
+        body["next_cursor"] = json!(next);
+    }
+    axum::Json(body).into_response()
+}
+
+async fn create_app(State(f): State<Fly>, body: axum::body::Bytes) -> Response {
+    let Some(body) = body_json(&body) else {
+        return f.bad_request("invalid JSON body");
+    };
+    let (Some(name), Some(org)) = (body["name"].as_str(), body["org_slug"].as_str()) else {
+        return f.bad_request("name and org_slug are required");
+    };
+    let key = body["idempotency_key"].as_str().map(str::to_owned);
+    let mut state = f.lock();
+    if let Some(key) = &key
+        && let Some((existing_name, app)) = state
+            .apps
+            .iter()
+            .find(|(_, a)| a.idempotency_key.as_deref() == Some(key.as_str()))
+    {
+        if existing_name != name {
+            return f.error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown",
+                "idempotency key already used for another app",
+            );
+        }
+        return (
+            StatusCode::CREATED,
+            axum::Json(json!({ "id": app.json["id"], "created_at": app.json["created_at_ms"] })),
+        )
+            .into_response();
+    }
+    if state.apps.contains_key(name) {
+        return f.error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name_taken",
+            "app name taken",
+        );
+    }
+    let id = Fly::next_id(&mut state);
+    let created = 1_700_000_000_000u64 + state.seq;
+    state.apps.insert(
+        name.to_owned(),
+        App {
+            json: json!({
+                "id": id,
+                "name": name,
+                "status": "deployed",
+                "network": body["network"].as_str().unwrap_or("default"),
+                "organization": { "slug": org, "name": org },
+                "machine_count": 0,
+                "volume_count": 0,
+                "created_at_ms": created,
+            }),
+            idempotency_key: key,
+            machines: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            secrets_version: 0,
+            certificates: BTreeMap::new(),
+        },
+    );
+    (
+        StatusCode::CREATED,
+        axum::Json(json!({ "id": id, "created_at": created })),
+    )
+        .into_response()
+}
+
+fn public_app(app: &App) -> Value {
+    let mut json = app.json.clone();
+    if let Some(map) = json.as_object_mut() {
+        map.remove("created_at_ms");
+    }
+    json["machine_count"] = json!(app.machines.len());
+    json
+}
+
+async fn get_app(State(f): State<Fly>, Path(app): Path<String>) -> Response {
+    match f.lock().apps.get(&app) {
+        Some(a) => axum::Json(public_app(a)).into_response(),
+        None => f.not_found(),
+    }
+}
+
+async fn delete_app(State(f): State<Fly>, Path(app): Path<String>) -> Response {
+    match f.lock().apps.remove(&app) {
+        Some(_) => StatusCode::ACCEPTED.into_response(),
+        None => f.not_found(),
+    }
+}
+
+async fn list_machines(
+    State(f): State<Fly>,
+    Path(app): Path<String>,
+    Query(params): Params,
+) -> Response {
+    let Ok(limit) = limit(&params, 1000) else {
+        return f.bad_request("invalid limit");
+    };
+    let state = f.lock();
+    let Some(a) = state.apps.get(&app) else {
+        return f.not_found();
+    };
+    let items: Vec<(String, Value)> = a
+        .machines
+        .iter()
+        .map(|(k, m)| (k.clone(), f.machine_json(m)))
+        .collect();
+    let Ok((page, next)) = paged(items, param(&params, "cursor"), limit) else {
+        return f.bad_request("invalid cursor");
+    };
+    let mut response = axum::Json(page).into_response();
+    if let Some(next) = next.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        response.headers_mut().insert("fly-next-cursor", next);
+    }
+    response
+}
+
+fn machine_config(body: &Value) -> Option<Value> {
+    let config = body.get("config")?;
+    let image = config["image"].as_str()?;
+    Some(json!({
+        "image": image,
+        "env": config.get("env").cloned().unwrap_or(json!({})),
+        "guest": { "cpu_kind": "shared", "cpus": 1, "memory_mb": 256 },
+    }))
+}
+
+async fn create_machine(
+    State(f): State<Fly>,
+    Path(app): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(body) = body_json(&body) else {
+        return f.bad_request("invalid JSON body");
+    };
+    let Some(config) = machine_config(&body) else {
+        return f.bad_request("config.image is required");
+    };
+    let mut state = f.lock();
+    let id = Fly::next_id(&mut state);
+    let version = format!("01H{}", Fly::next_id(&mut state).to_uppercase());
+    let Some(a) = state.apps.get_mut(&app) else {
+        return f.not_found();
+    };
+    let now = timestamp();
+    let mut machine = Machine {
+        json: json!({
+            "id": id,
+            "name": body["name"].as_str().unwrap_or(&id),
+            "region": body["region"].as_str().unwrap_or("ams"),
+            "instance_id": version,
+            "private_ip": "fdaa:0:1::2",
+            "config": config,
+            "host_status": "ok",
+            "created_at": now,
+            "updated_at": now,
+            "events": [],
+        }),
+        phase: ("created", "created", Instant::now()),
+        lease: None,
+    };
+    if body["skip_launch"] != true {
+        f.launch(&mut machine);
+    }
+    let json = f.machine_json(&machine);
+    a.machines.insert(id, machine);
+    axum::Json(json).into_response()
+}
+
+async fn get_machine(State(f): State<Fly>, Path((app, id)): Path<(String, String)>) -> Response {
+    let state = f.lock();
+    match state.apps.get(&app).and_then(|a| a.machines.get(&id)) {
+        Some(m) => axum::Json(f.machine_json(m)).into_response(),
+        None => f.not_found(),
+    }
+}
+
+/// Whether a mutating call may touch a leased machine: only with the lease's nonce.
+fn lease_allows(m: &Machine, headers: &HeaderMap) -> bool {
+    match &m.lease {
+        Some((nonce, expires)) if *expires > Instant::now() => {
+            headers
+                .get("fly-machine-lease-nonce")
+                .and_then(|v| v.to_str().ok())
+                == Some(nonce.as_str())
+        }
+        _ => true,
+    }
+}
+
+async fn update_machine(
+    State(f): State<Fly>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(body) = body_json(&body) else {
+        return f.bad_request("invalid JSON body");
+    };
+    let Some(config) = machine_config(&body) else {
+        return f.bad_request("config.image is required");
+    };
+    let mut state = f.lock();
+    let version = format!("01H{}", Fly::next_id(&mut state).to_uppercase());
+    let Some(m) = state
+        .apps
+        .get_mut(&app)
+        .and_then(|a| a.machines.get_mut(&id))
+    else {
+        return f.not_found();
+    };
+    if !lease_allows(m, &headers) {
+        return f.error(
+            StatusCode::CONFLICT,
+            "unknown",
+            "machine is leased by someone else",
+        );
+    }
+    if let Some(expected) = body["current_version"].as_str()
+        && m.json["instance_id"] != expected
+    {
+        return f.error(
+            StatusCode::CONFLICT,
+            "unknown",
+            "machine version changed since current_version",
+        );
+    }
+    m.json["config"] = config;
+    m.json["instance_id"] = json!(version);
+    m.json["updated_at"] = json!(timestamp());
+    if body["skip_launch"] != true {
+        f.launch(m);
+    }
+    axum::Json(f.machine_json(m)).into_response()
+}
+
+async fn delete_machine(
+    State(f): State<Fly>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut state = f.lock();
+    let Some(a) = state.apps.get_mut(&app) else {
+        return f.not_found();
+    };
+    match a.machines.get(&id) {
+        None => f.not_found(),
+        Some(m) if !lease_allows(m, &headers) => {
+            f.error(StatusCode::CONFLICT, "unknown", "machine is leased")
+        }
+        Some(_) => {
+            a.machines.remove(&id);
+            StatusCode::OK.into_response()
+        }
+    }
+}
+
+async fn acquire_lease(
+    State(f): State<Fly>,
+    Path((app, id)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let ttl = body_json(&body)
+        .and_then(|b| b["ttl"].as_u64())
+        .unwrap_or(30);
+    let mut state = f.lock();
+    let nonce = format!("{:032x}", rand::random::<u128>());
+    let Some(m) = state
+        .apps
+        .get_mut(&app)
+        .and_then(|a| a.machines.get_mut(&id))
+    else {
+        return f.not_found();
+    };
+    if m.lease
+        .as_ref()
+        .is_some_and(|(_, exp)| *exp > Instant::now())
+    {
+        return f.error(StatusCode::CONFLICT, "unknown", "machine already leased");
+    }
+    let expires = Instant::now() + f.common.wall(Duration::from_secs(ttl));
+    m.lease = Some((nonce.clone(), expires));
+    let expires_at = jiff::Timestamp::now().as_second() + ttl as i64;
+    (
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "nonce": nonce,
+            "expires_at": expires_at,
+            "owner": "tether@sandbox",
+            "version": m.json["instance_id"],
+        })),
+    )
+        .into_response()
+}
+
+async fn release_lease(
+    State(f): State<Fly>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut state = f.lock();
+    let Some(m) = state
+        .apps
+        .get_mut(&app)
+        .and_then(|a| a.machines.get_mut(&id))
+    else {
+        return f.not_found();
+    };
+    let presented = headers
+        .get("fly-machine-lease-nonce")
+        .and_then(|v| v.to_str().ok());
+    match &m.lease {
+        Some((nonce, _)) if Some(nonce.as_str()) == presented => {
+            m.lease = None;
+            StatusCode::OK.into_response()
+        }
+        Some(_) => f.error(StatusCode::CONFLICT, "unknown", "wrong lease nonce"),
+        None => f.not_found(),
+    }
+}
+
+async fn stop_machine(
+    State(f): State<Fly>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut state = f.lock();
+    let Some(m) = state
+        .apps
+        .get_mut(&app)
+        .and_then(|a| a.machines.get_mut(&id))
+    else {
+        return f.not_found();
+    };
+    if !lease_allows(m, &headers) {
+        return f.error(StatusCode::CONFLICT, "unknown", "machine is leased");
+    }
+    if f.machine_state(m) != "stopped" {
+        m.phase = ("stopping", "stopped", Instant::now());
+    }
+    StatusCode::OK.into_response()
+}
+
+async fn start_machine(
+    State(f): State<Fly>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut state = f.lock();
+    let Some(m) = state
+        .apps
+        .get_mut(&app)
+        .and_then(|a| a.machines.get_mut(&id))
+    else {
+        return f.not_found();
+    };
+    if !lease_allows(m, &headers) {
+        return f.error(StatusCode::CONFLICT, "unknown", "machine is leased");
+    }
+    if !matches!(f.machine_state(m), "started" | "starting") {
+        f.launch(m);
+    }
+    StatusCode::OK.into_response()
+}
+
+async fn list_secrets(State(f): State<Fly>, Path(app): Path<String>) -> Response {
+    let state = f.lock();
+    let Some(a) = state.apps.get(&app) else {
+        return f.not_found();
+    };
+    let secrets: Vec<Value> = a
+        .secrets
+        .iter()
+        .map(|(name, (value, _))| {
+            json!({ "name": name, "digest": format!("{:016x}", super::digest(value)) })
+        })
+        .collect();
+    axum::Json(json!({ "secrets": secrets })).into_response()
+}
+
+async fn set_secrets(
+    State(f): State<Fly>,
+    Path(app): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(values) = body_json(&body).and_then(|b| b["values"].as_object().cloned()) else {
+        return f.bad_request("values is required");
+    };
+    let mut state = f.lock();
+    let Some(a) = state.apps.get_mut(&app) else {
+        return f.not_found();
+    };
+    a.secrets_version += 1;
+    let version = a.secrets_version;
+    for (name, value) in values {
+        match value.as_str() {
+            Some(v) => {
+                a.secrets.insert(name, (v.to_owned(), version));
+            }
+            None => {
+                a.secrets.remove(&name);
+            }
+        }
+    }
+    let secrets: Vec<Value> = a.secrets.keys().map(|n| json!({ "name": n })).collect();
+    axum::Json(json!({ "version": version, "secrets": secrets })).into_response()
+}
+
+async fn delete_secret(
+    State(f): State<Fly>,
+    Path((app, name)): Path<(String, String)>,
+) -> Response {
+    let mut state = f.lock();
+    let Some(a) = state.apps.get_mut(&app) else {
+        return f.not_found();
+    };
+    if a.secrets.remove(&name).is_none() {
+        return f.not_found();
+    }
+    a.secrets_version += 1;
+    axum::Json(json!({ "version": a.secrets_version })).into_response()
+}
+
+async fn list_certificates(
+    State(f): State<Fly>,
+    Path(app): Path<String>,
+    Query(params): Params,
+) -> Response {
+    let Ok(limit) = limit(&params, 1000) else {
+        return f.bad_request("invalid limit");
+    };
+    let state = f.lock();
+    let Some(a) = state.apps.get(&app) else {
+        return f.not_found();
+    };
+    let items: Vec<(String, Value)> = a
+        .certificates
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let total = items.len();
+    let Ok((page, next)) = paged(items, param(&params, "cursor"), limit) else {
+        return f.bad_request("invalid cursor");
+    };
+    let mut body = json!({ "certificates": page, "total_count": total });
+    if let Some(next) = next {
+        body["next_cursor"] = json!(next);
+    }
+    axum::Json(body).into_response()
+}
+
+async fn add_certificate(
+    State(f): State<Fly>,
+    Path(app): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(hostname) = body_json(&body).and_then(|b| b["hostname"].as_str().map(str::to_owned))
+    else {
+        return f.bad_request("hostname is required");
+    };
+    let mut state = f.lock();
+    let Some(a) = state.apps.get_mut(&app) else {
+        return f.not_found();
+    };
+    if a.certificates.contains_key(&hostname) {
+        return f.error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown",
+            "certificate already exists",
+        );
+    }
+    let now = timestamp();
+    let certificate = json!({
+        "hostname": hostname,
+        "configured": false,
+        "acme_requested": true,
+        "status": "pending_ownership",
+        "dns_provider": "unknown",
+        "created_at": now,
+        "updated_at": now,
+    });
+    a.certificates.insert(hostname, certificate.clone());
+    (StatusCode::CREATED, axum::Json(certificate)).into_response()
+}
+
+async fn delete_certificate(
+    State(f): State<Fly>,
+    Path((app, hostname)): Path<(String, String)>,
+) -> Response {
+    let mut state = f.lock();
+    let Some(a) = state.apps.get_mut(&app) else {
+        return f.not_found();
+    };
+    match a.certificates.remove(&hostname) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => f.not_found(),
+    }
+}

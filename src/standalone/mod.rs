@@ -1,0 +1,383 @@
+//! `tether run`: standalone mode, no cluster needed.
+//!
+//! Starts the embedded Kubernetes API ([`crate::localapi`]) with its store in
+//! `<state-dir>/store.redb`, writes `<state-dir>/kubeconfig` for kubectl, applies every
+//! manifest under `--manifests` as `kubectl apply --server-side` would, prunes what was
+//! removed, keeps watching the directory, runs the controllers, and prints progress lines.
+//!
+//! Flow: [`run`] (signals, runtime) → [`serve`]: start API → kubeconfig → progress watchers
+//! → controllers → [`sync::Syncer`] pass (scan → parse → resolve → apply → prune) → wait for
+//! a directory change ([`dirwatch`]) → pass → … → shutdown.
+
+pub mod apply;
+pub mod dirwatch;
+pub mod inventory;
+pub mod manifests;
+pub mod progress;
+pub mod sync;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::localapi::{LocalApiConfig, LocalApiError, StoreConfig};
+use progress::{Progress, Reporter};
+
+/// How long a burst of file changes must be quiet before a sync pass starts.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+/// How long the start waits for the progress watchers' first list.
+const WATCHERS_LISTED: Duration = Duration::from_secs(5);
+/// How long shutdown waits for the API server and the controllers to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Flags of `tether run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Directory of manifests (`*.yaml`, `*.yml`, searched recursively).
+    #[arg(long, value_name = "DIR")]
+    pub manifests: PathBuf,
+    /// Where the store (`store.redb`) and the kubeconfig are kept; a restart keeps everything.
+    #[arg(long, value_name = "DIR", default_value = ".tether")]
+    pub state_dir: PathBuf,
+    /// Address of the embedded API server (loopback; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub addr: SocketAddr,
+    /// Log filter for stderr logs, in RUST_LOG syntax (`info`, `tether=debug,kube=warn`).
+    #[arg(long, default_value = "warn")]
+    pub log_level: String,
+}
+
+/// Why `tether run` could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// `--manifests` is not a readable directory.
+    #[error("failed to open manifest directory {path}: {reason}")]
+    ManifestDir {
+        /// The path given.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// `--addr` is not a loopback address.
+    #[error(
+        "failed to use --addr {0}: the embedded API server has no authentication and serves \
+         Secrets, so it only listens on a loopback address (127.0.0.1 or ::1)"
+    )]
+    NotLoopback(SocketAddr),
+    /// The state directory could not be created.
+    #[error("failed to create state directory {path}: {source}")]
+    StateDir {
+        /// The path given.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The embedded API server did not start.
+    #[error("failed to start the embedded API server: {0}")]
+    StartApi(#[from] LocalApiError),
+    /// The kubeconfig could not be written.
+    #[error("failed to write kubeconfig {path}: {reason}")]
+    Kubeconfig {
+        /// Where it should have gone.
+        path: PathBuf,
+        /// Why it could not be written.
+        reason: String,
+    },
+    /// The directory watch did not start.
+    #[error(transparent)]
+    Watch(#[from] dirwatch::WatchError),
+    /// The async runtime or signal handlers could not be set up.
+    #[error("failed to start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// Runs `tether run` until Ctrl-C or SIGTERM: builds the async runtime, installs the signal
+/// handlers and calls [`serve`].
+pub fn run(args: RunArgs) -> Result<(), RunError> {
+    crate::telemetry::init_tracing(&args.log_level, crate::telemetry::LogFormat::Text);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(RunError::Runtime)?;
+        let on_signal = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = sigterm.recv() => {}
+            }
+            on_signal.cancel();
+        });
+        serve(args, Reporter::stdout(), shutdown).await
+    })
+}
+
+/// Serves `tether run` until `shutdown` is cancelled, printing progress to `reporter`.
+pub async fn serve(
+    args: RunArgs,
+    reporter: Reporter,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    if !args.manifests.is_dir() {
+        return Err(RunError::ManifestDir {
+            path: args.manifests.clone(),
+            reason: "not a directory".into(),
+        });
+    }
+    if !args.addr.ip().is_loopback() {
+        return Err(RunError::NotLoopback(args.addr));
+    }
+    std::fs::create_dir_all(&args.state_dir).map_err(|source| RunError::StateDir {
+        path: args.state_dir.clone(),
+        source,
+    })?;
+    let store = args.state_dir.join("store.redb");
+    let crds = crate::api::crds();
+
+    // Everything started below stops with `stop`; `shutdown` only triggers it, so the
+    // order of stopping stays ours (sync loop first, then controllers, then the API).
+    let stop = CancellationToken::new();
+    // An early return (a failed start step) stops whatever was already started.
+    let _stop_on_return = stop.clone().drop_guard();
+    let api = crate::localapi::start(
+        LocalApiConfig {
+            addr: args.addr,
+            store: StoreConfig::File(store.clone()),
+            crds: crds.clone(),
+        },
+        stop.clone(),
+    )
+    .await?;
+    let client = api.client();
+    let kubeconfig = args.state_dir.join("kubeconfig");
+    write_kubeconfig(&kubeconfig, &api.kubeconfig())?;
+    reporter.print(Progress::Listening {
+        url: api.url(),
+        store: store.display().to_string(),
+    });
+    reporter.print(Progress::KubectlHint {
+        kubeconfig: kubeconfig.display().to_string(),
+    });
+
+    // The progress watchers list first, so every change from the first sync pass on is
+    // printed (bounded: a watcher that cannot list only costs its lines, not the run).
+    let mut tasks = tokio::task::JoinSet::new();
+    let watchers = crds.len() + 1;
+    let (listed, mut listed_rx) = tokio::sync::mpsc::channel(watchers);
+    tasks.spawn(progress::watch_conditions(
+        client.clone(),
+        crds.clone(),
+        reporter.clone(),
+        listed.clone(),
+        stop.clone(),
+    ));
+    tasks.spawn(progress::watch_warnings(
+        client.clone(),
+        reporter.clone(),
+        listed,
+        stop.clone(),
+    ));
+    let all_listed = async {
+        for _ in 0..watchers {
+            listed_rx.recv().await;
+        }
+    };
+    if tokio::time::timeout(WATCHERS_LISTED, all_listed)
+        .await
+        .is_err()
+    {
+        tracing::warn!("progress watchers did not list within {WATCHERS_LISTED:?}");
+    }
+
+    tasks.spawn(run_controllers(
+        client.clone(),
+        reporter.clone(),
+        stop.clone(),
+    ));
+
+    let mut watch = dirwatch::DirWatch::start(&args.manifests, &args.state_dir, DEBOUNCE)?;
+    let tether_groups: Vec<String> = crds.iter().map(|c| c.spec.group.clone()).collect();
+    let mut syncer = sync::Syncer::new(
+        client,
+        &args.manifests,
+        &args.state_dir,
+        tether_groups,
+        reporter.clone(),
+    );
+    // A pass may be cut short by shutdown: every apply is idempotent and the inventory's
+    // intent record covers objects created just before, so the next start finishes the job.
+    let first = sync_and_report(&mut syncer, &reporter, &args.manifests);
+    let mut stopping = tokio::select! {
+        _ = first => false,
+        _ = shutdown.cancelled() => true,
+    };
+    if !stopping {
+        reporter.print(Progress::Watching {
+            dir: args.manifests.display().to_string(),
+        });
+    }
+    while !stopping {
+        stopping = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            changed = watch.changed() => {
+                if changed {
+                    let pass = sync_and_report(&mut syncer, &reporter, &args.manifests);
+                    tokio::select! {
+                        _ = pass => false,
+                        _ = shutdown.cancelled() => true,
+                    }
+                } else {
+                    // The watch ended (cannot happen while `watch` lives): keep serving.
+                    shutdown.cancelled().await;
+                    true
+                }
+            }
+        };
+    }
+
+    reporter.print(Progress::Stopping);
+    stop.cancel();
+    let drained = async {
+        while tasks.join_next().await.is_some() {}
+        api.stopped().await;
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+        tracing::warn!("components did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    Ok(())
+}
+
+/// Runs the Environment, Release and Migration controllers against the embedded API until
+/// `stop`: every namespace, no label selector, and no leader election (the store belongs to
+/// this one process; a second `tether run` on the same state directory cannot open it).
+/// Their metrics go to a registry of their own: `tether run` serves no `/metrics`.
+async fn run_controllers(client: kube::Client, reporter: Reporter, stop: CancellationToken) {
+    let ran = crate::controller::run(
+        client,
+        crate::controller::ControllerConfig::default(),
+        crate::telemetry::MetricsRegistry::new(),
+        crate::controller::Health::new(),
+        stop,
+    )
+    .await;
+    if let Err(err) = ran {
+        reporter.print(Progress::Error {
+            place: "controllers".into(),
+            object: None,
+            reason: err.to_string(),
+        });
+    }
+}
+
+/// A failed pass (directory unreadable, inventory unreachable) is printed; the next change
+/// triggers another pass.
+async fn sync_and_report(syncer: &mut sync::Syncer, reporter: &Reporter, dir: &Path) {
+    if let Err(err) = syncer.sync().await {
+        reporter.print(Progress::Error {
+            place: dir.display().to_string(),
+            object: None,
+            reason: err.to_string(),
+        });
+    }
+}
+
+/// Writes `config` to `path` as YAML, readable by kubectl, replacing any older file
+/// atomically (write to a temporary file, then rename) and readable only by its owner.
+fn write_kubeconfig(path: &Path, config: &kube::config::Kubeconfig) -> Result<(), RunError> {
+    let error = |reason: String| RunError::Kubeconfig {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let yaml = serde_saphyr::to_string(config).map_err(|e| error(e.to_string()))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, yaml).map_err(|e| error(e.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| error(e.to_string()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| error(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::config::{Cluster, Context, Kubeconfig, NamedCluster, NamedContext};
+
+    fn local_kubeconfig() -> Kubeconfig {
+        Kubeconfig {
+            clusters: vec![NamedCluster {
+                name: "tether".into(),
+                cluster: Some(Cluster {
+                    server: Some("http://127.0.0.1:41234".into()),
+                    ..Default::default()
+                }),
+                other: Default::default(),
+            }],
+            contexts: vec![NamedContext {
+                name: "tether".into(),
+                context: Some(Context {
+                    cluster: "tether".into(),
+                    ..Default::default()
+                }),
+                other: Default::default(),
+            }],
+            current_context: Some("tether".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_kubeconfig_is_written_as_yaml_that_reads_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(&path, "old").unwrap();
+        write_kubeconfig(&path, &local_kubeconfig()).unwrap();
+        let read = Kubeconfig::read_from(&path).unwrap();
+        assert_eq!(read.current_context.as_deref(), Some("tether"));
+        assert_eq!(
+            read.clusters[0].cluster.as_ref().unwrap().server.as_deref(),
+            Some("http://127.0.0.1:41234")
+        );
+        assert!(!path.with_extension("tmp").exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn kubectl_reads_the_written_kubeconfig() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        write_kubeconfig(&path, &local_kubeconfig()).unwrap();
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&path)
+            .args([
+                "config",
+                "view",
+                "-o",
+                "jsonpath={.clusters[0].cluster.server} {.current-context}",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "http://127.0.0.1:41234 tether"
+        );
+    }
+}

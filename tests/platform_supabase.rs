@@ -1,0 +1,272 @@
+//! The Supabase adapter against the Supabase sandbox: projects coming up (or failing),
+//! rename, pause/restore, health, secrets, offset paging, faults and credentials — every
+//! exchange checked against Supabase's OpenAPI spec.
+
+mod contract;
+
+use std::time::Duration;
+
+use contract::harness::{self, eventually};
+use tether::platform::{
+    Platform, PlatformError, ProjectState, SupabaseClient, SupabaseProjectSpec, SupabaseProjects,
+    Token,
+};
+use tether::sandbox::Faults;
+
+/// Rate-limit tests run slower so that a request interval (window / limit) stays well above
+/// the scheduling jitter of a busy machine.
+const STORM_SCALE: f64 = 50.0;
+const SCALE: f64 = 500.0;
+
+fn spec(name: &str) -> SupabaseProjectSpec {
+    SupabaseProjectSpec {
+        name: name.into(),
+        organization_slug: "acme".into(),
+        region: Some("eu-central-1".into()),
+        instance_size: Some("micro".into()),
+        db_pass: Token::new("db-pass-secret"),
+    }
+}
+
+async fn settled(client: &SupabaseClient, reference: &str) -> ProjectState {
+    eventually("project to settle", Duration::from_secs(10), || async {
+        let p = client.get_project(reference).await.expect("read project");
+        (p.state != ProjectState::Provisioning).then_some(p.state)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_project_comes_up_healthy_and_goes_through_its_lifecycle() {
+    let env = harness::start(Platform::Supabase, SCALE).await;
+    let client = SupabaseClient::new(env.http(Platform::Supabase)).with_page_limit(2);
+
+    let created = client.ensure_project(&spec("main")).await.unwrap();
+    assert!(created.created);
+    assert_eq!(created.object.status, "COMING_UP");
+    let again = client.ensure_project(&spec("main")).await.unwrap();
+    assert!(!again.created && again.object.id == created.object.id);
+    let reference = created.object.id.clone();
+    assert_eq!(settled(&client, &reference).await, ProjectState::Healthy);
+    let health = client.project_health(&reference).await.unwrap();
+    assert_eq!(health.len(), 4);
+    assert!(health.iter().all(|h| h.status == "ACTIVE_HEALTHY"));
+
+    for i in 0..4 {
+        client
+            .ensure_project(&spec(&format!("p{i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        client.list_projects("acme").await.unwrap().len(),
+        5,
+        "three offset pages"
+    );
+    assert!(client.list_projects("other").await.unwrap().is_empty());
+
+    client
+        .rename_project(&reference, "main-renamed")
+        .await
+        .unwrap();
+    assert_eq!(
+        client.get_project(&reference).await.unwrap().name,
+        "main-renamed"
+    );
+
+    client
+        .set_secrets(
+            &reference,
+            &[("STRIPE_KEY".into(), "sk".into()), ("A".into(), "b".into())],
+        )
+        .await
+        .unwrap();
+    let secrets = client.list_secrets(&reference).await.unwrap();
+    assert_eq!(secrets.len(), 2);
+    assert!(secrets.iter().all(|s| s.secret && s.value.is_none()));
+    client
+        .delete_secrets(&reference, &["A".into()])
+        .await
+        .unwrap();
+    assert_eq!(client.list_secrets(&reference).await.unwrap().len(), 1);
+    let err = client
+        .set_secrets(&reference, &[("SUPABASE_URL".into(), "x".into())])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PlatformError::Invalid { .. }), "{err}");
+
+    client.pause_project(&reference).await.unwrap();
+    assert_eq!(
+        client.get_project(&reference).await.unwrap().state,
+        ProjectState::Paused
+    );
+    eventually("project to pause", Duration::from_secs(10), || async {
+        (client.get_project(&reference).await.unwrap().status == "INACTIVE").then_some(())
+    })
+    .await;
+    client.restore_project(&reference).await.unwrap();
+    assert_eq!(
+        client.get_project(&reference).await.unwrap().status,
+        "RESTORING"
+    );
+    assert_eq!(settled(&client, &reference).await, ProjectState::Healthy);
+
+    assert!(client.delete_project(&reference).await.unwrap());
+    assert!(!client.delete_project(&reference).await.unwrap());
+    let err = client.get_project(&reference).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PlatformError::NotFound {
+                platform: Platform::Supabase,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let metrics = env.metrics.render();
+    assert!(
+        metrics.contains(r#"operation="create_project",platform="supabase""#),
+        "{metrics}"
+    );
+    env.check_contract(Platform::Supabase);
+}
+
+#[tokio::test]
+async fn a_project_whose_creation_fails_reports_init_failed() {
+    let env = harness::start(Platform::Supabase, SCALE).await;
+    env.set_faults(
+        Platform::Supabase,
+        Faults {
+            failing_sources: vec!["doomed".into()],
+            ..Faults::default()
+        },
+    );
+    let client = SupabaseClient::new(env.http(Platform::Supabase));
+    let project = client.ensure_project(&spec("doomed")).await.unwrap().object;
+    assert_eq!(settled(&client, &project.id).await, ProjectState::Failed);
+    assert_eq!(
+        client.get_project(&project.id).await.unwrap().status,
+        "INIT_FAILED"
+    );
+    let health = client.project_health(&project.id).await.unwrap();
+    assert!(health.iter().all(|h| h.status == "UNHEALTHY"));
+    env.check_contract(Platform::Supabase);
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_unauthorized_and_names_supabase() {
+    let env = harness::start(Platform::Supabase, SCALE).await;
+    let client =
+        SupabaseClient::new(env.http_with_token(Platform::Supabase, Token::new("sbp_wrong")));
+    let err = client.list_projects("acme").await.unwrap_err();
+    assert!(
+        matches!(err, PlatformError::Unauthorized { status: 401, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("supabase") && !err.to_string().contains("sbp_wrong"));
+    env.check_contract(Platform::Supabase);
+}
+
+#[tokio::test]
+async fn under_a_429_storm_clients_stay_within_the_limit_and_finish() {
+    let env = harness::start(Platform::Supabase, STORM_SCALE).await;
+    let client = SupabaseClient::new(env.http(Platform::Supabase));
+    let project = client.ensure_project(&spec("s")).await.unwrap().object;
+    env.set_faults(
+        Platform::Supabase,
+        Faults {
+            rate_limit_storm: true,
+            storm_retry_after_secs: 10.0,
+            ..Faults::default()
+        },
+    );
+    let work = {
+        let client = client.clone();
+        let id = project.id.clone();
+        tokio::spawn(async move {
+            futures::future::try_join_all((0..150).map(|i| {
+                let (client, id) = (&client, &id);
+                async move {
+                    client
+                        .set_secrets(id, &[(format!("K{i}"), "v".to_owned())])
+                        .await
+                }
+            }))
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    env.set_faults(Platform::Supabase, Faults::default());
+    work.await.unwrap().unwrap();
+    assert_eq!(client.list_secrets(&project.id).await.unwrap().len(), 150);
+    assert!(
+        env.sandbox
+            .max_received_in_window(Platform::Supabase, "api")
+            <= 120
+    );
+    env.check_contract(Platform::Supabase);
+}
+
+#[tokio::test]
+async fn with_thirty_percent_server_errors_all_idempotent_work_finishes() {
+    let env = harness::start(Platform::Supabase, SCALE).await;
+    let client = SupabaseClient::new(env.http(Platform::Supabase));
+    let project = client.ensure_project(&spec("e")).await.unwrap().object;
+    env.set_faults(
+        Platform::Supabase,
+        Faults {
+            error_share: 0.3,
+            ..Faults::default()
+        },
+    );
+    for i in 0..20 {
+        client
+            .set_secrets(&project.id, &[(format!("K{i}"), "v".into())])
+            .await
+            .unwrap();
+        client.get_project(&project.id).await.unwrap();
+    }
+    client.rename_project(&project.id, "e2").await.unwrap();
+    let secrets = client.list_secrets(&project.id).await.unwrap();
+    env.set_faults(Platform::Supabase, Faults::default());
+    assert_eq!(secrets.len(), 20);
+    assert_eq!(client.get_project(&project.id).await.unwrap().name, "e2");
+    assert!(env.sandbox.exchanges().iter().any(|e| e.status >= 500));
+    env.check_contract(Platform::Supabase);
+}
+
+#[tokio::test]
+async fn malformed_or_unexpected_responses_give_a_clear_error_not_a_panic() {
+    use axum::routing::get;
+    let env = harness::start(Platform::Supabase, SCALE).await;
+    let router = axum::Router::new()
+        .route(
+            "/v1/projects/abcdefghijklmnopqrst",
+            get(|| async {
+                axum::Json(serde_json::json!({"ref": "abcdefghijklmnopqrst", "name": 7}))
+            }),
+        )
+        .route("/v1/organizations/acme/projects", get(|| async { "" }));
+    let url = harness::serve_raw(router, "").await;
+    let client = SupabaseClient::new(env.http_at(Platform::Supabase, &url, Token::new("t")));
+    let err = client
+        .get_project("abcdefghijklmnopqrst")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PlatformError::Malformed {
+                platform: Platform::Supabase,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = client.list_projects("acme").await.unwrap_err();
+    assert!(
+        err.to_string().contains("get_project") || err.to_string().contains("list_projects"),
+        "{err}"
+    );
+}
