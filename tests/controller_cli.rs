@@ -38,6 +38,9 @@ fn metrics_names_lists_every_registered_metric() {
         "controller_runtime_reconcile_errors_total",
         "controller_runtime_reconcile_time_seconds",
         "tether_reconcile_stalled",
+        "tether_migration_applied_total",
+        "tether_migration_duration_seconds",
+        "tether_migration_lint_findings_total",
     ] {
         assert!(
             names.lines().any(|l| l == name),
