@@ -17,14 +17,10 @@
 //!
 //! `spec.suspend` is the controller's to honour (skip step 3).
 //!
-//! Wiring (for the controller's `act` step in `controller::migration`): register
-//! `MigrationMetrics::register(&registry)` once at start-up and keep it in the context; per
-//! reconcile call `resolve_source(&spec.source, config_map_data)` (it can replace the
-//! controller's own file-name planning: same rules, plus statement splitting and
-//! checksums), then `run_migration(&spec, &set, &url).await`, then write
-//! `status_from(&report, generation, previous_status, now)` with server-side apply, emit
-//! `events_from(&report)`, call `metrics.observe(&report)` and requeue after
-//! `requeue_after(&report, interval)`. `SpecError`s set `Stalled` with `SpecError::reason`.
+//! `controller::migration` is the caller: it registers `MigrationMetrics` once with the
+//! controller metrics, and per reconcile calls `resolve_source`, `run_migration`,
+//! `status_from`, `events_from`, `MigrationMetrics::observe` and `requeue_after`.
+//! `SpecError`s set `Stalled` with `SpecError::reason`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
