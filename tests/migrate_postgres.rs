@@ -622,3 +622,19 @@ async fn a_file_that_commits_by_itself_is_not_recorded_as_applied() {
     // The durability barrier a run ends with after a failure works on this session.
     db::flush(&client).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_connection_error_carries_postgres_message_and_sqlstate_not_just_db_error() {
+    tether::install_crypto_provider();
+    let base = admin_url();
+    let (prefix, _) = base
+        .rsplit_once('/')
+        .expect("DATABASE_URL has a database path");
+    let missing = format!("{prefix}/tether_missing_{:016x}", rand::random::<u64>());
+    let error = match tether::migrate::db::connect(&missing).await {
+        Ok(_) => panic!("connecting to a missing database succeeded"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("does not exist"), "{error}");
+    assert!(error.contains("SQLSTATE 3D000"), "{error}");
+}

@@ -389,8 +389,60 @@ fn status_written_by_the_controllers_survives_a_sigkill() {
     );
 }
 
+/// A PostgreSQL database of its own for one test, dropped when the test ends (the samples'
+/// Migrations apply to it instead of `tether_demo`).
+struct ScratchDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl ScratchDatabase {
+    fn create() -> ScratchDatabase {
+        let admin_url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+        let name = format!("tether_run_{:016x}", rand::random::<u64>());
+        let out = std::process::Command::new("psql")
+            .args([
+                admin_url.as_str(),
+                "-q",
+                "-c",
+                &format!("CREATE DATABASE {name}"),
+            ])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "create database: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ScratchDatabase { admin_url, name }
+    }
+
+    fn url(&self) -> String {
+        let (prefix, _) = self
+            .admin_url
+            .rsplit_once('/')
+            .expect("DATABASE_URL has a database");
+        format!("{prefix}/{}", self.name)
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args([
+                self.admin_url.as_str(),
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
 #[test]
 fn kubectl_wait_sees_the_controllers_make_the_samples_ready() {
+    let database = ScratchDatabase::create();
     let ws = Workspace::new();
     let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples");
     for entry in std::fs::read_dir(&samples).expect("config/samples") {
@@ -399,7 +451,9 @@ fn kubectl_wait_sees_the_controllers_make_the_samples_ready() {
             .file_name()
             .and_then(|n| n.to_str())
             .expect("file name");
-        ws.write(name, &std::fs::read_to_string(&path).expect("read sample"));
+        let text = std::fs::read_to_string(&path).expect("read sample");
+        let sample_url = "postgres://postgres@127.0.0.1:5432/tether_demo";
+        ws.write(name, &text.replace(sample_url, &database.url()));
     }
     let mut run = ws.start();
     run.wait_for("0 errors");

@@ -89,7 +89,7 @@ pub enum DbError {
         waited: Duration,
     },
     /// A bookkeeping query failed.
-    #[error("failed to {step}: {source}")]
+    #[error("failed to {step}: {}", describe(source))]
     Query {
         /// What Tether was doing.
         step: &'static str,
@@ -108,6 +108,19 @@ pub enum DbError {
     /// A migration statement failed.
     #[error(transparent)]
     Statement(#[from] Box<StatementFailed>),
+}
+
+/// The driver's error with Postgres's own message and SQLSTATE when the server sent one
+/// (tokio-postgres alone displays a server error as just "db error"), else the error and its
+/// cause. Neither carries the connection string.
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
+    }
 }
 
 impl DbError {
@@ -285,7 +298,7 @@ pub async fn connect(url: &str) -> Result<Client, DbError> {
             let (client, connection) = config
                 .connect(NoTls)
                 .await
-                .map_err(|e| failed(e.to_string()))?;
+                .map_err(|e| failed(describe(&e)))?;
             tokio::spawn(connection);
             Ok(client)
         }
@@ -294,7 +307,7 @@ pub async fn connect(url: &str) -> Result<Client, DbError> {
             let (client, connection) = config
                 .connect(connector)
                 .await
-                .map_err(|e| failed(e.to_string()))?;
+                .map_err(|e| failed(describe(&e)))?;
             tokio::spawn(connection);
             Ok(client)
         }
