@@ -15,7 +15,9 @@ pub struct ApiAccess {
     pub verbs: &'static [&'static str],
 }
 
-const KIND_VERBS: &[&str] = &["get", "list", "watch", "patch", "update"];
+// Finalizers are added and removed with JSON patches (kube-runtime's finalizer helper), so
+// `update` on the kinds themselves is never needed.
+const KIND_VERBS: &[&str] = &["get", "list", "watch", "patch"];
 const READ_VERBS: &[&str] = &["get", "list", "watch"];
 
 /// Every API call the controllers (and leader election) make.
@@ -83,7 +85,8 @@ pub const API_ACCESS: &[ApiAccess] = &[
     ApiAccess {
         api_group: "coordination.k8s.io",
         resource: "leases",
-        verbs: &["get", "create", "update", "patch"],
+        // kube-lease-manager gets, creates and patches its Lease; it never replaces it.
+        verbs: &["get", "create", "patch"],
     },
 ];
 
@@ -118,7 +121,7 @@ mod tests {
         assert_eq!(
             json[0],
             serde_json::json!({"apiGroup": "tether.dev", "resource": "environments",
-                "verbs": ["get", "list", "watch", "patch", "update"]})
+                "verbs": ["get", "list", "watch", "patch"]})
         );
     }
 }
