@@ -9,8 +9,10 @@
 //!   delete, orphan, wait, in sync) and the driver's typed `Work`.
 //! - **Act** runs the work in dependency order and reports one [`ManagedObject`] per object.
 //!
-//! One [`Driver`] per platform lives in a submodule. The controller (and `tether plan`) hand
-//! each driver a [`SyncInput`] and never see vendor types.
+//! One [`Driver`] per platform lives in a submodule (`render`, `vercel`, `fly`, `supabase`),
+//! each exporting a unit struct `RenderDriver`, `VercelDriver`, `FlyDriver`,
+//! `SupabaseDriver` (`#[derive(Clone, Copy, Debug, Default)]`). The controller (and
+//! `tether plan`) hand each driver a [`SyncInput`] and never see vendor types.
 
 pub mod cache;
 pub mod fingerprint;
@@ -487,6 +489,51 @@ impl Platforms {
         )?;
         clients.insert((platform, account.clone()), client.clone());
         Ok((client, account))
+    }
+}
+
+/// Drift metrics, labelled by platform and object kind (bounded; never object names).
+#[derive(Clone)]
+pub struct SyncMetrics {
+    detected: prometheus::IntCounterVec,
+    corrected: prometheus::IntCounterVec,
+}
+
+impl SyncMetrics {
+    /// Creates the metrics and registers them into `registry`.
+    pub fn register(
+        registry: &crate::telemetry::MetricsRegistry,
+    ) -> Result<Self, prometheus::Error> {
+        let counter = |name: &str, help: &str| {
+            registry.register(prometheus::IntCounterVec::new(
+                prometheus::Opts::new(name, help),
+                &["platform", "kind"],
+            )?)
+        };
+        Ok(Self {
+            detected: counter(
+                "tether_drift_detected_total",
+                "Platform objects found changed out of band (counted when the drift appears).",
+            )?,
+            corrected: counter(
+                "tether_drift_corrected_total",
+                "Out-of-band changes reverted to the spec (driftPolicy Correct).",
+            )?,
+        })
+    }
+
+    /// Counts drift newly found on an object of `kind`.
+    pub fn drift_detected(&self, platform: Platform, kind: &str) {
+        self.detected
+            .with_label_values(&[platform.as_str(), kind])
+            .inc();
+    }
+
+    /// Counts drift reverted on an object of `kind`.
+    pub fn drift_corrected(&self, platform: Platform, kind: &str) {
+        self.corrected
+            .with_label_values(&[platform.as_str(), kind])
+            .inc();
     }
 }
 
