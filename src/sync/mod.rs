@@ -504,8 +504,11 @@ pub struct SyncMetrics {
     corrected: prometheus::IntCounterVec,
     drifted: prometheus::IntGaugeVec,
     /// Environment → `(platform, kind)` of each of its objects drifted now.
-    drifted_by_environment: Arc<Mutex<BTreeMap<String, Vec<(String, String)>>>>,
+    drifted_by_environment: Arc<Mutex<BTreeMap<String, Vec<PlatformKind>>>>,
 }
+
+/// `(platform, kind)` label values.
+type PlatformKind = (String, String);
 
 impl SyncMetrics {
     /// Creates the metrics and registers them into `registry`.
@@ -545,7 +548,7 @@ impl SyncMetrics {
             .drifted_by_environment
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let now: Vec<(String, String)> = objects
+        let now: Vec<PlatformKind> = objects
             .iter()
             .filter(|o| !o.drift.is_empty())
             .map(|o| (o.platform.clone(), o.kind.clone()))
