@@ -48,6 +48,10 @@ pub struct FlyApp {
     pub name: String,
     /// Machines in the app, when reported.
     pub machine_count: Option<u64>,
+    /// Slug of the organization owning the app, when reported.
+    pub org: Option<String>,
+    /// Fly's app status (`deployed`, `pending`, `suspended`), when reported.
+    pub status: Option<String>,
 }
 
 /// What Tether wants one machine to be.
@@ -441,6 +445,16 @@ struct ApiApp {
     name: String,
     #[serde(default)]
     machine_count: Option<u64>,
+    #[serde(default)]
+    organization: Option<ApiOrganization>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ApiOrganization {
+    #[serde(default)]
+    slug: Option<String>,
 }
 
 impl From<ApiApp> for FlyApp {
@@ -449,6 +463,8 @@ impl From<ApiApp> for FlyApp {
             id: a.id.unwrap_or_else(|| a.name.clone()),
             name: a.name,
             machine_count: a.machine_count,
+            org: a.organization.and_then(|o| o.slug),
+            status: a.status,
         }
     }
 }

@@ -466,7 +466,11 @@ fn machine_config(body: &Value) -> Result<Value, &'static str> {
     if !(defaulted["cpus"].is_u64() && defaulted["memory_mb"].is_u64()) {
         return Err("config.guest.cpus and memory_mb must be integers");
     }
-    if !defaulted["memory_mb"].as_u64().unwrap_or(0).is_multiple_of(256) {
+    if !defaulted["memory_mb"]
+        .as_u64()
+        .unwrap_or(0)
+        .is_multiple_of(256)
+    {
         return Err("config.guest.memory_mb must be a multiple of 256");
     }
     config["guest"] = defaulted;
