@@ -17,6 +17,10 @@
 pub mod cache;
 pub mod fingerprint;
 pub mod fly;
+pub mod render;
+pub mod run;
+pub mod supabase;
+pub mod vercel;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
