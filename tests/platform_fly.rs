@@ -61,11 +61,9 @@ async fn apps_machines_secrets_and_certificates_go_through_their_lifecycles() {
     for i in 0..4 {
         client.ensure_app(&app(&format!("a{i}"))).await.unwrap();
     }
-    assert_eq!(
-        client.list_apps("acme").await.unwrap().len(),
-        5,
-        "three pages of two"
-    );
+    let apps = client.list_apps("acme").await.unwrap();
+    assert_eq!(apps.len(), 5, "three pages of two");
+    assert!(apps.iter().all(|a| a.org.as_deref() == Some("acme")));
 
     for i in 0..5 {
         let m = client

@@ -2127,6 +2127,41 @@ mod tests {
     }
 
     #[test]
+    fn a_bigger_volume_is_extended_in_place_with_one_write() {
+        let mut f = Fixture::new(vec![spec_app(true)]);
+        let (observed, status) = converged(&f.apps);
+        f.previous = status;
+        f.apps[0].volumes[0].size_gb = 3;
+        let planned = f.plan(&observed);
+        let volumes: Vec<_> = summary(&planned)
+            .into_iter()
+            .filter(|(kind, ..)| kind == VOLUME)
+            .collect();
+        assert_eq!(
+            volumes,
+            [
+                s(VOLUME, "web/ams/data", "update", 1),
+                s(VOLUME, "web/iad/data", "update", 1)
+            ]
+        );
+        assert!(matches!(
+            &planned.work.steps[..],
+            [
+                Step::ExtendVolume { from: 1, to: 3, .. },
+                Step::ExtendVolume { from: 1, to: 3, .. }
+            ]
+        ));
+        assert!(
+            planned
+                .objects
+                .iter()
+                .filter(|o| o.kind == MACHINE)
+                .all(|o| o.action == Action::InSync),
+            "the machines keep their mounts"
+        );
+    }
+
+    #[test]
     fn durations_and_names_normalise() {
         assert_eq!(normal_duration("1m"), "60s");
         assert_eq!(normal_duration("60000ms"), "60s");
