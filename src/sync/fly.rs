@@ -393,7 +393,7 @@ fn merged_config(
         } else {
             observed.checks.clone()
         },
-        // Mounts are resolved to volume ids when acting.
+        // Kept as observed; a mount change is resolved to volume ids when acting.
         mounts: observed.mounts.clone(),
     }
 }
@@ -873,8 +873,13 @@ fn plan_app(
                         },
                     );
                     if update {
-                        let merged = merged_config(&config, &m.config, &sections);
+                        let mut merged = merged_config(&config, &m.config, &sections);
                         let remount = sections.contains("mounts");
+                        if remount {
+                            // The spec's mount (resolved to its volume id when acting), or
+                            // none.
+                            merged.mounts.clear();
+                        }
                         p.steps.push(Step::PutMachine {
                             plan,
                             app: name.into(),
@@ -887,12 +892,6 @@ fn plan_app(
                             },
                             mount: if remount { planned_mount } else { None },
                         });
-                        if remount && mount.is_none() {
-                            // Unmount: the spec has no volume for this machine.
-                            if let Some(Step::PutMachine { spec, .. }) = p.steps.last_mut() {
-                                spec.config.mounts.clear();
-                            }
-                        }
                     }
                 }
             }
@@ -2159,6 +2158,31 @@ mod tests {
                 .all(|o| o.action == Action::InSync),
             "the machines keep their mounts"
         );
+    }
+
+    #[test]
+    fn volumes_dropped_from_the_spec_are_unmounted_then_kept() {
+        let mut f = Fixture::new(vec![spec_app(true)]);
+        let (observed, status) = converged(&f.apps);
+        f.previous = status;
+        f.apps[0].volumes.clear();
+        let planned = f.plan(&observed);
+        assert_eq!(
+            summary(&planned),
+            [
+                s(APP, "web", "in sync", 0),
+                s(MACHINE, "web-ams-0", "update", MACHINE_UPDATE_WRITES),
+                s(MACHINE, "web-iad-0", "update", MACHINE_UPDATE_WRITES),
+                s(VOLUME, "web/ams/data", "orphan", 0),
+                s(VOLUME, "web/iad/data", "orphan", 0),
+            ]
+        );
+        assert_eq!(planned.objects[1].changes[0].field, "mounts./data");
+        assert_eq!(planned.objects[1].changes[0].to, None);
+        let Some(Step::PutMachine { spec, mount, .. }) = planned.work.steps.first() else {
+            panic!("{:?}", planned.work.steps)
+        };
+        assert!(spec.config.mounts.is_empty() && mount.is_none());
     }
 
     #[test]
