@@ -16,7 +16,7 @@ use tether::platform::{
     FlyAppSpec, FlyApps, FlyClient, FlyMachineConfig, FlyMachineSpec, HttpConfig, Platform,
     PlatformHttp, PlatformMetrics,
 };
-use tether::sandbox::Exchange;
+use tether::sandbox::{Exchange, Faults};
 use tether::telemetry::MetricsRegistry;
 
 const SECRET_V1: &str = "fly-api-key-value-one";
@@ -515,6 +515,61 @@ async fn a_rotated_secret_is_set_again_and_the_machines_relaunch_on_its_version(
     for value in [SECRET_V1, SECRET_V2] {
         assert!(!visible.contains(value), "a secret value is visible");
     }
+    contract::Contract::load(Platform::Fly).assert_all(&h.sandbox.exchanges());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_crash_after_creating_a_volume_leaves_exactly_one_volume_machine_and_app() {
+    let mut h = start().await;
+    // Every request takes a while, so the controller is killed after Fly created the
+    // volume (which Fly does not deduplicate) and before the status recording it is written.
+    h.sandbox.set_faults(
+        Platform::Fly,
+        Faults {
+            latency_ms: 300,
+            ..Faults::default()
+        },
+    );
+    let mut spec = app("crash", &[("ams", 1)]);
+    spec["volumes"] = json!([{"name": "data", "sizeGb": 1, "mountPath": "/data"}]);
+    h.apply(environment("crash", vec![spec], json!({}))).await;
+    support::eventually(support::sync::WAIT, || async {
+        h.requests(Platform::Fly)
+            .iter()
+            .any(|r| r == "POST /v1/apps/crash/volumes")
+            .then_some(())
+    })
+    .await;
+    h.kill_controllers();
+    let env = h.environments().get("crash").await.unwrap();
+    assert!(
+        !env.status.as_ref().is_some_and(|s| s
+            .objects
+            .iter()
+            .any(|o| o.kind == "volume" && o.id.is_some())),
+        "the status write came first: {:?}",
+        env.status
+    );
+
+    h.sandbox.set_faults(Platform::Fly, Faults::default());
+    h.start_controllers().await;
+    let env = wait_generation_ready(&h, "crash").await;
+    assert_eq!(env["status"]["summary"], "3/3");
+    let requests = h.requests(Platform::Fly);
+    let count = |what: &str| requests.iter().filter(|r| *r == what).count();
+    assert_eq!(count("POST /v1/apps"), 1);
+    assert_eq!(
+        count("POST /v1/apps/crash/volumes"),
+        1,
+        "the volume was adopted"
+    );
+    let client = fly(&h);
+    let volumes = client.list_volumes("crash").await.unwrap();
+    assert_eq!(volumes.len(), 1);
+    let machines = client.list_machines("crash").await.unwrap();
+    assert_eq!(machine_names(&machines), ["crash-ams-0"]);
+    assert_eq!(machines[0].config.mounts[0].volume, volumes[0].id);
     contract::Contract::load(Platform::Fly).assert_all(&h.sandbox.exchanges());
     h.stop().await;
 }
