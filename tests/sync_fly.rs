@@ -111,10 +111,6 @@ fn machine_updates<'a>(exchanges: &'a [Exchange], app: &str) -> Vec<&'a Exchange
         .collect()
 }
 
-async fn wait_generation_ready(h: &SyncHarness, name: &str) -> Value {
-    h.wait_ready(name).await
-}
-
 /// Waits for an event about Environment `name` with `reason` whose note contains `text`.
 async fn wait_event(h: &SyncHarness, name: &str, reason: &str, text: &str) {
     support::eventually(support::sync::WAIT, || async {
@@ -142,7 +138,7 @@ async fn from_nothing_to_ready_then_a_field_change_writes_exactly_that_field() {
         json!({}),
     ))
     .await;
-    let env = wait_generation_ready(&h, "edge").await;
+    let env = h.wait_ready("edge").await;
     assert_eq!(env["status"]["summary"], "4/4");
     let app_status = object(&env, "fly", "app", "edge").unwrap();
     assert_eq!(app_status["url"], "https://edge.fly.dev");
@@ -233,7 +229,7 @@ async fn scaling_down_deletes_machines_and_removed_apps_go_per_deletion_policy()
         json!({}),
     ))
     .await;
-    let env = wait_generation_ready(&h, "scale").await;
+    let env = h.wait_ready("scale").await;
     let client = fly(&h);
     let volumes = client.list_volumes("db").await.unwrap();
     assert_eq!(volumes.len(), 2);
@@ -260,7 +256,7 @@ async fn scaling_down_deletes_machines_and_removed_apps_go_per_deletion_policy()
         json!({}),
     ))
     .await;
-    let env = wait_generation_ready(&h, "scale").await;
+    let env = h.wait_ready("scale").await;
     assert_eq!(
         machine_names(&client.list_machines("web").await.unwrap()),
         ["web-ams-0"]
@@ -287,7 +283,7 @@ async fn scaling_down_deletes_machines_and_removed_apps_go_per_deletion_policy()
     // Remove both apps: web is deleted; db keeps its volume, so the app stays too and only
     // its machine goes.
     h.apply(environment("scale", vec![], json!({}))).await;
-    wait_generation_ready(&h, "scale").await;
+    h.wait_ready("scale").await;
     let apps: Vec<String> = client
         .list_apps("acme")
         .await
@@ -308,7 +304,7 @@ async fn scaling_down_deletes_machines_and_removed_apps_go_per_deletion_policy()
         json!({"deletionPolicy": "Delete"}),
     ))
     .await;
-    wait_generation_ready(&h, "scale").await;
+    h.wait_ready("scale").await;
     assert_eq!(client.list_volumes("vol").await.unwrap().len(), 1);
     h.delete("scale").await;
     let apps: Vec<String> = client
@@ -358,7 +354,7 @@ async fn an_app_and_machine_made_by_hand_are_adopted_by_name() {
         json!({}),
     ))
     .await;
-    let env = wait_generation_ready(&h, "adopt").await;
+    let env = h.wait_ready("adopt").await;
     assert_eq!(
         object(&env, "fly", "app", "hand").unwrap()["id"],
         made.id.as_str()
@@ -395,7 +391,7 @@ async fn dashboard_drift_is_corrected_under_correct_and_only_reported_under_repo
         json!({"driftPolicy": "Correct"}),
     ))
     .await;
-    wait_generation_ready(&h, "drift").await;
+    h.wait_ready("drift").await;
     let client = fly(&h);
     h.edit(
         Platform::Fly,
@@ -427,7 +423,7 @@ async fn dashboard_drift_is_corrected_under_correct_and_only_reported_under_repo
         json!({"driftPolicy": "Report"}),
     ))
     .await;
-    wait_generation_ready(&h, "drift").await;
+    h.wait_ready("drift").await;
     h.edit(
         Platform::Fly,
         "machine",
@@ -480,7 +476,7 @@ async fn a_rotated_secret_is_set_again_and_the_machines_relaunch_on_its_version(
         json!({}),
     ))
     .await;
-    let env = wait_generation_ready(&h, "rotate").await;
+    let env = h.wait_ready("rotate").await;
     let fingerprint =
         object(&env, "fly", "app", "rot").unwrap()["secretFingerprints"]["secrets.API_KEY"].clone();
     let before = fly_exchanges(&h).len();
@@ -554,7 +550,7 @@ async fn a_crash_after_creating_a_volume_leaves_exactly_one_volume_machine_and_a
 
     h.sandbox.set_faults(Platform::Fly, Faults::default());
     h.start_controllers().await;
-    let env = wait_generation_ready(&h, "crash").await;
+    let env = h.wait_ready("crash").await;
     assert_eq!(env["status"]["summary"], "3/3");
     let requests = h.requests(Platform::Fly);
     let count = |what: &str| requests.iter().filter(|r| *r == what).count();
