@@ -311,7 +311,9 @@ pub trait Deployments: Send + Sync {
 
 pub use fly::{FlyApp, FlyAppSpec, FlyApps, FlyClient, FlyMachine, FlyMachineSpec};
 pub use render::{
-    RenderClient, RenderService, RenderServiceKind, RenderServicePatch, RenderServiceSpec,
+    DatastoreStatus, RenderCidr, RenderClient, RenderDatastores, RenderKeyValue,
+    RenderKeyValuePatch, RenderKeyValueSpec, RenderPostgres, RenderPostgresPatch,
+    RenderPostgresSpec, RenderService, RenderServiceKind, RenderServicePatch, RenderServiceSpec,
     RenderServices,
 };
 pub use supabase::{
