@@ -1368,17 +1368,28 @@ async fn execute(
             for domain in domains {
                 client.add_domain(&service.id, domain).await?;
             }
+            let env_key = input.key(&service.id, "envVars");
+            let domain_key = input.key(&service.id, "domains");
             if ensured.created {
-                // Seed the sub-lists with what was just written: the next sync needs no read.
+                // Seed the sub-lists with what was just written: the next sync reads nothing.
                 let vars = spec.env_vars.clone();
+                let _ = cache.get_or_fetch(&env_key, || async { Ok(vars) }).await;
+                let attached: Vec<Domain> = domains
+                    .iter()
+                    .map(|name| Domain {
+                        id: name.clone(),
+                        name: name.clone(),
+                        verified: false,
+                    })
+                    .collect();
                 let _ = cache
-                    .get_or_fetch(&input.key(&service.id, "envVars"), || async { Ok(vars) })
+                    .get_or_fetch(&domain_key, || async { Ok(attached) })
                     .await;
             } else {
-                // Adopted: its env vars are whatever they are; the next sync compares them.
-                cache.invalidate(&input.key(&service.id, "envVars"));
+                // Adopted: its env vars and domains are whatever they are; read them next.
+                cache.invalidate(&env_key);
+                cache.invalidate(&domain_key);
             }
-            cache.invalidate(&input.key(&service.id, "domains"));
             let shown = service_shown(&service);
             let created = ensured.created;
             cache.update::<Vec<RenderService>, _>(&services_key, |all| replace(all, service));
