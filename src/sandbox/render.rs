@@ -1044,21 +1044,20 @@ fn delete_datastore(r: &Render, store: Store, id: &str) -> Response {
     }
 }
 
-/// Common checks of a create body; the error response when one fails.
-fn check_create(r: &Render, body: &Value) -> Result<(), Response> {
-    let (Some(_), Some(_), Some(_)) = (
-        body["name"].as_str(),
-        body["ownerId"].as_str(),
-        body["plan"].as_str(),
-    ) else {
-        return Err(r.bad_request("name, ownerId and plan are required"));
-    };
+/// Common checks of a create body: what is wrong with it, if anything.
+fn check_create(body: &Value) -> Option<&'static str> {
+    if body["name"].as_str().is_none()
+        || body["ownerId"].as_str().is_none()
+        || body["plan"].as_str().is_none()
+    {
+        return Some("name, ownerId and plan are required");
+    }
     if let Some(region) = body.get("region")
         && !region.as_str().is_some_and(|r| REGIONS.contains(&r))
     {
-        return Err(r.bad_request("invalid region"));
+        return Some("invalid region");
     }
-    Ok(())
+    None
 }
 
 /// Whether the workspace already has a datastore called like the create `body` asks (the
@@ -1091,8 +1090,8 @@ async fn create_key_value(State(r): State<Render>, body: axum::body::Bytes) -> R
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return r.bad_request("invalid JSON body");
     };
-    if let Err(response) = check_create(&r, &body) {
-        return response;
+    if let Some(problem) = check_create(&body) {
+        return r.bad_request(problem);
     }
     if !body["plan"]
         .as_str()
@@ -1206,8 +1205,8 @@ async fn create_postgres(State(r): State<Render>, body: axum::body::Bytes) -> Re
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return r.bad_request("invalid JSON body");
     };
-    if let Err(response) = check_create(&r, &body) {
-        return response;
+    if let Some(problem) = check_create(&body) {
+        return r.bad_request(problem);
     }
     let Some(version) = body["version"]
         .as_str()
@@ -1217,7 +1216,7 @@ async fn create_postgres(State(r): State<Render>, body: axum::body::Bytes) -> Re
     };
     if body
         .get("diskSizeGB")
-        .is_some_and(|d| !d.as_i64().is_some_and(|d| d >= 1))
+        .is_some_and(|d| d.as_i64().is_none_or(|d| d < 1))
     {
         return r.bad_request("diskSizeGB must be a positive integer");
     }

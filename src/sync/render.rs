@@ -747,7 +747,7 @@ fn secret_fingerprints(desired: &Fields) -> BTreeMap<String, String> {
 }
 
 /// The desired value of a changed field (`to`), for the readable fields.
-fn to<'c>(change: &'c FieldChange) -> Option<&'c str> {
+fn to(change: &FieldChange) -> Option<&str> {
     change.to.as_deref()
 }
 
@@ -1088,7 +1088,15 @@ impl RenderDriver {
                 .await
         }))
         .await?;
+        // Only web services and static sites can have custom domains: the others need no
+        // read for them.
         let domain_lists = futures::future::try_join_all(ours.iter().map(|o| async move {
+            if !matches!(
+                o.kind,
+                Some(RenderServiceKind::WebService | RenderServiceKind::StaticSite)
+            ) {
+                return Ok(Arc::new(Vec::new()));
+            }
             let key = input.key(&o.id, "domains");
             cache
                 .get_or_fetch(&key, || client.list_domains(&o.id))
@@ -1247,7 +1255,7 @@ fn events(out: &mut Vec<SyncEvent>, plan: &ObjectPlan, item: &Item, done: &Done)
         | Op::UpdateService { .. }
         | Op::UpdateKeyValue { .. }
         | Op::UpdatePostgres { .. } => {
-            if item.adopted && !matches!(plan.action, Action::Wait(_)) {
+            if item.adopted {
                 event("Adopted", format!("Adopted existing Render {what}"));
             }
             if matches!(item.op, Op::Nothing) {
