@@ -1,15 +1,16 @@
-//! The Render driver end to end against the Render sandbox: observe → plan → act in a loop
-//! as the Environment controller runs it (status carried from one sync to the next), with
-//! every exchange checked against Render's OpenAPI spec.
+//! Render end to end. First the driver against the Render sandbox: observe → plan → act in
+//! a loop as the Environment controller runs it (status carried from one sync to the next),
+//! with every exchange checked against Render's OpenAPI spec. Then the whole controller
+//! (embedded API + sandbox + controllers) on an Environment with Render objects.
 
-// The shared platform-test harness; this file uses only part of it.
-#[allow(dead_code)]
-mod contract;
+pub mod contract;
+pub mod support;
 
 use std::time::Duration;
 
 use contract::harness::{self, Env};
 use serde_json::{Value, json};
+use support::sync::{SyncHarness, condition_is, object};
 use tether::api::common::{DeletionPolicy, DriftPolicy, EnvVar, EnvVarSource, SecretKeyRef};
 use tether::api::environment::{
     CidrBlock, EnvironmentSpec, ManagedObject, RenderKeyValue, RenderPostgres, RenderRegion,
@@ -608,4 +609,125 @@ async fn with_a_shared_cache_a_steady_resync_reads_nothing_and_creates_are_writt
             .collect::<Vec<_>>()
     );
     l.env.check_contract(Platform::Render);
+}
+
+// ---------------------------------------------------------------------------------------
+// The controller
+// ---------------------------------------------------------------------------------------
+
+fn manifest(web_plan: &str) -> Value {
+    json!({
+        "apiVersion": "tether.dev/v1alpha1",
+        "kind": "Environment",
+        "metadata": {"name": "shop", "namespace": "default"},
+        "spec": {
+            "credentials": {"render": {"name": "tether-sandbox-render", "key": "token"}},
+            "interval": "1s",
+            "render": {
+                "ownerId": OWNER,
+                "services": [{
+                    "name": "shop-web",
+                    "type": "web",
+                    "plan": web_plan,
+                    "image": "acme/web:1",
+                    "envVars": [
+                        {"name": "MODE", "value": "production"},
+                        {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "shop-secrets", "key": "api-key"}}},
+                    ],
+                    "customDomains": ["shop.example.com"],
+                }],
+                "keyValues": [{"name": "shop-cache", "plan": "starter"}],
+                "postgres": [{"name": "shop-db", "plan": "basic_256mb"}],
+            },
+        },
+    })
+}
+
+/// Requests to Render that change something, from index `since` on.
+fn render_writes(h: &SyncHarness, since: usize) -> Vec<String> {
+    h.requests(Platform::Render)
+        .into_iter()
+        .skip(since)
+        .filter(|r| !r.starts_with("GET "))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_controller_creates_updates_corrects_rotates_and_cleans_up_render_objects() {
+    let h = SyncHarness::start().await;
+    h.put_secret("shop-secrets", &[("api-key", SECRET_V1)])
+        .await;
+    h.apply(manifest("starter")).await;
+    let env = h.wait_ready("shop").await;
+    assert_eq!(env["status"]["summary"], "3/3");
+    assert!(condition_is(&env, "RenderSynced", "True"), "{env}");
+    let db = object(&env, "render", "postgres", "shop-db").expect("db in status");
+    assert_eq!(db["state"], "available");
+    let web = object(&env, "render", "service", "shop-web").expect("web in status");
+    let web_id = web["id"].as_str().unwrap().to_string();
+
+    // One field changes: exactly one write.
+    let since = h.requests(Platform::Render).len();
+    h.apply(manifest("standard")).await;
+    h.wait_ready("shop").await;
+    eventually_writes(&h, since, |w| !w.is_empty()).await;
+    assert_eq!(
+        render_writes(&h, since),
+        [format!("PATCH /services/{web_id}")]
+    );
+
+    // A dashboard edit is corrected on the next resync.
+    let since = h.requests(Platform::Render).len();
+    h.edit(
+        Platform::Render,
+        "service",
+        "shop-web",
+        "serviceDetails.plan",
+        json!("pro"),
+    )
+    .await;
+    eventually_writes(&h, since, |w| {
+        w.contains(&format!("PATCH /services/{web_id}"))
+    })
+    .await;
+
+    // A rotated Secret is written again.
+    let since = h.requests(Platform::Render).len();
+    h.put_secret("shop-secrets", &[("api-key", SECRET_V2)])
+        .await;
+    eventually_writes(&h, since, |w| {
+        w.contains(&format!("PUT /services/{web_id}/env-vars/API_KEY"))
+    })
+    .await;
+    let seen = h.everything_visible().await;
+    for secret in [SECRET_V1, SECRET_V2] {
+        assert!(!seen.contains(secret), "a secret value is visible");
+    }
+
+    // Deleting the Environment deletes the service and leaves the datastores (stateful).
+    h.delete("shop").await;
+    let http = tether::platform::PlatformHttp::new(
+        Platform::Render,
+        &h.sandbox.url(Platform::Render).unwrap(),
+        h.sandbox.token(Platform::Render).unwrap(),
+        tether::platform::HttpConfig::for_platform(Platform::Render)
+            .time_scaled(support::sync::TIME_SCALE),
+        tether::platform::PlatformMetrics::register(&tether::telemetry::MetricsRegistry::new())
+            .unwrap(),
+    )
+    .unwrap();
+    let client = RenderClient::new(http);
+    assert!(client.list_services(OWNER, None).await.unwrap().is_empty());
+    assert_eq!(client.list_key_values(OWNER, None).await.unwrap().len(), 1);
+    assert_eq!(client.list_postgres(OWNER, None).await.unwrap().len(), 1);
+    h.stop().await;
+}
+
+/// Waits until the Render writes since `since` satisfy `check`.
+async fn eventually_writes(h: &SyncHarness, since: usize, check: impl Fn(&Vec<String>) -> bool) {
+    support::eventually(support::sync::WAIT, || async {
+        let writes = render_writes(h, since);
+        check(&writes).then_some(())
+    })
+    .await;
 }
