@@ -611,6 +611,28 @@ async fn with_a_shared_cache_a_steady_resync_reads_nothing_and_creates_are_writt
     l.env.check_contract(Platform::Render);
 }
 
+#[tokio::test]
+async fn the_staging_samples_render_part_converges_and_stays_in_sync() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/samples/10-environment-staging.yaml"
+    ))
+    .expect("the sample is readable");
+    let sample: tether::api::Environment =
+        serde_saphyr::from_str(&text).expect("the sample parses");
+    let mut l = Loop::start().await;
+    l.spec = sample.spec.clone();
+    l.secrets
+        .insert("app-secrets", "stripe-key", Token::new(SECRET_V1));
+    let ready = l.converge().await;
+    assert!(ready.writes().is_empty());
+    let render = sample.spec.render.as_ref().unwrap();
+    let expected = render.services.len() + render.key_values.len() + render.postgres.len();
+    assert_eq!(l.status.len(), expected);
+    assert!(l.status.iter().all(|o| o.ready), "{:?}", l.status);
+    l.env.check_contract(Platform::Render);
+}
+
 // ---------------------------------------------------------------------------------------
 // The controller
 // ---------------------------------------------------------------------------------------
