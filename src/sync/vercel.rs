@@ -453,9 +453,11 @@ pub fn plan_projects(
         }
         let changes = diff(&want.fields, &have, previous, ctx.drift_possible);
         let applies = |c: &FieldChange| !(c.drift && ctx.drift_policy == DriftPolicy::Report);
+        // Every out-of-band change is drift (announced and counted); under `Report` it is
+        // also left in place and stays in status.
         let drift: Vec<String> = changes
             .iter()
-            .filter(|c| c.drift && !applies(c))
+            .filter(|c| c.drift)
             .map(|c| c.field.clone())
             .collect();
         let mut patch = VercelProjectPatch::default();
@@ -647,6 +649,11 @@ impl Driver for VercelDriver {
                 }
             };
             let adopted = input.previous(KIND, &plan.name).is_none();
+            let unapplied: Vec<String> = if input.spec.drift_policy == DriftPolicy::Report {
+                plan.drift.clone()
+            } else {
+                Vec::new()
+            };
             match &plan.action {
                 Action::Create => outcome.events.push(match &id {
                     Created::New(_) => {
@@ -667,13 +674,13 @@ impl Driver for VercelDriver {
                     let fields: Vec<&str> = plan
                         .changes
                         .iter()
-                        .filter(|c| !plan.drift.contains(&c.field))
+                        .filter(|c| !unapplied.contains(&c.field))
                         .map(|c| c.field.as_str())
                         .collect();
                     let corrected = plan
                         .changes
                         .iter()
-                        .any(|c| c.drift && !plan.drift.contains(&c.field));
+                        .any(|c| c.drift && !unapplied.contains(&c.field));
                     outcome.events.push(if corrected {
                         event(
                             "DriftCorrected",
@@ -727,7 +734,9 @@ impl Driver for VercelDriver {
                     .find(|d| d.redirect.is_none() && d.git_branch.is_none())
                     .map(|d| format!("https://{}", d.name))
             });
-            object.secret_fingerprints = fingerprints(want, plan, input.previous(KIND, &plan.name));
+            object.secret_fingerprints =
+                fingerprints(want, &unapplied, input.previous(KIND, &plan.name));
+            object.drift = unapplied;
             outcome.objects.push(object);
         }
         outcome
@@ -738,7 +747,7 @@ impl Driver for VercelDriver {
 /// difference was only reported (their last applied fingerprint still stands).
 fn fingerprints(
     want: Option<&DesiredProject>,
-    plan: &ObjectPlan,
+    unapplied: &[String],
     previous: Option<&ManagedObject>,
 ) -> BTreeMap<String, String> {
     let Some(want) = want else {
@@ -747,7 +756,7 @@ fn fingerprints(
     want.fingerprints
         .iter()
         .filter_map(|(field, fingerprint)| {
-            if plan.drift.contains(field) {
+            if unapplied.contains(field) {
                 previous
                     .and_then(|p| p.secret_fingerprints.get(field))
                     .map(|fp| (field.clone(), fp.clone()))
@@ -1134,10 +1143,7 @@ mod tests {
         let plan = &corrected.objects[0];
         assert_eq!(plan.action, Action::Update);
         assert!(plan.changes[0].drift);
-        assert!(
-            plan.drift.is_empty(),
-            "corrected drift is not left in status"
-        );
+        assert_eq!(plan.drift, ["envVars.API_URL@production,preview"]);
         match &corrected.work.steps[0] {
             Step::Update { upserts, .. } => assert_eq!(upserts[0].value, "https://api"),
             other => panic!("{other:?}"),
