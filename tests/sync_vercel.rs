@@ -373,3 +373,60 @@ async fn rotating_a_secret_re_applies_it_and_no_secret_value_is_visible() {
     }
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_crash_between_the_create_and_its_status_write_leaves_one_project() {
+    let mut h = start().await;
+    // Requests take a while, so the controller is killed after Vercel created the project
+    // and before the status recording it is written.
+    h.sandbox.set_faults(
+        Platform::Vercel,
+        tether::sandbox::Faults {
+            latency_ms: 400,
+            ..tether::sandbox::Faults::default()
+        },
+    );
+    h.apply(manifest("crash", vec![project("site")], json!({})))
+        .await;
+    support::eventually(support::sync::WAIT, || async {
+        h.requests(Platform::Vercel)
+            .iter()
+            .any(|r| r == "POST /v11/projects")
+            .then_some(())
+    })
+    .await;
+    h.kill_controllers();
+    let env = h.environments().get("crash").await.unwrap();
+    assert!(
+        !env.status
+            .as_ref()
+            .is_some_and(|s| s.objects.iter().any(|o| o.id.is_some())),
+        "the status write came first"
+    );
+    h.sandbox
+        .set_faults(Platform::Vercel, tether::sandbox::Faults::default());
+    h.start_controllers().await;
+    let env = ready_for_generation(&h, "crash").await;
+    let creates = h
+        .requests(Platform::Vercel)
+        .iter()
+        .filter(|r| *r == "POST /v11/projects")
+        .count();
+    assert_eq!(creates, 1, "the restarted controller adopted the project");
+    let projects = client(&h).list_projects().await.unwrap();
+    assert_eq!(projects.len(), 1);
+    assert_eq!(
+        object(&env, "vercel", "project", "site").unwrap()["id"],
+        projects[0].id.as_str()
+    );
+    assert_eq!(projects[0].node_version, "20.x", "the rest was applied");
+    assert_eq!(
+        client(&h)
+            .list_domains(&projects[0].id)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    h.stop().await;
+}
