@@ -734,8 +734,13 @@ impl Driver for VercelDriver {
                     .find(|d| d.redirect.is_none() && d.git_branch.is_none())
                     .map(|d| format!("https://{}", d.name))
             });
-            object.secret_fingerprints =
-                fingerprints(want, &unapplied, input.previous(KIND, &plan.name));
+            // A create that found the name taken wrote nothing: no secret counts as applied,
+            // so the next plan writes them.
+            let wrote_nothing = plan.action == Action::Create && matches!(id, Created::Existing(_));
+            if !wrote_nothing {
+                object.secret_fingerprints =
+                    fingerprints(want, &unapplied, input.previous(KIND, &plan.name));
+            }
             object.drift = unapplied;
             outcome.objects.push(object);
         }
