@@ -325,5 +325,6 @@ pub use supabase::{
     SupabaseProjects,
 };
 pub use vercel::{
-    VercelClient, VercelProject, VercelProjectPatch, VercelProjectSpec, VercelProjects,
+    VercelClient, VercelDomain, VercelDomainSpec, VercelEnvType, VercelEnvVar, VercelEnvVarSpec,
+    VercelGitLink, VercelProject, VercelProjectPatch, VercelProjectSpec, VercelProjects,
 };

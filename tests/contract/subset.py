@@ -74,6 +74,7 @@ OPERATIONS = {
         ("delete", "/v9/projects/{idOrName}/env/{id}"),
         ("get", "/v9/projects/{idOrName}/domains"),
         ("post", "/v10/projects/{idOrName}/domains"),
+        ("patch", "/v9/projects/{idOrName}/domains/{domain}"),
         ("delete", "/v9/projects/{idOrName}/domains/{domain}"),
         ("post", "/v13/deployments"),
         ("get", "/v13/deployments/{idOrUrl}"),
