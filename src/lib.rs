@@ -31,6 +31,7 @@ pub mod platform;
 pub mod sandbox;
 pub mod schema;
 pub mod standalone;
+pub mod sync;
 pub mod telemetry;
 
 /// Installs the process-wide rustls crypto provider (ring).

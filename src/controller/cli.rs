@@ -11,6 +11,8 @@ use crate::api::common::parse_duration;
 use crate::controller::leader::{LeaseConfig, run_elected};
 use crate::controller::metrics::ControllerMetrics;
 use crate::controller::{ControllerConfig, Health, run, server};
+use crate::platform::Platform;
+use crate::sync::{PlatformsConfig, default_endpoint};
 use crate::telemetry::{LogFormat, MetricsRegistry, init_tracing};
 
 /// Flags of `tether controller`.
@@ -49,6 +51,25 @@ pub struct ControllerArgs {
     /// Reconciles running at once per controller.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+    /// How soon an Environment with platform objects still coming up is looked at again.
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    pub pending_interval: Duration,
+    /// How long platform state read by one reconcile is reused by others (one list call
+    /// serves every Environment of an account within this window).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub observe_max_age: Duration,
+    /// Render API base URL.
+    #[arg(long, env = "TETHER_RENDER_URL", default_value = default_endpoint(Platform::Render))]
+    pub render_url: String,
+    /// Vercel API base URL.
+    #[arg(long, env = "TETHER_VERCEL_URL", default_value = default_endpoint(Platform::Vercel))]
+    pub vercel_url: String,
+    /// Fly.io Machines API base URL.
+    #[arg(long, env = "TETHER_FLY_URL", default_value = default_endpoint(Platform::Fly))]
+    pub fly_url: String,
+    /// Supabase Management API base URL.
+    #[arg(long, env = "TETHER_SUPABASE_URL", default_value = default_endpoint(Platform::Supabase))]
+    pub supabase_url: String,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -94,6 +115,18 @@ impl ControllerArgs {
             min_retry: self.min_retry_interval,
             max_retry: self.max_retry_interval,
             concurrency: self.concurrency,
+            pending_interval: self.pending_interval,
+            platforms: PlatformsConfig {
+                endpoints: [
+                    (Platform::Render, self.render_url.clone()),
+                    (Platform::Vercel, self.vercel_url.clone()),
+                    (Platform::Fly, self.fly_url.clone()),
+                    (Platform::Supabase, self.supabase_url.clone()),
+                ]
+                .into(),
+                observe_max_age: self.observe_max_age,
+                ..PlatformsConfig::default()
+            },
         })
     }
 }

@@ -2,7 +2,8 @@
 //! dashboards work, plus `tether_reconcile_stalled`. Labels are bounded: the controller
 //! (kind) and the result, never object names. The Migration controller's metrics
 //! (`tether_migration_*`, from [`MigrationMetrics::register`]) are registered here too, so
-//! they are registered exactly once per process, with the rest.
+//! they are registered exactly once per process, with the rest; so are the platform clients'
+//! (`tether_platform_*`, `tether_credentials_rejected_total`) and the drift counters.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,8 @@ use std::time::Duration;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 
 use crate::migrate::engine::MigrationMetrics;
+use crate::platform::PlatformMetrics;
+use crate::sync::SyncMetrics;
 use crate::telemetry::MetricsRegistry;
 
 /// How one reconcile ended, as the `result` label says it.
@@ -44,6 +47,8 @@ pub struct ControllerMetrics {
     stalled: IntGaugeVec,
     stalled_objects: Arc<Mutex<BTreeMap<&'static str, BTreeSet<String>>>>,
     migration: MigrationMetrics,
+    platform: PlatformMetrics,
+    sync: SyncMetrics,
 }
 
 impl ControllerMetrics {
@@ -87,12 +92,24 @@ impl ControllerMetrics {
             stalled,
             stalled_objects: Arc::default(),
             migration: MigrationMetrics::register(registry)?,
+            platform: PlatformMetrics::register(registry)?,
+            sync: SyncMetrics::register(registry)?,
         })
     }
 
     /// The Migration controller's run metrics (`tether_migration_*`).
     pub fn migration(&self) -> &MigrationMetrics {
         &self.migration
+    }
+
+    /// The platform clients' request metrics (`tether_platform_*`).
+    pub fn platform(&self) -> &PlatformMetrics {
+        &self.platform
+    }
+
+    /// The Environment sync's drift metrics (`tether_drift_*`).
+    pub fn sync(&self) -> &SyncMetrics {
+        &self.sync
     }
 
     /// Records one reconcile of `controller` (the kind's lower-case name).
@@ -139,11 +156,18 @@ mod tests {
                 "controller_runtime_reconcile_errors_total",
                 "controller_runtime_reconcile_time_seconds",
                 "controller_runtime_reconcile_total",
+                "tether_credentials_rejected_total",
+                "tether_drift_corrected_total",
+                "tether_drift_detected_total",
                 "tether_migration_applied_total",
                 "tether_migration_blocked_total",
                 "tether_migration_duration_seconds",
                 "tether_migration_failed_total",
                 "tether_migration_lint_findings_total",
+                "tether_platform_rate_limited_total",
+                "tether_platform_ratelimit_remaining",
+                "tether_platform_request_duration_seconds",
+                "tether_platform_requests_total",
                 "tether_reconcile_stalled",
             ]
         );

@@ -279,6 +279,7 @@ fn report_events(run: &RunReport) -> Vec<ReportEvent> {
                 warning: e.type_ == EventType::Warning,
                 reason: e.reason.to_string(),
                 note: e.note,
+                always: false,
                 action: action.unwrap_or_else(|| "Reconcile".into()),
             }
         })

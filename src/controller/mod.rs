@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::{Environment, Migration, Release};
+use crate::sync::{Platforms, PlatformsConfig};
 use crate::telemetry::MetricsRegistry;
 use decoded::{Decoded, MetaOnly};
 use error::Backoff;
@@ -55,7 +56,7 @@ pub use server::Health;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// What the controllers watch and how they retry.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ControllerConfig {
     /// Watch only this namespace (`None`: all namespaces).
     pub namespace: Option<String>,
@@ -67,6 +68,11 @@ pub struct ControllerConfig {
     pub max_retry: Duration,
     /// Reconciles running at once per controller.
     pub concurrency: u16,
+    /// Where the platform APIs are and how to talk to them.
+    pub platforms: PlatformsConfig,
+    /// How soon an Environment whose platform objects are still coming up (a Supabase
+    /// project, a Render database, a deploy) is looked at again.
+    pub pending_interval: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -77,6 +83,8 @@ impl Default for ControllerConfig {
             min_retry: Duration::from_secs(5),
             max_retry: Duration::from_secs(300),
             concurrency: 4,
+            platforms: PlatformsConfig::default(),
+            pending_interval: Duration::from_secs(15),
         }
     }
 }
@@ -129,7 +137,14 @@ pub(crate) async fn run_registered(
         min: config.min_retry,
         max: config.max_retry,
     };
-    let ctx = Arc::new(Context::new(client.clone(), metrics, backoff));
+    let platforms = Platforms::new(config.platforms.clone(), metrics.platform().clone());
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics,
+        backoff,
+        platforms,
+        config.pending_interval,
+    ));
     let watch = match &config.selector {
         Some(selector) => watcher::Config::default().labels(selector),
         None => watcher::Config::default(),

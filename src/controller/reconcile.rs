@@ -37,6 +37,7 @@ use crate::controller::decoded::Decoded;
 use crate::controller::error::{Backoff, ReconcileError};
 use crate::controller::metrics::{ControllerMetrics, ReconcileResult};
 use crate::controller::migration::MigrationRuns;
+use crate::sync::Platforms;
 
 /// The finalizer every reconciled object carries until its cleanup has run.
 pub const FINALIZER: &str = "tether.dev/finalizer";
@@ -56,12 +57,22 @@ pub struct Context {
     pub backoff: Backoff,
     /// When each Migration last ran against its database (the run gate).
     pub migration_runs: MigrationRuns,
+    /// The platform clients and the shared observation cache.
+    pub platforms: Arc<Platforms>,
+    /// Requeue delay while platform objects are still coming up.
+    pub pending_interval: Duration,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
     /// A context for controllers talking to `client`.
-    pub fn new(client: Client, metrics: ControllerMetrics, backoff: Backoff) -> Self {
+    pub fn new(
+        client: Client,
+        metrics: ControllerMetrics,
+        backoff: Backoff,
+        platforms: Arc<Platforms>,
+        pending_interval: Duration,
+    ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             // Tells replicas apart in `kubectl describe` (the chart sets POD_NAME).
@@ -74,6 +85,8 @@ impl Context {
             metrics,
             backoff,
             migration_runs: MigrationRuns::default(),
+            platforms,
+            pending_interval,
             failures: Mutex::default(),
         }
     }
@@ -119,6 +132,9 @@ pub struct ReportEvent {
     pub reason: String,
     /// Human sentence; never a Secret value.
     pub note: String,
+    /// Publish even without a `Ready`/`Stalled` transition: the reconciler already emits it
+    /// only when its own condition transitions (a Warning like `DriftDetected`).
+    pub always: bool,
     /// What was done, e.g. `Apply 20240101000000`. The shared `Recorder` folds events of
     /// the same type, reason and action on one object into a series, so events about
     /// different migrations carry different actions.
@@ -317,7 +333,7 @@ async fn write_status<K: Reconciled>(
     let mut events: Vec<ReportEvent> = report
         .events
         .iter()
-        .filter(|e| !e.warning || transition.is_some())
+        .filter(|e| !e.warning || e.always || transition.is_some())
         .cloned()
         .collect();
     if let Some(event) = transition
@@ -329,6 +345,7 @@ async fn write_status<K: Reconciled>(
                 warning: event.warning,
                 reason: event.reason,
                 note: event.note,
+                always: false,
                 action: "Reconcile".into(),
             },
         );

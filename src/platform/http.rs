@@ -208,6 +208,7 @@ pub struct PlatformMetrics {
     duration: HistogramVec,
     remaining: IntGaugeVec,
     rate_limited: IntCounterVec,
+    credentials_rejected: IntCounterVec,
 }
 
 impl PlatformMetrics {
@@ -239,6 +240,13 @@ impl PlatformMetrics {
                 Opts::new(
                     "tether_platform_rate_limited_total",
                     "Responses with HTTP 429 from the platform.",
+                ),
+                &["platform"],
+            )?)?,
+            credentials_rejected: registry.register(IntCounterVec::new(
+                Opts::new(
+                    "tether_credentials_rejected_total",
+                    "Responses with HTTP 401 or 403: the platform rejected the token.",
                 ),
                 &["platform"],
             )?)?,
@@ -716,11 +724,18 @@ impl PlatformHttp {
                 rate_limited: false,
                 wait: window.retry_after.unwrap_or(Duration::ZERO),
             }),
-            401 | 403 => Err(Failure::Final(PlatformError::Unauthorized {
-                platform,
-                operation,
-                status,
-            })),
+            401 | 403 => {
+                inner
+                    .metrics
+                    .credentials_rejected
+                    .with_label_values(&[platform.as_str()])
+                    .inc();
+                Err(Failure::Final(PlatformError::Unauthorized {
+                    platform,
+                    operation,
+                    status,
+                }))
+            }
             404 | 410 => Err(Failure::Final(PlatformError::NotFound {
                 platform,
                 operation,

@@ -1,0 +1,216 @@
+//! The observation cache shared by every reconcile: what the platforms' list endpoints
+//! returned, per account and scope, so that one paged list serves every Environment of that
+//! account instead of one read per object per reconcile (an informer for vendor APIs).
+//!
+//! Entries are fetched single-flight (concurrent reconciles wait for the one request in
+//! flight), are served while younger than the cache's max age, and are written through after
+//! Tether's own writes (so a create is visible to the next reconcile without a re-list).
+//! Out-of-band changes are therefore seen at most one max age late, which is what a resync
+//! interval means anyway.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::platform::PlatformResult;
+
+/// What one entry caches: `(platform, scope, token fingerprint, what)`, e.g.
+/// `("render", "tea-123", "ab12…", "services")`. Build it with [`CacheKey::new`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CacheKey(String);
+
+impl CacheKey {
+    /// A key from its parts; `account` is the token's fingerprint (never the token).
+    pub fn new(platform: &str, account: &str, scope: &str, what: &str) -> Self {
+        CacheKey(format!("{platform}\u{0}{account}\u{0}{scope}\u{0}{what}"))
+    }
+}
+
+type Value = Arc<dyn Any + Send + Sync>;
+
+struct Entry {
+    value: Option<(Instant, Value)>,
+    /// Held while a fetch is in flight (single flight).
+    fetching: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The shared cache. Cheap to clone.
+#[derive(Clone)]
+pub struct ObserveCache {
+    max_age: Duration,
+    entries: Arc<Mutex<HashMap<CacheKey, Entry>>>,
+}
+
+impl std::fmt::Debug for ObserveCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObserveCache")
+            .field("max_age", &self.max_age)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObserveCache {
+    /// A cache whose entries are re-fetched once older than `max_age`.
+    pub fn new(max_age: Duration) -> Self {
+        Self {
+            max_age,
+            entries: Arc::default(),
+        }
+    }
+
+    /// How old an entry may be before it is fetched again.
+    pub fn max_age(&self) -> Duration {
+        self.max_age
+    }
+
+    fn fresh<T: Send + Sync + 'static>(&self, key: &CacheKey) -> Option<Arc<T>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, value) = entries.get(key)?.value.as_ref()?;
+        if at.elapsed() > self.max_age {
+            return None;
+        }
+        value.clone().downcast::<T>().ok()
+    }
+
+    /// The cached value of `key` if it is younger than the max age; otherwise runs `fetch`
+    /// (once, however many callers wait) and caches its result. Errors are not cached.
+    pub async fn get_or_fetch<T, F, Fut>(&self, key: &CacheKey, fetch: F) -> PlatformResult<Arc<T>>
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = PlatformResult<T>>,
+    {
+        if let Some(hit) = self.fresh(key) {
+            return Ok(hit);
+        }
+        let gate = {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            entries
+                .entry(key.clone())
+                .or_insert_with(|| Entry {
+                    value: None,
+                    fetching: Arc::default(),
+                })
+                .fetching
+                .clone()
+        };
+        let _flight = gate.lock().await;
+        // Another caller may have fetched while this one waited.
+        if let Some(hit) = self.fresh(key) {
+            return Ok(hit);
+        }
+        let value = Arc::new(fetch().await?);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = entries.get_mut(key) {
+            entry.value = Some((Instant::now(), value.clone() as Value));
+        }
+        Ok(value)
+    }
+
+    /// Writes through: applies `change` to a copy of the cached value of `key` (if any, and of
+    /// type `T`) and stores it, keeping its age. Use after Tether's own writes.
+    pub fn update<T, F>(&self, key: &CacheKey, change: F)
+    where
+        T: Clone + Send + Sync + 'static,
+        F: FnOnce(&mut T),
+    {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(Entry {
+            value: Some((_, value)),
+            ..
+        }) = entries.get_mut(key)
+        else {
+            return;
+        };
+        if let Some(current) = value.downcast_ref::<T>() {
+            let mut next = current.clone();
+            change(&mut next);
+            *value = Arc::new(next);
+        }
+    }
+
+    /// Drops the cached value of `key` (the next read fetches).
+    pub fn invalidate(&self, key: &CacheKey) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = entries.get_mut(key) {
+            entry.value = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn concurrent_readers_share_one_fetch_and_later_readers_hit_the_cache() {
+        let cache = ObserveCache::new(Duration::from_secs(60));
+        let key = CacheKey::new("render", "acct", "tea-1", "services");
+        let fetches = Arc::new(AtomicU32::new(0));
+        let read = || {
+            let fetches = fetches.clone();
+            let cache = cache.clone();
+            let key = key.clone();
+            async move {
+                cache
+                    .get_or_fetch(&key, || async move {
+                        fetches.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        Ok(vec!["web".to_string()])
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        let results = futures::future::join_all((0..10).map(|_| read())).await;
+        assert!(results.iter().all(|r| r.as_slice() == ["web"]));
+        read().await;
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn stale_entries_are_fetched_again_and_errors_are_not_cached() {
+        let cache = ObserveCache::new(Duration::from_millis(10));
+        let key = CacheKey::new("vercel", "acct", "team", "projects");
+        let v1: Arc<u32> = cache.get_or_fetch(&key, || async { Ok(1) }).await.unwrap();
+        assert_eq!(*v1, 1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let err = cache
+            .get_or_fetch::<u32, _, _>(&key, || async {
+                Err(crate::platform::PlatformError::Transient {
+                    platform: crate::platform::Platform::Vercel,
+                    operation: "list_projects",
+                    reason: "HTTP 503".into(),
+                })
+            })
+            .await;
+        assert!(err.is_err());
+        let v2: Arc<u32> = cache.get_or_fetch(&key, || async { Ok(2) }).await.unwrap();
+        assert_eq!(*v2, 2);
+    }
+
+    #[tokio::test]
+    async fn writes_through_are_seen_without_a_fetch() {
+        let cache = ObserveCache::new(Duration::from_secs(60));
+        let key = CacheKey::new("fly", "acct", "org", "apps");
+        cache
+            .get_or_fetch(&key, || async { Ok(vec![1u32]) })
+            .await
+            .unwrap();
+        cache.update::<Vec<u32>, _>(&key, |apps| apps.push(2));
+        let seen: Arc<Vec<u32>> = cache
+            .get_or_fetch(&key, || async { panic!("must not fetch") })
+            .await
+            .unwrap();
+        assert_eq!(seen.as_slice(), [1, 2]);
+        cache.invalidate(&key);
+        let refetched: Arc<Vec<u32>> = cache
+            .get_or_fetch(&key, || async { Ok(vec![9]) })
+            .await
+            .unwrap();
+        assert_eq!(refetched.as_slice(), [9]);
+    }
+}
