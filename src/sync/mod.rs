@@ -16,6 +16,7 @@
 
 pub mod cache;
 pub mod fingerprint;
+pub mod supabase;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
