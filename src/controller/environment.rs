@@ -1,18 +1,25 @@
 //! The Environment reconciler: observe (resolve every credentials Secret, env var Secret
-//! and the Supabase password Secret) → plan (the platform objects the spec declares, a pure
-//! value) → act (the platform layer executes the plan: it plugs in here in a later issue;
-//! today nothing is created) → report (status lists the declared objects as `Pending`).
+//! and the Supabase password Secret), then for each platform in use observe → plan → act
+//! through its driver ([`crate::sync`]), then report: one status entry per managed object,
+//! `Ready`/`Reconciling`/`Stalled`, `<Platform>Synced` per platform and `DriftDetected`,
+//! events for what was done, and the drift metrics. Cleanup removes (or orphans) every
+//! platform object per `deletionPolicy` before the finalizer goes.
 
-use std::fmt;
+use std::time::Duration;
 
-use crate::api::common::{LocalObjectRef, parse_duration};
-use crate::api::environment::{EnvironmentSpec, ManagedObject};
-use crate::api::{EnvVar, Environment};
-use crate::controller::conditions::{REASON_REFERENCES_RESOLVED, Verdict};
-use crate::controller::error::ReconcileError;
-use crate::controller::reconcile::{Context, Reconciled, Report};
-use crate::controller::references::{RefKind, Reference, Snapshot};
 use kube::ResourceExt;
+
+use crate::api::common::condition_types::RECONCILING;
+use crate::api::common::{DeletionPolicy, LocalObjectRef, parse_duration};
+use crate::api::environment::{EnvironmentSpec, ManagedObject};
+use crate::api::{Condition, ConditionStatus, EnvVar, Environment};
+use crate::controller::conditions::{Verdict, is_stalled};
+use crate::controller::error::ReconcileError;
+use crate::controller::reconcile::{Context, Reconciled, Report, ReportEvent};
+use crate::controller::references::{RefKind, Reference, Snapshot};
+use crate::platform::Platform;
+use crate::sync;
+use crate::sync::run::{Failure, Mode, PlatformSync};
 
 /// Every Secret key an Environment spec names, with the field that names it.
 pub fn references(spec: &EnvironmentSpec) -> Vec<Reference> {
@@ -82,90 +89,222 @@ pub fn references(spec: &EnvironmentSpec) -> Vec<Reference> {
     refs
 }
 
-/// One platform object the spec declares.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeclaredObject {
-    /// `render`, `vercel`, `fly` or `supabase`.
-    pub platform: &'static str,
-    /// The object's kind on that platform, e.g. `web`, `project`, `app`.
-    pub kind: String,
-    /// Its name.
-    pub name: String,
+/// Condition: the platform objects differ from the spec out of band (abnormal-true).
+pub const DRIFT_DETECTED: &str = "DriftDetected";
+
+/// The `<Platform>Synced` condition type: the last calls to that platform succeeded.
+pub fn synced_condition(platform: Platform) -> String {
+    let name = platform.as_str();
+    let mut chars = name.chars();
+    let first = chars.next().map(|c| c.to_ascii_uppercase()).unwrap_or('X');
+    format!("{first}{}Synced", chars.as_str())
 }
 
-/// What the spec asks the platforms to hold: the input of the platform layer's actions.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EnvironmentPlan {
-    /// Every declared platform object, in spec order.
-    pub objects: Vec<DeclaredObject>,
+/// What the report needs besides the sync results.
+pub struct ReportInput<'a> {
+    /// The spec.
+    pub spec: &'a EnvironmentSpec,
+    /// The previous status conditions (for transition times).
+    pub previous_conditions: &'a [Condition],
+    /// The previous `status.objects` (to tell new drift from drift already reported).
+    pub previous_objects: &'a [ManagedObject],
+    /// The generation this reconcile works on.
+    pub generation: Option<i64>,
+    /// RFC 3339 now.
+    pub now: &'a str,
+    /// Resync interval.
+    pub interval: Duration,
+    /// Requeue delay while objects are coming up or a platform call failed transiently.
+    pub pending_interval: Duration,
 }
 
-impl fmt::Display for EnvironmentPlan {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{} platform objects declared", self.objects.len())?;
-        for o in &self.objects {
-            writeln!(f, "  ensure {} {} {:?}", o.platform, o.kind, o.name)?;
+/// The status, conditions, events and requeue one sync stands for, and the drift to count
+/// in metrics (pure).
+#[derive(Debug)]
+pub struct Reported {
+    /// The report for the reconcile driver.
+    pub report: Report,
+    /// `(platform, kind)` of every object with newly found drift.
+    pub drift_detected: Vec<(Platform, String)>,
+    /// `(platform, kind)` of every object whose drift was reverted.
+    pub drift_corrected: Vec<(Platform, String)>,
+}
+
+/// Builds the report of one sync (pure).
+pub fn report(input: &ReportInput<'_>, syncs: Vec<PlatformSync>) -> Reported {
+    let mut objects: Vec<ManagedObject> = Vec::new();
+    let mut events: Vec<ReportEvent> = Vec::new();
+    let mut conditions: Vec<Condition> = Vec::new();
+    let mut drift_detected = Vec::new();
+    let mut drift_corrected = Vec::new();
+    let mut failures: Vec<&Failure> = Vec::new();
+    let mut drifted: Vec<String> = Vec::new();
+    let condition = |type_: &str, status: ConditionStatus, reason: &str, message: String| {
+        let last_transition_time = input
+            .previous_conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| input.now.to_string());
+        Condition {
+            type_: type_.to_string(),
+            status,
+            observed_generation: input.generation,
+            last_transition_time,
+            reason: reason.to_string(),
+            message,
         }
-        Ok(())
-    }
-}
-
-/// Plans the platform objects of `spec` (pure).
-pub fn plan(spec: &EnvironmentSpec) -> EnvironmentPlan {
-    let mut objects = Vec::new();
-    let mut push = |platform, kind: &str, name: &str| {
-        objects.push(DeclaredObject {
-            platform,
-            kind: kind.to_string(),
-            name: name.to_string(),
-        })
     };
-    if let Some(render) = &spec.render {
-        for s in &render.services {
-            let kind = serde_json::to_value(s.type_)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_else(|| "service".into());
-            push("render", &kind, &s.name);
+    for sync in &syncs {
+        let platform = sync.platform;
+        for plan in &sync.plans {
+            if plan.drift.is_empty() {
+                continue;
+            }
+            let before = input.previous_objects.iter().find(|o| {
+                o.platform == platform.as_str() && o.kind == plan.kind && o.name == plan.name
+            });
+            let known = before.is_some_and(|o| plan.drift.iter().all(|f| o.drift.contains(f)));
+            if !known {
+                drift_detected.push((platform, plan.kind.clone()));
+                events.push(ReportEvent {
+                    warning: true,
+                    always: true,
+                    reason: "DriftDetected".into(),
+                    note: format!(
+                        "{platform} {} {:?} changed out of band: {}",
+                        plan.kind,
+                        plan.name,
+                        plan.drift.join(", ")
+                    ),
+                    action: format!("Observe {platform} {} {}", plan.kind, plan.name),
+                });
+            }
         }
-        for kv in &render.key_values {
-            push("render", "keyvalue", &kv.name);
+        for event in &sync.events {
+            if event.reason == "DriftCorrected" {
+                drift_corrected.push((event.platform, event.kind.clone()));
+            }
+            events.push(ReportEvent {
+                warning: false,
+                always: true,
+                reason: event.reason.to_string(),
+                note: event.note.clone(),
+                action: format!(
+                    "{} {} {} {}",
+                    event.reason, event.platform, event.kind, event.name
+                ),
+            });
         }
-        for pg in &render.postgres {
-            push("render", "postgres", &pg.name);
+        for object in &sync.objects {
+            if !object.drift.is_empty() {
+                drifted.push(format!(
+                    "{platform} {} {:?} ({})",
+                    object.kind,
+                    object.name,
+                    object.drift.join(", ")
+                ));
+            }
         }
+        objects.extend(sync.objects.iter().cloned());
+        let type_ = synced_condition(platform);
+        conditions.push(match &sync.failure {
+            None => condition(
+                &type_,
+                ConditionStatus::True,
+                "Synced",
+                format!("The last {platform} calls succeeded"),
+            ),
+            Some(failure) => condition(
+                &type_,
+                ConditionStatus::False,
+                failure.reason,
+                failure.message.clone(),
+            ),
+        });
+        failures.extend(sync.failure.as_ref());
     }
-    if let Some(vercel) = &spec.vercel {
-        for p in &vercel.projects {
-            push("vercel", "project", &p.name);
-        }
-    }
-    if let Some(fly) = &spec.fly {
-        for a in &fly.apps {
-            push("fly", "app", &a.name);
-        }
-    }
-    if let Some(supabase) = &spec.supabase {
-        push("supabase", "project", &supabase.name);
-    }
-    EnvironmentPlan { objects }
-}
+    conditions.push(if drifted.is_empty() {
+        condition(
+            DRIFT_DETECTED,
+            ConditionStatus::False,
+            "NoDrift",
+            String::new(),
+        )
+    } else {
+        condition(
+            DRIFT_DETECTED,
+            ConditionStatus::True,
+            "DriftFound",
+            format!(
+                "Changed out of band and not corrected (driftPolicy {:?}): {}",
+                input.spec.drift_policy,
+                drifted.join("; ")
+            ),
+        )
+    });
 
-/// The status fields of a resolved Environment (pure).
-pub fn report(spec: &EnvironmentSpec, plan: &EnvironmentPlan) -> Report {
-    let n = plan.objects.len();
-    let objects: Vec<ManagedObject> = plan
-        .objects
+    let total = objects.len();
+    let ready = objects.iter().filter(|o| o.ready).count();
+    let waiting: Vec<String> = objects
         .iter()
-        .map(|o| ManagedObject {
-            platform: o.platform.to_string(),
-            kind: o.kind.clone(),
-            name: o.name.clone(),
-            state: Some("Pending".into()),
-            ..ManagedObject::default()
+        .filter(|o| !o.ready)
+        .map(|o| {
+            format!(
+                "{} {} {:?} ({})",
+                o.platform,
+                o.kind,
+                o.name,
+                o.state.as_deref().unwrap_or("pending")
+            )
         })
         .collect();
-    let mut secret_refs: Vec<String> = references(spec).into_iter().map(|r| r.name).collect();
+    let (verdict, requeue) = match failures.iter().find(|f| f.permanent).or(failures.first()) {
+        Some(failure) if failure.permanent => (
+            Verdict::Stalled {
+                reason: failure.reason.to_string(),
+                message: failure.message.clone(),
+            },
+            None,
+        ),
+        Some(failure) => (
+            Verdict::NotReady {
+                reason: failure.reason.to_string(),
+                message: failure.message.clone(),
+            },
+            Some(input.pending_interval),
+        ),
+        None if waiting.is_empty() => (
+            Verdict::Ready {
+                reason: "Synced".into(),
+                message: format!(
+                    "{ready}/{total} platform object{} ready",
+                    if total == 1 { "" } else { "s" }
+                ),
+            },
+            Some(input.interval),
+        ),
+        None => (
+            Verdict::NotReady {
+                reason: "ObjectsNotReady".into(),
+                message: format!(
+                    "{ready}/{total} platform objects ready; waiting for {}",
+                    waiting.join(", ")
+                ),
+            },
+            Some(input.pending_interval),
+        ),
+    };
+    if let Verdict::NotReady { reason, message } = &verdict {
+        conditions.push(condition(
+            RECONCILING,
+            ConditionStatus::True,
+            reason,
+            message.clone(),
+        ));
+    }
+
+    let mut secret_refs: Vec<String> = references(input.spec).into_iter().map(|r| r.name).collect();
     secret_refs.sort();
     secret_refs.dedup();
     let secret_refs: Vec<LocalObjectRef> = secret_refs
@@ -173,21 +312,22 @@ pub fn report(spec: &EnvironmentSpec, plan: &EnvironmentPlan) -> Report {
         .map(|name| LocalObjectRef { name })
         .collect();
     let mut status = serde_json::Map::new();
-    status.insert("summary".into(), serde_json::json!(format!("0/{n}")));
+    status.insert(
+        "summary".into(),
+        serde_json::json!(format!("{ready}/{total}")),
+    );
     status.insert("objects".into(), serde_json::json!(objects));
     status.insert("secretRefs".into(), serde_json::json!(secret_refs));
-    Report {
-        verdict: Verdict::Ready {
-            reason: REASON_REFERENCES_RESOLVED.into(),
-            message: format!(
-                "All references resolved; {n} platform object{} declared (platform sync not yet enabled)",
-                if n == 1 { "" } else { "s" }
-            ),
+    Reported {
+        report: Report {
+            verdict,
+            status,
+            requeue_after: requeue,
+            conditions,
+            events,
         },
-        status,
-        requeue_after: None,
-        conditions: Vec::new(),
-        events: Vec::new(),
+        drift_detected,
+        drift_corrected,
     }
 }
 
@@ -199,6 +339,39 @@ pub fn validate(spec: &EnvironmentSpec) -> Result<std::time::Duration, Reconcile
     })
 }
 
+impl Environment {
+    fn key(&self) -> String {
+        format!(
+            "{}/{}",
+            self.namespace().unwrap_or_default(),
+            self.name_any()
+        )
+    }
+
+    /// Reads every referenced Secret (permanent error when one is missing).
+    async fn read_references(&self, ctx: &Context) -> Result<Snapshot, ReconcileError> {
+        let namespace = self.namespace().ok_or(ReconcileError::Unidentified)?;
+        let refs = references(&self.spec);
+        let snapshot = Snapshot::read(&ctx.client, &namespace, &refs).await?;
+        let missing = snapshot.missing(&refs);
+        if !missing.is_empty() {
+            return Err(ReconcileError::ResolveReferences(missing));
+        }
+        Ok(snapshot)
+    }
+
+    fn previous_objects(&self) -> &[ManagedObject] {
+        self.status.as_ref().map_or(&[], |s| s.objects.as_slice())
+    }
+}
+
+fn now() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string()
+}
+
 impl Reconciled for Environment {
     const CONTROLLER: &'static str = "environment";
 
@@ -207,27 +380,75 @@ impl Reconciled for Environment {
             return Ok(Report::suspended());
         }
         let interval = validate(&self.spec)?;
-        // Observe.
-        let namespace = self.namespace().ok_or(ReconcileError::Unidentified)?;
-        let refs = references(&self.spec);
-        let snapshot = Snapshot::read(&ctx.client, &namespace, &refs).await?;
-        let missing = snapshot.missing(&refs);
-        if !missing.is_empty() {
-            return Err(ReconcileError::ResolveReferences(missing));
-        }
-        // Plan (pure). Act: the platform layer executes `plan` here once it lands.
-        let plan = plan(&self.spec);
-        tracing::debug!(%plan, "planned");
+        // Observe the Kubernetes side: every referenced Secret.
+        let snapshot = self.read_references(ctx).await?;
+        let status = self.status.as_ref();
+        let generation = self.metadata.generation;
+        // The last reconcile applied this generation and was not stalled: a readable
+        // difference now can only come from outside.
+        let drift_possible = status
+            .is_some_and(|s| s.observed_generation == generation && !is_stalled(&s.conditions));
+        let now = now();
+        let key = self.key();
+        let request = sync::run::Request {
+            environment: &key,
+            spec: &self.spec,
+            secrets: &snapshot.values,
+            previous: self.previous_objects(),
+            drift_possible,
+            deleting: false,
+            now: now.clone(),
+        };
+        // Observe the platforms, plan, act.
+        let syncs = sync::run::sync(&ctx.platforms, &request, Mode::Apply).await;
         // Report.
-        let mut report = report(&self.spec, &plan);
-        report.requeue_after = Some(interval);
-        Ok(report)
+        let reported = report(
+            &ReportInput {
+                spec: &self.spec,
+                previous_conditions: status.map_or(&[], |s| s.conditions.as_slice()),
+                previous_objects: self.previous_objects(),
+                generation,
+                now: &now,
+                interval,
+                pending_interval: ctx.pending_interval,
+            },
+            syncs,
+        );
+        for (platform, kind) in &reported.drift_detected {
+            ctx.metrics.sync().drift_detected(*platform, kind);
+        }
+        for (platform, kind) in &reported.drift_corrected {
+            ctx.metrics.sync().drift_corrected(*platform, kind);
+        }
+        Ok(reported.report)
     }
 
-    async fn cleanup(&self, _ctx: &Context) -> Result<(), ReconcileError> {
-        // Nothing was created on any platform yet, so there is nothing to delete; the
-        // platform layer's deletion (honouring `deletionPolicy`) plugs in here.
-        Ok(())
+    async fn cleanup(&self, ctx: &Context) -> Result<(), ReconcileError> {
+        // With `deletionPolicy: Orphan` nothing is called on any platform, so a deleted
+        // credentials Secret cannot block the deletion.
+        if self.spec.deletion_policy == Some(DeletionPolicy::Orphan) {
+            return Ok(());
+        }
+        let snapshot = self.read_references(ctx).await?;
+        let key = self.key();
+        let request = sync::run::Request {
+            environment: &key,
+            spec: &self.spec,
+            secrets: &snapshot.values,
+            previous: self.previous_objects(),
+            drift_possible: false,
+            deleting: true,
+            now: now(),
+        };
+        let syncs = sync::run::sync(&ctx.platforms, &request, Mode::Apply).await;
+        match syncs.into_iter().find_map(|s| s.failure) {
+            None => Ok(()),
+            Some(failure) => Err(ReconcileError::Platform {
+                reason: failure.reason,
+                message: failure.message,
+                permanent: failure.permanent,
+            }),
+        }
     }
 }
 
@@ -282,44 +503,222 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_plan_lists_every_declared_platform_object() {
-        let plan = plan(&spec());
-        let names: Vec<_> = plan
-            .objects
+    fn object(platform: &str, kind: &str, name: &str, ready: bool) -> ManagedObject {
+        ManagedObject {
+            platform: platform.into(),
+            kind: kind.into(),
+            name: name.into(),
+            ready,
+            state: Some(if ready { "live" } else { "creating" }.into()),
+            ..ManagedObject::default()
+        }
+    }
+
+    fn sync_of(platform: Platform, objects: Vec<ManagedObject>) -> PlatformSync {
+        PlatformSync {
+            platform,
+            plans: Vec::new(),
+            objects,
+            events: Vec::new(),
+            failure: None,
+        }
+    }
+
+    fn input<'a>(spec: &'a EnvironmentSpec, previous: &'a [ManagedObject]) -> ReportInput<'a> {
+        ReportInput {
+            spec,
+            previous_conditions: &[],
+            previous_objects: previous,
+            generation: Some(2),
+            now: "2026-11-22T07:00:00Z",
+            interval: Duration::from_secs(600),
+            pending_interval: Duration::from_secs(15),
+        }
+    }
+
+    fn condition<'a>(report: &'a Report, type_: &str) -> &'a Condition {
+        report
+            .conditions
             .iter()
-            .map(|o| format!("{}/{}/{}", o.platform, o.kind, o.name))
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "render/web/api",
-                "render/postgres/main",
-                "supabase/project/proj"
-            ]
-        );
-        assert!(plan.to_string().starts_with("3 platform objects declared"));
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition in {:?}", report.conditions))
     }
 
     #[test]
-    fn the_report_is_ready_and_honest_about_pending_platform_work() {
+    fn every_object_ready_is_ready_with_a_summary_and_a_synced_condition_per_platform() {
         let spec = spec();
-        let report = report(&spec, &plan(&spec));
-        match &report.verdict {
-            Verdict::Ready { reason, message } => {
-                assert_eq!(reason, "ReferencesResolved");
-                assert!(
-                    message.starts_with("All references resolved; 3 platform objects declared")
+        let syncs = vec![
+            sync_of(
+                Platform::Render,
+                vec![
+                    object("render", "service", "api", true),
+                    object("render", "postgres", "main", true),
+                ],
+            ),
+            sync_of(
+                Platform::Supabase,
+                vec![object("supabase", "project", "proj", true)],
+            ),
+        ];
+        let reported = report(&input(&spec, &[]), syncs).report;
+        assert_eq!(
+            reported.verdict,
+            Verdict::Ready {
+                reason: "Synced".into(),
+                message: "3/3 platform objects ready".into()
+            }
+        );
+        assert_eq!(reported.requeue_after, Some(Duration::from_secs(600)));
+        assert_eq!(reported.status["summary"], "3/3");
+        assert_eq!(reported.status["objects"][1]["name"], "main");
+        assert_eq!(
+            condition(&reported, "RenderSynced").status,
+            ConditionStatus::True
+        );
+        assert_eq!(
+            condition(&reported, "SupabaseSynced").status,
+            ConditionStatus::True
+        );
+        assert_eq!(
+            condition(&reported, DRIFT_DETECTED).status,
+            ConditionStatus::False
+        );
+        assert_eq!(
+            reported.status["secretRefs"],
+            serde_json::json!([{"name": "db"}, {"name": "supa"}, {"name": "tokens"}])
+        );
+    }
+
+    #[test]
+    fn objects_coming_up_are_reconciling_and_requeued_on_the_short_interval() {
+        let spec = spec();
+        let syncs = vec![sync_of(
+            Platform::Supabase,
+            vec![object("supabase", "project", "proj", false)],
+        )];
+        let reported = report(&input(&spec, &[]), syncs).report;
+        match &reported.verdict {
+            Verdict::NotReady { reason, message } => {
+                assert_eq!(reason, "ObjectsNotReady");
+                assert_eq!(
+                    message,
+                    "0/1 platform objects ready; waiting for supabase project \"proj\" (creating)"
                 );
             }
             other => panic!("unexpected verdict {other:?}"),
         }
-        assert_eq!(report.status["summary"], "0/3");
-        assert_eq!(report.status["objects"][0]["state"], "Pending");
+        assert_eq!(reported.requeue_after, Some(Duration::from_secs(15)));
         assert_eq!(
-            report.status["secretRefs"],
-            serde_json::json!([{"name": "db"}, {"name": "supa"}, {"name": "tokens"}])
+            condition(&reported, RECONCILING).status,
+            ConditionStatus::True
         );
+    }
+
+    #[test]
+    fn rejected_credentials_stall_and_name_the_platform_while_the_others_stay_synced() {
+        let spec = spec();
+        let mut render = sync_of(
+            Platform::Render,
+            vec![object("render", "service", "api", true)],
+        );
+        render.failure = Some(Failure {
+            platform: Platform::Render,
+            reason: "CredentialsRejected",
+            message: "render rejected the token in Secret \"tokens\" key \"render\"".into(),
+            permanent: true,
+        });
+        let syncs = vec![
+            render,
+            sync_of(
+                Platform::Supabase,
+                vec![object("supabase", "project", "proj", true)],
+            ),
+        ];
+        let reported = report(&input(&spec, &[]), syncs).report;
+        assert!(reported.verdict.is_stalled());
+        assert_eq!(reported.requeue_after, None);
+        let synced = condition(&reported, "RenderSynced");
+        assert_eq!(synced.status, ConditionStatus::False);
+        assert_eq!(synced.reason, "CredentialsRejected");
+        assert_eq!(
+            condition(&reported, "SupabaseSynced").status,
+            ConditionStatus::True
+        );
+        // The objects already known are still listed.
+        assert_eq!(reported.status["summary"], "2/2");
+    }
+
+    #[test]
+    fn drift_is_counted_and_announced_once_and_stays_in_status_until_corrected() {
+        use crate::sync::{Action, ObjectPlan, SyncEvent};
+        let spec = spec();
+        let plan = ObjectPlan {
+            platform: Platform::Render,
+            kind: "service".into(),
+            name: "api".into(),
+            id: Some("srv-1".into()),
+            action: Action::InSync,
+            changes: Vec::new(),
+            drift: vec!["plan".into()],
+            writes: 0,
+        };
+        let mut drifted = object("render", "service", "api", true);
+        drifted.drift = vec!["plan".into()];
+        let mut sync = sync_of(Platform::Render, vec![drifted.clone()]);
+        sync.plans = vec![plan.clone()];
+        let first = report(&input(&spec, &[]), vec![sync]);
+        assert_eq!(
+            first.drift_detected,
+            [(Platform::Render, "service".to_string())]
+        );
+        let event = &first.report.events[0];
+        assert!(event.warning && event.always);
+        assert_eq!(event.reason, "DriftDetected");
+        assert!(event.note.contains("plan"), "{}", event.note);
+        let drift = condition(&first.report, DRIFT_DETECTED);
+        assert_eq!(drift.status, ConditionStatus::True);
+        assert!(
+            drift.message.contains("render service \"api\" (plan)"),
+            "{}",
+            drift.message
+        );
+
+        // The same drift seen again (Report policy): no second count or event.
+        let mut again = sync_of(Platform::Render, vec![drifted.clone()]);
+        again.plans = vec![plan.clone()];
+        let second = report(&input(&spec, std::slice::from_ref(&drifted)), vec![again]);
+        assert!(second.drift_detected.is_empty());
+        assert!(second.report.events.is_empty());
+
+        // Corrected: counted as corrected, the event published, the condition clears.
+        let mut corrected = sync_of(
+            Platform::Render,
+            vec![object("render", "service", "api", true)],
+        );
+        corrected.plans = vec![plan];
+        corrected.events = vec![SyncEvent {
+            reason: "DriftCorrected",
+            platform: Platform::Render,
+            kind: "service".into(),
+            name: "api".into(),
+            note: "reverted plan".into(),
+        }];
+        let third = report(&input(&spec, &[]), vec![corrected]);
+        assert_eq!(
+            third.drift_corrected,
+            [(Platform::Render, "service".to_string())]
+        );
+        assert_eq!(
+            condition(&third.report, DRIFT_DETECTED).status,
+            ConditionStatus::False
+        );
+    }
+
+    #[test]
+    fn synced_condition_types_are_named_after_the_platform() {
+        assert_eq!(synced_condition(Platform::Render), "RenderSynced");
+        assert_eq!(synced_condition(Platform::Fly), "FlySynced");
+        assert_eq!(synced_condition(Platform::Supabase), "SupabaseSynced");
     }
 
     #[test]

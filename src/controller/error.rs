@@ -41,6 +41,16 @@ pub enum ReconcileError {
     /// Removing the finalizer failed.
     #[error("failed to remove the finalizer: {0}")]
     RemoveFinalizer(#[source] kube::Error),
+    /// A platform call failed (during cleanup; apply reports platform failures in status).
+    #[error("failed to sync the platform objects: {message}")]
+    Platform {
+        /// PascalCase reason, e.g. `CredentialsRejected`.
+        reason: &'static str,
+        /// Names the platform and operation (and the Secret, for credentials); never a value.
+        message: String,
+        /// Retrying will not help.
+        permanent: bool,
+    },
     /// The object has no name or namespace (a namespaced object always has both).
     #[error("failed to identify the object: it has no name or namespace")]
     Unidentified,
@@ -68,6 +78,7 @@ impl ReconcileError {
             ReconcileError::PatchStatus(_) => "PatchStatusFailed",
             ReconcileError::AddFinalizer(_) => "AddFinalizerFailed",
             ReconcileError::RemoveFinalizer(_) => "RemoveFinalizerFailed",
+            ReconcileError::Platform { reason, .. } => reason,
             ReconcileError::Unidentified => "Unidentified",
         }
     }
@@ -80,6 +91,7 @@ impl ReconcileError {
             | ReconcileError::ValidateSpec { .. }
             | ReconcileError::ResolveReferences(_)
             | ReconcileError::Unidentified => true,
+            ReconcileError::Platform { permanent, .. } => *permanent,
             ReconcileError::ReadReference { source, .. }
             | ReconcileError::PatchStatus(source)
             | ReconcileError::AddFinalizer(source)

@@ -14,6 +14,8 @@ use kube::{Api, Client};
 
 use crate::api::{Environment, Migration, SecretKeyRef};
 use crate::controller::error::ReconcileError;
+use crate::platform::Token;
+use crate::sync::SecretValues;
 
 /// The kind of a referenced object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -133,6 +135,8 @@ pub struct Snapshot {
     pub environments: BTreeMap<String, Option<Environment>>,
     /// Migration name → whether it exists.
     pub migrations: BTreeMap<String, bool>,
+    /// The values of the Secrets read (in memory only; Debug prints key names).
+    pub values: SecretValues,
 }
 
 impl Snapshot {
@@ -155,6 +159,9 @@ impl Snapshot {
                         .get_opt(name)
                         .await
                         .map_err(read_error)?;
+                    if let Some(secret) = &secret {
+                        keep_values(&mut snapshot.values, name, secret);
+                    }
                     snapshot
                         .secrets
                         .insert(name.to_string(), secret.map(secret_keys));
@@ -238,6 +245,25 @@ impl Snapshot {
     /// The data of ConfigMap `name`, if it was read and exists.
     pub fn config_map(&self, name: &str) -> Option<&BTreeMap<String, String>> {
         self.config_maps.get(name).and_then(Option::as_ref)
+    }
+}
+
+/// Keeps the text values of `secret`, as they are (tokens are trimmed where they are used).
+fn keep_values(values: &mut SecretValues, name: &str, secret: &Secret) {
+    let data = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k, v.0.as_slice()));
+    let string_data = secret
+        .string_data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k, v.as_bytes()));
+    for (key, bytes) in data.chain(string_data) {
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            values.insert(name, key, Token::new(text));
+        }
     }
 }
 

@@ -16,7 +16,11 @@
 
 pub mod cache;
 pub mod fingerprint;
+pub mod fly;
+pub mod render;
+pub mod run;
 pub mod supabase;
+pub mod vercel;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
