@@ -3,11 +3,11 @@
 //! controller does. Create from nothing to ready, a one-field update, removal (orphan or
 //! delete), adoption, drift (corrected or reported), a rotated password Secret and a region
 //! change — every exchange checked against Supabase's OpenAPI spec, and no secret value in
-//! any status entry, event, plan or error.
+//! any status entry, event, plan or error. Then the same through the Environment controller
+//! (embedded API + sandbox + controllers): to Ready, a Secret rotation, deletion.
 
-// The shared platform-test harness has helpers (faults, raw servers) these tests do not use.
-#[allow(dead_code)]
-mod contract;
+pub mod contract;
+pub mod support;
 
 use std::time::Duration;
 
@@ -501,4 +501,112 @@ async fn a_region_change_is_refused_clearly_and_nothing_is_recreated() {
     assert!(rig.writes_since(mark).is_empty());
     assert_eq!(rig.client().list_projects("acme").await.unwrap().len(), 1);
     rig.assert_no_secret_leaked();
+}
+
+fn manifest(spec: Value) -> Value {
+    json!({
+        "apiVersion": "tether.dev/v1alpha1",
+        "kind": "Environment",
+        "metadata": {"name": "shop", "namespace": "default"},
+        "spec": spec,
+    })
+}
+
+fn environment_spec(max_rows: i64) -> Value {
+    json!({
+        "credentials": {"supabase": {"name": "tether-sandbox-supabase"}},
+        "supabase": {
+            "name": "shop-staging",
+            "organizationId": "acme",
+            "region": "eu-central-1",
+            "databasePasswordSecretRef": {"name": "db", "key": "password"},
+            "auth": {"siteUrl": "https://shop.example.com", "disableSignup": true},
+            "api": {"schemas": ["public", "api"], "maxRows": max_rows},
+        },
+    })
+}
+
+#[tokio::test]
+async fn through_the_controller_a_supabase_environment_becomes_ready_rotates_and_is_orphaned_on_delete()
+ {
+    use support::sync::{SyncHarness, condition_is, object};
+    let h = SyncHarness::start().await;
+    h.put_secret("db", &[("password", PASSWORD)]).await;
+    h.apply(manifest(environment_spec(500))).await;
+    let env = h.wait_ready("shop").await;
+    let project = object(&env, "supabase", "project", "shop-staging").expect("status entry");
+    assert_eq!(project["ready"], true);
+    assert_eq!(project["state"], "ACTIVE_HEALTHY");
+    assert!(condition_is(&env, "SupabaseSynced", "True"), "{env}");
+    let id = project["id"].as_str().unwrap().to_owned();
+    let fingerprint = project["secretFingerprints"]["databasePassword"].clone();
+    let requests = h.requests(Platform::Supabase);
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| *r == "POST /v1/projects")
+            .count(),
+        1,
+        "{requests:?}"
+    );
+
+    // A spec change: exactly that field is written.
+    let before = h.requests(Platform::Supabase).len();
+    h.apply(manifest(environment_spec(42))).await;
+    h.wait_ready("shop").await;
+    let writes: Vec<String> = h.requests(Platform::Supabase)[before..]
+        .iter()
+        .filter(|r| !r.starts_with("GET"))
+        .cloned()
+        .collect();
+    assert_eq!(writes, [format!("PATCH /v1/projects/{id}/postgrest")]);
+
+    // Rotating the password Secret re-applies it.
+    h.put_secret("db", &[("password", ROTATED)]).await;
+    h.wait_for("shop", "a new password fingerprint", |env| {
+        object(env, "supabase", "project", "shop-staging")
+            .is_some_and(|o| o["secretFingerprints"]["databasePassword"] != fingerprint)
+    })
+    .await;
+    let sent = h
+        .sandbox
+        .exchanges()
+        .into_iter()
+        .filter(|e| e.path.ends_with("/database/password"))
+        .filter_map(|e| e.request_body)
+        .collect::<Vec<_>>();
+    assert_eq!(sent, [json!({ "password": ROTATED })]);
+
+    // Deleting the Environment leaves the stateful project in place (no deletionPolicy).
+    h.delete("shop").await;
+    let client = SupabaseClient::new(
+        tether::platform::PlatformHttp::new(
+            Platform::Supabase,
+            &h.sandbox.url(Platform::Supabase).unwrap(),
+            h.sandbox.token(Platform::Supabase).unwrap(),
+            tether::platform::HttpConfig::for_platform(Platform::Supabase),
+            tether::platform::PlatformMetrics::register(&tether::telemetry::MetricsRegistry::new())
+                .unwrap(),
+        )
+        .unwrap(),
+    );
+    assert!(
+        client.get_project(&id).await.is_ok(),
+        "orphaned, not deleted"
+    );
+    let reasons: Vec<String> = h.events("shop").await.into_iter().map(|e| e.1).collect();
+    assert!(reasons.iter().any(|r| r == "Created"), "{reasons:?}");
+
+    let visible = h.everything_visible().await;
+    for secret in [PASSWORD, ROTATED] {
+        assert!(!visible.contains(secret), "a database password is visible");
+    }
+    contract::Contract::load(Platform::Supabase).assert_all(
+        &h.sandbox
+            .exchanges()
+            .into_iter()
+            .filter(|e| e.platform == Platform::Supabase)
+            .collect::<Vec<_>>(),
+    );
+    h.stop().await;
 }
