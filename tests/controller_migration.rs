@@ -5,8 +5,10 @@
 //! applied counter), a destructive migration is blocked until allowed, a failing one is
 //! `Failed` naming its statement and leaves no trace, a failed verify sets
 //! `Verified=False` naming the table, and the connection string's password appears in no
-//! status, event or log line. A database named by an Environment is `Stalled` as
-//! `SupabaseConnectionUnavailable` (the platform layer resolves those connections).
+//! status, event or log line. A database named by an Environment is its Supabase project's
+//! (found through the Supabase sandbox, the database URL template pointed at the local
+//! PostgreSQL): migrations apply there without the password showing; an Environment whose
+//! credentials Secret is missing stalls naming it.
 
 pub mod support;
 
@@ -74,7 +76,11 @@ struct TestDb {
 
 impl TestDb {
     async fn create() -> TestDb {
-        let name = format!("tether_ctl_{:016x}", rand::random::<u64>());
+        Self::named(&format!("tether_ctl_{:016x}", rand::random::<u64>())).await
+    }
+
+    async fn named(name: &str) -> TestDb {
+        let name = name.to_string();
         connect(&admin_url())
             .await
             .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -152,9 +158,13 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Harness {
+        Self::start_with(TestDb::create().await, ControllerConfig::default()).await
+    }
+
+    /// Starts the controllers with `config` (fast retries added) against `db`.
+    async fn start_with(db: TestDb, config: ControllerConfig) -> Harness {
         tether::install_crypto_provider();
         logs();
-        let db = TestDb::create().await;
         let cluster = TestCluster::start().await;
         let shutdown = CancellationToken::new();
         let metrics = MetricsRegistry::new();
@@ -171,7 +181,7 @@ impl Harness {
         let config = ControllerConfig {
             min_retry: Duration::from_millis(100),
             max_retry: Duration::from_secs(1),
-            ..ControllerConfig::default()
+            ..config
         };
         let task = tokio::spawn(async move {
             let server = tokio::spawn(serve);
@@ -554,33 +564,52 @@ async fn a_failed_verify_sets_verified_false_naming_the_table() {
     h.stop().await;
 }
 
-#[tokio::test]
-async fn a_database_named_by_an_environment_is_stalled_as_unavailable_naming_it() {
-    let h = Harness::start().await;
-    let environment: tether::api::Environment = serde_json::from_value(json!({
+fn staging_environment(organization: &str) -> tether::api::Environment {
+    serde_json::from_value(json!({
         "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
         "metadata": {"name": "staging"},
         "spec": {
             "credentials": {"supabase": {"name": "tokens", "key": "supabase"}},
-            "supabase": {"name": "acme-staging", "organizationId": "acme-org",
+            "supabase": {"name": "acme-staging", "organizationId": organization,
                 "region": "eu-central-1",
                 "databasePasswordSecretRef": {"name": "supabase-db", "key": "password"}},
         },
     }))
-    .unwrap();
-    Api::<tether::api::Environment>::default_namespaced(h.client())
-        .create(&PostParams::default(), &environment)
-        .await
-        .unwrap();
-    let migration: Migration = serde_json::from_value(json!({
+    .unwrap()
+}
+
+fn platform_migration() -> Migration {
+    serde_json::from_value(json!({
         "apiVersion": "tether.dev/v1alpha1", "kind": "Migration",
         "metadata": {"name": "platform"},
         "spec": {"database": {"environmentRef": {"name": "staging"}},
             "source": inline(&[("1", "a", "create table a (id int);")])},
     }))
+    .unwrap()
+}
+
+async fn put_secret(h: &Harness, name: &str, key: &str, value: &str) {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "data": {key: k8s_openapi::ByteString(value.as_bytes().to_vec())},
+    }))
     .unwrap();
+    Api::<Secret>::default_namespaced(h.client())
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_database_named_by_an_environment_whose_credentials_are_missing_stalls_naming_the_secret()
+{
+    let h = Harness::start().await;
+    Api::<tether::api::Environment>::default_namespaced(h.client())
+        .create(&PostParams::default(), &staging_environment("acme-org"))
+        .await
+        .unwrap();
     h.migrations()
-        .create(&PostParams::default(), &migration)
+        .create(&PostParams::default(), &platform_migration())
         .await
         .unwrap();
     let api = h.migrations();
@@ -593,11 +622,106 @@ async fn a_database_named_by_an_environment_is_stalled_as_unavailable_naming_it(
         (stalled["status"] == "True").then_some(stalled)
     })
     .await;
-    assert_eq!(stalled["reason"], "SupabaseConnectionUnavailable");
+    let message = stalled["message"].as_str().unwrap();
     assert!(
-        stalled["message"].as_str().unwrap().contains("\"staging\""),
+        message.contains("\"tokens\"") && message.contains("\"staging\""),
         "{stalled}"
     );
     assert!(!h.db.table_exists("a").await);
     h.stop().await;
+}
+
+#[tokio::test]
+async fn a_database_named_by_an_environment_is_its_supabase_project_and_migrations_apply_there() {
+    use tether::platform::{
+        HttpConfig, Platform, PlatformHttp, PlatformMetrics, SupabaseClient, SupabaseProjectSpec,
+        SupabaseProjects, Token,
+    };
+    use tether::sandbox::SandboxConfig;
+    use tether::sync::PlatformsConfig;
+
+    tether::install_crypto_provider();
+    const SCALE: f64 = 200.0;
+    let sandbox_shutdown = CancellationToken::new();
+    let sandbox = tether::sandbox::start(
+        SandboxConfig {
+            time_scale: SCALE,
+            record: true,
+            platforms: vec![Platform::Supabase],
+            ..SandboxConfig::default()
+        },
+        sandbox_shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let (url, token) = (
+        sandbox.url(Platform::Supabase).unwrap(),
+        sandbox.token(Platform::Supabase).unwrap(),
+    );
+    // The project exists (made by hand, or by the Environment controller); its database is
+    // named after its ref here, so the test shows the ref was resolved.
+    let supabase = SupabaseClient::new(
+        PlatformHttp::new(
+            Platform::Supabase,
+            &url,
+            token.clone(),
+            HttpConfig::for_platform(Platform::Supabase).time_scaled(SCALE),
+            PlatformMetrics::register(&MetricsRegistry::new()).unwrap(),
+        )
+        .unwrap(),
+    );
+    let project = supabase
+        .ensure_project(&SupabaseProjectSpec {
+            name: "acme-staging".into(),
+            organization_slug: "acme".into(),
+            region: Some("eu-central-1".into()),
+            instance_size: None,
+            db_pass: Token::new(PASSWORD),
+        })
+        .await
+        .unwrap()
+        .object;
+    let db = TestDb::named(&project.id).await;
+    let (base, _) = admin_url()
+        .rsplit_once('/')
+        .map(|(b, d)| (b.to_string(), d.to_string()))
+        .unwrap();
+    let mut platforms = PlatformsConfig {
+        supabase_database_url: format!("{base}/{{ref}}"),
+        ..PlatformsConfig::default()
+    };
+    platforms.endpoints.insert(Platform::Supabase, url);
+    platforms.http.insert(
+        Platform::Supabase,
+        HttpConfig::for_platform(Platform::Supabase).time_scaled(SCALE),
+    );
+    let h = Harness::start_with(
+        db,
+        ControllerConfig {
+            pending_interval: Duration::from_millis(200),
+            platforms,
+            ..ControllerConfig::default()
+        },
+    )
+    .await;
+    put_secret(&h, "tokens", "supabase", token.expose()).await;
+    put_secret(&h, "supabase-db", "password", PASSWORD).await;
+    Api::<tether::api::Environment>::default_namespaced(h.client())
+        .create(&PostParams::default(), &staging_environment("acme"))
+        .await
+        .unwrap();
+    h.migrations()
+        .create(&PostParams::default(), &platform_migration())
+        .await
+        .unwrap();
+    let status = h.wait_for("platform", "Applied", "Ready", "True").await;
+    assert_eq!(status["applied"][0]["version"], "1", "{status}");
+    assert!(
+        h.db.table_exists("a").await,
+        "applied in the project's database"
+    );
+    assert_eq!(h.db.history().await, [("1".to_string(), "a".to_string())]);
+    h.assert_password_hidden().await;
+    h.stop().await;
+    sandbox_shutdown.cancel();
 }

@@ -13,8 +13,12 @@
 //!
 //! The connection string is read from the Secret at act time and handed to the engine
 //! only: it is never logged, nor put in status, events or errors. A database named by
-//! `environmentRef` needs the Supabase platform layer to find its connection; until that
-//! exists the Migration is `Stalled` with reason `SupabaseConnectionUnavailable`.
+//! `environmentRef` is the Environment's Supabase project: found by name in its
+//! organization's project list (through the platform token of the Environment's
+//! credentials and the shared observation cache), reached at
+//! `postgres://postgres:<password>@db.<ref>.supabase.co:5432/postgres` with the password of
+//! the Environment's `databasePasswordSecretRef`. Until that project exists and is healthy
+//! the Migration waits (`Ready=False`, reason `WaitingForDatabase`, requeued).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
@@ -25,6 +29,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
+use crate::api::Environment;
 use crate::api::common::{ConditionStatus, SecretKeyRef, condition_types, parse_duration};
 use crate::api::migration::{MigrationSpec, MigrationStatus};
 use crate::api::{Condition, Migration};
@@ -38,6 +43,10 @@ use crate::migrate::reconcile::{
     status_from,
 };
 use crate::migrate::source::MigrationSet;
+use crate::platform::supabase::database_url;
+use crate::platform::{Platform, PlatformError, ProjectState, SupabaseClient, Token};
+use crate::sync::Fingerprinter;
+use crate::sync::supabase::organization_projects;
 
 /// Every object a Migration names.
 pub fn references(spec: &MigrationSpec) -> Vec<Reference> {
@@ -254,6 +263,131 @@ async fn connection(
     Ok((url, secret.resource_version()))
 }
 
+/// Where a Migration's database is.
+enum Database {
+    /// Connect with this URL; `version` stands for what it was built from (the inputs of
+    /// the run gate), never the value.
+    Url {
+        /// The connection string (holds the password).
+        url: Token,
+        /// Changes when the URL would.
+        version: String,
+    },
+    /// Not reachable yet (the project is being created or is not healthy): wait.
+    Waiting(String),
+}
+
+/// Resolves `spec.database.environmentRef` to the Environment's Supabase database. Errors
+/// name the Environment, Secret or platform call, never a value.
+async fn environment_database(
+    ctx: &Context,
+    namespace: &str,
+    env: &Environment,
+) -> Result<Database, ReconcileError> {
+    let env_name = env.name_any();
+    let field = format!("spec.database.environmentRef (Environment {env_name:?})");
+    let Some(project) = &env.spec.supabase else {
+        return Err(invalid(
+            "NoDatabase",
+            format!("{field}: the Environment declares no Supabase project"),
+        ));
+    };
+    let Some(token_ref) = &env.spec.credentials.supabase else {
+        return Err(invalid(
+            "CredentialsMissing",
+            format!("{field}: the Environment has no spec.credentials.supabase"),
+        ));
+    };
+    let token_key = SecretKeyRef {
+        name: token_ref.name.clone(),
+        key: token_ref.key.clone(),
+    };
+    let password_key = &project.database_password_secret_ref;
+    let refs = [
+        Reference::secret_key(&token_key, format!("{field} spec.credentials.supabase")),
+        Reference::secret_key(
+            password_key,
+            format!("{field} spec.supabase.databasePasswordSecretRef"),
+        ),
+    ];
+    let secrets = Snapshot::read(&ctx.client, namespace, &refs).await?;
+    let missing = secrets.missing(&refs);
+    if !missing.is_empty() {
+        return Err(ReconcileError::ResolveReferences(missing));
+    }
+    let (Some(token), Some(password)) = (
+        secrets.values.get(&token_key),
+        secrets.values.get(password_key),
+    ) else {
+        return Err(invalid(
+            "InvalidSecret",
+            format!(
+                "{field}: Secret {:?} key {:?} or Secret {:?} key {:?} is not UTF-8 text",
+                token_key.name, token_key.key, password_key.name, password_key.key
+            ),
+        ));
+    };
+    let token = Token::new(token.expose().trim());
+    let (http, account) = ctx
+        .platforms
+        .client(Platform::Supabase, &token)
+        .map_err(|e| ReconcileError::Platform {
+            reason: "PlatformUnavailable",
+            message: format!("{field}: {e}"),
+            permanent: true,
+        })?;
+    let client = SupabaseClient::new(http);
+    let projects = organization_projects(
+        ctx.platforms.cache(),
+        &account,
+        &client,
+        &project.organization_id,
+    )
+    .await
+    .map_err(|e| platform_error(&field, &token_key, &e))?;
+    let Some(found) = projects.iter().find(|p| p.name == project.name) else {
+        return Ok(Database::Waiting(format!(
+            "{field}: Supabase project {:?} does not exist yet in organization {:?}",
+            project.name, project.organization_id
+        )));
+    };
+    if found.state != ProjectState::Healthy {
+        return Ok(Database::Waiting(format!(
+            "{field}: Supabase project {:?} is {}",
+            project.name, found.status
+        )));
+    }
+    let url = database_url(
+        &ctx.platforms.config().supabase_database_url,
+        &found.id,
+        password,
+    )
+    .map_err(|reason| invalid("InvalidDatabaseUrl", format!("{field}: {reason}")))?;
+    let fingerprint = Fingerprinter::new(&token).fingerprint("databasePassword", password);
+    Ok(Database::Url {
+        url,
+        version: format!("{}:{fingerprint}", found.id),
+    })
+}
+
+/// A failed platform call while resolving an Environment's database.
+fn platform_error(field: &str, token: &SecretKeyRef, error: &PlatformError) -> ReconcileError {
+    let failure = crate::sync::run::failure(error);
+    let message = if failure.reason == "CredentialsRejected" {
+        format!(
+            "{field}: supabase rejected the token in Secret {:?} key {:?}: {error}",
+            token.name, token.key
+        )
+    } else {
+        format!("{field}: {error}")
+    };
+    ReconcileError::Platform {
+        reason: failure.reason,
+        message,
+        permanent: failure.permanent,
+    }
+}
+
 /// The run's events (`migrate::reconcile::events_from`), each with an action naming the
 /// migration or table it is about, so the shared Recorder keeps one event per migration
 /// instead of folding them into one series.
@@ -309,35 +443,41 @@ impl Reconciled for Migration {
             .and_then(|r| snapshot.config_map(&r.name));
         let set = resolve_source(&self.spec.source, config_map).map_err(spec_error)?;
         check_acknowledgements(&self.spec, &set)?;
-        let secret_ref = match (
+        let (url, secret_version) = match (
             &self.spec.database.connection_secret_ref,
             &self.spec.database.environment_ref,
         ) {
-            (Some(secret_ref), _) => secret_ref,
+            (Some(secret_ref), _) => {
+                let (url, version) = connection(ctx, &namespace, secret_ref).await?;
+                (Token::new(url), version)
+            }
             (None, Some(env_ref)) => {
-                let has_project = snapshot
-                    .environment(&env_ref.name)
-                    .is_some_and(|env| env.spec.supabase.is_some());
-                return Err(if has_project {
-                    invalid(
-                        "SupabaseConnectionUnavailable",
+                let Some(env) = snapshot.environment(&env_ref.name) else {
+                    return Err(invalid(
+                        "EnvironmentNotFound",
                         format!(
-                            "spec.database.environmentRef: the database of Environment {:?}'s \
-                             Supabase project needs the platform layer, which this controller \
-                             does not have yet; set spec.database.connectionSecretRef instead",
+                            "spec.database.environmentRef: Environment {:?} does not exist",
                             env_ref.name
                         ),
-                    )
-                } else {
-                    invalid(
-                        "NoDatabase",
-                        format!(
-                            "spec.database.environmentRef: Environment {:?} declares no \
-                             Supabase project",
-                            env_ref.name
-                        ),
-                    )
-                });
+                    ));
+                };
+                match environment_database(ctx, &namespace, env).await? {
+                    Database::Url { url, version } => (url, Some(version)),
+                    Database::Waiting(message) => {
+                        tracing::debug!(%message, "waiting for the Environment's database");
+                        let mut report = self
+                            .status
+                            .as_ref()
+                            .map(report_from_status)
+                            .unwrap_or_else(|| report_from_status(&MigrationStatus::default()));
+                        report.verdict = Verdict::NotReady {
+                            reason: "WaitingForDatabase".into(),
+                            message,
+                        };
+                        report.requeue_after = Some(ctx.pending_interval);
+                        return Ok(report);
+                    }
+                }
             }
             (None, None) => {
                 return Err(invalid(
@@ -348,7 +488,6 @@ impl Reconciled for Migration {
                 ));
             }
         };
-        let (url, secret_version) = connection(ctx, &namespace, secret_ref).await?;
         let key = format!("{namespace}/{}", self.name_any());
         let generation = self.metadata.generation;
         let fingerprint = inputs(generation, &set, secret_version.as_deref());
@@ -362,7 +501,7 @@ impl Reconciled for Migration {
             return Ok(report);
         }
 
-        let run = run_migration(&self.spec, &set, &url)
+        let run = run_migration(&self.spec, &set, url.expose())
             .await
             .map_err(spec_error)?;
         ctx.metrics.migration().observe(&run);

@@ -25,10 +25,11 @@
 //! default one), `api.maxRows`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::{
-    ActOutcome, Action, Driver, Field, FieldChange, Fields, ObjectPlan, Planned, SyncEvent,
-    SyncInput, diff,
+    ActOutcome, Action, CacheKey, Driver, Field, FieldChange, Fields, ObjectPlan, ObserveCache,
+    Planned, SyncEvent, SyncInput, diff,
 };
 use crate::api::common::DriftPolicy;
 use crate::api::environment::{ManagedObject, SupabaseProject as ProjectSpec};
@@ -40,6 +41,32 @@ use crate::platform::{
 
 const KIND: &str = "project";
 const PASSWORD: &str = "databasePassword";
+
+/// The cache entry of organization `organization`'s project list for `account`.
+pub fn projects_key(account: &str, organization: &str) -> CacheKey {
+    CacheKey::new(
+        Platform::Supabase.as_str(),
+        account,
+        organization,
+        "projects",
+    )
+}
+
+/// Organization `organization`'s projects, through the shared cache: the same entry the
+/// driver observes with, so a Migration looking up its Environment's project costs no read
+/// the Environment's own reconcile has not already made.
+pub async fn organization_projects(
+    cache: &ObserveCache,
+    account: &str,
+    client: &SupabaseClient,
+    organization: &str,
+) -> PlatformResult<Arc<Vec<SupabaseProject>>> {
+    cache
+        .get_or_fetch(&projects_key(account, organization), || {
+            client.list_projects(organization)
+        })
+        .await
+}
 
 /// Syncs the Supabase project.
 #[derive(Clone, Copy, Debug, Default)]
@@ -491,11 +518,9 @@ impl SupabaseDriver {
         client: &SupabaseClient,
         desired: &DesiredProject,
     ) -> PlatformResult<Option<ObservedProject>> {
-        let org = desired.organization.as_str();
-        let projects = input
-            .cache
-            .get_or_fetch(&input.key(org, "projects"), || client.list_projects(org))
-            .await?;
+        let projects =
+            organization_projects(&input.cache, &input.account, client, &desired.organization)
+                .await?;
         let Some(project) = projects.iter().find(|p| p.name == desired.name).cloned() else {
             return Ok(None);
         };
@@ -601,7 +626,7 @@ async fn act_object(
     let projects_key = work
         .organization
         .as_deref()
-        .map(|org| input.key(org, "projects"));
+        .map(|org| projects_key(&input.account, org));
     let mut done: Vec<&'static str> = Vec::new();
     let mut result = Ok(());
     for step in &work.steps {
