@@ -77,14 +77,18 @@ struct Synced {
 
 impl Rig {
     async fn start() -> Rig {
+        // Re-read the platform on every reconcile, so out-of-band edits are seen at once.
+        Self::start_with_cache(Duration::ZERO).await
+    }
+
+    async fn start_with_cache(max_age: Duration) -> Rig {
         Rig {
             env: harness::start(Platform::Supabase, SCALE).await,
             spec: spec(),
             password: PASSWORD.into(),
             previous: Vec::new(),
             applied_this_spec: false,
-            // Re-read the platform on every reconcile, so out-of-band edits are seen at once.
-            cache: ObserveCache::new(Duration::ZERO),
+            cache: ObserveCache::new(max_age),
             seen: Vec::new(),
         }
     }
@@ -255,6 +259,23 @@ async fn a_project_is_created_from_nothing_waited_for_and_configured_until_ready
     assert!(steady.plans[0].changes.is_empty() && steady.outcome.events.is_empty());
     assert!(rig.writes_since(mark).is_empty());
     assert_eq!(rig.client().list_projects("acme").await.unwrap().len(), 1);
+    rig.assert_no_secret_leaked();
+}
+
+#[tokio::test]
+async fn with_a_long_lived_observation_cache_a_project_coming_up_is_still_seen_healthy_and_a_resync_reads_nothing()
+ {
+    let mut rig = Rig::start_with_cache(Duration::from_secs(600)).await;
+    // The create writes the new project through to the cache as COMING_UP; waiting on it
+    // re-lists instead of trusting that entry for ten minutes.
+    rig.until_ready().await;
+    let mark = rig.mark();
+    let steady = rig.sync().await;
+    assert_eq!(steady.plans[0].action, Action::InSync);
+    assert!(
+        rig.env.sandbox.exchanges().len() == mark,
+        "a resync within the cache age costs no request"
+    );
     rig.assert_no_secret_leaked();
 }
 

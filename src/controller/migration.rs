@@ -46,7 +46,7 @@ use crate::migrate::source::MigrationSet;
 use crate::platform::supabase::database_url;
 use crate::platform::{Platform, PlatformError, ProjectState, SupabaseClient, Token};
 use crate::sync::Fingerprinter;
-use crate::sync::supabase::organization_projects;
+use crate::sync::supabase::{organization_projects, projects_key};
 
 /// Every object a Migration names.
 pub fn references(spec: &MigrationSpec) -> Vec<Reference> {
@@ -352,6 +352,10 @@ async fn environment_database(
         )));
     };
     if found.state != ProjectState::Healthy {
+        // Re-list on the next check instead of waiting for this entry to age out.
+        ctx.platforms
+            .cache()
+            .invalidate(&projects_key(&account, &project.organization_id));
         return Ok(Database::Waiting(format!(
             "{field}: Supabase project {:?} is {}",
             project.name, found.status

@@ -524,6 +524,13 @@ impl SupabaseDriver {
         let Some(project) = projects.iter().find(|p| p.name == desired.name).cloned() else {
             return Ok(None);
         };
+        if project.state == ProjectState::Provisioning {
+            // Coming up (or resizing): the next reconcile, a short pending interval away,
+            // must see the new status rather than this entry until it ages out.
+            input
+                .cache
+                .invalidate(&projects_key(&input.account, &desired.organization));
+        }
         let mut observed = ObservedProject {
             project,
             auth: None,
