@@ -12,7 +12,7 @@ build: ## Build the tether binary (debug)
 	$(CARGO) build --locked
 
 run: build ## Run Tether standalone against config/samples (no cluster, no accounts)
-	$(TETHER_BIN) run --manifests config/samples
+	$(TETHER_BIN) run --sandbox --manifests config/samples
 
 test: test-rust chart-test ## Run every test (unit, end-to-end, Postgres, Helm chart)
 

@@ -38,6 +38,7 @@ async fn sandbox(limits: Vec<LimitSpec>, shutdown: &CancellationToken) -> Sandbo
             record: false,
             platforms: vec![Platform::Supabase],
             limits: HashMap::from([(Platform::Supabase, limits)]),
+            ..SandboxConfig::default()
         },
         shutdown.clone(),
     )

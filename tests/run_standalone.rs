@@ -466,7 +466,7 @@ fn kubectl_wait_sees_the_controllers_make_the_samples_ready() {
         "migration/app-schema",
         "-n",
         "default",
-        "--timeout=8s",
+        "--timeout=40s",
     ]);
     for object in [
         "environment.tether.dev/staging condition met",

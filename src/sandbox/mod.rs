@@ -53,6 +53,8 @@ pub struct SandboxConfig {
     pub platforms: Vec<Platform>,
     /// Rate limits per platform (default: the documented ones).
     pub limits: HashMap<Platform, Vec<LimitSpec>>,
+    /// The token each platform accepts (default: a random one per start).
+    pub tokens: HashMap<Platform, Token>,
 }
 
 impl Default for SandboxConfig {
@@ -62,6 +64,7 @@ impl Default for SandboxConfig {
             record: false,
             platforms: Platform::ALL.to_vec(),
             limits: HashMap::new(),
+            tokens: HashMap::new(),
         }
     }
 }
@@ -412,6 +415,20 @@ impl SandboxHandle {
             .collect()
     }
 
+    /// Platform settings pointing every served platform at this sandbox, with the client
+    /// side's rate-limit windows scaled like the sandbox's (`time_scale`).
+    pub fn platforms_config(&self, time_scale: f64) -> crate::sync::PlatformsConfig {
+        let mut config = crate::sync::PlatformsConfig::default();
+        for (platform, url, _) in self.endpoints() {
+            config.endpoints.insert(platform, url);
+            config.http.insert(
+                platform,
+                crate::platform::HttpConfig::for_platform(platform).time_scaled(time_scale),
+            );
+        }
+        config
+    }
+
     /// The admin base URL of `platform` (`<origin>/_sandbox`).
     pub fn admin_url(&self, platform: Platform) -> Option<String> {
         let common = self.common(platform)?;
@@ -506,6 +523,12 @@ impl SandboxHandle {
     }
 }
 
+/// The fixed token `tether run --sandbox` and `tether plan --sandbox` give each platform:
+/// what the samples' `platform-tokens` Secret holds.
+pub fn sample_token(platform: Platform) -> Token {
+    Token::new(format!("sandbox-{platform}-token"))
+}
+
 fn random_token(platform: Platform) -> String {
     let prefix = match platform {
         Platform::Render => "rnd_",
@@ -546,7 +569,11 @@ pub async fn start(
             Platform::Render => "/v1",
             _ => "",
         };
-        let token = random_token(platform);
+        let token = config
+            .tokens
+            .get(&platform)
+            .map(|t| t.expose().to_string())
+            .unwrap_or_else(|| random_token(platform));
         let common = Arc::new(Common {
             platform,
             token: token.clone(),

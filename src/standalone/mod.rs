@@ -47,11 +47,23 @@ pub struct RunArgs {
     /// Log filter for stderr logs, in RUST_LOG syntax (`info`, `tether=debug,kube=warn`).
     #[arg(long, default_value = "warn")]
     pub log_level: String,
+    /// Start the built-in sandbox of the four platform APIs in process and point every
+    /// platform client at it (tokens `sandbox-<platform>-token`, as in the samples). Its
+    /// state lives in memory: after a restart Tether creates the objects again.
+    #[arg(long)]
+    pub sandbox: bool,
+    /// With `--sandbox`: simulated seconds per wall-clock second (deploys and projects come
+    /// up this many times faster; rate-limit windows pass as fast).
+    #[arg(long, default_value_t = 10.0, requires = "sandbox")]
+    pub sandbox_time_scale: f64,
 }
 
 /// Why `tether run` could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// `--sandbox` was given but the sandbox did not start.
+    #[error("failed to start the platform sandbox: {0}")]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     /// `--manifests` is not a readable directory.
     #[error("failed to open manifest directory {path}: {reason}")]
     ManifestDir {
@@ -194,8 +206,34 @@ pub async fn serve(
         tracing::warn!("progress watchers did not list within {WATCHERS_LISTED:?}");
     }
 
+    let mut config = crate::controller::ControllerConfig::default();
+    let sandbox = if args.sandbox {
+        let handle = crate::sandbox::start(
+            crate::sandbox::SandboxConfig {
+                time_scale: args.sandbox_time_scale,
+                tokens: crate::platform::Platform::ALL
+                    .into_iter()
+                    .map(|p| (p, crate::sandbox::sample_token(p)))
+                    .collect(),
+                ..crate::sandbox::SandboxConfig::default()
+            },
+            stop.clone(),
+        )
+        .await?;
+        for (platform, url, _) in handle.endpoints() {
+            reporter.print(Progress::Sandbox {
+                platform: platform.to_string(),
+                url,
+            });
+        }
+        config.platforms = handle.platforms_config(args.sandbox_time_scale);
+        Some(handle)
+    } else {
+        None
+    };
     tasks.spawn(run_controllers(
         client.clone(),
+        config,
         reporter.clone(),
         stop.clone(),
     ));
@@ -244,6 +282,9 @@ pub async fn serve(
     stop.cancel();
     let drained = async {
         while tasks.join_next().await.is_some() {}
+        if let Some(sandbox) = sandbox {
+            sandbox.stopped().await;
+        }
         api.stopped().await;
     };
     if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
@@ -256,10 +297,15 @@ pub async fn serve(
 /// `stop`: every namespace, no label selector, and no leader election (the store belongs to
 /// this one process; a second `tether run` on the same state directory cannot open it).
 /// Their metrics go to a registry of their own: `tether run` serves no `/metrics`.
-async fn run_controllers(client: kube::Client, reporter: Reporter, stop: CancellationToken) {
+async fn run_controllers(
+    client: kube::Client,
+    config: crate::controller::ControllerConfig,
+    reporter: Reporter,
+    stop: CancellationToken,
+) {
     let ran = crate::controller::run(
         client,
-        crate::controller::ControllerConfig::default(),
+        config,
         crate::telemetry::MetricsRegistry::new(),
         crate::controller::Health::new(),
         stop,

@@ -98,6 +98,13 @@ pub enum Progress {
         /// The event's note.
         note: String,
     },
+    /// A platform of the built-in sandbox is serving (`--sandbox`).
+    Sandbox {
+        /// `render`, `vercel`, `fly` or `supabase`.
+        platform: String,
+        /// Its base URL.
+        url: String,
+    },
     /// Shutting down.
     Stopping,
 }
@@ -146,6 +153,10 @@ impl fmt::Display for Progress {
                 reason,
                 note,
             } => write!(f, "warning  {regarding}  {reason}: {note}"),
+            Progress::Sandbox { platform, url } => write!(
+                f,
+                "tether run: sandbox {platform} at {url} (token sandbox-{platform}-token)"
+            ),
             Progress::Stopping => write!(f, "tether run: shutting down"),
         }
     }

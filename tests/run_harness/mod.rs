@@ -79,6 +79,8 @@ impl TetherRun {
             .arg(manifests)
             .arg("--state-dir")
             .arg(state)
+            // The platforms of the test manifests are the built-in sandbox's, sped up.
+            .args(["--sandbox", "--sandbox-time-scale", "100"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

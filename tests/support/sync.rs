@@ -22,7 +22,7 @@ use kube::{Client, ResourceExt};
 use serde_json::Value;
 use tether::api::Environment;
 use tether::controller::{ControllerConfig, Health, server};
-use tether::platform::{HttpConfig, Platform};
+use tether::platform::Platform;
 use tether::sandbox::{SandboxConfig, SandboxHandle};
 use tether::sync::PlatformsConfig;
 use tether::telemetry::MetricsRegistry;
@@ -114,17 +114,10 @@ pub struct SyncHarness {
 /// The controller configuration pointing every platform at `sandbox`, fast retries, a
 /// short pending interval and a short observation cache.
 pub fn sandbox_config(sandbox: &SandboxHandle, time_scale: f64) -> ControllerConfig {
-    let mut platforms = PlatformsConfig {
+    let platforms = PlatformsConfig {
         observe_max_age: Duration::from_millis(200),
-        ..PlatformsConfig::default()
+        ..sandbox.platforms_config(time_scale)
     };
-    for (platform, url, _) in sandbox.endpoints() {
-        platforms.endpoints.insert(platform, url);
-        platforms.http.insert(
-            platform,
-            HttpConfig::for_platform(platform).time_scaled(time_scale),
-        );
-    }
     ControllerConfig {
         min_retry: Duration::from_millis(100),
         max_retry: Duration::from_secs(2),
