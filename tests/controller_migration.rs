@@ -632,7 +632,8 @@ async fn a_database_named_by_an_environment_whose_credentials_are_missing_stalls
 }
 
 #[tokio::test]
-async fn a_database_named_by_an_environment_is_its_supabase_project_and_migrations_apply_there() {
+async fn a_database_named_by_an_environment_waits_for_its_supabase_project_then_migrations_apply_there()
+ {
     use tether::platform::{
         HttpConfig, Platform, PlatformHttp, PlatformMetrics, SupabaseClient, SupabaseProjectSpec,
         SupabaseProjects, Token,
@@ -641,7 +642,9 @@ async fn a_database_named_by_an_environment_is_its_supabase_project_and_migratio
     use tether::sync::PlatformsConfig;
 
     tether::install_crypto_provider();
-    const SCALE: f64 = 200.0;
+    // Slow enough that the project is still coming up (30 simulated seconds: 7.5 s) when the
+    // Migration first looks for it.
+    const SCALE: f64 = 4.0;
     let sandbox_shutdown = CancellationToken::new();
     let sandbox = tether::sandbox::start(
         SandboxConfig {
@@ -698,7 +701,7 @@ async fn a_database_named_by_an_environment_is_its_supabase_project_and_migratio
     let h = Harness::start_with(
         db,
         ControllerConfig {
-            pending_interval: Duration::from_millis(200),
+            pending_interval: Duration::from_millis(500),
             platforms,
             ..ControllerConfig::default()
         },
@@ -714,6 +717,27 @@ async fn a_database_named_by_an_environment_is_its_supabase_project_and_migratio
         .create(&PostParams::default(), &platform_migration())
         .await
         .unwrap();
+    let api = h.migrations();
+    let waiting = eventually(WAIT, || async {
+        let st = serde_json::to_value(api.get("platform").await.ok()?)
+            .ok()?
+            .get("status")?
+            .clone();
+        let ready = condition(&st, "Ready")?;
+        (ready["reason"] == "WaitingForDatabase").then_some(st)
+    })
+    .await;
+    assert!(
+        condition(&waiting, "Stalled").is_none_or(|c| c["status"] != "True"),
+        "waiting, not stalled: {waiting}"
+    );
+    assert!(
+        condition(&waiting, "Ready").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("COMING_UP"),
+        "{waiting}"
+    );
     let status = h.wait_for("platform", "Applied", "Ready", "True").await;
     assert_eq!(status["applied"][0]["version"], "1", "{status}");
     assert!(
