@@ -6,7 +6,7 @@
 //!   sets, the Auth and PostgREST configs (cached per project ref).
 //! - **Plan** ([`plan_project`], pure): the project is found by name (adopted when status has
 //!   no entry for it); a missing project is created; one coming up (or resizing, restoring,
-//!   paused) is waited for, because its config endpoints answer only once it is
+//!   paused, unhealthy) is waited for, because its config endpoints answer only once it is
 //!   `ACTIVE_HEALTHY`; a healthy one gets the field-level diff. A project removed from the
 //!   spec (or the whole Environment deleted) is orphaned unless `deletionPolicy: Delete`:
 //!   the project holds the database.
@@ -401,7 +401,7 @@ pub fn plan_project(
         organization: Some(desired.organization.clone()),
     };
     match project.state {
-        ProjectState::Healthy | ProjectState::Unhealthy => {}
+        ProjectState::Healthy => {}
         ProjectState::Failed | ProjectState::Gone => {
             return Err(plan_error(format!(
                 "project {} is {}: Supabase could not bring it up; delete it in Supabase and \
@@ -409,8 +409,14 @@ pub fn plan_project(
                 desired.name, project.status
             )));
         }
-        ProjectState::Provisioning | ProjectState::Paused => {
-            let reason = format!("project {} is {}", desired.name, project.status);
+        ProjectState::Provisioning | ProjectState::Paused | ProjectState::Unhealthy => {
+            // Its config endpoints answer only once it is ACTIVE_HEALTHY.
+            let hint = if project.state == ProjectState::Paused {
+                " (paused: restore it in Supabase)"
+            } else {
+                ""
+            };
+            let reason = format!("project {} is {}{hint}", desired.name, project.status);
             objects.push(plan(&desired.name, id, Action::Wait(reason)));
             work.objects.push(object_work);
             return Ok(Planned { objects, work });
@@ -536,11 +542,7 @@ impl SupabaseDriver {
             auth: None,
             api: None,
         };
-        let healthy = matches!(
-            observed.project.state,
-            ProjectState::Healthy | ProjectState::Unhealthy
-        );
-        if healthy && !input.deleting {
+        if observed.project.state == ProjectState::Healthy && !input.deleting {
             let id = observed.project.id.clone();
             if desired.auth.is_some() {
                 let auth = input
