@@ -5,10 +5,9 @@
 //! applied counter), a destructive migration is blocked until allowed, a failing one is
 //! `Failed` naming its statement and leaves no trace, a failed verify sets
 //! `Verified=False` naming the table, and the connection string's password appears in no
-//! status, event or log line. A database named by an Environment is its Supabase project's
-//! (found through the Supabase sandbox, the database URL template pointed at the local
-//! PostgreSQL): migrations apply there without the password showing; an Environment whose
-//! credentials Secret is missing stalls naming it.
+//! status, event or log line. A database named by an Environment waits for, then migrates,
+//! the Environment's Supabase project's database once the Environment reports it ready —
+//! also end to end with the Supabase sync against the Supabase sandbox.
 
 pub mod support;
 
@@ -72,6 +71,13 @@ struct TestDb {
     name: String,
     /// The URL with [`PASSWORD`] in it, as a user's Secret would hold it.
     url: String,
+}
+
+/// `scheme://user@host` from `scheme://user:password@host`.
+fn without_password(base: &str) -> String {
+    let mut url = url::Url::parse(base).expect("a URL");
+    url.set_password(None).expect("a URL with a host");
+    url.to_string().trim_end_matches('/').to_string()
 }
 
 impl TestDb {
@@ -161,7 +167,8 @@ impl Harness {
         Self::start_with(TestDb::create().await, ControllerConfig::default()).await
     }
 
-    /// Starts the controllers with `config` (fast retries added) against `db`.
+    /// Starts the controllers with `config` (fast retries and the test database's URL
+    /// template added) against `db`.
     async fn start_with(db: TestDb, config: ControllerConfig) -> Harness {
         tether::install_crypto_provider();
         logs();
@@ -178,9 +185,14 @@ impl Harness {
         .await
         .unwrap();
         let (client, token) = (cluster.client(), shutdown.clone());
+        let (base, _) = db.url.rsplit_once('/').expect("a database path");
         let config = ControllerConfig {
             min_retry: Duration::from_millis(100),
             max_retry: Duration::from_secs(1),
+            pending_interval: Duration::from_millis(200),
+            // The "project ref" is the test database's name; the password is dropped so
+            // the Environment's password Secret is what fills it in.
+            supabase_database_url: format!("{}/{{ref}}", without_password(base)),
             ..config
         };
         let task = tokio::spawn(async move {
@@ -564,76 +576,95 @@ async fn a_failed_verify_sets_verified_false_naming_the_table() {
     h.stop().await;
 }
 
-fn staging_environment(organization: &str) -> tether::api::Environment {
-    serde_json::from_value(json!({
+#[tokio::test]
+async fn a_database_named_by_an_environment_waits_for_its_supabase_project_then_migrates_it() {
+    let h = Harness::start().await;
+    let password: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "supabase-db"},
+        "stringData": {"password": PASSWORD},
+    }))
+    .unwrap();
+    Api::<Secret>::default_namespaced(h.client())
+        .create(&PostParams::default(), &password)
+        .await
+        .unwrap();
+    // Suspended: the Environment controller leaves its status to this test, which plays
+    // the part of the Supabase sync.
+    let environment: tether::api::Environment = serde_json::from_value(json!({
         "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
         "metadata": {"name": "staging"},
         "spec": {
+            "suspend": true,
             "credentials": {"supabase": {"name": "tokens", "key": "supabase"}},
-            "supabase": {"name": "acme-staging", "organizationId": organization,
+            "supabase": {"name": "acme-staging", "organizationId": "acme-org",
                 "region": "eu-central-1",
                 "databasePasswordSecretRef": {"name": "supabase-db", "key": "password"}},
         },
     }))
-    .unwrap()
-}
-
-fn platform_migration() -> Migration {
-    serde_json::from_value(json!({
+    .unwrap();
+    let envs = Api::<tether::api::Environment>::default_namespaced(h.client());
+    envs.create(&PostParams::default(), &environment)
+        .await
+        .unwrap();
+    let migration: Migration = serde_json::from_value(json!({
         "apiVersion": "tether.dev/v1alpha1", "kind": "Migration",
         "metadata": {"name": "platform"},
         "spec": {"database": {"environmentRef": {"name": "staging"}},
             "source": inline(&[("1", "a", "create table a (id int);")])},
     }))
-    .unwrap()
-}
-
-async fn put_secret(h: &Harness, name: &str, key: &str, value: &str) {
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "data": {key: k8s_openapi::ByteString(value.as_bytes().to_vec())},
-    }))
     .unwrap();
-    Api::<Secret>::default_namespaced(h.client())
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-}
-
-#[tokio::test]
-async fn a_database_named_by_an_environment_whose_credentials_are_missing_stalls_naming_the_secret()
-{
-    let h = Harness::start().await;
-    Api::<tether::api::Environment>::default_namespaced(h.client())
-        .create(&PostParams::default(), &staging_environment("acme-org"))
-        .await
-        .unwrap();
     h.migrations()
-        .create(&PostParams::default(), &platform_migration())
+        .create(&PostParams::default(), &migration)
         .await
         .unwrap();
     let api = h.migrations();
-    let stalled = eventually(WAIT, || async {
+    let waiting = eventually(WAIT, || async {
         let st = serde_json::to_value(api.get("platform").await.ok()?)
             .ok()?
             .get("status")?
             .clone();
-        let stalled = condition(&st, "Stalled")?;
-        (stalled["status"] == "True").then_some(stalled)
+        let ready = condition(&st, "Ready")?;
+        (ready["reason"] == "WaitingForDatabase").then_some(ready)
     })
     .await;
-    let message = stalled["message"].as_str().unwrap();
     assert!(
-        message.contains("\"tokens\"") && message.contains("\"staging\""),
-        "{stalled}"
+        waiting["message"].as_str().unwrap().contains("\"staging\""),
+        "{waiting}"
     );
     assert!(!h.db.table_exists("a").await);
+
+    // The project is ready; its ref names the test database (the harness's
+    // --supabase-database-url is postgres://…/{ref}).
+    let status = json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
+        "status": {"objects": [{"platform": "supabase", "kind": "project",
+            "name": "acme-staging", "id": h.db.name, "ready": true}]},
+    });
+    envs.patch_status(
+        "staging",
+        &kube::api::PatchParams::apply("supabase-sync-test").force(),
+        &kube::api::Patch::Apply(&status),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, || async {
+        h.db.table_exists("a").await.then_some(())
+    })
+    .await;
+    let st = eventually(WAIT, || async {
+        let st = serde_json::to_value(api.get("platform").await.ok()?)
+            .ok()?
+            .get("status")?
+            .clone();
+        (condition(&st, "Ready")?["status"] == "True").then_some(st)
+    })
+    .await;
+    assert!(!st.to_string().contains(PASSWORD));
     h.stop().await;
 }
 
 #[tokio::test]
-async fn a_database_named_by_an_environment_waits_for_its_supabase_project_then_migrations_apply_there()
- {
+async fn through_the_supabase_sync_a_sandbox_project_is_waited_for_then_its_database_migrated() {
     use tether::platform::{
         HttpConfig, Platform, PlatformHttp, PlatformMetrics, SupabaseClient, SupabaseProjectSpec,
         SupabaseProjects, Token,
@@ -661,8 +692,9 @@ async fn a_database_named_by_an_environment_waits_for_its_supabase_project_then_
         sandbox.url(Platform::Supabase).unwrap(),
         sandbox.token(Platform::Supabase).unwrap(),
     );
-    // The project exists (made by hand, or by the Environment controller); its database is
-    // named after its ref here, so the test shows the ref was resolved.
+    // The project exists already (the Environment adopts it); the test database is named
+    // after its ref, so applying there shows the ref went from Supabase through the
+    // Environment's status to the Migration.
     let supabase = SupabaseClient::new(
         PlatformHttp::new(
             Platform::Supabase,
@@ -679,42 +711,63 @@ async fn a_database_named_by_an_environment_waits_for_its_supabase_project_then_
             organization_slug: "acme".into(),
             region: Some("eu-central-1".into()),
             instance_size: None,
-            db_pass: Token::new(PASSWORD),
+            db_pass: Token::new("made-by-hand"),
         })
         .await
         .unwrap()
         .object;
-    let db = TestDb::named(&project.id).await;
-    let (base, _) = admin_url()
-        .rsplit_once('/')
-        .map(|(b, d)| (b.to_string(), d.to_string()))
-        .unwrap();
-    let mut platforms = PlatformsConfig {
-        supabase_database_url: format!("{base}/{{ref}}"),
-        ..PlatformsConfig::default()
-    };
+    let mut platforms = PlatformsConfig::default();
     platforms.endpoints.insert(Platform::Supabase, url);
     platforms.http.insert(
         Platform::Supabase,
         HttpConfig::for_platform(Platform::Supabase).time_scaled(SCALE),
     );
     let h = Harness::start_with(
-        db,
+        TestDb::named(&project.id).await,
         ControllerConfig {
-            pending_interval: Duration::from_millis(500),
             platforms,
             ..ControllerConfig::default()
         },
     )
     .await;
-    put_secret(&h, "tokens", "supabase", token.expose()).await;
-    put_secret(&h, "supabase-db", "password", PASSWORD).await;
+    for (name, key, value) in [
+        ("tokens", "supabase", token.expose()),
+        ("supabase-db", "password", PASSWORD),
+    ] {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "stringData": {key: value},
+        }))
+        .unwrap();
+        Api::<Secret>::default_namespaced(h.client())
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+    let environment: tether::api::Environment = serde_json::from_value(json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
+        "metadata": {"name": "staging"},
+        "spec": {
+            "credentials": {"supabase": {"name": "tokens", "key": "supabase"}},
+            "supabase": {"name": "acme-staging", "organizationId": "acme",
+                "region": "eu-central-1",
+                "databasePasswordSecretRef": {"name": "supabase-db", "key": "password"}},
+        },
+    }))
+    .unwrap();
     Api::<tether::api::Environment>::default_namespaced(h.client())
-        .create(&PostParams::default(), &staging_environment("acme"))
+        .create(&PostParams::default(), &environment)
         .await
         .unwrap();
+    let migration: Migration = serde_json::from_value(json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Migration",
+        "metadata": {"name": "platform"},
+        "spec": {"database": {"environmentRef": {"name": "staging"}},
+            "source": inline(&[("1", "a", "create table a (id int);")])},
+    }))
+    .unwrap();
     h.migrations()
-        .create(&PostParams::default(), &platform_migration())
+        .create(&PostParams::default(), &migration)
         .await
         .unwrap();
     let api = h.migrations();
@@ -723,28 +776,25 @@ async fn a_database_named_by_an_environment_waits_for_its_supabase_project_then_
             .ok()?
             .get("status")?
             .clone();
-        let ready = condition(&st, "Ready")?;
-        (ready["reason"] == "WaitingForDatabase").then_some(st)
+        (condition(&st, "Ready")?["reason"] == "WaitingForDatabase").then_some(st)
     })
     .await;
     assert!(
         condition(&waiting, "Stalled").is_none_or(|c| c["status"] != "True"),
         "waiting, not stalled: {waiting}"
     );
-    assert!(
-        condition(&waiting, "Ready").unwrap()["message"]
-            .as_str()
-            .unwrap()
-            .contains("COMING_UP"),
-        "{waiting}"
-    );
+    assert!(!h.db.table_exists("a").await);
     let status = h.wait_for("platform", "Applied", "Ready", "True").await;
     assert_eq!(status["applied"][0]["version"], "1", "{status}");
     assert!(
         h.db.table_exists("a").await,
         "applied in the project's database"
     );
-    assert_eq!(h.db.history().await, [("1".to_string(), "a".to_string())]);
+    // The Environment set the project's password to its Secret's (adoption).
+    assert!(sandbox.exchanges().iter().any(|e| {
+        e.path.ends_with("/database/password")
+            && e.request_body == Some(json!({ "password": PASSWORD }))
+    }));
     h.assert_password_hidden().await;
     h.stop().await;
     sandbox_shutdown.cancel();

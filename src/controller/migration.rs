@@ -13,12 +13,10 @@
 //!
 //! The connection string is read from the Secret at act time and handed to the engine
 //! only: it is never logged, nor put in status, events or errors. A database named by
-//! `environmentRef` is the Environment's Supabase project: found by name in its
-//! organization's project list (through the platform token of the Environment's
-//! credentials and the shared observation cache), reached at
-//! `postgres://postgres:<password>@db.<ref>.supabase.co:5432/postgres` with the password of
-//! the Environment's `databasePasswordSecretRef`. Until that project exists and is healthy
-//! the Migration waits (`Ready=False`, reason `WaitingForDatabase`, requeued).
+//! `environmentRef` is the Environment's Supabase project's database: its project ref comes
+//! from the Environment's status (once the project is ready), the host from
+//! `--supabase-database-url` and the password from the Environment's
+//! `databasePasswordSecretRef`.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
@@ -29,7 +27,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
-use crate::api::Environment;
 use crate::api::common::{ConditionStatus, SecretKeyRef, condition_types, parse_duration};
 use crate::api::migration::{MigrationSpec, MigrationStatus};
 use crate::api::{Condition, Migration};
@@ -43,10 +40,6 @@ use crate::migrate::reconcile::{
     status_from,
 };
 use crate::migrate::source::MigrationSet;
-use crate::platform::supabase::database_url;
-use crate::platform::{Platform, PlatformError, ProjectState, SupabaseClient, Token};
-use crate::sync::Fingerprinter;
-use crate::sync::supabase::{organization_projects, projects_key};
 
 /// Every object a Migration names.
 pub fn references(spec: &MigrationSpec) -> Vec<Reference> {
@@ -220,6 +213,7 @@ async fn connection(
     ctx: &Context,
     namespace: &str,
     secret_ref: &SecretKeyRef,
+    field: &str,
 ) -> Result<(String, Option<String>), ReconcileError> {
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
         .get(&secret_ref.name)
@@ -244,7 +238,7 @@ async fn connection(
             return Err(invalid(
                 "InvalidSecret",
                 format!(
-                    "spec.database.connectionSecretRef: Secret {:?} key {:?} is not UTF-8 text",
+                    "{field}: Secret {:?} key {:?} is not UTF-8 text",
                     secret_ref.name, secret_ref.key
                 ),
             ));
@@ -253,7 +247,7 @@ async fn connection(
             return Err(invalid(
                 "SecretKeyNotFound",
                 format!(
-                    "spec.database.connectionSecretRef: Secret {:?} has no key {:?}",
+                    "{field}: Secret {:?} has no key {:?}",
                     secret_ref.name, secret_ref.key
                 ),
             ));
@@ -263,132 +257,76 @@ async fn connection(
     Ok((url, secret.resource_version()))
 }
 
-/// Where a Migration's database is.
-enum Database {
-    /// Connect with this URL; `version` stands for what it was built from (the inputs of
-    /// the run gate), never the value.
-    Url {
-        /// The connection string (holds the password).
-        url: Token,
-        /// Changes when the URL would.
-        version: String,
-    },
-    /// Not reachable yet (the project is being created or is not healthy): wait.
-    Waiting(String),
-}
-
-/// Resolves `spec.database.environmentRef` to the Environment's Supabase database. Errors
-/// name the Environment, Secret or platform call, never a value.
-async fn environment_database(
+/// The connection to the database of Environment `name`'s Supabase project, once the
+/// Environment controller has it ready: the host from `--supabase-database-url` with the
+/// project ref, the password from the Environment's `databasePasswordSecretRef`. `None`
+/// while the project is not ready yet. The second value changes whenever the connection
+/// does (project ref, password Secret version).
+async fn supabase_connection(
     ctx: &Context,
     namespace: &str,
-    env: &Environment,
-) -> Result<Database, ReconcileError> {
-    let env_name = env.name_any();
-    let field = format!("spec.database.environmentRef (Environment {env_name:?})");
+    name: &str,
+    env: &crate::api::Environment,
+) -> Result<Option<(String, Option<String>)>, ReconcileError> {
     let Some(project) = &env.spec.supabase else {
         return Err(invalid(
             "NoDatabase",
-            format!("{field}: the Environment declares no Supabase project"),
-        ));
-    };
-    let Some(token_ref) = &env.spec.credentials.supabase else {
-        return Err(invalid(
-            "CredentialsMissing",
-            format!("{field}: the Environment has no spec.credentials.supabase"),
-        ));
-    };
-    let token_key = SecretKeyRef {
-        name: token_ref.name.clone(),
-        key: token_ref.key.clone(),
-    };
-    let password_key = &project.database_password_secret_ref;
-    let refs = [
-        Reference::secret_key(&token_key, format!("{field} spec.credentials.supabase")),
-        Reference::secret_key(
-            password_key,
-            format!("{field} spec.supabase.databasePasswordSecretRef"),
-        ),
-    ];
-    let secrets = Snapshot::read(&ctx.client, namespace, &refs).await?;
-    let missing = secrets.missing(&refs);
-    if !missing.is_empty() {
-        return Err(ReconcileError::ResolveReferences(missing));
-    }
-    let (Some(token), Some(password)) = (
-        secrets.values.get(&token_key),
-        secrets.values.get(password_key),
-    ) else {
-        return Err(invalid(
-            "InvalidSecret",
             format!(
-                "{field}: Secret {:?} key {:?} or Secret {:?} key {:?} is not UTF-8 text",
-                token_key.name, token_key.key, password_key.name, password_key.key
+                "spec.database.environmentRef: Environment {name:?} declares no Supabase project"
             ),
         ));
     };
-    let token = Token::new(token.expose().trim());
-    let (http, account) = ctx
-        .platforms
-        .client(Platform::Supabase, &token)
-        .map_err(|e| ReconcileError::Platform {
-            reason: "PlatformUnavailable",
-            message: format!("{field}: {e}"),
-            permanent: true,
-        })?;
-    let client = SupabaseClient::new(http);
-    let projects = organization_projects(
-        ctx.platforms.cache(),
-        &account,
-        &client,
-        &project.organization_id,
-    )
-    .await
-    .map_err(|e| platform_error(&field, &token_key, &e))?;
-    let Some(found) = projects.iter().find(|p| p.name == project.name) else {
-        return Ok(Database::Waiting(format!(
-            "{field}: Supabase project {:?} does not exist yet in organization {:?}",
-            project.name, project.organization_id
-        )));
+    let ready = env.status.as_ref().and_then(|s| {
+        s.objects.iter().find(|o| {
+            o.platform == "supabase" && o.kind == "project" && o.name == project.name && o.ready
+        })
+    });
+    let Some(project_ref) = ready.and_then(|o| o.id.as_deref()) else {
+        return Ok(None);
     };
-    if found.state != ProjectState::Healthy {
-        // Re-list on the next check instead of waiting for this entry to age out.
-        ctx.platforms
-            .cache()
-            .invalidate(&projects_key(&account, &project.organization_id));
-        return Ok(Database::Waiting(format!(
-            "{field}: Supabase project {:?} is {}",
-            project.name, found.status
-        )));
-    }
-    let url = database_url(
-        &ctx.platforms.config().supabase_database_url,
-        &found.id,
-        password,
-    )
-    .map_err(|reason| invalid("InvalidDatabaseUrl", format!("{field}: {reason}")))?;
-    let fingerprint = Fingerprinter::new(&token).fingerprint("databasePassword", password);
-    Ok(Database::Url {
+    let password_ref = &project.database_password_secret_ref;
+    let field = format!("Environment {name:?} spec.supabase.databasePasswordSecretRef");
+    let (password, version) = connection(ctx, namespace, password_ref, &field).await?;
+    let url = supabase_database_url(&ctx.supabase_database_url, project_ref, &password)
+        .ok_or_else(|| {
+            invalid(
+                "InvalidDatabaseUrl",
+                format!(
+                    "--supabase-database-url does not give a postgres:// URL for project {project_ref:?}"
+                ),
+            )
+        })?;
+    Ok(Some((
         url,
-        version: format!("{}:{fingerprint}", found.id),
-    })
+        Some(format!("{project_ref}/{}", version.unwrap_or_default())),
+    )))
 }
 
-/// A failed platform call while resolving an Environment's database.
-fn platform_error(field: &str, token: &SecretKeyRef, error: &PlatformError) -> ReconcileError {
-    let failure = crate::sync::run::failure(error);
-    let message = if failure.reason == "CredentialsRejected" {
-        format!(
-            "{field}: supabase rejected the token in Secret {:?} key {:?}: {error}",
-            token.name, token.key
-        )
-    } else {
-        format!("{field}: {error}")
-    };
-    ReconcileError::Platform {
-        reason: failure.reason,
-        message,
-        permanent: failure.permanent,
+/// `template` with `{ref}` replaced by the project ref and the password set (percent-encoded).
+/// `None` when the result is not a `postgres://` URL.
+pub fn supabase_database_url(template: &str, project_ref: &str, password: &str) -> Option<String> {
+    let mut url = url::Url::parse(&template.replace("{ref}", project_ref)).ok()?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return None;
+    }
+    url.set_password(Some(password)).ok()?;
+    Some(url.to_string())
+}
+
+/// Not ready: the Environment's Supabase project is not ready yet (looked at again when the
+/// Environment changes, and on the pending interval).
+fn waiting_for_database(environment: &str, ctx: &Context) -> Report {
+    Report {
+        verdict: Verdict::NotReady {
+            reason: "WaitingForDatabase".into(),
+            message: format!(
+                "Waiting for Environment {environment:?}'s Supabase project to be ready"
+            ),
+        },
+        status: serde_json::Map::new(),
+        requeue_after: Some(ctx.pending_interval),
+        conditions: Vec::new(),
+        events: Vec::new(),
     }
 }
 
@@ -452,35 +390,22 @@ impl Reconciled for Migration {
             &self.spec.database.environment_ref,
         ) {
             (Some(secret_ref), _) => {
-                let (url, version) = connection(ctx, &namespace, secret_ref).await?;
-                (Token::new(url), version)
+                connection(
+                    ctx,
+                    &namespace,
+                    secret_ref,
+                    "spec.database.connectionSecretRef",
+                )
+                .await?
             }
             (None, Some(env_ref)) => {
                 let Some(env) = snapshot.environment(&env_ref.name) else {
-                    return Err(invalid(
-                        "EnvironmentNotFound",
-                        format!(
-                            "spec.database.environmentRef: Environment {:?} does not exist",
-                            env_ref.name
-                        ),
-                    ));
+                    // `missing` above already stalls on an absent Environment.
+                    return Err(ReconcileError::Unidentified);
                 };
-                match environment_database(ctx, &namespace, env).await? {
-                    Database::Url { url, version } => (url, Some(version)),
-                    Database::Waiting(message) => {
-                        tracing::debug!(%message, "waiting for the Environment's database");
-                        let mut report = self
-                            .status
-                            .as_ref()
-                            .map(report_from_status)
-                            .unwrap_or_else(|| report_from_status(&MigrationStatus::default()));
-                        report.verdict = Verdict::NotReady {
-                            reason: "WaitingForDatabase".into(),
-                            message,
-                        };
-                        report.requeue_after = Some(ctx.pending_interval);
-                        return Ok(report);
-                    }
+                match supabase_connection(ctx, &namespace, &env_ref.name, env).await? {
+                    Some(connection) => connection,
+                    None => return Ok(waiting_for_database(&env_ref.name, ctx)),
                 }
             }
             (None, None) => {
@@ -505,7 +430,7 @@ impl Reconciled for Migration {
             return Ok(report);
         }
 
-        let run = run_migration(&self.spec, &set, url.expose())
+        let run = run_migration(&self.spec, &set, &url)
             .await
             .map_err(spec_error)?;
         ctx.metrics.migration().observe(&run);
@@ -542,6 +467,21 @@ impl Reconciled for Migration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_supabase_database_url_carries_the_project_ref_and_the_encoded_password() {
+        let url = supabase_database_url(
+            crate::controller::DEFAULT_SUPABASE_DATABASE_URL,
+            "abcdefghijklmnop",
+            "p@ss word/1",
+        )
+        .unwrap();
+        assert_eq!(
+            url,
+            "postgres://postgres:p%40ss%20word%2F1@db.abcdefghijklmnop.supabase.co:5432/postgres?sslmode=require"
+        );
+        assert_eq!(supabase_database_url("https://x/{ref}", "r", "p"), None);
+    }
     use std::collections::BTreeMap;
 
     fn spec(source: serde_json::Value) -> MigrationSpec {

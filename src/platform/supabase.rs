@@ -102,21 +102,6 @@ pub struct SupabaseApiSettings {
     pub max_rows: Option<i64>,
 }
 
-/// Where a project's database is reached directly: `{ref}` stands for the project ref.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@db.{ref}.supabase.co:5432/postgres";
-
-/// The direct Postgres connection URL of project `project_ref`: `template` (see
-/// [`DEFAULT_DATABASE_URL`]) with `{ref}` replaced and `password` set, percent-encoded. The
-/// result holds the password, so it comes back as a [`Token`] (Debug and Display print
-/// `***`). The error names the problem, never the password.
-pub fn database_url(template: &str, project_ref: &str, password: &Token) -> Result<Token, String> {
-    let mut url = url::Url::parse(&template.replace("{ref}", project_ref))
-        .map_err(|e| format!("the Supabase database URL template is not a URL ({e})"))?;
-    url.set_password(Some(password.expose()))
-        .map_err(|()| "the Supabase database URL template has no host to connect to".to_string())?;
-    Ok(Token::new(url.to_string()))
-}
-
 /// Splits one of Supabase's comma-separated lists, dropping blanks.
 pub fn split_list(text: &str) -> Vec<String> {
     text.split(',')
@@ -763,38 +748,6 @@ mod tests {
         ] {
             assert_eq!(project_state(status), state, "{status}");
         }
-    }
-
-    #[test]
-    fn the_database_url_names_the_project_host_and_carries_the_password_encoded() {
-        let url = database_url(
-            DEFAULT_DATABASE_URL,
-            "abcdefghijklmnopqrst",
-            &Token::new("p@ss:w/rd"),
-        )
-        .unwrap();
-        assert_eq!(
-            url.expose(),
-            "postgres://postgres:p%40ss%3Aw%2Frd@db.abcdefghijklmnopqrst.supabase.co:5432/postgres"
-        );
-        assert_eq!(format!("{url:?}"), "***");
-        let local = database_url(
-            "postgres://postgres@127.0.0.1:5432/{ref}",
-            "abcdefghijklmnopqrst",
-            &Token::new("pw"),
-        )
-        .unwrap();
-        assert_eq!(
-            local.expose(),
-            "postgres://postgres:pw@127.0.0.1:5432/abcdefghijklmnopqrst"
-        );
-        let err = database_url(
-            "not a url",
-            "abcdefghijklmnopqrst",
-            &Token::new("secret-pw"),
-        )
-        .unwrap_err();
-        assert!(!err.contains("secret-pw"), "{err}");
     }
 
     #[test]

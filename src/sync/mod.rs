@@ -400,10 +400,6 @@ pub struct PlatformsConfig {
     pub http: BTreeMap<Platform, HttpConfig>,
     /// How long observed platform state is reused across reconciles.
     pub observe_max_age: std::time::Duration,
-    /// The direct Postgres URL of a Supabase project's database, `{ref}` standing for the
-    /// project ref (the password is added when it is used); Migrations naming an
-    /// Environment connect through it. Tests point it at a local PostgreSQL.
-    pub supabase_database_url: String,
 }
 
 impl Default for PlatformsConfig {
@@ -418,7 +414,6 @@ impl Default for PlatformsConfig {
                 .map(|p| (p, HttpConfig::for_platform(p)))
                 .collect(),
             observe_max_age: std::time::Duration::from_secs(30),
-            supabase_database_url: crate::platform::supabase::DEFAULT_DATABASE_URL.to_string(),
         }
     }
 }
@@ -454,11 +449,6 @@ impl Platforms {
             clients: Mutex::default(),
             cache,
         })
-    }
-
-    /// The configuration the clients are built from.
-    pub fn config(&self) -> &PlatformsConfig {
-        &self.config
     }
 
     /// The shared observation cache.

@@ -43,7 +43,7 @@ const KIND: &str = "project";
 const PASSWORD: &str = "databasePassword";
 
 /// The cache entry of organization `organization`'s project list for `account`.
-pub fn projects_key(account: &str, organization: &str) -> CacheKey {
+fn projects_key(account: &str, organization: &str) -> CacheKey {
     CacheKey::new(
         Platform::Supabase.as_str(),
         account,
@@ -52,10 +52,9 @@ pub fn projects_key(account: &str, organization: &str) -> CacheKey {
     )
 }
 
-/// Organization `organization`'s projects, through the shared cache: the same entry the
-/// driver observes with, so a Migration looking up its Environment's project costs no read
-/// the Environment's own reconcile has not already made.
-pub async fn organization_projects(
+/// Organization `organization`'s projects, through the shared cache (one list serves every
+/// Environment of the account).
+async fn organization_projects(
     cache: &ObserveCache,
     account: &str,
     client: &SupabaseClient,
