@@ -315,7 +315,9 @@ pub use fly::{
     MachineService,
 };
 pub use render::{
-    RenderClient, RenderService, RenderServiceKind, RenderServicePatch, RenderServiceSpec,
+    DatastoreStatus, RenderCidr, RenderClient, RenderDatastores, RenderKeyValue,
+    RenderKeyValuePatch, RenderKeyValueSpec, RenderPostgres, RenderPostgresPatch,
+    RenderPostgresSpec, RenderService, RenderServiceKind, RenderServicePatch, RenderServiceSpec,
     RenderServices,
 };
 pub use supabase::{
