@@ -132,25 +132,12 @@ async fn a_crash_between_a_create_and_its_status_write_leaves_exactly_one_platfo
         .filter(|r| *r == "POST /services")
         .count();
     assert_eq!(creates, 1, "the restarted controller adopted the service");
-    let services = RenderClient::new(render_http(&h))
+    let services = RenderClient::new(h.http(Platform::Render))
         .list_services("tea-e2e", None)
         .await
         .unwrap();
     assert_eq!(services.iter().filter(|s| s.name == "crash-api").count(), 1);
     h.stop().await;
-}
-
-fn render_http(h: &SyncHarness) -> tether::platform::PlatformHttp {
-    let registry = tether::telemetry::MetricsRegistry::new();
-    tether::platform::PlatformHttp::new(
-        Platform::Render,
-        &h.sandbox.url(Platform::Render).unwrap(),
-        h.sandbox.token(Platform::Render).unwrap(),
-        tether::platform::HttpConfig::for_platform(Platform::Render)
-            .time_scaled(support::sync::TIME_SCALE),
-        tether::platform::PlatformMetrics::register(&registry).unwrap(),
-    )
-    .unwrap()
 }
 
 #[tokio::test]

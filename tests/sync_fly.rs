@@ -13,11 +13,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::sync::{SyncHarness, condition_is, object};
 use tether::platform::{
-    FlyAppSpec, FlyApps, FlyClient, FlyMachineConfig, FlyMachineSpec, HttpConfig, Platform,
-    PlatformHttp, PlatformMetrics,
+    FlyAppSpec, FlyApps, FlyClient, FlyMachineConfig, FlyMachineSpec, Platform,
 };
 use tether::sandbox::{Exchange, Faults};
-use tether::telemetry::MetricsRegistry;
 
 const SECRET_V1: &str = "fly-api-key-value-one";
 const SECRET_V2: &str = "fly-api-key-value-two";
@@ -69,16 +67,7 @@ async fn start() -> SyncHarness {
 
 /// A Fly client of the sandbox, as a person with the dashboard's token would use it.
 fn fly(h: &SyncHarness) -> FlyClient {
-    let metrics = PlatformMetrics::register(&MetricsRegistry::new()).unwrap();
-    let http = PlatformHttp::new(
-        Platform::Fly,
-        &h.sandbox.url(Platform::Fly).unwrap(),
-        h.sandbox.token(Platform::Fly).unwrap(),
-        HttpConfig::for_platform(Platform::Fly).time_scaled(support::sync::TIME_SCALE),
-        metrics,
-    )
-    .unwrap();
-    FlyClient::new(http)
+    FlyClient::new(h.http(Platform::Fly))
 }
 
 fn fly_exchanges(h: &SyncHarness) -> Vec<Exchange> {

@@ -728,16 +728,7 @@ async fn the_controller_creates_updates_corrects_rotates_and_cleans_up_render_ob
 
     // Deleting the Environment deletes the service and leaves the datastores (stateful).
     h.delete("shop").await;
-    let http = tether::platform::PlatformHttp::new(
-        Platform::Render,
-        &h.sandbox.url(Platform::Render).unwrap(),
-        h.sandbox.token(Platform::Render).unwrap(),
-        tether::platform::HttpConfig::for_platform(Platform::Render)
-            .time_scaled(support::sync::TIME_SCALE),
-        tether::platform::PlatformMetrics::register(&tether::telemetry::MetricsRegistry::new())
-            .unwrap(),
-    )
-    .unwrap();
+    let http = h.http(Platform::Render);
     let client = RenderClient::new(http);
     assert!(client.list_services(OWNER, None).await.unwrap().is_empty());
     assert_eq!(client.list_key_values(OWNER, None).await.unwrap().len(), 1);

@@ -600,17 +600,7 @@ async fn through_the_controller_a_supabase_environment_becomes_ready_rotates_and
 
     // Deleting the Environment leaves the stateful project in place (no deletionPolicy).
     h.delete("shop").await;
-    let client = SupabaseClient::new(
-        tether::platform::PlatformHttp::new(
-            Platform::Supabase,
-            &h.sandbox.url(Platform::Supabase).unwrap(),
-            h.sandbox.token(Platform::Supabase).unwrap(),
-            tether::platform::HttpConfig::for_platform(Platform::Supabase),
-            tether::platform::PlatformMetrics::register(&tether::telemetry::MetricsRegistry::new())
-                .unwrap(),
-        )
-        .unwrap(),
-    );
+    let client = SupabaseClient::new(h.http(Platform::Supabase));
     assert!(
         client.get_project(&id).await.is_ok(),
         "orphaned, not deleted"

@@ -11,13 +11,9 @@ mod contract;
 pub mod support;
 
 use serde_json::{Value, json};
-use support::sync::{SyncHarness, TIME_SCALE, condition_is, object};
-use tether::platform::{
-    HttpConfig, Platform, PlatformHttp, PlatformMetrics, VercelClient, VercelProjectSpec,
-    VercelProjects,
-};
+use support::sync::{SyncHarness, condition_is, object};
+use tether::platform::{Platform, VercelClient, VercelProjectSpec, VercelProjects};
 use tether::sandbox::Exchange;
-use tether::telemetry::MetricsRegistry;
 
 const TEAM: &str = "team_sandbox";
 const SECRET_V1: &str = "vercel-e2e-secret-value-one";
@@ -67,16 +63,7 @@ async fn start() -> SyncHarness {
 
 /// A client of the sandbox, as a person with the same token would use it.
 fn client(h: &SyncHarness) -> VercelClient {
-    let metrics = PlatformMetrics::register(&MetricsRegistry::new()).unwrap();
-    let http = PlatformHttp::new(
-        Platform::Vercel,
-        &h.sandbox.url(Platform::Vercel).unwrap(),
-        h.sandbox.token(Platform::Vercel).unwrap(),
-        HttpConfig::for_platform(Platform::Vercel).time_scaled(TIME_SCALE),
-        metrics,
-    )
-    .unwrap();
-    VercelClient::new(http, Some(TEAM.into()))
+    VercelClient::new(h.http(Platform::Vercel), Some(TEAM.into()))
 }
 
 fn vercel_writes(h: &SyncHarness, from: usize) -> Vec<Exchange> {

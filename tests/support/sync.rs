@@ -383,6 +383,20 @@ impl SyncHarness {
         text
     }
 
+    /// A client of the sandbox's `platform` with its token, as a person with the dashboard
+    /// would use it (its requests are not the controller's: its metrics are its own).
+    pub fn http(&self, platform: Platform) -> tether::platform::PlatformHttp {
+        tether::platform::PlatformHttp::new(
+            platform,
+            &self.sandbox.url(platform).expect("platform served"),
+            self.sandbox.token(platform).expect("platform served"),
+            tether::platform::HttpConfig::for_platform(platform).time_scaled(TIME_SCALE),
+            tether::platform::PlatformMetrics::register(&MetricsRegistry::new())
+                .expect("register metrics"),
+        )
+        .expect("sandbox client")
+    }
+
     /// Recorded sandbox exchanges of `platform` with `method`, as `"METHOD path"` lines.
     pub fn requests(&self, platform: Platform) -> Vec<String> {
         self.sandbox
