@@ -420,6 +420,13 @@ impl Reconciled for Environment {
         for (platform, kind) in &reported.drift_corrected {
             ctx.metrics.sync().drift_corrected(*platform, kind);
         }
+        let objects: Vec<ManagedObject> = reported
+            .report
+            .status
+            .get("objects")
+            .and_then(|o| serde_json::from_value(o.clone()).ok())
+            .unwrap_or_default();
+        ctx.metrics.sync().set_drifted(&key, &objects);
         Ok(reported.report)
     }
 
@@ -427,6 +434,7 @@ impl Reconciled for Environment {
         // With `deletionPolicy: Orphan` nothing is called on any platform, so a deleted
         // credentials Secret cannot block the deletion.
         if self.spec.deletion_policy == Some(DeletionPolicy::Orphan) {
+            ctx.metrics.sync().set_drifted(&self.key(), &[]);
             return Ok(());
         }
         let snapshot = self.read_references(ctx).await?;
@@ -442,7 +450,10 @@ impl Reconciled for Environment {
         };
         let syncs = sync::run::sync(&ctx.platforms, &request, Mode::Apply).await;
         match syncs.into_iter().find_map(|s| s.failure) {
-            None => Ok(()),
+            None => {
+                ctx.metrics.sync().set_drifted(&key, &[]);
+                Ok(())
+            }
             Some(failure) => Err(ReconcileError::Platform {
                 reason: failure.reason,
                 message: failure.message,

@@ -159,6 +159,7 @@ mod tests {
                 "tether_credentials_rejected_total",
                 "tether_drift_corrected_total",
                 "tether_drift_detected_total",
+                "tether_drifted_objects",
                 "tether_migration_applied_total",
                 "tether_migration_blocked_total",
                 "tether_migration_duration_seconds",

@@ -309,7 +309,11 @@ pub trait Deployments: Send + Sync {
     ) -> impl Future<Output = PlatformResult<Deployment>> + Send;
 }
 
-pub use fly::{FlyApp, FlyAppSpec, FlyApps, FlyClient, FlyMachine, FlyMachineSpec};
+pub use fly::{
+    Autostop, FlyApp, FlyAppSpec, FlyApps, FlyClient, FlyMachine, FlyMachineConfig, FlyMachineSpec,
+    FlyVolume, FlyVolumeSpec, MachineCheck, MachineGuest, MachineMount, MachinePort,
+    MachineService,
+};
 pub use render::{
     RenderClient, RenderService, RenderServiceKind, RenderServicePatch, RenderServiceSpec,
     RenderServices,

@@ -503,7 +503,13 @@ impl Platforms {
 pub struct SyncMetrics {
     detected: prometheus::IntCounterVec,
     corrected: prometheus::IntCounterVec,
+    drifted: prometheus::IntGaugeVec,
+    /// Environment → `(platform, kind)` of each of its objects drifted now.
+    drifted_by_environment: Arc<Mutex<BTreeMap<String, Vec<PlatformKind>>>>,
 }
+
+/// `(platform, kind)` label values.
+type PlatformKind = (String, String);
 
 impl SyncMetrics {
     /// Creates the metrics and registers them into `registry`.
@@ -525,7 +531,40 @@ impl SyncMetrics {
                 "tether_drift_corrected_total",
                 "Out-of-band changes reverted to the spec (driftPolicy Correct).",
             )?,
+            drifted: registry.register(prometheus::IntGaugeVec::new(
+                prometheus::Opts::new(
+                    "tether_drifted_objects",
+                    "Platform objects that differ from their Environment now and were not corrected.",
+                ),
+                &["platform", "kind"],
+            )?)?,
+            drifted_by_environment: Arc::default(),
         })
+    }
+
+    /// Records which objects of `environment` (`namespace/name`) are drifted now (an empty
+    /// list when it is in sync or gone), and updates the gauge.
+    pub fn set_drifted(&self, environment: &str, objects: &[ManagedObject]) {
+        let mut all = self
+            .drifted_by_environment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now: Vec<PlatformKind> = objects
+            .iter()
+            .filter(|o| !o.drift.is_empty())
+            .map(|o| (o.platform.clone(), o.kind.clone()))
+            .collect();
+        let before = if now.is_empty() {
+            all.remove(environment)
+        } else {
+            all.insert(environment.to_string(), now.clone())
+        };
+        for (platform, kind) in before.unwrap_or_default() {
+            self.drifted.with_label_values(&[&platform, &kind]).dec();
+        }
+        for (platform, kind) in now {
+            self.drifted.with_label_values(&[&platform, &kind]).inc();
+        }
     }
 
     /// Counts drift newly found on an object of `kind`.
@@ -648,6 +687,33 @@ mod tests {
             changes[0].to_string(),
             "envVars.KEY: (secret) → (secret) (drift)"
         );
+    }
+
+    #[test]
+    fn the_drifted_gauge_counts_objects_drifted_now_per_platform_and_kind() {
+        let registry = crate::telemetry::MetricsRegistry::new();
+        let metrics = SyncMetrics::register(&registry).expect("register");
+        let object = |kind: &str, drift: &[&str]| ManagedObject {
+            platform: "render".into(),
+            kind: kind.into(),
+            drift: drift.iter().map(|d| d.to_string()).collect(),
+            ..ManagedObject::default()
+        };
+        metrics.set_drifted(
+            "ns/a",
+            &[object("service", &["plan"]), object("postgres", &[])],
+        );
+        metrics.set_drifted("ns/b", &[object("service", &["image"])]);
+        let gauge = |text: &str| {
+            text.lines()
+                .find(|l| l.starts_with("tether_drifted_objects{kind=\"service\""))
+                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+        };
+        assert_eq!(gauge(&registry.render()).as_deref(), Some("2"));
+        metrics.set_drifted("ns/a", &[object("service", &[])]);
+        assert_eq!(gauge(&registry.render()).as_deref(), Some("1"));
+        metrics.set_drifted("ns/b", &[]);
+        assert_eq!(gauge(&registry.render()).as_deref(), Some("0"));
     }
 
     #[test]

@@ -176,9 +176,9 @@ def test_the_alerts_named_by_the_issue_exist() -> None:
         "controller_runtime_reconcile_total",
     }
     assert "> 0.05" in errors["expr"] and errors["for"] == "10m"
-    # Drift, platform rate-limit and credentials alerts come with platform reconciliation
-    # (their metrics are not exported until the Environment controller calls the platforms).
-    for alert in ("TetherMigrationFailed", "TetherMigrationBlocked"):
+    assert exprs["TetherDriftNotCorrected"]["for"] == "1h"
+    assert exprs["TetherPlatformRateLimited"]["for"] == "15m"
+    for alert in ("TetherMigrationFailed", "TetherMigrationBlocked", "TetherCredentialsRejected"):
         assert alert in exprs
 
 

@@ -176,6 +176,13 @@ def test_controller_args_map_one_to_one_onto_the_values() -> None:
         "--min-retry-interval=2s",
         "--max-retry-interval=10m",
         "--concurrency=8",
+        "--pending-interval=10s",
+        "--observe-max-age=1m",
+        "--supabase-database-url=postgres://postgres@{ref}.pooler.internal:6543/postgres",
+        "--fly-url=https://fly.proxy.internal",
+        "--render-url=https://render.proxy.internal/v1",
+        "--supabase-url=https://supabase.proxy.internal",
+        "--vercel-url=https://vercel.proxy.internal",
     ]
 
 
@@ -190,6 +197,8 @@ def test_default_args_watch_all_namespaces_with_leader_election_on() -> None:
         "--min-retry-interval=5s",
         "--max-retry-interval=5m",
         "--concurrency=4",
+        "--pending-interval=15s",
+        "--observe-max-age=30s",
     ]
 
 
