@@ -104,10 +104,7 @@ fn object_line<'a>(stdout: &'a str, object: &str) -> &'a str {
 fn an_empty_sandbox_plans_every_object_as_a_create_and_exits_2() {
     let dir = manifests(&[
         ("00-secrets.yaml", &secrets_yaml()),
-        (
-            "envs/staging.yaml",
-            &fly_env("staging", IMAGE_1, true),
-        ),
+        ("envs/staging.yaml", &fly_env("staging", IMAGE_1, true)),
     ]);
     let out = plan(dir.path(), &["--sandbox"], &[]);
     let (stdout, stderr) = text(&out);
@@ -123,11 +120,16 @@ fn an_empty_sandbox_plans_every_object_as_a_create_and_exits_2() {
         stdout.contains(&format!("image: (absent) → {IMAGE_1}")),
         "{stdout}"
     );
-    assert!(stdout.contains("env.LOG_LEVEL: (absent) → info"), "{stdout}");
+    assert!(
+        stdout.contains("env.LOG_LEVEL: (absent) → info"),
+        "{stdout}"
+    );
     // Every line is a create, and the summary counts them.
     let creates = stdout.lines().filter(|l| l.starts_with("  + ")).count();
     assert!(
-        stdout.lines().all(|l| !l.starts_with("  ~ ") && !l.starts_with("  = ")),
+        stdout
+            .lines()
+            .all(|l| !l.starts_with("  ~ ") && !l.starts_with("  = ")),
         "{stdout}"
     );
     let summary = stdout.lines().last().unwrap_or_default();
@@ -157,7 +159,9 @@ fn the_json_output_lists_the_same_plan_without_secret_values() {
     assert_eq!(object["kind"], "app");
     assert_eq!(object["name"], "acme-edge");
     assert_eq!(object["action"], "create");
-    let objects = plan["environments"][0]["objects"].as_array().expect("objects");
+    let objects = plan["environments"][0]["objects"]
+        .as_array()
+        .expect("objects");
     assert_eq!(plan["summary"]["create"], objects.len());
     assert_no_secret(&out, &[STRIPE_KEY, "sandbox-fly-token"]);
 }
@@ -180,17 +184,11 @@ fn a_credential_from_the_environment_overrides_the_manifests() {
     let out = plan(
         dir.path(),
         &["--sandbox"],
-        &[(
-            "TETHER_SECRET_PLATFORM_TOKENS_FLY",
-            "sandbox-fly-token",
-        )],
+        &[("TETHER_SECRET_PLATFORM_TOKENS_FLY", "sandbox-fly-token")],
     );
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
-    assert!(
-        object_line(&stdout, APP).starts_with("  + "),
-        "{stdout}"
-    );
+    assert!(object_line(&stdout, APP).starts_with("  + "), "{stdout}");
     assert_no_secret(&out, &["sandbox-fly-token", STRIPE_KEY]);
 }
 
@@ -203,10 +201,7 @@ fn a_secrets_file_provides_what_the_directory_lacks() {
     let out = plan(dir.path(), &["--sandbox", "--secrets", secrets_path], &[]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
-    assert!(
-        object_line(&stdout, APP).contains("create"),
-        "{stdout}"
-    );
+    assert!(object_line(&stdout, APP).contains("create"), "{stdout}");
     assert_no_secret(&out, &["sandbox-fly-token", STRIPE_KEY]);
 }
 

@@ -987,12 +987,12 @@ mod tests {
         assert_eq!(
             report().to_string(),
             "environment default/staging\n\
-             \x20 + render service \"api\"      create\n\
+             \x20 + render service \"api\"   create\n\
              \x20     plan: (absent) → starter\n\
              \x20     envVars.KEY: (absent) → (secret)\n\
-             \x20 ~ vercel project \"web\"      update\n\
+             \x20 ~ vercel project \"web\"   update\n\
              \x20     buildCommand: npm run build → pnpm build\n\
-             \x20 = supabase project \"db\"     in sync\n\
+             \x20 = supabase project \"db\"  in sync\n\
              \n\
              Plan: 1 to create, 1 to change, 0 to delete, 1 in sync, 0 orphaned; \
              7 platform requests (4 reads made, 3 writes to apply)"
@@ -1035,7 +1035,7 @@ mod tests {
         assert!(
             failed
                 .to_string()
-                .contains("  ! vercel                   failed (CredentialsRejected): vercel rejected the token\n"),
+                .contains("  ! vercel                 failed (CredentialsRejected): vercel rejected the token\n"),
             "{failed}"
         );
     }
