@@ -25,6 +25,10 @@ enum Command {
         #[command(subcommand)]
         command: tether::migrate::cli::MigrateCommand,
     },
+    /// Preview what the Environment controller would create, change or delete on the
+    /// platforms for a folder of manifests, without changing anything. Exits 0 when nothing
+    /// would change, 2 when something would, 1 on any error.
+    Plan(tether::sync::plan::PlanArgs),
     /// Run the Environment, Release and Migration controllers against a Kubernetes API.
     Controller(tether::controller::cli::ControllerArgs),
     /// Print every metric name the binary registers, one per line.
@@ -62,6 +66,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate { command } => std::process::exit(tether::migrate::cli::main(command)?),
+        Command::Plan(args) => std::process::exit(tether::sync::plan::main(args)?),
         Command::Controller(args) => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(tether::controller::cli::run_cli(args))?;

@@ -53,6 +53,18 @@ impl MetricsRegistry {
         names
     }
 
+    /// The sum of every sample of the counter `name` (0 when it has none): e.g. all
+    /// platform requests made, over every label value.
+    pub fn counter_total(&self, name: &str) -> u64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric())
+            .map(|metric| metric.get_counter().get_value())
+            .sum::<f64>() as u64
+    }
+
     /// The Prometheus text exposition of every metric with samples.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -101,6 +113,19 @@ mod tests {
             .unwrap();
         assert_eq!(registry.names(), vec!["tether_example_total".to_string()]);
         assert!(!registry.render().contains("tether_example_total"));
+    }
+
+    #[test]
+    fn counter_total_sums_every_label_value() {
+        let registry = MetricsRegistry::new();
+        let counter = registry
+            .register(IntCounterVec::new(Opts::new("tether_sum_total", "help"), &["kind"]).unwrap())
+            .unwrap();
+        assert_eq!(registry.counter_total("tether_sum_total"), 0);
+        counter.with_label_values(&["a"]).inc_by(3);
+        counter.with_label_values(&["b"]).inc();
+        assert_eq!(registry.counter_total("tether_sum_total"), 4);
+        assert_eq!(registry.counter_total("tether_other_total"), 0);
     }
 
     #[test]
