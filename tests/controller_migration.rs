@@ -5,8 +5,8 @@
 //! applied counter), a destructive migration is blocked until allowed, a failing one is
 //! `Failed` naming its statement and leaves no trace, a failed verify sets
 //! `Verified=False` naming the table, and the connection string's password appears in no
-//! status, event or log line. A database named by an Environment is `Stalled` as
-//! `SupabaseConnectionUnavailable` (the platform layer resolves those connections).
+//! status, event or log line. A database named by an Environment waits for, then migrates,
+//! the Environment's Supabase project's database once the Environment reports it ready.
 
 pub mod support;
 
@@ -70,6 +70,13 @@ struct TestDb {
     name: String,
     /// The URL with [`PASSWORD`] in it, as a user's Secret would hold it.
     url: String,
+}
+
+/// `scheme://user@host` from `scheme://user:password@host`.
+fn without_password(base: &str) -> String {
+    let mut url = url::Url::parse(base).expect("a URL");
+    url.set_password(None).expect("a URL with a host");
+    url.to_string().trim_end_matches('/').to_string()
 }
 
 impl TestDb {
@@ -168,9 +175,14 @@ impl Harness {
         .await
         .unwrap();
         let (client, token) = (cluster.client(), shutdown.clone());
+        let (base, _) = db.url.rsplit_once('/').expect("a database path");
         let config = ControllerConfig {
             min_retry: Duration::from_millis(100),
             max_retry: Duration::from_secs(1),
+            pending_interval: Duration::from_millis(200),
+            // The "project ref" is the test database's name; the password is dropped so
+            // the Environment's password Secret is what fills it in.
+            supabase_database_url: format!("{}/{{ref}}", without_password(base)),
             ..ControllerConfig::default()
         };
         let task = tokio::spawn(async move {
@@ -555,12 +567,24 @@ async fn a_failed_verify_sets_verified_false_naming_the_table() {
 }
 
 #[tokio::test]
-async fn a_database_named_by_an_environment_is_stalled_as_unavailable_naming_it() {
+async fn a_database_named_by_an_environment_waits_for_its_supabase_project_then_migrates_it() {
     let h = Harness::start().await;
+    let password: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "supabase-db"},
+        "stringData": {"password": PASSWORD},
+    }))
+    .unwrap();
+    Api::<Secret>::default_namespaced(h.client())
+        .create(&PostParams::default(), &password)
+        .await
+        .unwrap();
+    // Suspended: the Environment controller leaves its status to this test, which plays
+    // the part of the Supabase sync.
     let environment: tether::api::Environment = serde_json::from_value(json!({
         "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
         "metadata": {"name": "staging"},
         "spec": {
+            "suspend": true,
             "credentials": {"supabase": {"name": "tokens", "key": "supabase"}},
             "supabase": {"name": "acme-staging", "organizationId": "acme-org",
                 "region": "eu-central-1",
@@ -568,8 +592,8 @@ async fn a_database_named_by_an_environment_is_stalled_as_unavailable_naming_it(
         },
     }))
     .unwrap();
-    Api::<tether::api::Environment>::default_namespaced(h.client())
-        .create(&PostParams::default(), &environment)
+    let envs = Api::<tether::api::Environment>::default_namespaced(h.client());
+    envs.create(&PostParams::default(), &environment)
         .await
         .unwrap();
     let migration: Migration = serde_json::from_value(json!({
@@ -584,20 +608,47 @@ async fn a_database_named_by_an_environment_is_stalled_as_unavailable_naming_it(
         .await
         .unwrap();
     let api = h.migrations();
-    let stalled = eventually(WAIT, || async {
+    let waiting = eventually(WAIT, || async {
         let st = serde_json::to_value(api.get("platform").await.ok()?)
             .ok()?
             .get("status")?
             .clone();
-        let stalled = condition(&st, "Stalled")?;
-        (stalled["status"] == "True").then_some(stalled)
+        let ready = condition(&st, "Ready")?;
+        (ready["reason"] == "WaitingForDatabase").then_some(ready)
     })
     .await;
-    assert_eq!(stalled["reason"], "SupabaseConnectionUnavailable");
     assert!(
-        stalled["message"].as_str().unwrap().contains("\"staging\""),
-        "{stalled}"
+        waiting["message"].as_str().unwrap().contains("\"staging\""),
+        "{waiting}"
     );
     assert!(!h.db.table_exists("a").await);
+
+    // The project is ready; its ref names the test database (the harness's
+    // --supabase-database-url is postgres://…/{ref}).
+    let status = json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
+        "status": {"objects": [{"platform": "supabase", "kind": "project",
+            "name": "acme-staging", "id": h.db.name, "ready": true}]},
+    });
+    envs.patch_status(
+        "staging",
+        &kube::api::PatchParams::apply("supabase-sync-test").force(),
+        &kube::api::Patch::Apply(&status),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, || async {
+        h.db.table_exists("a").await.then_some(())
+    })
+    .await;
+    let st = eventually(WAIT, || async {
+        let st = serde_json::to_value(api.get("platform").await.ok()?)
+            .ok()?
+            .get("status")?
+            .clone();
+        (condition(&st, "Ready")?["status"] == "True").then_some(st)
+    })
+    .await;
+    assert!(!st.to_string().contains(PASSWORD));
     h.stop().await;
 }

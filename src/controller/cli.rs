@@ -58,6 +58,10 @@ pub struct ControllerArgs {
     /// serves every Environment of an account within this window).
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub observe_max_age: Duration,
+    /// Database URL of a Supabase project, for Migrations that name an Environment:
+    /// `{ref}` stands for the project ref; the password comes from the Environment.
+    #[arg(long, default_value = crate::controller::DEFAULT_SUPABASE_DATABASE_URL)]
+    pub supabase_database_url: String,
     /// Render API base URL.
     #[arg(long, env = "TETHER_RENDER_URL", default_value = default_endpoint(Platform::Render))]
     pub render_url: String,
@@ -134,6 +138,7 @@ impl ControllerArgs {
             max_retry: self.max_retry_interval,
             concurrency: self.concurrency,
             pending_interval: self.pending_interval,
+            supabase_database_url: self.supabase_database_url.clone(),
             platforms: PlatformsConfig {
                 endpoints: [
                     (Platform::Render, self.render_url.clone()),

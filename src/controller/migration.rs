@@ -13,8 +13,10 @@
 //!
 //! The connection string is read from the Secret at act time and handed to the engine
 //! only: it is never logged, nor put in status, events or errors. A database named by
-//! `environmentRef` needs the Supabase platform layer to find its connection; until that
-//! exists the Migration is `Stalled` with reason `SupabaseConnectionUnavailable`.
+//! `environmentRef` is the Environment's Supabase project's database: its project ref comes
+//! from the Environment's status (once the project is ready), the host from
+//! `--supabase-database-url` and the password from the Environment's
+//! `databasePasswordSecretRef`.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
@@ -211,6 +213,7 @@ async fn connection(
     ctx: &Context,
     namespace: &str,
     secret_ref: &SecretKeyRef,
+    field: &str,
 ) -> Result<(String, Option<String>), ReconcileError> {
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
         .get(&secret_ref.name)
@@ -235,7 +238,7 @@ async fn connection(
             return Err(invalid(
                 "InvalidSecret",
                 format!(
-                    "spec.database.connectionSecretRef: Secret {:?} key {:?} is not UTF-8 text",
+                    "{field}: Secret {:?} key {:?} is not UTF-8 text",
                     secret_ref.name, secret_ref.key
                 ),
             ));
@@ -244,7 +247,7 @@ async fn connection(
             return Err(invalid(
                 "SecretKeyNotFound",
                 format!(
-                    "spec.database.connectionSecretRef: Secret {:?} has no key {:?}",
+                    "{field}: Secret {:?} has no key {:?}",
                     secret_ref.name, secret_ref.key
                 ),
             ));
@@ -252,6 +255,79 @@ async fn connection(
     };
     let url = url.trim().to_string();
     Ok((url, secret.resource_version()))
+}
+
+/// The connection to the database of Environment `name`'s Supabase project, once the
+/// Environment controller has it ready: the host from `--supabase-database-url` with the
+/// project ref, the password from the Environment's `databasePasswordSecretRef`. `None`
+/// while the project is not ready yet. The second value changes whenever the connection
+/// does (project ref, password Secret version).
+async fn supabase_connection(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    env: &crate::api::Environment,
+) -> Result<Option<(String, Option<String>)>, ReconcileError> {
+    let Some(project) = &env.spec.supabase else {
+        return Err(invalid(
+            "NoDatabase",
+            format!(
+                "spec.database.environmentRef: Environment {name:?} declares no Supabase project"
+            ),
+        ));
+    };
+    let ready = env.status.as_ref().and_then(|s| {
+        s.objects.iter().find(|o| {
+            o.platform == "supabase" && o.kind == "project" && o.name == project.name && o.ready
+        })
+    });
+    let Some(project_ref) = ready.and_then(|o| o.id.as_deref()) else {
+        return Ok(None);
+    };
+    let password_ref = &project.database_password_secret_ref;
+    let field = format!("Environment {name:?} spec.supabase.databasePasswordSecretRef");
+    let (password, version) = connection(ctx, namespace, password_ref, &field).await?;
+    let url = supabase_database_url(&ctx.supabase_database_url, project_ref, &password)
+        .ok_or_else(|| {
+            invalid(
+                "InvalidDatabaseUrl",
+                format!(
+                    "--supabase-database-url does not give a postgres:// URL for project {project_ref:?}"
+                ),
+            )
+        })?;
+    Ok(Some((
+        url,
+        Some(format!("{project_ref}/{}", version.unwrap_or_default())),
+    )))
+}
+
+/// `template` with `{ref}` replaced by the project ref and the password set (percent-encoded).
+/// `None` when the result is not a `postgres://` URL.
+pub fn supabase_database_url(template: &str, project_ref: &str, password: &str) -> Option<String> {
+    let mut url = url::Url::parse(&template.replace("{ref}", project_ref)).ok()?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return None;
+    }
+    url.set_password(Some(password)).ok()?;
+    Some(url.to_string())
+}
+
+/// Not ready: the Environment's Supabase project is not ready yet (looked at again when the
+/// Environment changes, and on the pending interval).
+fn waiting_for_database(environment: &str, ctx: &Context) -> Report {
+    Report {
+        verdict: Verdict::NotReady {
+            reason: "WaitingForDatabase".into(),
+            message: format!(
+                "Waiting for Environment {environment:?}'s Supabase project to be ready"
+            ),
+        },
+        status: serde_json::Map::new(),
+        requeue_after: Some(ctx.pending_interval),
+        conditions: Vec::new(),
+        events: Vec::new(),
+    }
 }
 
 /// The run's events (`migrate::reconcile::events_from`), each with an action naming the
@@ -309,35 +385,28 @@ impl Reconciled for Migration {
             .and_then(|r| snapshot.config_map(&r.name));
         let set = resolve_source(&self.spec.source, config_map).map_err(spec_error)?;
         check_acknowledgements(&self.spec, &set)?;
-        let secret_ref = match (
+        let (url, secret_version) = match (
             &self.spec.database.connection_secret_ref,
             &self.spec.database.environment_ref,
         ) {
-            (Some(secret_ref), _) => secret_ref,
+            (Some(secret_ref), _) => {
+                connection(
+                    ctx,
+                    &namespace,
+                    secret_ref,
+                    "spec.database.connectionSecretRef",
+                )
+                .await?
+            }
             (None, Some(env_ref)) => {
-                let has_project = snapshot
-                    .environment(&env_ref.name)
-                    .is_some_and(|env| env.spec.supabase.is_some());
-                return Err(if has_project {
-                    invalid(
-                        "SupabaseConnectionUnavailable",
-                        format!(
-                            "spec.database.environmentRef: the database of Environment {:?}'s \
-                             Supabase project needs the platform layer, which this controller \
-                             does not have yet; set spec.database.connectionSecretRef instead",
-                            env_ref.name
-                        ),
-                    )
-                } else {
-                    invalid(
-                        "NoDatabase",
-                        format!(
-                            "spec.database.environmentRef: Environment {:?} declares no \
-                             Supabase project",
-                            env_ref.name
-                        ),
-                    )
-                });
+                let Some(env) = snapshot.environment(&env_ref.name) else {
+                    // `missing` above already stalls on an absent Environment.
+                    return Err(ReconcileError::Unidentified);
+                };
+                match supabase_connection(ctx, &namespace, &env_ref.name, env).await? {
+                    Some(connection) => connection,
+                    None => return Ok(waiting_for_database(&env_ref.name, ctx)),
+                }
             }
             (None, None) => {
                 return Err(invalid(
@@ -348,7 +417,6 @@ impl Reconciled for Migration {
                 ));
             }
         };
-        let (url, secret_version) = connection(ctx, &namespace, secret_ref).await?;
         let key = format!("{namespace}/{}", self.name_any());
         let generation = self.metadata.generation;
         let fingerprint = inputs(generation, &set, secret_version.as_deref());
@@ -399,6 +467,21 @@ impl Reconciled for Migration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_supabase_database_url_carries_the_project_ref_and_the_encoded_password() {
+        let url = supabase_database_url(
+            crate::controller::DEFAULT_SUPABASE_DATABASE_URL,
+            "abcdefghijklmnop",
+            "p@ss word/1",
+        )
+        .unwrap();
+        assert_eq!(
+            url,
+            "postgres://postgres:p%40ss%20word%2F1@db.abcdefghijklmnop.supabase.co:5432/postgres?sslmode=require"
+        );
+        assert_eq!(supabase_database_url("https://x/{ref}", "r", "p"), None);
+    }
     use std::collections::BTreeMap;
 
     fn spec(source: serde_json::Value) -> MigrationSpec {

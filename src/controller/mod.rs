@@ -73,7 +73,14 @@ pub struct ControllerConfig {
     /// How soon an Environment whose platform objects are still coming up (a Supabase
     /// project, a Render database, a deploy) is looked at again.
     pub pending_interval: Duration,
+    /// Template of a Supabase project's database URL for Migrations that name an
+    /// Environment (`{ref}` = the project ref; the password comes from the Environment).
+    pub supabase_database_url: String,
 }
+
+/// Where a Supabase project's database listens (direct connection, TLS required).
+pub const DEFAULT_SUPABASE_DATABASE_URL: &str =
+    "postgres://postgres@db.{ref}.supabase.co:5432/postgres?sslmode=require";
 
 impl Default for ControllerConfig {
     fn default() -> Self {
@@ -85,6 +92,7 @@ impl Default for ControllerConfig {
             concurrency: 4,
             platforms: PlatformsConfig::default(),
             pending_interval: Duration::from_secs(15),
+            supabase_database_url: DEFAULT_SUPABASE_DATABASE_URL.to_string(),
         }
     }
 }
@@ -144,6 +152,7 @@ pub(crate) async fn run_registered(
         backoff,
         platforms,
         config.pending_interval,
+        config.supabase_database_url.clone(),
     ));
     let watch = match &config.selector {
         Some(selector) => watcher::Config::default().labels(selector),

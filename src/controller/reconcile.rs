@@ -61,6 +61,8 @@ pub struct Context {
     pub platforms: Arc<Platforms>,
     /// Requeue delay while platform objects are still coming up.
     pub pending_interval: Duration,
+    /// Template of a Supabase project's database URL (`{ref}` = the project ref).
+    pub supabase_database_url: String,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -72,6 +74,7 @@ impl Context {
         backoff: Backoff,
         platforms: Arc<Platforms>,
         pending_interval: Duration,
+        supabase_database_url: String,
     ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -87,6 +90,7 @@ impl Context {
             migration_runs: MigrationRuns::default(),
             platforms,
             pending_interval,
+            supabase_database_url,
             failures: Mutex::default(),
         }
     }

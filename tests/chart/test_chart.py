@@ -178,6 +178,7 @@ def test_controller_args_map_one_to_one_onto_the_values() -> None:
         "--concurrency=8",
         "--pending-interval=10s",
         "--observe-max-age=1m",
+        "--supabase-database-url=postgres://postgres@{ref}.pooler.internal:6543/postgres",
         "--fly-url=https://fly.proxy.internal",
         "--render-url=https://render.proxy.internal/v1",
         "--supabase-url=https://supabase.proxy.internal",
