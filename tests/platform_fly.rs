@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use contract::harness::{self, eventually};
 use tether::platform::{
-    DeploySource, DeploymentState, Deployments, FlyAppSpec, FlyApps, FlyClient, FlyMachineSpec,
-    Platform, PlatformError, Token,
+    Autostop, DeploySource, DeploymentState, Deployments, FlyAppSpec, FlyApps, FlyClient,
+    FlyMachineConfig, FlyMachineSpec, FlyVolumeSpec, MachineCheck, MachineGuest, MachineMount,
+    MachinePort, MachineService, Platform, PlatformError, Token,
 };
 use tether::sandbox::Faults;
 
@@ -31,8 +32,12 @@ fn machine(name: &str, image: &str) -> FlyMachineSpec {
     FlyMachineSpec {
         name: name.into(),
         region: Some("ams".into()),
-        image: image.into(),
-        env: BTreeMap::from([("PORT".to_owned(), "8080".to_owned())]),
+        config: FlyMachineConfig {
+            image: image.into(),
+            env: BTreeMap::from([("PORT".to_owned(), "8080".to_owned())]),
+            ..FlyMachineConfig::default()
+        },
+        min_secrets_version: None,
     }
 }
 
@@ -56,11 +61,9 @@ async fn apps_machines_secrets_and_certificates_go_through_their_lifecycles() {
     for i in 0..4 {
         client.ensure_app(&app(&format!("a{i}"))).await.unwrap();
     }
-    assert_eq!(
-        client.list_apps("acme").await.unwrap().len(),
-        5,
-        "three pages of two"
-    );
+    let apps = client.list_apps("acme").await.unwrap();
+    assert_eq!(apps.len(), 5, "three pages of two");
+    assert!(apps.iter().all(|a| a.org.as_deref() == Some("acme")));
 
     for i in 0..5 {
         let m = client
@@ -90,7 +93,10 @@ async fn apps_machines_secrets_and_certificates_go_through_their_lifecycles() {
     .await;
 
     let mut changed = machine(&first.name, "acme/web:1");
-    changed.env.insert("LOG_LEVEL".into(), "debug".into());
+    changed
+        .config
+        .env
+        .insert("LOG_LEVEL".into(), "debug".into());
     let updated = client
         .update_machine("web", &first.id, &changed)
         .await
@@ -100,7 +106,7 @@ async fn apps_machines_secrets_and_certificates_go_through_their_lifecycles() {
         "an update makes a new version"
     );
     assert_eq!(
-        updated.env.get("LOG_LEVEL").map(String::as_str),
+        updated.config.env.get("LOG_LEVEL").map(String::as_str),
         Some("debug")
     );
 
@@ -244,7 +250,7 @@ async fn an_update_racing_another_writer_is_a_conflict_not_a_lost_write() {
     let edit = reqwest::Client::new()
         .post(format!("{admin}/edit"))
         .bearer_auth(token.expose())
-        .json(&serde_json::json!({"object": "machine", "name": "m", "field": "instance_id", "value": "01HOTHER"}))
+        .json(&serde_json::json!({"object": "machine", "name": "m", "field": "config.env.PORT", "value": "9090"}))
         .send()
         .await
         .unwrap();
@@ -257,17 +263,13 @@ async fn an_update_racing_another_writer_is_a_conflict_not_a_lost_write() {
     let err = env.http(Platform::Fly).send(&stale).await.unwrap_err();
     assert!(matches!(err, PlatformError::Conflict { .. }), "{err}");
     let now = client.get_machine("race", &m.id).await.unwrap();
-    assert_eq!(
-        now.image.as_deref(),
-        Some("acme/r:1"),
-        "nothing was applied"
-    );
+    assert_eq!(now.config.image, "acme/r:1", "nothing was applied");
     // The adapter reads the current version first, so its update goes through.
     let updated = client
         .update_machine("race", &m.id, &machine("m", "acme/r:2"))
         .await
         .unwrap();
-    assert_eq!(updated.image.as_deref(), Some("acme/r:2"));
+    assert_eq!(updated.config.image, "acme/r:2");
     env.check_contract(Platform::Fly);
 }
 
@@ -398,7 +400,7 @@ async fn malformed_or_unexpected_responses_give_a_clear_error_not_a_panic() {
     let client = FlyClient::new(env.http_at(Platform::Fly, &url, Token::new("t")));
     let err = client.get_machine("x", "m").await.unwrap_err();
     assert!(
-        err.to_string().contains("machine without `instance_id`"),
+        err.to_string().contains("machine without `version`"),
         "{err}"
     );
     let err = client.list_machines("x").await.unwrap_err();
@@ -412,4 +414,337 @@ async fn malformed_or_unexpected_responses_give_a_clear_error_not_a_panic() {
         ),
         "{err}"
     );
+}
+
+/// A dashboard edit through the sandbox's admin API.
+async fn edit(env: &harness::Env, object: &str, name: &str, field: &str, value: serde_json::Value) {
+    let admin = env.sandbox.admin_url(Platform::Fly).unwrap();
+    let token = env.sandbox.token(Platform::Fly).unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{admin}/edit"))
+        .bearer_auth(token.expose())
+        .json(&serde_json::json!({"object": object, "name": name, "field": field, "value": value}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204, "edit {object} {name} {field}");
+}
+
+fn full_config(image: &str) -> FlyMachineConfig {
+    FlyMachineConfig {
+        image: image.into(),
+        env: BTreeMap::from([("PORT".to_owned(), "8080".to_owned())]),
+        guest: MachineGuest {
+            cpu_kind: "performance".into(),
+            cpus: 2,
+            memory_mb: 4096,
+        },
+        services: vec![MachineService {
+            protocol: "tcp".into(),
+            internal_port: 8080,
+            ports: vec![
+                MachinePort {
+                    port: 80,
+                    handlers: vec!["http".into()],
+                    force_https: true,
+                },
+                MachinePort {
+                    port: 443,
+                    handlers: vec!["tls".into(), "http".into()],
+                    force_https: false,
+                },
+            ],
+            autostop: Autostop::Stop,
+            autostart: false,
+            min_machines_running: 1,
+        }],
+        checks: BTreeMap::from([(
+            "alive".to_owned(),
+            MachineCheck {
+                kind: "http".into(),
+                port: 8080,
+                path: Some("/healthz".into()),
+                interval: Some("10s".into()),
+                timeout: Some("3s".into()),
+            },
+        )]),
+        mounts: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_machine_keeps_its_full_config_and_an_update_keeps_what_tether_does_not_manage() {
+    let env = harness::start(Platform::Fly, SCALE).await;
+    let client = FlyClient::new(env.http(Platform::Fly));
+    client.ensure_app(&app("full")).await.unwrap();
+    let spec = FlyMachineSpec {
+        config: full_config("acme/full:1"),
+        ..machine("full-ams-0", "unused")
+    };
+    let created = client.ensure_machine("full", &spec).await.unwrap().object;
+    assert_eq!(
+        created.config, spec.config,
+        "the create answers the config given"
+    );
+    let listed = client.list_machines("full").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0].config, spec.config,
+        "the list reads it back whole"
+    );
+    let healthy = eventually("checks to pass", Duration::from_secs(10), || async {
+        let m = client.get_machine("full", &created.id).await.unwrap();
+        m.is_healthy().then_some(m)
+    })
+    .await;
+    assert_eq!(
+        healthy.checks.get("alive").map(String::as_str),
+        Some("passing")
+    );
+
+    // Someone outside Tether adds metadata; Tether's next update changes the guest only
+    // and sends the metadata back as it was.
+    edit(
+        &env,
+        "machine",
+        "full-ams-0",
+        "config.metadata.owner",
+        serde_json::json!("ops"),
+    )
+    .await;
+    let before = client.get_machine("full", &created.id).await.unwrap();
+    assert_ne!(
+        before.version, healthy.version,
+        "the edit made a new version"
+    );
+    let mut bigger = spec.clone();
+    bigger.config.guest.memory_mb = 8192;
+    let updated = client
+        .update_machine("full", &created.id, &bigger)
+        .await
+        .unwrap();
+    assert_eq!(updated.config, bigger.config);
+    let exchanges = env.sandbox.exchanges();
+    let sent = exchanges
+        .iter()
+        .rfind(|e| e.method == "POST" && e.path == format!("/v1/apps/full/machines/{}", created.id))
+        .and_then(|e| e.request_body.clone())
+        .unwrap();
+    assert_eq!(sent["config"]["metadata"]["owner"], "ops", "{sent}");
+    assert_eq!(sent["config"]["guest"]["memory_mb"], 8192);
+    assert_eq!(sent["config"]["services"][0]["autostop"], "stop");
+    assert_eq!(sent["current_version"], before.version.as_str());
+
+    // A deploy changes the image and keeps the rest of the config.
+    client
+        .deploy("full", &DeploySource::Image("acme/full:2".into()))
+        .await
+        .unwrap();
+    let deployed = client.get_machine("full", &created.id).await.unwrap();
+    assert_eq!(deployed.config.image, "acme/full:2");
+    assert_eq!(deployed.config.guest, bigger.config.guest);
+    assert_eq!(deployed.config.services, bigger.config.services);
+    env.check_contract(Platform::Fly);
+}
+
+#[tokio::test]
+async fn volumes_are_created_in_a_region_mounted_extended_and_destroyed_once_detached() {
+    let env = harness::start(Platform::Fly, SCALE).await;
+    let client = FlyClient::new(env.http(Platform::Fly)).with_page_limit(1);
+    client.ensure_app(&app("db")).await.unwrap();
+    let ams = client
+        .create_volume(
+            "db",
+            &FlyVolumeSpec {
+                name: "data".into(),
+                region: "ams".into(),
+                size_gb: 1,
+            },
+        )
+        .await
+        .unwrap();
+    let iad = client
+        .create_volume(
+            "db",
+            &FlyVolumeSpec {
+                name: "data".into(),
+                region: "iad".into(),
+                size_gb: 1,
+            },
+        )
+        .await
+        .unwrap();
+    assert_ne!(ams.id, iad.id, "volume names repeat; ids do not");
+    assert_eq!(
+        client.list_volumes("db").await.unwrap().len(),
+        2,
+        "followed fly-next-cursor"
+    );
+
+    let mut spec = machine("db-ams-0", "acme/db:1");
+    spec.config.mounts = vec![MachineMount {
+        volume: iad.id.clone(),
+        path: "/data".into(),
+    }];
+    let err = client.ensure_machine("db", &spec).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PlatformError::Invalid {
+                status: Some(400),
+                ..
+            }
+        ),
+        "a volume mounts only in its region: {err}"
+    );
+    spec.config.mounts[0].volume = ams.id.clone();
+    let m = client.ensure_machine("db", &spec).await.unwrap().object;
+    assert_eq!(m.config.mounts, spec.config.mounts);
+    let volumes = client.list_volumes("db").await.unwrap();
+    let attached = volumes.iter().find(|v| v.id == ams.id).unwrap();
+    assert_eq!(attached.attached_machine_id.as_deref(), Some(m.id.as_str()));
+    assert_eq!((attached.region.as_str(), attached.size_gb), ("ams", 1));
+
+    let (grown, needs_restart) = client.extend_volume("db", &ams.id, 3).await.unwrap();
+    assert_eq!(grown.size_gb, 3);
+    assert!(
+        needs_restart,
+        "the attached machine sees the new size after a restart"
+    );
+    let err = client.extend_volume("db", &ams.id, 2).await.unwrap_err();
+    assert!(
+        matches!(err, PlatformError::Invalid { .. }),
+        "no shrinking: {err}"
+    );
+
+    let err = client.delete_volume("db", &ams.id).await.unwrap_err();
+    assert!(
+        matches!(err, PlatformError::Invalid { .. }),
+        "attached: {err}"
+    );
+    assert!(client.delete_machine("db", &m.id).await.unwrap());
+    assert!(client.delete_volume("db", &ams.id).await.unwrap());
+    assert!(!client.delete_volume("db", &ams.id).await.unwrap());
+    assert_eq!(client.list_volumes("db").await.unwrap().len(), 1);
+    env.check_contract(Platform::Fly);
+}
+
+#[tokio::test]
+async fn a_machine_update_names_the_secrets_version_it_needs() {
+    let env = harness::start(Platform::Fly, SCALE).await;
+    let client = FlyClient::new(env.http(Platform::Fly));
+    client.ensure_app(&app("sec")).await.unwrap();
+    let m = client
+        .ensure_machine("sec", &machine("m", "acme/s:1"))
+        .await
+        .unwrap()
+        .object;
+    let version = client
+        .set_secrets(
+            "sec",
+            &BTreeMap::from([("API_KEY".to_owned(), "k1".to_owned())]),
+        )
+        .await
+        .unwrap();
+    let mut spec = machine("m", "acme/s:1");
+    spec.min_secrets_version = Some(version + 1);
+    let err = client
+        .update_machine("sec", &m.id, &spec)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PlatformError::Invalid {
+                status: Some(400),
+                ..
+            }
+        ),
+        "secrets newer than the app holds cannot be waited for: {err}"
+    );
+    spec.min_secrets_version = Some(version);
+    client.update_machine("sec", &m.id, &spec).await.unwrap();
+    let sent = env
+        .sandbox
+        .exchanges()
+        .into_iter()
+        .rfind(|e| e.method == "POST" && e.path == format!("/v1/apps/sec/machines/{}", m.id))
+        .and_then(|e| e.request_body)
+        .unwrap();
+    assert_eq!(sent["min_secrets_version"], version);
+    env.check_contract(Platform::Fly);
+}
+
+#[tokio::test]
+async fn dashboard_edits_change_machine_config_app_secrets_and_volumes() {
+    let env = harness::start(Platform::Fly, SCALE).await;
+    let client = FlyClient::new(env.http(Platform::Fly));
+    client.ensure_app(&app("ed")).await.unwrap();
+    let m = client
+        .ensure_machine("ed", &machine("ed-ams-0", "acme/e:1"))
+        .await
+        .unwrap()
+        .object;
+    edit(
+        &env,
+        "machine",
+        "ed-ams-0",
+        "config.guest.memory_mb",
+        serde_json::json!(512),
+    )
+    .await;
+    edit(
+        &env,
+        "machine",
+        "ed-ams-0",
+        "config.env.PORT",
+        serde_json::json!("9090"),
+    )
+    .await;
+    let edited = client.list_machines("ed").await.unwrap().remove(0);
+    assert_eq!(edited.config.guest.memory_mb, 512);
+    assert_eq!(edited.config.env["PORT"], "9090");
+    assert_ne!(
+        edited.version, m.version,
+        "a dashboard change makes a new version"
+    );
+
+    client
+        .set_secrets("ed", &BTreeMap::from([("A".to_owned(), "1".to_owned())]))
+        .await
+        .unwrap();
+    edit(&env, "app", "ed", "secrets.B", serde_json::json!("2")).await;
+    edit(&env, "app", "ed", "secrets.A", serde_json::Value::Null).await;
+    let names: Vec<String> = client
+        .list_secrets("ed")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(names, ["B"]);
+    let next = client
+        .set_secrets("ed", &BTreeMap::from([("C".to_owned(), "3".to_owned())]))
+        .await
+        .unwrap();
+    assert_eq!(next, 4, "edits moved the secrets version on");
+
+    let v = client
+        .create_volume(
+            "ed",
+            &FlyVolumeSpec {
+                name: "data".into(),
+                region: "ams".into(),
+                size_gb: 1,
+            },
+        )
+        .await
+        .unwrap();
+    edit(&env, "volume", "ed/data", "size_gb", serde_json::json!(5)).await;
+    let volumes = client.list_volumes("ed").await.unwrap();
+    assert_eq!(
+        (volumes[0].id.as_str(), volumes[0].size_gb),
+        (v.id.as_str(), 5)
+    );
+    env.check_contract(Platform::Fly);
 }

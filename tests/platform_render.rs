@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use contract::harness::{self, eventually};
 use tether::platform::{
-    DeploySource, DeploymentState, Deployments, Platform, PlatformError, RenderClient,
-    RenderServiceKind, RenderServicePatch, RenderServiceSpec, RenderServices, Token,
+    DatastoreStatus, DeploySource, DeploymentState, Deployments, EnvVar, Platform, PlatformError,
+    RenderCidr, RenderClient, RenderDatastores, RenderKeyValuePatch, RenderKeyValueSpec,
+    RenderPostgresPatch, RenderPostgresSpec, RenderServiceKind, RenderServicePatch,
+    RenderServiceSpec, RenderServices, Token,
 };
 use tether::sandbox::Faults;
 
@@ -24,10 +26,9 @@ fn spec(name: &str, image: &str) -> RenderServiceSpec {
         owner_id: "tea-test".into(),
         kind: RenderServiceKind::WebService,
         image: Some(image.into()),
-        repo: None,
-        branch: None,
         region: Some("frankfurt".into()),
         plan: Some("starter".into()),
+        ..Default::default()
     }
 }
 
@@ -68,7 +69,7 @@ async fn services_env_vars_and_domains_go_through_create_read_update_list_delete
 
     let updated = client
         .update_service(
-            &web.object.id,
+            &web.object,
             &RenderServicePatch {
                 plan: Some("standard".into()),
                 image: Some("acme/web:2".into()),
@@ -541,5 +542,505 @@ async fn sandbox_credentials_round_trip_through_kubernetes_secrets() {
             .unwrap()
             .is_empty()
     );
+    env.check_contract(Platform::Render);
+}
+
+fn cidr(block: &str) -> RenderCidr {
+    RenderCidr {
+        cidr_block: block.into(),
+        description: "office".into(),
+    }
+}
+
+async fn edit(env: &harness::Env, body: serde_json::Value) -> u16 {
+    let admin = env.sandbox.admin_url(Platform::Render).unwrap();
+    let token = env.sandbox.token(Platform::Render).unwrap();
+    reqwest::Client::new()
+        .post(format!("{admin}/edit"))
+        .bearer_auth(token.expose())
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn every_service_kind_is_created_with_its_settings_and_they_read_back_from_the_list() {
+    let env = harness::start(Platform::Render, SCALE).await;
+    let client = RenderClient::new(env.http(Platform::Render)).with_page_limit(2);
+    let repo = Some("https://github.com/acme/app".to_string());
+    let specs = [
+        RenderServiceSpec {
+            name: "api".into(),
+            owner_id: "tea-test".into(),
+            kind: RenderServiceKind::WebService,
+            repo: repo.clone(),
+            branch: Some("main".into()),
+            runtime: Some("node".into()),
+            build_command: Some("npm ci".into()),
+            start_command: Some("npm start".into()),
+            health_check_path: Some("/healthz".into()),
+            instances: Some(2),
+            region: Some("ohio".into()),
+            plan: Some("standard".into()),
+            env_vars: vec![EnvVar {
+                key: "API_KEY".into(),
+                value: Some("s3cret".into()),
+                secret: true,
+            }],
+            ..Default::default()
+        },
+        RenderServiceSpec {
+            name: "nightly".into(),
+            owner_id: "tea-test".into(),
+            kind: RenderServiceKind::CronJob,
+            image: Some("acme/job:1".into()),
+            schedule: Some("0 3 * * *".into()),
+            start_command: Some("./job".into()),
+            ..Default::default()
+        },
+        RenderServiceSpec {
+            name: "docs".into(),
+            owner_id: "tea-test".into(),
+            kind: RenderServiceKind::StaticSite,
+            repo: repo.clone(),
+            build_command: Some("make site".into()),
+            publish_path: Some("site".into()),
+            ..Default::default()
+        },
+        RenderServiceSpec {
+            name: "queue".into(),
+            owner_id: "tea-test".into(),
+            kind: RenderServiceKind::BackgroundWorker,
+            image: Some("acme/worker:1".into()),
+            ..Default::default()
+        },
+        RenderServiceSpec {
+            name: "internal".into(),
+            owner_id: "tea-test".into(),
+            kind: RenderServiceKind::PrivateService,
+            image: Some("acme/internal:1".into()),
+            ..Default::default()
+        },
+    ];
+    for spec in &specs {
+        assert!(client.ensure_service(spec).await.unwrap().created);
+    }
+    let listed = client.list_services("tea-test", None).await.unwrap();
+    assert_eq!(listed.len(), 5, "three pages of two are followed");
+    let by_name = |name: &str| listed.iter().find(|s| s.name == name).unwrap().clone();
+
+    let api = by_name("api");
+    assert_eq!(api.kind, Some(RenderServiceKind::WebService));
+    assert_eq!(api.runtime.as_deref(), Some("node"));
+    assert_eq!(api.build_command.as_deref(), Some("npm ci"));
+    assert_eq!(api.start_command.as_deref(), Some("npm start"));
+    assert_eq!(api.health_check_path.as_deref(), Some("/healthz"));
+    assert_eq!(api.num_instances, Some(2));
+    assert_eq!(api.region.as_deref(), Some("ohio"));
+    assert_eq!(api.plan.as_deref(), Some("standard"));
+    assert_eq!(api.branch.as_deref(), Some("main"));
+    assert!(!api.auto_deploy, "Tether owns deploys");
+    let vars = client.list_env_vars(&api.id).await.unwrap();
+    assert_eq!(vars.len(), 1, "env vars go with the create");
+
+    let cron = by_name("nightly");
+    assert_eq!(cron.kind, Some(RenderServiceKind::CronJob));
+    assert_eq!(cron.schedule.as_deref(), Some("0 3 * * *"));
+    assert_eq!(cron.start_command.as_deref(), Some("./job"));
+    assert_eq!(cron.runtime.as_deref(), Some("image"));
+    assert_eq!(cron.num_instances, None);
+
+    let docs = by_name("docs");
+    assert_eq!(docs.kind, Some(RenderServiceKind::StaticSite));
+    assert_eq!(docs.publish_path.as_deref(), Some("site"));
+    assert_eq!(docs.build_command.as_deref(), Some("make site"));
+    assert!(docs.url.is_some());
+
+    let worker = by_name("queue");
+    assert_eq!(worker.kind, Some(RenderServiceKind::BackgroundWorker));
+    assert_eq!(worker.num_instances, Some(1), "Render's default");
+    assert_eq!(worker.start_command, None, "empty reads as unset");
+    assert_eq!(
+        by_name("internal").kind,
+        Some(RenderServiceKind::PrivateService)
+    );
+
+    // Each kind takes its own patch fields; the response is the new state.
+    let api = client
+        .update_service(
+            &api,
+            &RenderServicePatch {
+                start_command: Some("npm run serve".into()),
+                health_check_path: Some("/ready".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(api.start_command.as_deref(), Some("npm run serve"));
+    assert_eq!(
+        api.build_command.as_deref(),
+        Some("npm ci"),
+        "an untouched command stays"
+    );
+    assert_eq!(api.health_check_path.as_deref(), Some("/ready"));
+    let cron = client
+        .update_service(
+            &cron,
+            &RenderServicePatch {
+                schedule: Some("*/5 * * * *".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(cron.schedule.as_deref(), Some("*/5 * * * *"));
+    let docs = client
+        .update_service(
+            &docs,
+            &RenderServicePatch {
+                publish_path: Some("out".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(docs.publish_path.as_deref(), Some("out"));
+    let worker = client
+        .update_service(
+            &worker,
+            &RenderServicePatch {
+                runtime: Some("python".into()),
+                image: None,
+                start_command: Some("python worker.py".into()),
+                build_command: Some("pip install .".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(worker.runtime.as_deref(), Some("python"));
+    assert_eq!(worker.start_command.as_deref(), Some("python worker.py"));
+    assert_eq!(worker.build_command.as_deref(), Some("pip install ."));
+
+    // Instances change through /scale (202), and a cron job cannot be scaled.
+    client.scale_service(&api.id, 4).await.unwrap();
+    assert_eq!(
+        client.get_service(&api.id).await.unwrap().num_instances,
+        Some(4)
+    );
+    let err = client.scale_service(&cron.id, 2).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PlatformError::Invalid {
+                status: Some(400),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("scale_service"), "{err}");
+
+    // Fields a kind does not have are refused before anything is sent.
+    let sent = env.sandbox.exchanges().len();
+    let err = client
+        .update_service(
+            &cron,
+            &RenderServicePatch {
+                health_check_path: Some("/x".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("healthCheckPath cannot be set on a cron_job"),
+        "{err}"
+    );
+    assert_eq!(env.sandbox.exchanges().len(), sent);
+
+    let create = env
+        .sandbox
+        .exchanges()
+        .into_iter()
+        .find(|e| e.method == "POST" && e.path == "/services")
+        .unwrap();
+    assert_eq!(create.request_body.unwrap()["autoDeploy"], "no");
+    env.check_contract(Platform::Render);
+}
+
+#[tokio::test]
+async fn key_value_stores_are_created_become_available_and_are_updated_and_deleted() {
+    let env = harness::start(Platform::Render, SCALE).await;
+    let client = RenderClient::new(env.http(Platform::Render)).with_page_limit(2);
+    let spec = RenderKeyValueSpec {
+        name: "cache".into(),
+        owner_id: "tea-test".into(),
+        plan: "starter".into(),
+        region: Some("frankfurt".into()),
+        maxmemory_policy: Some("noeviction".into()),
+        ip_allow_list: vec![cidr("203.0.113.0/24")],
+    };
+    let created = client.ensure_key_value(&spec).await.unwrap();
+    assert!(created.created);
+    assert_eq!(created.object.status, DatastoreStatus::Creating);
+    assert_eq!(created.object.region, "frankfurt");
+    assert_eq!(
+        created.object.maxmemory_policy.as_deref(),
+        Some("noeviction")
+    );
+    assert_eq!(created.object.ip_allow_list, vec![cidr("203.0.113.0/24")]);
+    let again = client.ensure_key_value(&spec).await.unwrap();
+    assert!(!again.created, "found by name, not duplicated");
+    assert_eq!(again.object.id, created.object.id);
+
+    for i in 0..4 {
+        client
+            .ensure_key_value(&RenderKeyValueSpec {
+                name: format!("other-{i}"),
+                owner_id: "tea-test".into(),
+                plan: "free".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let listed = client.list_key_values("tea-test", None).await.unwrap();
+    assert_eq!(listed.len(), 5, "pages are followed");
+    assert!(listed.iter().all(|k| k.dashboard_url.is_some()));
+    let other = listed.iter().find(|k| k.name == "other-0").unwrap();
+    assert_eq!(other.region, "oregon", "Render's default region");
+    assert_eq!(other.maxmemory_policy.as_deref(), Some("allkeys_lru"));
+    assert!(
+        client
+            .list_key_values("tea-else", None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        client
+            .list_key_values("tea-test", Some("cache"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let id = created.object.id.clone();
+    let available = eventually("key value available", Duration::from_secs(5), || async {
+        let k = client.get_key_value(&id).await.unwrap();
+        (k.status == DatastoreStatus::Available).then_some(k)
+    })
+    .await;
+    assert_eq!(available.plan, "starter");
+
+    let updated = client
+        .update_key_value(
+            &id,
+            &RenderKeyValuePatch {
+                plan: Some("standard".into()),
+                maxmemory_policy: Some("volatile_lru".into()),
+                ip_allow_list: Some(vec![]),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.plan, "standard");
+    assert_eq!(updated.maxmemory_policy.as_deref(), Some("volatile_lru"));
+    assert!(updated.ip_allow_list.is_empty());
+    assert_eq!(updated.region, "frankfurt", "region never changes");
+
+    assert!(client.delete_key_value(&id).await.unwrap());
+    assert!(!client.delete_key_value(&id).await.unwrap());
+    assert!(matches!(
+        client.get_key_value(&id).await.unwrap_err(),
+        PlatformError::NotFound { .. }
+    ));
+    env.check_contract(Platform::Render);
+}
+
+#[tokio::test]
+async fn postgres_databases_are_created_become_available_and_are_updated_and_deleted() {
+    let env = harness::start(Platform::Render, SCALE).await;
+    let client = RenderClient::new(env.http(Platform::Render));
+    let spec = RenderPostgresSpec {
+        name: "main-db".into(),
+        owner_id: "tea-test".into(),
+        plan: "basic_1gb".into(),
+        region: Some("virginia".into()),
+        version: "17".into(),
+        disk_size_gb: Some(10),
+        database_name: Some("app".into()),
+        database_user: Some("app_user".into()),
+        high_availability: false,
+        ip_allow_list: vec![cidr("198.51.100.7/32")],
+    };
+    let created = client.ensure_postgres(&spec).await.unwrap();
+    assert!(created.created);
+    let db = created.object;
+    assert_eq!(db.status, DatastoreStatus::Creating);
+    assert_eq!(
+        (db.version.as_str(), db.region.as_str()),
+        ("17", "virginia")
+    );
+    assert_eq!(
+        (db.database_name.as_str(), db.database_user.as_str()),
+        ("app", "app_user")
+    );
+    assert_eq!(db.disk_size_gb, Some(10));
+    assert!(!client.ensure_postgres(&spec).await.unwrap().created);
+
+    let unnamed = client
+        .ensure_postgres(&RenderPostgresSpec {
+            name: "scratch".into(),
+            owner_id: "tea-test".into(),
+            plan: "free".into(),
+            version: "16".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .object;
+    assert!(!unnamed.database_name.is_empty() && !unnamed.database_user.is_empty());
+    assert_eq!(unnamed.region, "oregon");
+
+    let available = eventually("postgres available", Duration::from_secs(5), || async {
+        let list = client.list_postgres("tea-test", None).await.unwrap();
+        list.into_iter()
+            .find(|p| p.name == "main-db" && p.status == DatastoreStatus::Available)
+    })
+    .await;
+    assert_eq!(available.ip_allow_list, vec![cidr("198.51.100.7/32")]);
+
+    let updated = client
+        .update_postgres(
+            &db.id,
+            &RenderPostgresPatch {
+                plan: Some("pro_4gb".into()),
+                disk_size_gb: Some(50),
+                high_availability: Some(true),
+                ip_allow_list: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.plan, "pro_4gb");
+    assert_eq!(updated.disk_size_gb, Some(50));
+    assert!(updated.high_availability);
+    assert_eq!(
+        updated.ip_allow_list,
+        vec![cidr("198.51.100.7/32")],
+        "an absent field is left alone"
+    );
+    let patch = env
+        .sandbox
+        .exchanges()
+        .into_iter()
+        .find(|e| e.method == "PATCH")
+        .unwrap();
+    assert_eq!(
+        patch.request_body.unwrap()["enableHighAvailability"],
+        true,
+        "the write side's name"
+    );
+    let shrink = client
+        .update_postgres(
+            &db.id,
+            &RenderPostgresPatch {
+                disk_size_gb: Some(5),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            shrink,
+            PlatformError::Invalid {
+                status: Some(400),
+                ..
+            }
+        ),
+        "{shrink}"
+    );
+
+    assert!(client.delete_postgres(&db.id).await.unwrap());
+    assert!(!client.delete_postgres(&db.id).await.unwrap());
+    assert_eq!(
+        client.list_postgres("tea-test", None).await.unwrap().len(),
+        1
+    );
+    env.check_contract(Platform::Render);
+}
+
+#[tokio::test]
+async fn dashboard_edits_reach_services_domains_key_values_and_postgres() {
+    let env = harness::start(Platform::Render, SCALE).await;
+    let client = RenderClient::new(env.http(Platform::Render));
+    let web = client
+        .ensure_service(&spec("edited", "acme/e:1"))
+        .await
+        .unwrap()
+        .object;
+    let kv = client
+        .ensure_key_value(&RenderKeyValueSpec {
+            name: "edited-cache".into(),
+            owner_id: "tea-test".into(),
+            plan: "starter".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .object;
+    let db = client
+        .ensure_postgres(&RenderPostgresSpec {
+            name: "edited-db".into(),
+            owner_id: "tea-test".into(),
+            plan: "basic_256mb".into(),
+            version: "16".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .object;
+
+    let edits = [
+        serde_json::json!({"object": "service", "name": "edited", "field": "serviceDetails.numInstances", "value": 3}),
+        serde_json::json!({"object": "service", "name": "edited", "field": "serviceDetails.envSpecificDetails.dockerCommand", "value": "./other"}),
+        serde_json::json!({"object": "customDomain", "name": "edited", "field": "rogue.example.com", "value": true}),
+        serde_json::json!({"object": "keyValue", "name": "edited-cache", "field": "options.maxmemoryPolicy", "value": "noeviction"}),
+        serde_json::json!({"object": "keyValue", "name": "edited-cache", "field": "ipAllowList", "value": [{"cidrBlock": "0.0.0.0/0", "description": "everyone"}]}),
+        serde_json::json!({"object": "postgres", "name": "edited-db", "field": "highAvailabilityEnabled", "value": true}),
+        serde_json::json!({"object": "postgres", "name": "edited-db", "field": "plan", "value": "pro_8gb"}),
+    ];
+    for body in edits {
+        assert_eq!(edit(&env, body.clone()).await, 204, "{body}");
+    }
+    let web = client.get_service(&web.id).await.unwrap();
+    assert_eq!(web.num_instances, Some(3));
+    assert_eq!(web.start_command.as_deref(), Some("./other"));
+    let domains = client.list_domains(&web.id).await.unwrap();
+    assert_eq!(domains.len(), 1);
+    assert_eq!(domains[0].name, "rogue.example.com");
+    let kv = client.get_key_value(&kv.id).await.unwrap();
+    assert_eq!(kv.maxmemory_policy.as_deref(), Some("noeviction"));
+    assert_eq!(kv.ip_allow_list[0].cidr_block, "0.0.0.0/0");
+    let db = client.get_postgres(&db.id).await.unwrap();
+    assert!(db.high_availability);
+    assert_eq!(db.plan, "pro_8gb");
+
+    // A domain removed in the dashboard; unknown objects are 404.
+    let removed = serde_json::json!({"object": "customDomain", "name": "edited", "field": "rogue.example.com", "value": null});
+    assert_eq!(edit(&env, removed).await, 204);
+    assert!(client.list_domains(&web.id).await.unwrap().is_empty());
+    let unknown =
+        serde_json::json!({"object": "postgres", "name": "nope", "field": "plan", "value": "free"});
+    assert_eq!(edit(&env, unknown).await, 404);
     env.check_contract(Platform::Render);
 }

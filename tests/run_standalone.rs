@@ -521,10 +521,18 @@ fn condition_transitions_and_warning_events_of_tether_objects_are_printed() {
     let ws = standard_workspace();
     let mut run = ws.start();
     run.wait_for("synced");
-    set_ready(&run, "False", "Reconciling", "creating 3 objects");
-    run.wait_for("environment staging/web  Ready=False Reconciling: creating 3 objects");
-    set_ready(&run, "True", "Synced", "all objects ready");
-    run.wait_for("environment staging/web  Ready=True Synced: all objects ready");
+    // The controllers sync the Environment's Render service on the sandbox.
+    run.wait_for("environment staging/web  Ready=True Synced: 1/1 platform object ready");
+    // A token the sandbox rejects: the edited Secret is applied, the Environment stalls.
+    ws.write(
+        "app/secret.yml",
+        &SECRET.replace("sandbox-render-token", "rnd_rejected-token"),
+    );
+    let stalled = run.wait_for("environment staging/web  Ready=False CredentialsRejected: ");
+    assert!(stalled.contains("Secret \"tokens\""), "{stalled}");
+    assert!(!run.output().contains("rnd_rejected-token"));
+    ws.write("app/secret.yml", SECRET);
+    run.wait_for("environment staging/web  Ready=True Synced: 1/1 platform object ready");
 
     let event = ws.scratch_file(
         "event.yaml",
@@ -546,25 +554,6 @@ regarding: { apiVersion: tether.dev/v1alpha1, kind: Environment, name: web, name
     run.wait_for(
         "warning  environment staging/web  DeployFailed: render service web-api deployment dep-1 failed",
     );
-}
-
-/// Sets the Ready condition of `staging/web` through the status subresource, as the
-/// Environment controller would.
-fn set_ready(run: &run_harness::TetherRun, ready: &str, reason: &str, message: &str) {
-    let patch = format!(
-        r#"{{"status":{{"conditions":[{{"type":"Ready","status":"{ready}","reason":"{reason}","message":"{message}","lastTransitionTime":"2026-01-01T00:00:00Z"}}]}}}}"#
-    );
-    run.kubectl_ok(&[
-        "patch",
-        "environment",
-        "web",
-        "-n",
-        "staging",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &patch,
-    ]);
 }
 
 #[test]

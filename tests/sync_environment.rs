@@ -33,6 +33,8 @@ async fn an_environment_without_platform_objects_is_ready_with_nothing_to_manage
     h.stop().await;
 }
 
+/// A Render Environment with one web service. Its env var rides on the create; its custom
+/// domain is one more request after it, the window the crash test kills the controller in.
 fn render_env(name: &str, token_secret: &str, service: &str) -> Value {
     manifest(
         name,
@@ -41,7 +43,8 @@ fn render_env(name: &str, token_secret: &str, service: &str) -> Value {
             "render": {"ownerId": "tea-e2e", "services": [
                 {"name": service, "type": "web", "image": "ghcr.io/acme/api:1",
                  "envVars": [{"name": "DATABASE_URL",
-                              "valueFrom": {"secretKeyRef": {"name": "app", "key": "db"}}}]}]},
+                              "valueFrom": {"secretKeyRef": {"name": "app", "key": "db"}}}],
+                 "customDomains": [format!("{service}.example.com")]}]},
             "interval": "1s",
         }),
     )
@@ -107,7 +110,7 @@ async fn a_crash_between_a_create_and_its_status_write_leaves_exactly_one_platfo
     eventually(WAIT, || async {
         h.requests(Platform::Render)
             .iter()
-            .any(|r| r == "POST /v1/services")
+            .any(|r| r == "POST /services")
             .then_some(())
     })
     .await;
@@ -126,7 +129,7 @@ async fn a_crash_between_a_create_and_its_status_write_leaves_exactly_one_platfo
     let creates = h
         .requests(Platform::Render)
         .iter()
-        .filter(|r| *r == "POST /v1/services")
+        .filter(|r| *r == "POST /services")
         .count();
     assert_eq!(creates, 1, "the restarted controller adopted the service");
     let services = RenderClient::new(render_http(&h))

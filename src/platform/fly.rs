@@ -1,8 +1,13 @@
-//! Fly.io Machines adapter: apps (created with an `idempotency_key`), machines (updated
-//! under a lease with `current_version`), app secrets and ACME certificates, as
-//! `fly/openapi.json` defines them. The base URL is the spec's server,
+//! Fly.io Machines adapter: apps (created with an `idempotency_key`), machines (their full
+//! managed config: image, env, guest, services, checks, mounts; updated under a lease with
+//! `current_version` and, after a secrets change, `min_secrets_version`), volumes, app
+//! secrets and ACME certificates, as `fly/openapi.json` defines them. The base URL is the spec's server,
 //! `https://api.machines.dev` (paths carry `/v1`). Machine lists follow the
-//! `fly-next-cursor` response header; app lists the body's `next_cursor`.
+//! `fly-next-cursor` response header (volume lists too); app lists the body's `next_cursor`.
+//!
+//! A machine update is a read-modify-write of the vendor config: the fields Tether manages
+//! ([`FlyMachineConfig`]) replace their counterparts and every other field (metadata,
+//! restart policy, …) is sent back as read, so nothing set outside Tether is lost.
 //!
 //! Fly has no deployment object: a deployment here is "every machine of the app runs image
 //! X". Its id is the image reference; its state is read from the machines (all `started` →
@@ -43,6 +48,10 @@ pub struct FlyApp {
     pub name: String,
     /// Machines in the app, when reported.
     pub machine_count: Option<u64>,
+    /// Slug of the organization owning the app, when reported.
+    pub org: Option<String>,
+    /// Fly's app status (`deployed`, `pending`, `suspended`), when reported.
+    pub status: Option<String>,
 }
 
 /// What Tether wants one machine to be.
@@ -52,10 +61,126 @@ pub struct FlyMachineSpec {
     pub name: String,
     /// Region code (`ams`, `iad`, …); Fly picks when `None`.
     pub region: Option<String>,
+    /// The managed part of the machine config.
+    pub config: FlyMachineConfig,
+    /// The app secrets version the machine must see (returned by
+    /// [`FlyApps::set_secrets`]); sent as `min_secrets_version`.
+    pub min_secrets_version: Option<u64>,
+}
+
+/// The part of a machine's config Tether manages. Read back from machine lists with Fly's
+/// defaults filled in (a service without `autostart` autostarts, without `autostop` never
+/// stops), so a config written from this type reads back equal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlyMachineConfig {
     /// Image to run.
     pub image: String,
     /// Plain environment variables (secrets go through [`FlyApps::set_secrets`]).
     pub env: BTreeMap<String, String>,
+    /// Machine size.
+    pub guest: MachineGuest,
+    /// Services exposed through the Fly proxy.
+    pub services: Vec<MachineService>,
+    /// Named health checks.
+    pub checks: BTreeMap<String, MachineCheck>,
+    /// Volumes mounted into the machine.
+    pub mounts: Vec<MachineMount>,
+}
+
+/// A machine's size (`guest`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MachineGuest {
+    /// `shared` or `performance`.
+    pub cpu_kind: String,
+    /// Number of CPUs.
+    pub cpus: u32,
+    /// Memory in MB.
+    pub memory_mb: u32,
+}
+
+impl Default for MachineGuest {
+    /// Fly's smallest machine, what it runs when `guest` is left out.
+    fn default() -> Self {
+        MachineGuest {
+            cpu_kind: "shared".into(),
+            cpus: 1,
+            memory_mb: 256,
+        }
+    }
+}
+
+/// When the Fly proxy stops idle machines (`autostop`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Autostop {
+    /// Never (`off`, or `false` in older responses).
+    #[default]
+    Off,
+    /// Stop idle machines (`stop`, or `true`).
+    Stop,
+    /// Suspend idle machines, falling back to stopping (`suspend`).
+    Suspend,
+}
+
+impl Autostop {
+    fn as_str(self) -> &'static str {
+        match self {
+            Autostop::Off => "off",
+            Autostop::Stop => "stop",
+            Autostop::Suspend => "suspend",
+        }
+    }
+}
+
+/// A service exposed through the Fly proxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MachineService {
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Port the app listens on inside the machine.
+    pub internal_port: u16,
+    /// Public ports.
+    pub ports: Vec<MachinePort>,
+    /// Whether idle machines are stopped.
+    pub autostop: Autostop,
+    /// Whether stopped machines start on incoming requests (Fly's default: yes).
+    pub autostart: bool,
+    /// Machines kept running while `autostop` is on.
+    pub min_machines_running: u32,
+}
+
+/// A public port of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MachinePort {
+    /// Port number.
+    pub port: u16,
+    /// Connection handlers (`http`, `tls`, …).
+    pub handlers: Vec<String>,
+    /// Redirect plain HTTP to HTTPS.
+    pub force_https: bool,
+}
+
+/// A machine health check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MachineCheck {
+    /// `http` or `tcp`.
+    pub kind: String,
+    /// Port checked.
+    pub port: u16,
+    /// HTTP path (http checks).
+    pub path: Option<String>,
+    /// Time between checks, as Fly writes durations (`15s`).
+    pub interval: Option<String>,
+    /// Time before a check fails (`2s`).
+    pub timeout: Option<String>,
+}
+
+/// A volume mounted into a machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MachineMount {
+    /// Volume id.
+    pub volume: String,
+    /// Mount path.
+    pub path: String,
 }
 
 /// A machine as observed.
@@ -69,12 +194,53 @@ pub struct FlyMachine {
     pub state: String,
     /// Region.
     pub region: Option<String>,
-    /// Configured image.
-    pub image: Option<String>,
-    /// Configured environment.
-    pub env: BTreeMap<String, String>,
-    /// Current version (`instance_id`), the `current_version` of the next update.
+    /// The managed part of its config.
+    pub config: FlyMachineConfig,
+    /// Current version, the `current_version` of the next update.
     pub version: String,
+    /// Health check results by check name (`passing`, `warning`, `critical`).
+    pub checks: BTreeMap<String, String>,
+}
+
+impl FlyMachine {
+    /// Started, with every configured check passing.
+    pub fn is_healthy(&self) -> bool {
+        self.state == "started"
+            && self
+                .config
+                .checks
+                .keys()
+                .all(|name| self.checks.get(name).is_some_and(|s| s == "passing"))
+    }
+}
+
+/// What Tether wants a volume to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlyVolumeSpec {
+    /// Volume name (several volumes of an app may share it; Tether tells them apart by
+    /// region).
+    pub name: String,
+    /// Region; a volume only attaches to machines in its region.
+    pub region: String,
+    /// Size in GB.
+    pub size_gb: u32,
+}
+
+/// A volume as observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlyVolume {
+    /// Volume id (`vol_…`).
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Region.
+    pub region: String,
+    /// Size in GB.
+    pub size_gb: u32,
+    /// Fly's state name (`created`, `extending`, …).
+    pub state: String,
+    /// The machine it is attached to.
+    pub attached_machine_id: Option<String>,
 }
 
 /// Fly apps and what runs in them.
@@ -108,7 +274,8 @@ pub trait FlyApps: Deployments {
         app: &str,
         spec: &FlyMachineSpec,
     ) -> impl Future<Output = PlatformResult<Ensured<FlyMachine>>> + Send;
-    /// Replaces the machine's image and env under a lease, guarded by its current version.
+    /// Replaces the machine's managed config under a lease, guarded by its current version
+    /// (the config fields Tether does not manage are kept as read).
     fn update_machine(
         &self,
         app: &str,
@@ -122,6 +289,32 @@ pub trait FlyApps: Deployments {
     -> impl Future<Output = PlatformResult<()>> + Send;
     /// Destroys a machine; `Ok(false)` when it was already gone.
     fn delete_machine(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> impl Future<Output = PlatformResult<bool>> + Send;
+    /// Every volume of the app (all pages).
+    fn list_volumes(
+        &self,
+        app: &str,
+    ) -> impl Future<Output = PlatformResult<Vec<FlyVolume>>> + Send;
+    /// Creates a volume. Not idempotent at Fly (names may repeat), so callers look the
+    /// volume up in [`FlyApps::list_volumes`] first and a failed create is not retried.
+    fn create_volume(
+        &self,
+        app: &str,
+        spec: &FlyVolumeSpec,
+    ) -> impl Future<Output = PlatformResult<FlyVolume>> + Send;
+    /// Grows a volume to `size_gb` (volumes cannot shrink); returns it and whether its
+    /// machine must restart to see the new size.
+    fn extend_volume(
+        &self,
+        app: &str,
+        id: &str,
+        size_gb: u32,
+    ) -> impl Future<Output = PlatformResult<(FlyVolume, bool)>> + Send;
+    /// Destroys a volume; `Ok(false)` when it was already gone.
+    fn delete_volume(
         &self,
         app: &str,
         id: &str,
@@ -185,6 +378,13 @@ impl FlyClient {
         self
     }
 
+    /// One machine in the vendor's shape (its config kept raw for read-modify-write).
+    async fn get_raw_machine(&self, app: &str, id: &str) -> PlatformResult<ApiMachine> {
+        let request = ApiRequest::get("get_machine", &["v1", "apps", app, "machines", id])
+            .limited(GET_MACHINE, format!("{app}/{id}"));
+        self.http.json(&request).await
+    }
+
     /// Runs `update` under a machine lease, releasing it afterwards.
     async fn leased_update(&self, app: &str, id: &str, body: Value) -> PlatformResult<ApiMachine> {
         let key = format!("{app}/{id}");
@@ -245,6 +445,16 @@ struct ApiApp {
     name: String,
     #[serde(default)]
     machine_count: Option<u64>,
+    #[serde(default)]
+    organization: Option<ApiOrganization>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ApiOrganization {
+    #[serde(default)]
+    slug: Option<String>,
 }
 
 impl From<ApiApp> for FlyApp {
@@ -253,6 +463,8 @@ impl From<ApiApp> for FlyApp {
             id: a.id.unwrap_or_else(|| a.name.clone()),
             name: a.name,
             machine_count: a.machine_count,
+            org: a.organization.and_then(|o| o.slug),
+            status: a.status,
         }
     }
 }
@@ -274,9 +486,22 @@ struct ApiMachine {
     #[serde(default)]
     region: Option<String>,
     #[serde(default)]
-    instance_id: Option<String>,
+    version: Option<String>,
     #[serde(default)]
-    config: Option<ApiMachineConfig>,
+    instance_id: Option<String>,
+    /// Kept raw: an update sends back the fields Tether does not manage as read.
+    #[serde(default)]
+    config: Option<Value>,
+    #[serde(default)]
+    checks: Vec<ApiCheckStatus>,
+}
+
+#[derive(Deserialize)]
+struct ApiCheckStatus {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -285,6 +510,167 @@ struct ApiMachineConfig {
     image: Option<String>,
     #[serde(default)]
     env: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    guest: Option<ApiGuest>,
+    #[serde(default)]
+    services: Option<Vec<ApiService>>,
+    #[serde(default)]
+    checks: Option<BTreeMap<String, ApiCheck>>,
+    #[serde(default)]
+    mounts: Option<Vec<ApiMount>>,
+}
+
+#[derive(Deserialize)]
+struct ApiGuest {
+    #[serde(default)]
+    cpu_kind: Option<String>,
+    #[serde(default)]
+    cpus: Option<u32>,
+    #[serde(default)]
+    memory_mb: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct ApiService {
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    internal_port: Option<u16>,
+    #[serde(default)]
+    ports: Option<Vec<ApiPort>>,
+    /// A string (`off`, `stop`, `suspend`) or, in older responses, a boolean.
+    #[serde(default)]
+    autostop: Option<Value>,
+    #[serde(default)]
+    autostart: Option<bool>,
+    #[serde(default)]
+    min_machines_running: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct ApiPort {
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    handlers: Option<Vec<String>>,
+    #[serde(default)]
+    force_https: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct ApiCheck {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ApiMount {
+    #[serde(default)]
+    volume: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+}
+
+fn autostop(operation: &'static str, value: Option<&Value>) -> PlatformResult<Autostop> {
+    match value {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(Autostop::Off),
+        Some(Value::Bool(true)) => Ok(Autostop::Stop),
+        Some(Value::String(s)) => match s.as_str() {
+            "off" => Ok(Autostop::Off),
+            "stop" => Ok(Autostop::Stop),
+            "suspend" => Ok(Autostop::Suspend),
+            _ => Err(malformed(
+                operation,
+                "service with an unknown `autostop`".into(),
+            )),
+        },
+        Some(_) => Err(malformed(
+            operation,
+            "service with an unknown `autostop`".into(),
+        )),
+    }
+}
+
+/// The managed part of a vendor machine config, with Fly's defaults filled in.
+fn to_config(operation: &'static str, config: Value) -> PlatformResult<FlyMachineConfig> {
+    let c: ApiMachineConfig = serde_json::from_value(config)
+        .map_err(|e| malformed(operation, format!("machine config: {e}")))?;
+    let image = c
+        .image
+        .ok_or_else(|| malformed(operation, "machine config without `image`".into()))?;
+    let defaults = MachineGuest::default();
+    let guest = c.guest.map_or(defaults.clone(), |g| MachineGuest {
+        cpu_kind: g.cpu_kind.unwrap_or(defaults.cpu_kind),
+        cpus: g.cpus.unwrap_or(defaults.cpus),
+        memory_mb: g.memory_mb.unwrap_or(defaults.memory_mb),
+    });
+    let mut services = Vec::new();
+    for s in c.services.unwrap_or_default() {
+        services.push(MachineService {
+            protocol: s.protocol.unwrap_or_else(|| "tcp".into()),
+            internal_port: s
+                .internal_port
+                .ok_or_else(|| malformed(operation, "service without `internal_port`".into()))?,
+            ports: s
+                .ports
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| {
+                    Some(MachinePort {
+                        port: p.port?,
+                        handlers: p.handlers.unwrap_or_default(),
+                        force_https: p.force_https.unwrap_or(false),
+                    })
+                })
+                .collect(),
+            autostop: autostop(operation, s.autostop.as_ref())?,
+            autostart: s.autostart.unwrap_or(true),
+            min_machines_running: s.min_machines_running.unwrap_or(0),
+        });
+    }
+    let mut checks = BTreeMap::new();
+    for (name, check) in c.checks.unwrap_or_default() {
+        let port = check
+            .port
+            .ok_or_else(|| malformed(operation, "check without `port`".into()))?;
+        checks.insert(
+            name,
+            MachineCheck {
+                kind: check.kind.unwrap_or_else(|| "tcp".into()),
+                port,
+                path: check.path,
+                interval: check.interval,
+                timeout: check.timeout,
+            },
+        );
+    }
+    let mounts = c
+        .mounts
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| {
+            Some(MachineMount {
+                volume: m.volume?,
+                path: m.path?,
+            })
+        })
+        .collect();
+    Ok(FlyMachineConfig {
+        image,
+        env: c.env.unwrap_or_default(),
+        guest,
+        services,
+        checks,
+        mounts,
+    })
 }
 
 fn to_machine(operation: &'static str, m: ApiMachine) -> PlatformResult<FlyMachine> {
@@ -292,18 +678,125 @@ fn to_machine(operation: &'static str, m: ApiMachine) -> PlatformResult<FlyMachi
         .state
         .ok_or_else(|| malformed(operation, "machine without `state`".into()))?;
     let version = m
-        .instance_id
-        .ok_or_else(|| malformed(operation, "machine without `instance_id`".into()))?;
-    let config = m.config;
+        .version
+        .or(m.instance_id)
+        .ok_or_else(|| malformed(operation, "machine without `version`".into()))?;
+    let config = m
+        .config
+        .ok_or_else(|| malformed(operation, "machine without `config`".into()))?;
     Ok(FlyMachine {
         name: m.name.unwrap_or_else(|| m.id.clone()),
         id: m.id,
         state,
         region: m.region,
-        image: config.as_ref().and_then(|c| c.image.clone()),
-        env: config.and_then(|c| c.env).unwrap_or_default(),
+        config: to_config(operation, config)?,
         version,
+        checks: m
+            .checks
+            .into_iter()
+            .filter_map(|c| Some((c.name?, c.status?)))
+            .collect(),
     })
+}
+
+/// The vendor form of the managed config, written over `base` (the config as read, or an
+/// empty object): managed keys are replaced, every other key is kept.
+fn config_json(config: &FlyMachineConfig, base: Value) -> Value {
+    let mut out = match base {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    let mut guest = match out.remove("guest") {
+        Some(Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    guest.insert("cpu_kind".into(), json!(config.guest.cpu_kind));
+    guest.insert("cpus".into(), json!(config.guest.cpus));
+    guest.insert("memory_mb".into(), json!(config.guest.memory_mb));
+    out.insert("image".into(), json!(config.image));
+    out.insert("env".into(), json!(config.env));
+    out.insert("guest".into(), Value::Object(guest));
+    let services: Vec<Value> = config
+        .services
+        .iter()
+        .map(|s| {
+            json!({
+                "protocol": s.protocol,
+                "internal_port": s.internal_port,
+                "ports": s.ports.iter().map(|p| json!({
+                    "port": p.port,
+                    "handlers": p.handlers,
+                    "force_https": p.force_https,
+                })).collect::<Vec<_>>(),
+                "autostop": s.autostop.as_str(),
+                "autostart": s.autostart,
+                "min_machines_running": s.min_machines_running,
+            })
+        })
+        .collect();
+    out.insert("services".into(), Value::Array(services));
+    let checks: serde_json::Map<String, Value> = config
+        .checks
+        .iter()
+        .map(|(name, c)| {
+            let mut check = json!({ "type": c.kind, "port": c.port });
+            for (key, value) in [
+                ("path", &c.path),
+                ("interval", &c.interval),
+                ("timeout", &c.timeout),
+            ] {
+                if let Some(value) = value {
+                    check[key] = json!(value);
+                }
+            }
+            (name.clone(), check)
+        })
+        .collect();
+    out.insert("checks".into(), Value::Object(checks));
+    let mounts: Vec<Value> = config
+        .mounts
+        .iter()
+        .map(|m| json!({ "volume": m.volume, "path": m.path }))
+        .collect();
+    out.insert("mounts".into(), Value::Array(mounts));
+    Value::Object(out)
+}
+
+#[derive(Deserialize)]
+struct ApiVolume {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    size_gb: Option<u32>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    attached_machine_id: Option<String>,
+}
+
+fn to_volume(operation: &'static str, v: ApiVolume) -> PlatformResult<FlyVolume> {
+    Ok(FlyVolume {
+        name: v.name.unwrap_or_else(|| v.id.clone()),
+        region: v
+            .region
+            .ok_or_else(|| malformed(operation, "volume without `region`".into()))?,
+        size_gb: v
+            .size_gb
+            .ok_or_else(|| malformed(operation, "volume without `size_gb`".into()))?,
+        state: v.state.unwrap_or_else(|| "created".into()),
+        attached_machine_id: v.attached_machine_id.filter(|m| !m.is_empty()),
+        id: v.id,
+    })
+}
+
+#[derive(Deserialize)]
+struct ApiExtendVolume {
+    #[serde(default)]
+    needs_restart: bool,
+    volume: Option<ApiVolume>,
 }
 
 #[derive(Deserialize)]
@@ -356,13 +849,18 @@ impl From<ApiCertificate> for Domain {
     }
 }
 
-fn machine_body(spec: &FlyMachineSpec) -> Value {
+/// The create/update body: name, region, `min_secrets_version` and the config written
+/// over `base`.
+fn machine_body(spec: &FlyMachineSpec, base: Value) -> Value {
     let mut body = json!({
         "name": spec.name,
-        "config": { "image": spec.image, "env": spec.env },
+        "config": config_json(&spec.config, base),
     });
     if let Some(region) = &spec.region {
         body["region"] = json!(region);
+    }
+    if let Some(version) = spec.min_secrets_version {
+        body["min_secrets_version"] = json!(version);
     }
     body
 }
@@ -371,7 +869,7 @@ fn machine_body(spec: &FlyMachineSpec) -> Value {
 fn rollout_state(machines: &[FlyMachine], image: &str) -> (DeploymentState, String) {
     let on_image: Vec<&FlyMachine> = machines
         .iter()
-        .filter(|m| m.image.as_deref() == Some(image))
+        .filter(|m| m.config.image == image)
         .collect();
     if on_image.is_empty() {
         return (DeploymentState::Superseded, "replaced".into());
@@ -481,10 +979,7 @@ impl FlyApps for FlyClient {
     }
 
     async fn get_machine(&self, app: &str, id: &str) -> PlatformResult<FlyMachine> {
-        let request = ApiRequest::get("get_machine", &["v1", "apps", app, "machines", id])
-            .limited(GET_MACHINE, format!("{app}/{id}"));
-        let machine: ApiMachine = self.http.json(&request).await?;
-        to_machine("get_machine", machine)
+        to_machine("get_machine", self.get_raw_machine(app, id).await?)
     }
 
     async fn ensure_machine(
@@ -504,7 +999,7 @@ impl FlyApps for FlyClient {
             });
         }
         let request = ApiRequest::post("create_machine", &["v1", "apps", app, "machines"])
-            .json(machine_body(spec))
+            .json(machine_body(spec, json!({})))
             .limited(ACTION, format!("create_machine:{app}"));
         let machine: ApiMachine = self.http.json(&request).await?;
         Ok(Ensured {
@@ -519,20 +1014,27 @@ impl FlyApps for FlyClient {
         id: &str,
         spec: &FlyMachineSpec,
     ) -> PlatformResult<FlyMachine> {
-        let current = self.get_machine(app, id).await?;
-        let mut body = machine_body(spec);
-        body["current_version"] = json!(current.version);
+        let mut current = self.get_raw_machine(app, id).await?;
+        let version = current
+            .version
+            .clone()
+            .or_else(|| current.instance_id.clone())
+            .ok_or_else(|| malformed("get_machine", "machine without `version`".into()))?;
+        let base = current.config.take().unwrap_or_else(|| json!({}));
+        let mut body = machine_body(spec, base);
+        body["current_version"] = json!(version);
         match self.leased_update(app, id, body).await {
             Ok(machine) => to_machine("update_machine", machine),
             // A retried update that had already been applied: the machine now is what we
             // asked for.
-            Err(PlatformError::Conflict { .. })
-                if self.get_machine(app, id).await.is_ok_and(|m| {
-                    m.image.as_deref() == Some(spec.image.as_str()) && m.env == spec.env
-                }) =>
-            {
-                self.get_machine(app, id).await
-            }
+            Err(PlatformError::Conflict { .. }) => match self.get_machine(app, id).await {
+                Ok(now) if now.config == spec.config => Ok(now),
+                _ => Err(PlatformError::Conflict {
+                    platform: Platform::Fly,
+                    operation: "update_machine",
+                    reason: "the machine changed since it was read".into(),
+                }),
+            },
             Err(e) => Err(e),
         }
     }
@@ -564,6 +1066,76 @@ impl FlyApps for FlyClient {
         )
         .query("force", "true")
         .limited(ACTION, format!("delete:{app}/{id}"));
+        gone_is_ok(self.http.send(&request).await)
+    }
+
+    async fn list_volumes(&self, app: &str) -> PlatformResult<Vec<FlyVolume>> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut request = ApiRequest::get("list_volumes", &["v1", "apps", app, "volumes"])
+                .query("limit", self.page_limit.to_string())
+                .limited(ACTION, format!("list_volumes:{app}"));
+            if let Some(cursor) = &cursor {
+                request = request.query("cursor", cursor.clone());
+            }
+            let response = self.http.send(&request).await?;
+            let page: Vec<ApiVolume> =
+                super::http::decode(Platform::Fly, "list_volumes", &response.body)?;
+            for volume in page {
+                out.push(to_volume("list_volumes", volume)?);
+            }
+            cursor = response
+                .header("fly-next-cursor")
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned);
+            if cursor.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn create_volume(&self, app: &str, spec: &FlyVolumeSpec) -> PlatformResult<FlyVolume> {
+        let request = ApiRequest::post("create_volume", &["v1", "apps", app, "volumes"])
+            .json(json!({
+                "name": spec.name,
+                "region": spec.region,
+                "size_gb": spec.size_gb,
+            }))
+            .limited(ACTION, format!("create_volume:{app}"));
+        let volume: ApiVolume = self.http.json(&request).await?;
+        to_volume("create_volume", volume)
+    }
+
+    async fn extend_volume(
+        &self,
+        app: &str,
+        id: &str,
+        size_gb: u32,
+    ) -> PlatformResult<(FlyVolume, bool)> {
+        // Extending to the same size again is a no-op: safe to retry.
+        let request = ApiRequest::new(
+            Method::PUT,
+            "extend_volume",
+            &["v1", "apps", app, "volumes", id, "extend"],
+        )
+        .json(json!({ "size_gb": size_gb }))
+        .idempotent()
+        .limited(ACTION, format!("extend_volume:{app}/{id}"));
+        let extended: ApiExtendVolume = self.http.json(&request).await?;
+        let volume = extended
+            .volume
+            .ok_or_else(|| malformed("extend_volume", "response without `volume`".into()))?;
+        Ok((to_volume("extend_volume", volume)?, extended.needs_restart))
+    }
+
+    async fn delete_volume(&self, app: &str, id: &str) -> PlatformResult<bool> {
+        let request = ApiRequest::new(
+            Method::DELETE,
+            "delete_volume",
+            &["v1", "apps", app, "volumes", id],
+        )
+        .limited(ACTION, format!("delete_volume:{app}/{id}"));
         gone_is_ok(self.http.send(&request).await)
     }
 
@@ -694,8 +1266,11 @@ impl Deployments for FlyClient {
             let spec = FlyMachineSpec {
                 name: machine.name.clone(),
                 region: machine.region.clone(),
-                image: image.clone(),
-                env: machine.env.clone(),
+                config: FlyMachineConfig {
+                    image: image.clone(),
+                    ..machine.config.clone()
+                },
+                min_secrets_version: None,
             };
             updated.push(self.update_machine(target, &machine.id, &spec).await?);
         }
@@ -721,7 +1296,7 @@ impl Deployments for FlyClient {
 
     async fn list_deployments(&self, target: &str) -> PlatformResult<Vec<Deployment>> {
         let machines = self.list_machines(target).await?;
-        let mut images: Vec<String> = machines.iter().filter_map(|m| m.image.clone()).collect();
+        let mut images: Vec<String> = machines.iter().map(|m| m.config.image.clone()).collect();
         images.dedup();
         Ok(images
             .into_iter()
@@ -753,9 +1328,12 @@ mod tests {
             name: "m".into(),
             state: state.into(),
             region: None,
-            image: Some(image.into()),
-            env: BTreeMap::new(),
+            config: FlyMachineConfig {
+                image: image.into(),
+                ..FlyMachineConfig::default()
+            },
             version: "v".into(),
+            checks: BTreeMap::new(),
         }
     }
 

@@ -309,9 +309,15 @@ pub trait Deployments: Send + Sync {
     ) -> impl Future<Output = PlatformResult<Deployment>> + Send;
 }
 
-pub use fly::{FlyApp, FlyAppSpec, FlyApps, FlyClient, FlyMachine, FlyMachineSpec};
+pub use fly::{
+    Autostop, FlyApp, FlyAppSpec, FlyApps, FlyClient, FlyMachine, FlyMachineConfig, FlyMachineSpec,
+    FlyVolume, FlyVolumeSpec, MachineCheck, MachineGuest, MachineMount, MachinePort,
+    MachineService,
+};
 pub use render::{
-    RenderClient, RenderService, RenderServiceKind, RenderServicePatch, RenderServiceSpec,
+    DatastoreStatus, RenderCidr, RenderClient, RenderDatastores, RenderKeyValue,
+    RenderKeyValuePatch, RenderKeyValueSpec, RenderPostgres, RenderPostgresPatch,
+    RenderPostgresSpec, RenderService, RenderServiceKind, RenderServicePatch, RenderServiceSpec,
     RenderServices,
 };
 pub use supabase::{
@@ -319,5 +325,6 @@ pub use supabase::{
     SupabaseProjects,
 };
 pub use vercel::{
-    VercelClient, VercelProject, VercelProjectPatch, VercelProjectSpec, VercelProjects,
+    VercelClient, VercelDomain, VercelDomainSpec, VercelEnvType, VercelEnvVar, VercelEnvVarSpec,
+    VercelGitLink, VercelProject, VercelProjectPatch, VercelProjectSpec, VercelProjects,
 };

@@ -1,7 +1,20 @@
-//! Vercel adapter: projects, their environment variables and domains, deployments and
-//! rollback (promotion of an earlier deployment), as `vercel/openapi.json` defines them.
-//! Every call carries `teamId` when the client is scoped to a team; lists follow the
-//! time-based pagination (`pagination.next` fed back as `until`, or `from` for projects).
+//! Vercel adapter: projects (settings, linked git repository), their environment variables
+//! and domains, deployments and rollback (promotion of an earlier deployment), as
+//! `vercel/openapi.json` defines them. Every call carries `teamId` when the client is scoped
+//! to a team; lists follow the time-based pagination (`pagination.next` fed back as `until`,
+//! or `from` for projects).
+//!
+//! Observing is cheap by design: the project list (`GET /v10/projects`) carries every
+//! project's settings, link and `env` array, so one paged list observes all projects and
+//! their variables; only domains need a per-project list.
+//!
+//! Limitations of the public API, surfaced to callers rather than papered over:
+//! - the git repository can only be linked when the project is created (`gitRepository` in
+//!   the create body); no request body accepts a new repository or a `productionBranch`;
+//! - `nodeVersion` is not accepted by the create body, so [`VercelProjects::ensure_project`]
+//!   sets it with a follow-up `PATCH` when it is asked for.
+
+use std::fmt;
 
 use http::Method;
 use serde::Deserialize;
@@ -9,26 +22,148 @@ use serde_json::{Value, json};
 
 use super::http::{ApiRequest, PlatformHttp};
 use super::{
-    DeploySource, Deployment, DeploymentState, Deployments, Domain, Ensured, EnvVar, Platform,
-    PlatformError, PlatformResult,
+    DeploySource, Deployment, DeploymentState, Deployments, Ensured, Platform, PlatformError,
+    PlatformResult,
 };
+use crate::api::environment::VercelTarget;
 use std::future::Future;
 
 const API: &[&str] = &["api"];
 
-/// What Tether wants a Vercel project to be.
+/// How Vercel stores an environment variable's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum VercelEnvType {
+    /// Readable back through the API (`plain`): literal values, so drift is visible.
+    Plain,
+    /// Encrypted at rest (`encrypted`); the list returns ciphertext, never the value.
+    Encrypted,
+    /// Write-only (`sensitive`): not readable back at all.
+    Sensitive,
+    /// Legacy secret reference (`secret`).
+    Secret,
+    /// Provided by Vercel (`system`).
+    System,
+}
+
+impl VercelEnvType {
+    /// Vercel's name for the type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VercelEnvType::Plain => "plain",
+            VercelEnvType::Encrypted => "encrypted",
+            VercelEnvType::Sensitive => "sensitive",
+            VercelEnvType::Secret => "secret",
+            VercelEnvType::System => "system",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "plain" => VercelEnvType::Plain,
+            "encrypted" => VercelEnvType::Encrypted,
+            "sensitive" => VercelEnvType::Sensitive,
+            "secret" => VercelEnvType::Secret,
+            "system" => VercelEnvType::System,
+            _ => return None,
+        })
+    }
+
+    /// Whether Vercel returns the value as written.
+    pub fn readable(self) -> bool {
+        matches!(self, VercelEnvType::Plain | VercelEnvType::System)
+    }
+}
+
+/// An environment variable to write. Its identity on Vercel is (key, targets, gitBranch).
+#[derive(Clone, PartialEq, Eq)]
+pub struct VercelEnvVarSpec {
+    /// Variable name.
+    pub key: String,
+    /// The value (may be a secret: never printed).
+    pub value: String,
+    /// Storage type: `Plain` for literal values, `Encrypted` for values from Secrets.
+    pub kind: VercelEnvType,
+    /// Deployment targets, sorted.
+    pub targets: Vec<VercelTarget>,
+    /// Git branch (preview-only variables).
+    pub git_branch: Option<String>,
+}
+
+impl fmt::Debug for VercelEnvVarSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The value may be a secret: never print it.
+        f.debug_struct("VercelEnvVarSpec")
+            .field("key", &self.key)
+            .field("value", &"***")
+            .field("kind", &self.kind)
+            .field("targets", &self.targets)
+            .field("git_branch", &self.git_branch)
+            .finish()
+    }
+}
+
+/// An environment variable as observed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VercelEnvVar {
+    /// Vercel's id of the variable (`env_…`, or an opaque id).
+    pub id: String,
+    /// Variable name.
+    pub key: String,
+    /// Storage type.
+    pub kind: VercelEnvType,
+    /// The value when the type is readable (`plain`, `system`); `None` otherwise.
+    pub value: Option<String>,
+    /// Deployment targets, sorted and deduplicated.
+    pub targets: Vec<VercelTarget>,
+    /// Git branch, when the variable is limited to one.
+    pub git_branch: Option<String>,
+}
+
+impl fmt::Debug for VercelEnvVar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VercelEnvVar")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("kind", &self.kind)
+            .field("value", &self.value.as_ref().map(|_| "***"))
+            .field("targets", &self.targets)
+            .field("git_branch", &self.git_branch)
+            .finish()
+    }
+}
+
+/// The git repository linked to a project.
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VercelGitLink {
+    /// Provider as Vercel names it (`github`, `gitlab`, `bitbucket`, `github-limited`, …).
+    pub provider: String,
+    /// `owner/name` of the repository.
+    pub repo: String,
+    /// Branch deployed to production (`None` when the link does not say).
+    pub production_branch: Option<String>,
+}
+
+/// What Tether wants a Vercel project to be when it creates one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VercelProjectSpec {
     /// Project name (the stable identity within the team).
     pub name: String,
     /// Framework preset (`nextjs`, `vite`, …), `None` for Vercel's detection.
     pub framework: Option<String>,
-    /// Linked GitHub repository as `org/repo`.
-    pub git_repository: Option<String>,
-    /// Build command override.
-    pub build_command: Option<String>,
+    /// Repository to link, as (provider, `owner/name`); only possible at creation.
+    pub git_repository: Option<(String, String)>,
     /// Directory of the app inside the repository.
     pub root_directory: Option<String>,
+    /// Install command override.
+    pub install_command: Option<String>,
+    /// Build command override.
+    pub build_command: Option<String>,
+    /// Output directory override.
+    pub output_directory: Option<String>,
+    /// Node.js version (`22.x`); set by a follow-up PATCH (the create body has no field).
+    pub node_version: Option<String>,
+    /// Environment variables created with the project (one request).
+    pub env_vars: Vec<VercelEnvVarSpec>,
 }
 
 /// A Vercel project as observed.
@@ -40,40 +175,107 @@ pub struct VercelProject {
     pub name: String,
     /// Framework preset.
     pub framework: Option<String>,
-    /// Build command override.
-    pub build_command: Option<String>,
+    /// Linked repository.
+    pub git_repository: Option<VercelGitLink>,
     /// Root directory.
     pub root_directory: Option<String>,
-    /// Linked repository as `org/repo`.
-    pub git_repository: Option<String>,
+    /// Install command override.
+    pub install_command: Option<String>,
+    /// Build command override.
+    pub build_command: Option<String>,
+    /// Output directory override.
+    pub output_directory: Option<String>,
+    /// Node.js version.
+    pub node_version: String,
+    /// Environment variables, as the project list and project reads return them.
+    pub env_vars: Vec<VercelEnvVar>,
 }
 
-/// Fields to change on a project; `None` leaves a field alone.
+/// Settings to change on a project. The outer `None` leaves a field alone; `Some(None)`
+/// resets it to Vercel's detection (`null`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VercelProjectPatch {
-    /// New framework preset.
-    pub framework: Option<String>,
-    /// New build command.
-    pub build_command: Option<String>,
-    /// New root directory.
-    pub root_directory: Option<String>,
+    /// Framework preset.
+    pub framework: Option<Option<String>>,
+    /// Root directory.
+    pub root_directory: Option<Option<String>>,
+    /// Install command.
+    pub install_command: Option<Option<String>>,
+    /// Build command.
+    pub build_command: Option<Option<String>>,
+    /// Output directory.
+    pub output_directory: Option<Option<String>>,
+    /// Node.js version (not nullable on Vercel).
+    pub node_version: Option<String>,
+}
+
+impl VercelProjectPatch {
+    /// Whether the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == VercelProjectPatch::default()
+    }
+
+    fn body(&self) -> Value {
+        let mut body = json!({});
+        for (field, value) in [
+            ("framework", &self.framework),
+            ("rootDirectory", &self.root_directory),
+            ("installCommand", &self.install_command),
+            ("buildCommand", &self.build_command),
+            ("outputDirectory", &self.output_directory),
+        ] {
+            if let Some(value) = value {
+                body[field] = json!(value);
+            }
+        }
+        if let Some(version) = &self.node_version {
+            body["nodeVersion"] = json!(version);
+        }
+        body
+    }
+}
+
+/// A domain of a project, as written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VercelDomainSpec {
+    /// The hostname.
+    pub name: String,
+    /// Another domain of the project this one redirects to.
+    pub redirect: Option<String>,
+    /// Git branch whose latest preview the domain serves.
+    pub git_branch: Option<String>,
+}
+
+/// A domain of a project, as observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VercelDomain {
+    /// The hostname.
+    pub name: String,
+    /// Redirect target, if any.
+    pub redirect: Option<String>,
+    /// Git branch, if any.
+    pub git_branch: Option<String>,
+    /// Whether Vercel verified the domain.
+    pub verified: bool,
 }
 
 /// Vercel projects and what hangs off them.
 pub trait VercelProjects: Deployments {
-    /// Every project of the team (all pages).
+    /// Every project of the team (all pages), each with its environment variables.
     fn list_projects(&self) -> impl Future<Output = PlatformResult<Vec<VercelProject>>> + Send;
     /// Reads a project by id or name.
     fn get_project(
         &self,
         id_or_name: &str,
     ) -> impl Future<Output = PlatformResult<VercelProject>> + Send;
-    /// Finds the project by name, or creates it.
+    /// Creates the project (with its repository, settings and variables); when the name is
+    /// already taken, returns the existing project instead (`created: false`, adopted as it
+    /// is).
     fn ensure_project(
         &self,
         spec: &VercelProjectSpec,
     ) -> impl Future<Output = PlatformResult<Ensured<VercelProject>>> + Send;
-    /// Changes the given fields.
+    /// Changes the given settings.
     fn update_project(
         &self,
         id: &str,
@@ -81,34 +283,41 @@ pub trait VercelProjects: Deployments {
     ) -> impl Future<Output = PlatformResult<VercelProject>> + Send;
     /// Deletes the project; `Ok(false)` when it was already gone.
     fn delete_project(&self, id: &str) -> impl Future<Output = PlatformResult<bool>> + Send;
-    /// The project's environment variables (secret values come back as `None`).
+    /// The project's environment variables (values of non-plain types come back as `None`).
     fn list_env_vars(
         &self,
         project: &str,
-    ) -> impl Future<Output = PlatformResult<Vec<EnvVar>>> + Send;
-    /// Creates or overwrites a variable for production and preview (`upsert=true`).
-    fn set_env_var(
+    ) -> impl Future<Output = PlatformResult<Vec<VercelEnvVar>>> + Send;
+    /// Creates or overwrites (`upsert=true`) variables in one request: a variable with the
+    /// same key, targets and git branch is replaced.
+    fn upsert_env_vars(
         &self,
         project: &str,
-        var: &EnvVar,
-    ) -> impl Future<Output = PlatformResult<()>> + Send;
-    /// Removes a variable by key; `Ok(false)` when it was not there.
+        vars: &[VercelEnvVarSpec],
+    ) -> impl Future<Output = PlatformResult<Vec<VercelEnvVar>>> + Send;
+    /// Removes a variable by its id; `Ok(false)` when it was not there.
     fn delete_env_var(
         &self,
         project: &str,
-        key: &str,
+        env_id: &str,
     ) -> impl Future<Output = PlatformResult<bool>> + Send;
     /// The project's domains (all pages).
     fn list_domains(
         &self,
         project: &str,
-    ) -> impl Future<Output = PlatformResult<Vec<Domain>>> + Send;
-    /// Adds a domain, or returns it when already attached.
+    ) -> impl Future<Output = PlatformResult<Vec<VercelDomain>>> + Send;
+    /// Adds a domain, or returns it when it is already attached to this project.
     fn ensure_domain(
         &self,
         project: &str,
-        name: &str,
-    ) -> impl Future<Output = PlatformResult<Ensured<Domain>>> + Send;
+        domain: &VercelDomainSpec,
+    ) -> impl Future<Output = PlatformResult<Ensured<VercelDomain>>> + Send;
+    /// Sets a domain's redirect and git branch (`None` clears them).
+    fn update_domain(
+        &self,
+        project: &str,
+        domain: &VercelDomainSpec,
+    ) -> impl Future<Output = PlatformResult<VercelDomain>> + Send;
     /// Removes a domain; `Ok(false)` when it was not there.
     fn delete_domain(
         &self,
@@ -183,19 +392,30 @@ impl VercelClient {
         }
     }
 
-    async fn find_env(&self, project: &str, key: &str) -> PlatformResult<Option<String>> {
-        let envs = self.list_envs(project).await?;
-        Ok(envs.into_iter().find(|e| e.key == key).map(|e| e.id))
-    }
-
-    async fn list_envs(&self, project: &str) -> PlatformResult<Vec<ApiEnv>> {
-        let request = self.request(
-            Method::GET,
-            "list_env_vars",
-            &["v10", "projects", project, "env"],
-        );
-        let list: ApiEnvList = self.http.json(&request).await?;
-        Ok(list.envs)
+    async fn create_project(&self, spec: &VercelProjectSpec) -> PlatformResult<ApiProject> {
+        let mut body = json!({ "name": spec.name });
+        for (field, value) in [
+            ("framework", &spec.framework),
+            ("rootDirectory", &spec.root_directory),
+            ("installCommand", &spec.install_command),
+            ("buildCommand", &spec.build_command),
+            ("outputDirectory", &spec.output_directory),
+        ] {
+            if let Some(value) = value {
+                body[field] = json!(value);
+            }
+        }
+        if let Some((provider, repo)) = &spec.git_repository {
+            body["gitRepository"] = json!({ "type": provider, "repo": repo });
+        }
+        if !spec.env_vars.is_empty() {
+            body["environmentVariables"] =
+                Value::Array(spec.env_vars.iter().map(env_body).collect());
+        }
+        let request = self
+            .request(Method::POST, "create_project", &["v11", "projects"])
+            .json(body);
+        self.http.json(&request).await
     }
 }
 
@@ -207,6 +427,19 @@ fn malformed(operation: &'static str, reason: String) -> PlatformError {
     }
 }
 
+fn env_body(var: &VercelEnvVarSpec) -> Value {
+    let mut body = json!({
+        "key": var.key,
+        "value": var.value,
+        "type": var.kind.as_str(),
+        "target": var.targets,
+    });
+    if let Some(branch) = &var.git_branch {
+        body["gitBranch"] = json!(branch);
+    }
+    body
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ApiProject {
@@ -215,34 +448,65 @@ struct ApiProject {
     #[serde(default)]
     framework: Option<String>,
     #[serde(default)]
-    build_command: Option<String>,
-    #[serde(default)]
     root_directory: Option<String>,
     #[serde(default)]
-    link: Option<ApiLink>,
+    install_command: Option<String>,
+    #[serde(default)]
+    build_command: Option<String>,
+    #[serde(default)]
+    output_directory: Option<String>,
+    node_version: String,
+    #[serde(default)]
+    link: Option<Value>,
+    #[serde(default)]
+    env: Vec<ApiEnv>,
 }
 
-#[derive(Deserialize)]
-struct ApiLink {
-    #[serde(default)]
-    org: Option<String>,
-    #[serde(default)]
-    repo: Option<String>,
-}
-
-impl From<ApiProject> for VercelProject {
-    fn from(p: ApiProject) -> Self {
-        VercelProject {
-            id: p.id,
-            name: p.name,
-            framework: p.framework,
-            build_command: p.build_command,
-            root_directory: p.root_directory,
-            git_repository: p.link.and_then(|l| match (l.org, l.repo) {
-                (Some(org), Some(repo)) => Some(format!("{org}/{repo}")),
-                _ => None,
+/// Reads the `link` variants of the spec (GitHub, GitLab, Bitbucket) into `owner/name`.
+fn git_link(link: &Value) -> Option<VercelGitLink> {
+    let provider = link.get("type")?.as_str()?.to_owned();
+    let text = |field: &str| link.get(field).and_then(Value::as_str);
+    let repo = match provider.as_str() {
+        "gitlab" => text("projectUrl")
+            .and_then(|u| u.split_once("://"))
+            .and_then(|(_, rest)| rest.split_once('/'))
+            .map(|(_, path)| path.trim_end_matches('/').to_owned())
+            .or_else(|| {
+                Some(format!(
+                    "{}/{}",
+                    text("projectNamespace")?,
+                    text("projectName")?
+                ))
             }),
-        }
+        "bitbucket" => Some(format!("{}/{}", text("owner")?, text("slug")?)),
+        _ => Some(format!("{}/{}", text("org")?, text("repo")?)),
+    }?;
+    Some(VercelGitLink {
+        provider,
+        repo,
+        production_branch: text("productionBranch").map(str::to_owned),
+    })
+}
+
+impl ApiProject {
+    fn into_project(self, operation: &'static str) -> PlatformResult<VercelProject> {
+        let env_vars = self
+            .env
+            .into_iter()
+            .map(|e| e.into_env(operation))
+            .collect::<PlatformResult<Vec<_>>>()?;
+        Ok(VercelProject {
+            id: self.id,
+            name: self.name,
+            framework: self.framework,
+            git_repository: self.link.as_ref().and_then(git_link),
+            root_directory: self.root_directory,
+            install_command: self.install_command,
+            build_command: self.build_command,
+            output_directory: self.output_directory,
+            node_version: self.node_version,
+            env_vars,
+        })
     }
 }
 
@@ -252,26 +516,90 @@ struct ApiEnvList {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct ApiEnv {
-    id: String,
+    #[serde(default)]
+    id: Option<String>,
     key: String,
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
     value: Option<String>,
+    #[serde(default)]
+    target: Option<Value>,
+    #[serde(default)]
+    git_branch: Option<String>,
+}
+
+impl ApiEnv {
+    fn into_env(self, operation: &'static str) -> PlatformResult<VercelEnvVar> {
+        let kind = VercelEnvType::parse(&self.kind).ok_or_else(|| {
+            malformed(
+                operation,
+                format!("unknown environment variable type {:?}", self.kind),
+            )
+        })?;
+        let id = self
+            .id
+            .ok_or_else(|| malformed(operation, "environment variable without `id`".into()))?;
+        let mut targets: Vec<VercelTarget> = match self.target {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(s)) => vec![parse_target(operation, &s)?],
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|t| parse_target(operation, t.as_str().unwrap_or_default()))
+                .collect::<PlatformResult<_>>()?,
+            Some(_) => {
+                return Err(malformed(
+                    operation,
+                    "environment variable `target` is neither a string nor a list".into(),
+                ));
+            }
+        };
+        targets.sort();
+        targets.dedup();
+        Ok(VercelEnvVar {
+            id,
+            key: self.key,
+            value: if kind.readable() { self.value } else { None },
+            kind,
+            targets,
+            git_branch: self.git_branch.filter(|b| !b.is_empty()),
+        })
+    }
+}
+
+fn parse_target(operation: &'static str, text: &str) -> PlatformResult<VercelTarget> {
+    Ok(match text {
+        "production" => VercelTarget::Production,
+        "preview" => VercelTarget::Preview,
+        "development" => VercelTarget::Development,
+        other => {
+            return Err(malformed(
+                operation,
+                format!("unknown environment variable target {other:?}"),
+            ));
+        }
+    })
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct ApiDomain {
     name: String,
     verified: bool,
+    #[serde(default)]
+    redirect: Option<String>,
+    #[serde(default)]
+    git_branch: Option<String>,
 }
 
-impl From<ApiDomain> for Domain {
+impl From<ApiDomain> for VercelDomain {
     fn from(d: ApiDomain) -> Self {
-        Domain {
-            id: d.name.clone(),
+        VercelDomain {
             name: d.name,
+            redirect: d.redirect.filter(|r| !r.is_empty()),
+            git_branch: d.git_branch.filter(|b| !b.is_empty()),
             verified: d.verified,
         }
     }
@@ -341,56 +669,47 @@ impl VercelProjects for VercelClient {
     async fn list_projects(&self) -> PlatformResult<Vec<VercelProject>> {
         let request = self.request(Method::GET, "list_projects", &["v10", "projects"]);
         let projects: Vec<ApiProject> = self.list_all(request, "projects", "from").await?;
-        Ok(projects.into_iter().map(VercelProject::from).collect())
+        projects
+            .into_iter()
+            .map(|p| p.into_project("list_projects"))
+            .collect()
     }
 
     async fn get_project(&self, id_or_name: &str) -> PlatformResult<VercelProject> {
         let request = self.request(Method::GET, "get_project", &["v9", "projects", id_or_name]);
         let project: ApiProject = self.http.json(&request).await?;
-        Ok(project.into())
+        project.into_project("get_project")
     }
 
     async fn ensure_project(
         &self,
         spec: &VercelProjectSpec,
     ) -> PlatformResult<Ensured<VercelProject>> {
-        match self.get_project(&spec.name).await {
-            Ok(project) => {
+        let project = match self.create_project(spec).await {
+            Ok(project) => project.into_project("create_project")?,
+            // The name is taken: adopt the project as it is; the caller plans the rest.
+            Err(PlatformError::Conflict { .. }) => {
                 return Ok(Ensured {
-                    object: project,
+                    object: self.get_project(&spec.name).await?,
                     created: false,
                 });
             }
-            Err(PlatformError::NotFound { .. }) => {}
             Err(e) => return Err(e),
-        }
-        let mut body = json!({ "name": spec.name });
-        if let Some(framework) = &spec.framework {
-            body["framework"] = json!(framework);
-        }
-        if let Some(command) = &spec.build_command {
-            body["buildCommand"] = json!(command);
-        }
-        if let Some(dir) = &spec.root_directory {
-            body["rootDirectory"] = json!(dir);
-        }
-        if let Some(repo) = &spec.git_repository {
-            body["gitRepository"] = json!({ "type": "github", "repo": repo });
-        }
-        let request = self
-            .request(Method::POST, "create_project", &["v11", "projects"])
-            .json(body);
-        match self.http.json::<ApiProject>(&request).await {
-            Ok(project) => Ok(Ensured {
-                object: project.into(),
-                created: true,
-            }),
-            Err(PlatformError::Conflict { .. }) => Ok(Ensured {
-                object: self.get_project(&spec.name).await?,
-                created: false,
-            }),
-            Err(e) => Err(e),
-        }
+        };
+        let object = match &spec.node_version {
+            Some(version) if *version != project.node_version => {
+                let patch = VercelProjectPatch {
+                    node_version: Some(version.clone()),
+                    ..VercelProjectPatch::default()
+                };
+                self.update_project(&project.id, &patch).await?
+            }
+            _ => project,
+        };
+        Ok(Ensured {
+            object,
+            created: true,
+        })
     }
 
     async fn update_project(
@@ -398,22 +717,12 @@ impl VercelProjects for VercelClient {
         id: &str,
         patch: &VercelProjectPatch,
     ) -> PlatformResult<VercelProject> {
-        let mut body = json!({});
-        if let Some(framework) = &patch.framework {
-            body["framework"] = json!(framework);
-        }
-        if let Some(command) = &patch.build_command {
-            body["buildCommand"] = json!(command);
-        }
-        if let Some(dir) = &patch.root_directory {
-            body["rootDirectory"] = json!(dir);
-        }
         let request = self
             .request(Method::PATCH, "update_project", &["v9", "projects", id])
-            .json(body)
+            .json(patch.body())
             .idempotent();
         let project: ApiProject = self.http.json(&request).await?;
-        Ok(project.into())
+        project.into_project("update_project")
     }
 
     async fn delete_project(&self, id: &str) -> PlatformResult<bool> {
@@ -421,96 +730,111 @@ impl VercelProjects for VercelClient {
         gone_is_ok(self.http.send(&request).await)
     }
 
-    async fn list_env_vars(&self, project: &str) -> PlatformResult<Vec<EnvVar>> {
-        Ok(self
-            .list_envs(project)
-            .await?
+    async fn list_env_vars(&self, project: &str) -> PlatformResult<Vec<VercelEnvVar>> {
+        let request = self.request(
+            Method::GET,
+            "list_env_vars",
+            &["v10", "projects", project, "env"],
+        );
+        let list: ApiEnvList = self.http.json(&request).await?;
+        list.envs
             .into_iter()
-            .map(|e| {
-                let secret = matches!(e.kind.as_str(), "secret" | "sensitive" | "encrypted");
-                EnvVar {
-                    key: e.key,
-                    value: if secret { None } else { e.value },
-                    secret,
-                }
-            })
-            .collect())
+            .map(|e| e.into_env("list_env_vars"))
+            .collect()
     }
 
-    async fn set_env_var(&self, project: &str, var: &EnvVar) -> PlatformResult<()> {
-        let Some(value) = &var.value else {
-            return Err(PlatformError::Invalid {
-                platform: Platform::Vercel,
-                operation: "set_env_var",
-                status: None,
-                reason: "a value is required to set a variable".into(),
-            });
-        };
-        let body = json!({
-            "key": var.key,
-            "value": value,
-            "type": if var.secret { "sensitive" } else { "plain" },
-            "target": ["production", "preview"],
-        });
+    async fn upsert_env_vars(
+        &self,
+        project: &str,
+        vars: &[VercelEnvVarSpec],
+    ) -> PlatformResult<Vec<VercelEnvVar>> {
+        if vars.is_empty() {
+            return Ok(Vec::new());
+        }
+        let body = Value::Array(vars.iter().map(env_body).collect());
         // upsert=true makes a repeat overwrite instead of failing: safe to retry.
         let request = self
             .request(
                 Method::POST,
-                "set_env_var",
+                "upsert_env_vars",
                 &["v10", "projects", project, "env"],
             )
             .query("upsert", "true")
             .json(body)
             .idempotent();
-        let response: Value = self.http.json(&request).await?;
-        if response
+        let mut response: Value = self.http.json(&request).await?;
+        let failed = response
             .get("failed")
             .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty())
-        {
+            .map(|failed| {
+                failed
+                    .iter()
+                    .filter_map(|f| f.pointer("/error/code").and_then(Value::as_str))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        if !failed.is_empty() {
             return Err(PlatformError::Invalid {
                 platform: Platform::Vercel,
-                operation: "set_env_var",
+                operation: "upsert_env_vars",
                 status: Some(201),
-                reason: "the variable was listed as failed".into(),
+                reason: format!("variables listed as failed ({})", failed.join(", ")),
             });
         }
-        Ok(())
+        let created = match response.get_mut("created").map(Value::take) {
+            Some(Value::Array(items)) => items,
+            Some(item @ Value::Object(_)) => vec![item],
+            _ => {
+                return Err(malformed(
+                    "upsert_env_vars",
+                    "response without `created`".into(),
+                ));
+            }
+        };
+        created
+            .into_iter()
+            .map(|item| {
+                let env: ApiEnv = super::http::decode(
+                    Platform::Vercel,
+                    "upsert_env_vars",
+                    item.to_string().as_bytes(),
+                )?;
+                env.into_env("upsert_env_vars")
+            })
+            .collect()
     }
 
-    async fn delete_env_var(&self, project: &str, key: &str) -> PlatformResult<bool> {
-        let Some(id) = self.find_env(project, key).await? else {
-            return Ok(false);
-        };
+    async fn delete_env_var(&self, project: &str, env_id: &str) -> PlatformResult<bool> {
         let request = self.request(
             Method::DELETE,
             "delete_env_var",
-            &["v9", "projects", project, "env", &id],
+            &["v9", "projects", project, "env", env_id],
         );
         gone_is_ok(self.http.send(&request).await)
     }
 
-    async fn list_domains(&self, project: &str) -> PlatformResult<Vec<Domain>> {
+    async fn list_domains(&self, project: &str) -> PlatformResult<Vec<VercelDomain>> {
         let request = self.request(
             Method::GET,
             "list_domains",
             &["v9", "projects", project, "domains"],
         );
         let domains: Vec<ApiDomain> = self.list_all(request, "domains", "until").await?;
-        Ok(domains.into_iter().map(Domain::from).collect())
+        Ok(domains.into_iter().map(VercelDomain::from).collect())
     }
 
-    async fn ensure_domain(&self, project: &str, name: &str) -> PlatformResult<Ensured<Domain>> {
-        if let Some(domain) = self
-            .list_domains(project)
-            .await?
-            .into_iter()
-            .find(|d| d.name == name)
-        {
-            return Ok(Ensured {
-                object: domain,
-                created: false,
-            });
+    async fn ensure_domain(
+        &self,
+        project: &str,
+        domain: &VercelDomainSpec,
+    ) -> PlatformResult<Ensured<VercelDomain>> {
+        let mut body = json!({ "name": domain.name });
+        if let Some(redirect) = &domain.redirect {
+            body["redirect"] = json!(redirect);
+        }
+        if let Some(branch) = &domain.git_branch {
+            body["gitBranch"] = json!(branch);
         }
         let request = self
             .request(
@@ -518,12 +842,47 @@ impl VercelProjects for VercelClient {
                 "add_domain",
                 &["v10", "projects", project, "domains"],
             )
-            .json(json!({ "name": name }));
-        let domain: ApiDomain = self.http.json(&request).await?;
-        Ok(Ensured {
-            object: domain.into(),
-            created: true,
-        })
+            .json(body);
+        match self.http.json::<ApiDomain>(&request).await {
+            Ok(added) => Ok(Ensured {
+                object: added.into(),
+                created: true,
+            }),
+            // Already attached here (a retry, or added out of band): adopt it. Attached to
+            // another project: the conflict stands.
+            Err(conflict @ PlatformError::Conflict { .. }) => {
+                match self
+                    .list_domains(project)
+                    .await?
+                    .into_iter()
+                    .find(|d| d.name == domain.name)
+                {
+                    Some(existing) => Ok(Ensured {
+                        object: existing,
+                        created: false,
+                    }),
+                    None => Err(conflict),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn update_domain(
+        &self,
+        project: &str,
+        domain: &VercelDomainSpec,
+    ) -> PlatformResult<VercelDomain> {
+        let request = self
+            .request(
+                Method::PATCH,
+                "update_domain",
+                &["v9", "projects", project, "domains", &domain.name],
+            )
+            .json(json!({ "redirect": domain.redirect, "gitBranch": domain.git_branch }))
+            .idempotent();
+        let updated: ApiDomain = self.http.json(&request).await?;
+        Ok(updated.into())
     }
 
     async fn delete_domain(&self, project: &str, name: &str) -> PlatformResult<bool> {
@@ -548,14 +907,15 @@ impl Deployments for VercelClient {
             DeploySource::Git(reference) => {
                 let Some((org, repo)) = project
                     .git_repository
-                    .as_deref()
-                    .and_then(|r| r.split_once('/'))
+                    .as_ref()
+                    .filter(|link| link.provider.starts_with("github"))
+                    .and_then(|link| link.repo.split_once('/'))
                 else {
                     return Err(PlatformError::Invalid {
                         platform: Platform::Vercel,
                         operation: "create_deployment",
                         status: None,
-                        reason: "the project has no linked git repository".into(),
+                        reason: "the project has no linked GitHub repository".into(),
                     });
                 };
                 body["gitSource"] =

@@ -1,8 +1,18 @@
 //! Fly.io Machines imitation: apps (with `idempotency_key`), machines (`created → starting →
 //! started`, `stopping → stopped`, `failed` for a failing image; leases with nonces;
-//! updates guarded by `current_version`), app secrets with versions, ACME certificates, and
-//! `fly-next-cursor` paging of machine lists, with the shapes of `fly/openapi.json`.
-//! Rate limits are per action and object (token buckets, no headers), as Fly documents.
+//! updates guarded by `current_version`; the full config kept as given, `guest` defaulted;
+//! check results `passing` once started; `min_secrets_version` refused while the app's
+//! secrets are older), volumes (created in a region, attached through a machine's
+//! `mounts` to one machine of that region, extended, destroyed once detached), app secrets
+//! with versions, ACME certificates, and `fly-next-cursor` paging of machine and volume
+//! lists, with the shapes of `fly/openapi.json`. Rate limits are per action and object
+//! (token buckets, no headers), as Fly documents.
+//!
+//! Dashboard edits (`POST /_sandbox/edit`): `machine` (by name or id) with any dotted field,
+//! e.g. `config.guest.memory_mb` or `config.env.LOG_LEVEL` (a `config.*` edit makes a new
+//! version, as a dashboard change does); `app` with `secrets.<NAME>` (a string sets the
+//! secret, `null` unsets it; the secrets version moves on) or any app field; `volume` (by
+//! id, or `<app>/<name>`) with any field, e.g. `size_gb`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -12,7 +22,7 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use serde_json::{Value, json};
 
 use super::{Common, Imitation, set_field, timestamp};
@@ -39,6 +49,7 @@ struct App {
     secrets: BTreeMap<String, (String, u64)>,
     secrets_version: u64,
     certificates: BTreeMap<String, Value>,
+    volumes: BTreeMap<String, Value>,
 }
 
 struct Machine {
@@ -75,6 +86,15 @@ pub(crate) fn router(common: Arc<Common>) -> (Router, Arc<dyn Imitation>) {
             get(list_secrets).post(set_secrets),
         )
         .route("/v1/apps/{app}/secrets/{name}", delete(delete_secret))
+        .route(
+            "/v1/apps/{app}/volumes",
+            get(list_volumes).post(create_volume),
+        )
+        .route(
+            "/v1/apps/{app}/volumes/{id}",
+            get(get_volume).delete(delete_volume),
+        )
+        .route("/v1/apps/{app}/volumes/{id}/extend", put(extend_volume))
         .route("/v1/apps/{app}/certificates", get(list_certificates))
         .route("/v1/apps/{app}/certificates/acme", post(add_certificate))
         .route(
@@ -119,7 +139,24 @@ impl Fly {
 
     fn machine_json(&self, m: &Machine) -> Value {
         let mut json = m.json.clone();
-        json["state"] = json!(self.machine_state(m));
+        let state = self.machine_state(m);
+        json["state"] = json!(state);
+        // Checks report once the machine runs; Fly fills `checks` with their results.
+        let checks: Vec<Value> = match (state, m.json["config"]["checks"].as_object()) {
+            ("started", Some(checks)) => checks
+                .keys()
+                .map(|name| {
+                    json!({
+                        "name": name,
+                        "status": "passing",
+                        "output": "Success",
+                        "updated_at": m.json["updated_at"],
+                    })
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        json["checks"] = json!(checks);
         json
     }
 
@@ -140,6 +177,17 @@ impl Fly {
     }
 }
 
+/// A fresh machine version (ULID-like, as Fly's are).
+fn new_version(state: &mut FlyState) -> String {
+    format!("01H{}", Fly::next_id(state).to_uppercase())
+}
+
+/// Sets a machine's version (`version`, and the deprecated `instance_id` Fly mirrors it in).
+fn set_version(machine: &mut Value, version: &str) {
+    machine["version"] = json!(version);
+    machine["instance_id"] = json!(version);
+}
+
 impl Imitation for Fly {
     fn classify(&self, method: &str, path: &str) -> Vec<(&'static str, String)> {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -154,16 +202,47 @@ impl Imitation for Fly {
 
     fn edit(&self, object: &str, name: &str, field: &str, value: Value) -> bool {
         let mut state = self.lock();
+        let version = new_version(&mut state);
         match object {
-            "app" => state
-                .apps
-                .get_mut(name)
-                .is_some_and(|a| set_field(&mut a.json, field, value)),
+            "app" => {
+                let Some(a) = state.apps.get_mut(name) else {
+                    return false;
+                };
+                if let Some(secret) = field.strip_prefix("secrets.") {
+                    a.secrets_version += 1;
+                    match value.as_str() {
+                        Some(v) => {
+                            a.secrets
+                                .insert(secret.to_owned(), (v.to_owned(), a.secrets_version));
+                        }
+                        None => {
+                            a.secrets.remove(secret);
+                        }
+                    }
+                    return true;
+                }
+                set_field(&mut a.json, field, value)
+            }
             "machine" => state.apps.values_mut().any(|a| {
                 a.machines
                     .values_mut()
                     .find(|m| m.json["name"] == name || m.json["id"] == name)
-                    .is_some_and(|m| set_field(&mut m.json, field, value.clone()))
+                    .is_some_and(|m| {
+                        let changed = set_field(&mut m.json, field, value.clone());
+                        if changed && field.starts_with("config.") {
+                            set_version(&mut m.json, &version);
+                        }
+                        changed
+                    })
+            }),
+            "volume" => state.apps.iter_mut().any(|(app, a)| {
+                a.volumes
+                    .values_mut()
+                    .find(|v| {
+                        v["id"] == name
+                            || format!("{app}/{}", v["name"].as_str().unwrap_or("")) == name
+                    })
+                    .is_some_and(|v| set_field(v, field, value.clone()))
             }),
             _ => false,
         }
@@ -238,6 +317,7 @@ async fn list_apps(State(f): State<Fly>, Query(params): Params) -> Response {
         .map(|(k, a)| {
             let mut json = a.json.clone();
             json["machine_count"] = json!(a.machines.len());
+            json["volume_count"] = json!(a.volumes.len());
             (k.clone(), json)
         })
         .collect();
@@ -307,6 +387,7 @@ async fn create_app(State(f): State<Fly>, body: axum::body::Bytes) -> Response {
             secrets: BTreeMap::new(),
             secrets_version: 0,
             certificates: BTreeMap::new(),
+            volumes: BTreeMap::new(),
         },
     );
     (
@@ -322,6 +403,7 @@ fn public_app(app: &App) -> Value {
         map.remove("created_at_ms");
     }
     json["machine_count"] = json!(app.machines.len());
+    json["volume_count"] = json!(app.volumes.len());
     json
 }
 
@@ -366,14 +448,81 @@ async fn list_machines(
     response
 }
 
-fn machine_config(body: &Value) -> Option<Value> {
-    let config = body.get("config")?;
-    let image = config["image"].as_str()?;
-    Some(json!({
-        "image": image,
-        "env": config.get("env").cloned().unwrap_or(json!({})),
-        "guest": { "cpu_kind": "shared", "cpus": 1, "memory_mb": 256 },
-    }))
+/// The config of a create or update, kept as given (Fly stores what it is sent), with
+/// `guest` defaulted to the smallest machine; `Err` names what is wrong.
+fn machine_config(body: &Value) -> Result<Value, &'static str> {
+    let Some(config) = body.get("config").filter(|c| c.is_object()) else {
+        return Err("config is required");
+    };
+    if !config["image"].is_string() {
+        return Err("config.image is required");
+    }
+    let mut config = config.clone();
+    let guest = config["guest"].as_object().cloned().unwrap_or_default();
+    let mut defaulted = json!({ "cpu_kind": "shared", "cpus": 1, "memory_mb": 256 });
+    for (key, value) in guest {
+        defaulted[key] = value;
+    }
+    if !(defaulted["cpus"].is_u64() && defaulted["memory_mb"].is_u64()) {
+        return Err("config.guest.cpus and memory_mb must be integers");
+    }
+    if !defaulted["memory_mb"]
+        .as_u64()
+        .unwrap_or(0)
+        .is_multiple_of(256)
+    {
+        return Err("config.guest.memory_mb must be a multiple of 256");
+    }
+    config["guest"] = defaulted;
+    Ok(config)
+}
+
+/// Checks `min_secrets_version` against the app's secrets: Fly cannot launch a machine
+/// with secrets newer than the app holds.
+fn secrets_ready(app: &App, body: &Value) -> bool {
+    body["min_secrets_version"]
+        .as_u64()
+        .is_none_or(|v| v <= app.secrets_version)
+}
+
+/// Attaches the volumes named in `config.mounts` to machine `id` in `region`, detaching the
+/// ones it no longer mounts. Each volume must exist in the app, be in the machine's region
+/// and not be attached to another machine.
+fn attach_mounts(app: &mut App, id: &str, region: &str, config: &Value) -> Result<(), String> {
+    let wanted: Vec<&str> = config["mounts"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|m| m["volume"].as_str()).collect())
+        .unwrap_or_default();
+    for volume in &wanted {
+        let Some(v) = app.volumes.get(*volume) else {
+            return Err(format!("volume {volume} not found"));
+        };
+        if v["region"] != region {
+            return Err(format!("volume {volume} is in another region"));
+        }
+        if v["attached_machine_id"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty() && m != id)
+        {
+            return Err(format!("volume {volume} is attached to another machine"));
+        }
+    }
+    for (vid, v) in app.volumes.iter_mut() {
+        if wanted.contains(&vid.as_str()) {
+            v["attached_machine_id"] = json!(id);
+            v["attached_alloc_id"] = json!(id);
+        } else if v["attached_machine_id"] == id {
+            detach(v);
+        }
+    }
+    Ok(())
+}
+
+fn detach(volume: &mut Value) {
+    if let Some(map) = volume.as_object_mut() {
+        map.remove("attached_machine_id");
+        map.remove("attached_alloc_id");
+    }
 }
 
 async fn create_machine(
@@ -384,22 +533,37 @@ async fn create_machine(
     let Some(body) = body_json(&body) else {
         return f.bad_request("invalid JSON body");
     };
-    let Some(config) = machine_config(&body) else {
-        return f.bad_request("config.image is required");
+    let config = match machine_config(&body) {
+        Ok(config) => config,
+        Err(message) => return f.bad_request(message),
     };
     let mut state = f.lock();
     let id = Fly::next_id(&mut state);
-    let version = format!("01H{}", Fly::next_id(&mut state).to_uppercase());
+    let version = new_version(&mut state);
     let Some(a) = state.apps.get_mut(&app) else {
         return f.not_found();
     };
+    let name = body["name"].as_str().unwrap_or(&id).to_owned();
+    if a.machines.values().any(|m| m.json["name"] == name.as_str()) {
+        return f.error(
+            StatusCode::CONFLICT,
+            "unknown",
+            "a machine with this name already exists",
+        );
+    }
+    if !secrets_ready(a, &body) {
+        return f.bad_request("min_secrets_version is newer than the app's secrets");
+    }
+    let region = body["region"].as_str().unwrap_or("ams").to_owned();
+    if let Err(message) = attach_mounts(a, &id, &region, &config) {
+        return f.bad_request(&message);
+    }
     let now = timestamp();
     let mut machine = Machine {
         json: json!({
             "id": id,
-            "name": body["name"].as_str().unwrap_or(&id),
-            "region": body["region"].as_str().unwrap_or("ams"),
-            "instance_id": version,
+            "name": name,
+            "region": region,
             "private_ip": "fdaa:0:1::2",
             "config": config,
             "host_status": "ok",
@@ -410,6 +574,7 @@ async fn create_machine(
         phase: ("created", "created", Instant::now()),
         lease: None,
     };
+    set_version(&mut machine.json, &version);
     if body["skip_launch"] != true {
         f.launch(&mut machine);
     }
@@ -448,16 +613,16 @@ async fn update_machine(
     let Some(body) = body_json(&body) else {
         return f.bad_request("invalid JSON body");
     };
-    let Some(config) = machine_config(&body) else {
-        return f.bad_request("config.image is required");
+    let config = match machine_config(&body) {
+        Ok(config) => config,
+        Err(message) => return f.bad_request(message),
     };
     let mut state = f.lock();
-    let version = format!("01H{}", Fly::next_id(&mut state).to_uppercase());
-    let Some(m) = state
-        .apps
-        .get_mut(&app)
-        .and_then(|a| a.machines.get_mut(&id))
-    else {
+    let version = new_version(&mut state);
+    let Some(a) = state.apps.get_mut(&app) else {
+        return f.not_found();
+    };
+    let Some(m) = a.machines.get(&id) else {
         return f.not_found();
     };
     if !lease_allows(m, &headers) {
@@ -468,7 +633,7 @@ async fn update_machine(
         );
     }
     if let Some(expected) = body["current_version"].as_str()
-        && m.json["instance_id"] != expected
+        && m.json["version"] != expected
     {
         return f.error(
             StatusCode::CONFLICT,
@@ -476,8 +641,18 @@ async fn update_machine(
             "machine version changed since current_version",
         );
     }
+    if !secrets_ready(a, &body) {
+        return f.bad_request("min_secrets_version is newer than the app's secrets");
+    }
+    let region = m.json["region"].as_str().unwrap_or_default().to_owned();
+    if let Err(message) = attach_mounts(a, &id, &region, &config) {
+        return f.bad_request(&message);
+    }
+    let Some(m) = a.machines.get_mut(&id) else {
+        return f.not_found();
+    };
     m.json["config"] = config;
-    m.json["instance_id"] = json!(version);
+    set_version(&mut m.json, &version);
     m.json["updated_at"] = json!(timestamp());
     if body["skip_launch"] != true {
         f.launch(m);
@@ -501,6 +676,11 @@ async fn delete_machine(
         }
         Some(_) => {
             a.machines.remove(&id);
+            for volume in a.volumes.values_mut() {
+                if volume["attached_machine_id"] == id.as_str() {
+                    detach(volume);
+                }
+            }
             StatusCode::OK.into_response()
         }
     }
@@ -538,7 +718,7 @@ async fn acquire_lease(
             "nonce": nonce,
             "expires_at": expires_at,
             "owner": "tether@sandbox",
-            "version": m.json["instance_id"],
+            "version": m.json["version"],
         })),
     )
         .into_response()
@@ -612,6 +792,136 @@ async fn start_machine(
         f.launch(m);
     }
     StatusCode::OK.into_response()
+}
+
+async fn list_volumes(
+    State(f): State<Fly>,
+    Path(app): Path<String>,
+    Query(params): Params,
+) -> Response {
+    let Ok(limit) = limit(&params, 1000) else {
+        return f.bad_request("invalid limit");
+    };
+    let state = f.lock();
+    let Some(a) = state.apps.get(&app) else {
+        return f.not_found();
+    };
+    let items: Vec<(String, Value)> = a
+        .volumes
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let Ok((page, next)) = paged(items, param(&params, "cursor"), limit) else {
+        return f.bad_request("invalid cursor");
+    };
+    let mut response = axum::Json(page).into_response();
+    if let Some(next) = next.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        response.headers_mut().insert("fly-next-cursor", next);
+    }
+    response
+}
+
+async fn create_volume(
+    State(f): State<Fly>,
+    Path(app): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(body) = body_json(&body) else {
+        return f.bad_request("invalid JSON body");
+    };
+    let (Some(name), Some(region), Some(size_gb)) = (
+        body["name"].as_str(),
+        body["region"].as_str(),
+        body["size_gb"].as_u64(),
+    ) else {
+        return f.bad_request("name, region and size_gb are required");
+    };
+    if !(1..=500).contains(&size_gb) {
+        return f.bad_request("size_gb must be between 1 and 500");
+    }
+    let mut state = f.lock();
+    let id = format!("vol_{}", Fly::next_id(&mut state));
+    let Some(a) = state.apps.get_mut(&app) else {
+        return f.not_found();
+    };
+    let volume = json!({
+        "id": id,
+        "name": name,
+        "region": region,
+        "zone": format!("{region}-1"),
+        "size_gb": size_gb,
+        "state": "created",
+        "encrypted": body["encrypted"].as_bool().unwrap_or(true),
+        "fstype": "ext4",
+        "type": "local",
+        "host_status": "ok",
+        "auto_backup_enabled": body["auto_backup_enabled"].as_bool().unwrap_or(true),
+        "snapshot_retention": body["snapshot_retention"].as_u64().unwrap_or(5),
+        "block_size": 4096,
+        "blocks": size_gb * 262_144,
+        "blocks_free": size_gb * 262_144,
+        "blocks_avail": size_gb * 262_144,
+        "bytes_total": size_gb << 30,
+        "bytes_used": 0,
+        "created_at": timestamp(),
+    });
+    a.volumes.insert(id, volume.clone());
+    axum::Json(volume).into_response()
+}
+
+async fn get_volume(State(f): State<Fly>, Path((app, id)): Path<(String, String)>) -> Response {
+    let state = f.lock();
+    match state.apps.get(&app).and_then(|a| a.volumes.get(&id)) {
+        Some(v) => axum::Json(v.clone()).into_response(),
+        None => f.not_found(),
+    }
+}
+
+async fn extend_volume(
+    State(f): State<Fly>,
+    Path((app, id)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(size_gb) = body_json(&body).and_then(|b| b["size_gb"].as_u64()) else {
+        return f.bad_request("size_gb is required");
+    };
+    let mut state = f.lock();
+    let Some(v) = state
+        .apps
+        .get_mut(&app)
+        .and_then(|a| a.volumes.get_mut(&id))
+    else {
+        return f.not_found();
+    };
+    let current = v["size_gb"].as_u64().unwrap_or(0);
+    if size_gb < current || size_gb > 500 {
+        return f.bad_request("volumes can only grow, up to 500 GB");
+    }
+    let grew = size_gb > current;
+    v["size_gb"] = json!(size_gb);
+    v["blocks"] = json!(size_gb * 262_144);
+    v["bytes_total"] = json!(size_gb << 30);
+    // The attached machine sees the new size after a restart.
+    let needs_restart = grew && v["attached_machine_id"].is_string();
+    axum::Json(json!({ "volume": v.clone(), "needs_restart": needs_restart })).into_response()
+}
+
+async fn delete_volume(State(f): State<Fly>, Path((app, id)): Path<(String, String)>) -> Response {
+    let mut state = f.lock();
+    let Some(a) = state.apps.get_mut(&app) else {
+        return f.not_found();
+    };
+    match a.volumes.get(&id) {
+        None => f.not_found(),
+        Some(v) if v["attached_machine_id"].is_string() => {
+            f.bad_request("volume is attached to a machine; destroy the machine first")
+        }
+        Some(_) => {
+            let mut volume = a.volumes.remove(&id).unwrap_or_default();
+            volume["state"] = json!("destroyed");
+            axum::Json(volume).into_response()
+        }
+    }
 }
 
 async fn list_secrets(State(f): State<Fly>, Path(app): Path<String>) -> Response {

@@ -1,7 +1,10 @@
-//! Render imitation: services, env vars, custom domains, deploys (with their state machine
-//! `created → build_in_progress → update_in_progress → live`, or `build_failed`; a deploy
-//! triggered while another runs answers 202 and waits `queued`), rollback, and `cursor`
-//! pagination, with the shapes of `render/openapi.json`.
+//! Render imitation: services of every kind (with their `serviceDetails`, scaling), env vars,
+//! custom domains, deploys (with their state machine `created → build_in_progress →
+//! update_in_progress → live`, or `build_failed`; a deploy triggered while another runs
+//! answers 202 and waits `queued`), rollback, key-value stores and Postgres databases (each
+//! `creating → available`), and `cursor` pagination, with the shapes of
+//! `render/openapi.json`. Dashboard edits (`/_sandbox/edit`) reach objects `service`,
+//! `envVar`, `customDomain`, `keyValue` and `postgres`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +23,10 @@ use super::{Common, Imitation, set_field, timestamp};
 const CREATED: Duration = Duration::from_secs(1);
 const BUILD: Duration = Duration::from_secs(9);
 const UPDATE: Duration = Duration::from_secs(5);
+/// Simulated time a new key-value store stays `creating`.
+const KEY_VALUE_CREATE: Duration = Duration::from_secs(20);
+/// Simulated time a new Postgres database stays `creating`.
+const POSTGRES_CREATE: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 struct Render {
@@ -31,6 +38,25 @@ struct Render {
 struct RenderState {
     seq: u64,
     services: BTreeMap<String, Service>,
+    key_values: BTreeMap<String, Datastore>,
+    postgres: BTreeMap<String, Datastore>,
+}
+
+/// A key-value store or Postgres database: its JSON (with the status it has once created)
+/// and when it stops being `creating`.
+struct Datastore {
+    json: Value,
+    available_at: Instant,
+}
+
+impl Datastore {
+    fn view(&self) -> Value {
+        let mut json = self.json.clone();
+        if Instant::now() < self.available_at {
+            json["status"] = json!("creating");
+        }
+        json
+    }
 }
 
 struct Service {
@@ -88,6 +114,21 @@ pub(crate) fn router(common: Arc<Common>) -> (Router, Arc<dyn Imitation>) {
         )
         .route("/services/{id}/deploys/{deploy}", get(get_deploy))
         .route("/services/{id}/rollback", post(rollback))
+        .route("/services/{id}/scale", post(scale_service))
+        .route("/key-value", get(list_key_values).post(create_key_value))
+        .route(
+            "/key-value/{id}",
+            get(get_key_value)
+                .patch(patch_key_value)
+                .delete(delete_key_value),
+        )
+        .route("/postgres", get(list_postgres).post(create_postgres))
+        .route(
+            "/postgres/{id}",
+            get(get_postgres)
+                .patch(patch_postgres)
+                .delete(delete_postgres),
+        )
         .with_state(render.clone());
     (router, Arc::new(render))
 }
@@ -236,11 +277,26 @@ impl Imitation for Render {
 
     fn edit(&self, object: &str, name: &str, field: &str, value: Value) -> bool {
         let mut state = self.lock();
-        let Some(service) = state
-            .services
-            .values_mut()
-            .find(|s| s.json["name"] == name || s.json["id"] == name)
-        else {
+        let named = |json: &Value| json["name"] == name || json["id"] == name;
+        match object {
+            "keyValue" => {
+                return state
+                    .key_values
+                    .values_mut()
+                    .find(|k| named(&k.json))
+                    .is_some_and(|k| set_field(&mut k.json, field, value));
+            }
+            "postgres" => {
+                return state
+                    .postgres
+                    .values_mut()
+                    .find(|p| named(&p.json))
+                    .is_some_and(|p| set_field(&mut p.json, field, value));
+            }
+            _ => {}
+        }
+        let domain_id = state.next_id("cdm");
+        let Some(service) = state.services.values_mut().find(|s| named(&s.json)) else {
             return false;
         };
         match object {
@@ -252,6 +308,24 @@ impl Imitation for Render {
                 }
                 None => service.env.remove(field).is_some(),
             },
+            // `field` is the domain name; null detaches it, anything else attaches it.
+            "customDomain" => {
+                let key = service
+                    .domains
+                    .iter()
+                    .find(|(_, d)| d["name"] == field)
+                    .map(|(k, _)| k.clone());
+                match (value.is_null(), key) {
+                    (true, Some(key)) => service.domains.remove(&key).is_some(),
+                    (true, None) => false,
+                    (false, Some(_)) => true,
+                    (false, None) => {
+                        let domain = domain_json(&domain_id, field, &service.json);
+                        service.domains.insert(domain_id, domain);
+                        true
+                    }
+                }
+            }
             _ => false,
         }
     }
@@ -331,20 +405,49 @@ async fn list_services(State(r): State<Render>, Query(params): Params) -> Respon
     page(&r, &params, "service", items)
 }
 
-fn details(kind: &str, runtime: &str, region: &str, plan: &str, slug: &str) -> Value {
+/// `serviceDetails` of a new service of `kind` from the request's `serviceDetails`
+/// (`…DetailsPOST`), filled with Render's defaults, in the shape of `…Details`.
+fn details(kind: &str, requested: &Value, slug: &str) -> Value {
+    let text = |field: &str, default: &str| -> Value {
+        json!(requested[field].as_str().unwrap_or(default))
+    };
+    if kind == "static_site" {
+        return json!({
+            "buildCommand": text("buildCommand", ""),
+            "publishPath": text("publishPath", "public"),
+            "url": format!("https://{slug}.onrender.com"),
+            "buildPlan": "starter",
+            "pullRequestPreviewsEnabled": "no",
+            "ipAllowList": requested.get("ipAllowList").cloned().unwrap_or(json!([])),
+        });
+    }
+    let runtime = requested["runtime"].as_str().unwrap_or("docker");
+    let env = &requested["envSpecificDetails"];
+    let env_specific = if matches!(runtime, "docker" | "image") {
+        json!({
+            "dockerCommand": env["dockerCommand"].as_str().unwrap_or(""),
+            "dockerContext": env["dockerContext"].as_str().unwrap_or("."),
+            "dockerfilePath": env["dockerfilePath"].as_str().unwrap_or("./Dockerfile"),
+        })
+    } else {
+        json!({
+            "buildCommand": env["buildCommand"].as_str().unwrap_or(""),
+            "startCommand": env["startCommand"].as_str().unwrap_or(""),
+        })
+    };
     let mut details = json!({
         "env": runtime,
         "runtime": runtime,
-        "envSpecificDetails": {
-            "dockerCommand": "",
-            "dockerContext": ".",
-            "dockerfilePath": "./Dockerfile",
-        },
-        "plan": plan,
-        "region": region,
-        "numInstances": 1,
+        "envSpecificDetails": env_specific,
+        "plan": text("plan", "starter"),
+        "region": text("region", "oregon"),
         "buildPlan": "starter",
     });
+    if kind == "cron_job" {
+        details["schedule"] = text("schedule", "");
+        return details;
+    }
+    details["numInstances"] = json!(requested["numInstances"].as_i64().unwrap_or(1));
     if kind != "background_worker" {
         details["openPorts"] = json!([{ "port": 10000, "protocol": "TCP" }]);
         details["url"] = json!(if kind == "web_service" {
@@ -354,7 +457,7 @@ fn details(kind: &str, runtime: &str, region: &str, plan: &str, slug: &str) -> V
         });
     }
     if kind == "web_service" {
-        details["healthCheckPath"] = json!("");
+        details["healthCheckPath"] = text("healthCheckPath", "");
     }
     details
 }
@@ -376,6 +479,18 @@ async fn create_service(State(r): State<Render>, body: axum::body::Bytes) -> Res
     ) {
         return r.bad_request("invalid service type");
     }
+    let sd = &body["serviceDetails"];
+    if kind == "cron_job" && sd["schedule"].as_str().is_none() {
+        return r.bad_request("serviceDetails.schedule is required for cron jobs");
+    }
+    if kind == "static_site" && body["repo"].as_str().is_none() {
+        return r.bad_request("repo is required for static sites");
+    }
+    if let Some(region) = sd["region"].as_str()
+        && !REGIONS.contains(&region)
+    {
+        return r.bad_request("invalid region");
+    }
     let mut state = r.lock();
     if state
         .services
@@ -390,10 +505,6 @@ async fn create_service(State(r): State<Render>, body: axum::body::Bytes) -> Res
     }
     let id = state.next_id("srv");
     let slug = format!("{name}-{}", &id[id.len() - 4..]);
-    let sd = &body["serviceDetails"];
-    let runtime = sd["runtime"].as_str().unwrap_or("docker");
-    let region = sd["region"].as_str().unwrap_or("oregon");
-    let plan = sd["plan"].as_str().unwrap_or("starter");
     let now = timestamp();
     let image = body["image"]["imagePath"].as_str().map(str::to_owned);
     let mut json = json!({
@@ -410,7 +521,7 @@ async fn create_service(State(r): State<Render>, body: axum::body::Bytes) -> Res
         "notifyOnFail": "default",
         "slug": slug,
         "rootDir": body["rootDir"].as_str().unwrap_or(""),
-        "serviceDetails": details(kind, runtime, region, plan, &slug),
+        "serviceDetails": details(kind, sd, &slug),
     });
     if let Some(image) = &image {
         json["imagePath"] = json!(image);
@@ -455,6 +566,21 @@ async fn get_service(State(r): State<Render>, Path(id): Path<String>) -> Respons
     }
 }
 
+/// `serviceDetails` fields a PATCH may change (`…DetailsPATCH`); region and instance count
+/// are not among them (Render ignores them there).
+const PATCHABLE_DETAILS: &[&str] = &[
+    "plan",
+    "runtime",
+    "healthCheckPath",
+    "schedule",
+    "publishPath",
+    "buildCommand",
+    "ipAllowList",
+    "pullRequestPreviewsEnabled",
+    "maxShutdownDelaySeconds",
+    "preDeployCommand",
+];
+
 async fn patch_service(
     State(r): State<Render>,
     Path(id): Path<String>,
@@ -476,12 +602,68 @@ async fn patch_service(
         service.json["imagePath"] = json!(path);
     }
     if let Some(sd) = body["serviceDetails"].as_object() {
+        let current = &mut service.json["serviceDetails"];
         for (k, v) in sd {
-            service.json["serviceDetails"][k] = v.clone();
+            if PATCHABLE_DETAILS.contains(&k.as_str()) {
+                current[k] = v.clone();
+            }
+        }
+        if let Some(runtime) = sd.get("runtime").and_then(Value::as_str) {
+            current["env"] = json!(runtime);
+        }
+        // A runtime switch between native and docker/image changes the details' shape.
+        let docker = matches!(current["runtime"].as_str(), Some("docker" | "image"));
+        let env = &mut current["envSpecificDetails"];
+        let shaped_docker = env.get("dockerCommand").is_some();
+        if env.is_object() && docker != shaped_docker {
+            *env = if docker {
+                json!({"dockerCommand": "", "dockerContext": ".", "dockerfilePath": "./Dockerfile"})
+            } else {
+                json!({"buildCommand": "", "startCommand": ""})
+            };
+        }
+        if let (Some(changes), Some(env)) = (
+            sd.get("envSpecificDetails").and_then(Value::as_object),
+            current["envSpecificDetails"].as_object_mut(),
+        ) {
+            for (k, v) in changes {
+                // Only the fields of the shape the runtime has.
+                if env.contains_key(k) {
+                    env.insert(k.clone(), v.clone());
+                }
+            }
         }
     }
     service.json["updatedAt"] = json!(timestamp());
     axum::Json(service.json.clone()).into_response()
+}
+
+async fn scale_service(
+    State(r): State<Render>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(count) = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|b| b["numInstances"].as_i64())
+    else {
+        return r.bad_request("numInstances is required");
+    };
+    if !(1..=100).contains(&count) {
+        return r.bad_request("numInstances must be between 1 and 100");
+    }
+    let mut state = r.lock();
+    let Some(service) = state.services.get_mut(&id) else {
+        return r.not_found();
+    };
+    if matches!(
+        service.json["type"].as_str(),
+        Some("cron_job" | "static_site")
+    ) {
+        return r.bad_request("this service type cannot be scaled");
+    }
+    service.json["serviceDetails"]["numInstances"] = json!(count);
+    StatusCode::ACCEPTED.into_response()
 }
 
 async fn delete_service(State(r): State<Render>, Path(id): Path<String>) -> Response {
@@ -585,8 +767,14 @@ async fn add_domain(
             .common
             .error(StatusCode::CONFLICT, "conflict", "domain already added");
     }
+    let domain = domain_json(&domain_id, &name, &service.json);
+    service.domains.insert(domain_id, domain.clone());
+    (StatusCode::CREATED, axum::Json(json!([domain]))).into_response()
+}
+
+fn domain_json(domain_id: &str, name: &str, service: &Value) -> Value {
     let apex = name.matches('.').count() == 1;
-    let domain = json!({
+    json!({
         "id": domain_id,
         "name": name,
         "domainType": if apex { "apex" } else { "subdomain" },
@@ -594,10 +782,8 @@ async fn add_domain(
         "redirectForName": "",
         "verificationStatus": "unverified",
         "createdAt": timestamp(),
-        "server": { "id": id, "name": service.json["name"] },
-    });
-    service.domains.insert(domain_id, domain.clone());
-    (StatusCode::CREATED, axum::Json(json!([domain]))).into_response()
+        "server": { "id": service["id"], "name": service["name"] },
+    })
 }
 
 async fn delete_domain(
@@ -738,4 +924,388 @@ async fn rollback(
             .into_response(),
         None => r.not_found(),
     }
+}
+
+/// Render's regions (`region` enum).
+const REGIONS: &[&str] = &["frankfurt", "oregon", "ohio", "singapore", "virginia"];
+/// `keyValuePlan`.
+const KEY_VALUE_PLANS: &[&str] = &["free", "starter", "standard", "pro", "pro_plus", "custom"];
+/// `maxmemoryPolicy`.
+const MAXMEMORY_POLICIES: &[&str] = &[
+    "noeviction",
+    "allkeys_lfu",
+    "allkeys_lru",
+    "allkeys_random",
+    "volatile_lfu",
+    "volatile_lru",
+    "volatile_random",
+    "volatile_ttl",
+];
+/// `postgresVersion`.
+const POSTGRES_VERSIONS: &[&str] = &["11", "12", "13", "14", "15", "16", "17", "18"];
+
+/// Which collection a datastore handler serves.
+#[derive(Clone, Copy)]
+enum Store {
+    KeyValue,
+    Postgres,
+}
+
+impl Store {
+    fn map(self, state: &mut RenderState) -> &mut BTreeMap<String, Datastore> {
+        match self {
+            Store::KeyValue => &mut state.key_values,
+            Store::Postgres => &mut state.postgres,
+        }
+    }
+
+    /// The list wrapper's field (`keyValueWithCursor`, `postgresWithCursor`).
+    fn field(self) -> &'static str {
+        match self {
+            Store::KeyValue => "keyValue",
+            Store::Postgres => "postgres",
+        }
+    }
+}
+
+fn owner_json(id: &str) -> Value {
+    json!({
+        "id": id,
+        "name": "Sandbox workspace",
+        "email": "owner@sandbox.invalid",
+        "type": if id.starts_with("usr-") { "user" } else { "team" },
+    })
+}
+
+/// `ipAllowList` from a request: a list of `{cidrBlock, description}` (description
+/// defaults to empty), or `None` when malformed.
+fn allow_list(value: &Value) -> Option<Value> {
+    let Some(items) = value.as_array() else {
+        return value.is_null().then(|| json!([]));
+    };
+    items
+        .iter()
+        .map(|item| {
+            let block = item["cidrBlock"].as_str()?;
+            Some(json!({
+                "cidrBlock": block,
+                "description": item["description"].as_str().unwrap_or(""),
+            }))
+        })
+        .collect::<Option<Vec<_>>>()
+        .map(Value::from)
+}
+
+async fn list_datastores(r: Render, store: Store, params: Vec<(String, String)>) -> Response {
+    let names = csv(&params, "name");
+    let owners = csv(&params, "ownerId");
+    let regions = csv(&params, "region");
+    let items: Vec<(String, Value)> = {
+        let mut state = r.lock();
+        store
+            .map(&mut state)
+            .iter()
+            .filter(|(_, d)| {
+                let matches = |filter: &Option<Vec<String>>, value: &Value| {
+                    filter
+                        .as_ref()
+                        .is_none_or(|f| f.iter().any(|f| value == f.as_str()))
+                };
+                matches(&names, &d.json["name"])
+                    && matches(&owners, &d.json["owner"]["id"])
+                    && matches(&regions, &d.json["region"])
+            })
+            .map(|(id, d)| (id.clone(), d.view()))
+            .collect()
+    };
+    page(&r, &params, store.field(), items)
+}
+
+fn get_datastore(r: &Render, store: Store, id: &str) -> Response {
+    let mut state = r.lock();
+    match store.map(&mut state).get(id) {
+        Some(d) => {
+            let mut view = d.view();
+            // The detail schemas carry no dashboard URL for key-value stores.
+            if let (Store::KeyValue, Some(map)) = (store, view.as_object_mut()) {
+                map.remove("dashboardUrl");
+            }
+            axum::Json(view).into_response()
+        }
+        None => r.not_found(),
+    }
+}
+
+fn delete_datastore(r: &Render, store: Store, id: &str) -> Response {
+    let mut state = r.lock();
+    match store.map(&mut state).remove(id) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => r.not_found(),
+    }
+}
+
+/// Common checks of a create body: what is wrong with it, if anything.
+fn check_create(body: &Value) -> Option<&'static str> {
+    if body["name"].as_str().is_none()
+        || body["ownerId"].as_str().is_none()
+        || body["plan"].as_str().is_none()
+    {
+        return Some("name, ownerId and plan are required");
+    }
+    if let Some(region) = body.get("region")
+        && !region.as_str().is_some_and(|r| REGIONS.contains(&r))
+    {
+        return Some("invalid region");
+    }
+    None
+}
+
+/// Whether the workspace already has a datastore called like the create `body` asks (the
+/// sandbox keeps names unique, so a create retried after a lost answer is a conflict).
+fn name_taken(state: &mut RenderState, store: Store, body: &Value) -> bool {
+    store
+        .map(state)
+        .values()
+        .any(|d| d.json["name"] == body["name"] && d.json["owner"]["id"] == body["ownerId"])
+}
+
+fn name_conflict(r: &Render) -> Response {
+    r.common
+        .error(StatusCode::CONFLICT, "conflict", "name already in use")
+}
+
+async fn list_key_values(State(r): State<Render>, Query(params): Params) -> Response {
+    list_datastores(r, Store::KeyValue, params).await
+}
+
+async fn get_key_value(State(r): State<Render>, Path(id): Path<String>) -> Response {
+    get_datastore(&r, Store::KeyValue, &id)
+}
+
+async fn delete_key_value(State(r): State<Render>, Path(id): Path<String>) -> Response {
+    delete_datastore(&r, Store::KeyValue, &id)
+}
+
+async fn create_key_value(State(r): State<Render>, body: axum::body::Bytes) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return r.bad_request("invalid JSON body");
+    };
+    if let Some(problem) = check_create(&body) {
+        return r.bad_request(problem);
+    }
+    if !body["plan"]
+        .as_str()
+        .is_some_and(|p| KEY_VALUE_PLANS.contains(&p))
+    {
+        return r.bad_request("invalid plan");
+    }
+    let policy = body["maxmemoryPolicy"].as_str().unwrap_or("allkeys_lru");
+    if !MAXMEMORY_POLICIES.contains(&policy) {
+        return r.bad_request("invalid maxmemoryPolicy");
+    }
+    let Some(allowed) = allow_list(&body["ipAllowList"]) else {
+        return r.bad_request("invalid ipAllowList");
+    };
+    let mut state = r.lock();
+    if name_taken(&mut state, Store::KeyValue, &body) {
+        return name_conflict(&r);
+    }
+    let id = state.next_id("red");
+    let now = timestamp();
+    let json = json!({
+        "id": id,
+        "name": body["name"],
+        "owner": owner_json(body["ownerId"].as_str().unwrap_or_default()),
+        "plan": body["plan"],
+        "region": body["region"].as_str().unwrap_or("oregon"),
+        "status": "available",
+        "options": { "maxmemoryPolicy": policy },
+        "ipAllowList": allowed,
+        "version": "8.1.4",
+        "createdAt": now,
+        "updatedAt": now,
+        "dashboardUrl": format!("https://dashboard.render.com/r/{id}"),
+    });
+    let store = Datastore {
+        json,
+        available_at: Instant::now() + r.wall(KEY_VALUE_CREATE),
+    };
+    let mut view = store.view();
+    if let Some(map) = view.as_object_mut() {
+        map.remove("dashboardUrl");
+    }
+    state.key_values.insert(id, store);
+    (StatusCode::CREATED, axum::Json(view)).into_response()
+}
+
+async fn patch_key_value(
+    State(r): State<Render>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return r.bad_request("invalid JSON body");
+    };
+    if let Some(plan) = body.get("plan")
+        && !plan.as_str().is_some_and(|p| KEY_VALUE_PLANS.contains(&p))
+    {
+        return r.bad_request("invalid plan");
+    }
+    if let Some(policy) = body.get("maxmemoryPolicy")
+        && !policy
+            .as_str()
+            .is_some_and(|p| MAXMEMORY_POLICIES.contains(&p))
+    {
+        return r.bad_request("invalid maxmemoryPolicy");
+    }
+    let allowed = match body.get("ipAllowList").map(allow_list) {
+        Some(None) => return r.bad_request("invalid ipAllowList"),
+        Some(Some(list)) => Some(list),
+        None => None,
+    };
+    {
+        let mut state = r.lock();
+        let Some(store) = state.key_values.get_mut(&id) else {
+            return r.not_found();
+        };
+        for field in ["name", "plan"] {
+            if let Some(v) = body.get(field) {
+                store.json[field] = v.clone();
+            }
+        }
+        if let Some(policy) = body.get("maxmemoryPolicy") {
+            store.json["options"]["maxmemoryPolicy"] = policy.clone();
+        }
+        if let Some(list) = allowed {
+            store.json["ipAllowList"] = list;
+        }
+        store.json["updatedAt"] = json!(timestamp());
+    }
+    get_datastore(&r, Store::KeyValue, &id)
+}
+
+async fn list_postgres(State(r): State<Render>, Query(params): Params) -> Response {
+    list_datastores(r, Store::Postgres, params).await
+}
+
+async fn get_postgres(State(r): State<Render>, Path(id): Path<String>) -> Response {
+    get_datastore(&r, Store::Postgres, &id)
+}
+
+async fn delete_postgres(State(r): State<Render>, Path(id): Path<String>) -> Response {
+    delete_datastore(&r, Store::Postgres, &id)
+}
+
+/// Default disk of a plan when the request names none.
+fn default_disk_gb(plan: &str) -> i64 {
+    if plan == "free" { 1 } else { 15 }
+}
+
+async fn create_postgres(State(r): State<Render>, body: axum::body::Bytes) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return r.bad_request("invalid JSON body");
+    };
+    if let Some(problem) = check_create(&body) {
+        return r.bad_request(problem);
+    }
+    let Some(version) = body["version"]
+        .as_str()
+        .filter(|v| POSTGRES_VERSIONS.contains(v))
+    else {
+        return r.bad_request("version is required and must be a supported major version");
+    };
+    if body
+        .get("diskSizeGB")
+        .is_some_and(|d| d.as_i64().is_none_or(|d| d < 1))
+    {
+        return r.bad_request("diskSizeGB must be a positive integer");
+    }
+    let Some(allowed) = allow_list(&body["ipAllowList"]) else {
+        return r.bad_request("invalid ipAllowList");
+    };
+    let plan = body["plan"].as_str().unwrap_or_default();
+    let mut state = r.lock();
+    if name_taken(&mut state, Store::Postgres, &body) {
+        return name_conflict(&r);
+    }
+    let id = state.next_id("dpg");
+    let now = timestamp();
+    let random = &id[id.len() - 6..];
+    let name = body["name"].as_str().unwrap_or_default();
+    let json = json!({
+        "id": id,
+        "name": name,
+        "owner": owner_json(body["ownerId"].as_str().unwrap_or_default()),
+        "plan": plan,
+        "region": body["region"].as_str().unwrap_or("oregon"),
+        "version": version,
+        "status": "available",
+        "databaseName": body["databaseName"].as_str().map(str::to_owned).unwrap_or_else(|| format!("{}_{random}", name.replace('-', "_"))),
+        "databaseUser": body["databaseUser"].as_str().map(str::to_owned).unwrap_or_else(|| format!("{}_user", name.replace('-', "_"))),
+        "diskSizeGB": body["diskSizeGB"].as_i64().unwrap_or_else(|| default_disk_gb(plan)),
+        "diskAutoscalingEnabled": body["enableDiskAutoscaling"].as_bool().unwrap_or(false),
+        "highAvailabilityEnabled": body["enableHighAvailability"].as_bool().unwrap_or(false),
+        "ipAllowList": allowed,
+        "readReplicas": [],
+        "role": "primary",
+        "suspended": "not_suspended",
+        "suspenders": [],
+        // `postgresDetail` requires a `project` it never declares; a database created
+        // outside any project has none.
+        "project": null,
+        "createdAt": now,
+        "updatedAt": now,
+        "dashboardUrl": format!("https://dashboard.render.com/d/{id}"),
+    });
+    let database = Datastore {
+        json,
+        available_at: Instant::now() + r.wall(POSTGRES_CREATE),
+    };
+    let view = database.view();
+    state.postgres.insert(id, database);
+    (StatusCode::CREATED, axum::Json(view)).into_response()
+}
+
+async fn patch_postgres(
+    State(r): State<Render>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return r.bad_request("invalid JSON body");
+    };
+    let allowed = match body.get("ipAllowList").map(allow_list) {
+        Some(None) => return r.bad_request("invalid ipAllowList"),
+        Some(Some(list)) => Some(list),
+        None => None,
+    };
+    {
+        let mut state = r.lock();
+        let Some(database) = state.postgres.get_mut(&id) else {
+            return r.not_found();
+        };
+        if let Some(size) = body.get("diskSizeGB") {
+            let current = database.json["diskSizeGB"].as_i64().unwrap_or(0);
+            match size.as_i64() {
+                Some(size) if size >= current => database.json["diskSizeGB"] = json!(size),
+                _ => return r.bad_request("diskSizeGB can only grow"),
+            }
+        }
+        for field in ["name", "plan"] {
+            if let Some(v) = body.get(field) {
+                database.json[field] = v.clone();
+            }
+        }
+        if let Some(ha) = body.get("enableHighAvailability") {
+            database.json["highAvailabilityEnabled"] = ha.clone();
+        }
+        if let Some(autoscale) = body.get("enableDiskAutoscaling") {
+            database.json["diskAutoscalingEnabled"] = autoscale.clone();
+        }
+        if let Some(list) = allowed {
+            database.json["ipAllowList"] = list;
+        }
+        database.json["updatedAt"] = json!(timestamp());
+    }
+    get_datastore(&r, Store::Postgres, &id)
 }

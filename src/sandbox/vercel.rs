@@ -1,7 +1,12 @@
-//! Vercel imitation: projects, env vars, project domains, deployments (`QUEUED → BUILDING →
-//! READY`, or `ERROR` for a failing ref), promotion, and the time-based pagination of
-//! `vercel/openapi.json` (`pagination.next` is a millisecond timestamp fed back as `until`;
-//! projects use an opaque `from` token).
+//! Vercel imitation: projects (settings, a repository linked at creation in the shape of
+//! its provider's `link` variant, variables created with the project), env vars identified
+//! by (key, targets, gitBranch) with `upsert` and one-or-many create bodies (`encrypted`
+//! values read back as ciphertext, `sensitive` ones as empty), project domains with
+//! redirect and git branch (the spec's 400s for invalid combinations), deployments
+//! (`QUEUED → BUILDING → READY`, or `ERROR` for a failing ref), promotion, and the
+//! time-based pagination of `vercel/openapi.json` (`pagination.next` is a millisecond
+//! timestamp fed back as `until`; projects use an opaque `from` token). The project list and
+//! reads carry each project's `env` array, as the spec's response schema does.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -77,7 +82,7 @@ pub(crate) fn router(common: Arc<Common>) -> (Router, Arc<dyn Imitation>) {
         .route("/v10/projects/{project}/domains", post(add_domain))
         .route(
             "/v9/projects/{project}/domains/{domain}",
-            delete(delete_domain),
+            delete(delete_domain).patch(patch_domain),
         )
         .route("/v13/deployments", post(create_deployment))
         .route("/v13/deployments/{id}", get(get_deployment))
@@ -221,6 +226,14 @@ impl Imitation for Vercel {
         vec![("api", String::new())]
     }
 
+    /// Dashboard edits, all on the project called `name`:
+    /// - `project`: `field` is a dotted path in the project (`buildCommand`,
+    ///   `link.productionBranch`);
+    /// - `envVar`: `field` is `KEY`, or `KEY@target,target` / `KEY@preview#branch` to pick
+    ///   one of several variables with that key; a string `value` replaces the value, an
+    ///   object is merged (`{"target": ["preview"]}`), `null` removes the variable;
+    /// - `domain`: `field` is the hostname; an object `value` is merged (`{"redirect":
+    ///   "example.com"}`), `null` removes the domain.
     fn edit(&self, object: &str, name: &str, field: &str, value: Value) -> bool {
         let mut state = self.lock();
         let Some(project) = Vercel::find_project(&mut state, name) else {
@@ -228,13 +241,41 @@ impl Imitation for Vercel {
         };
         match object {
             "project" => set_field(&mut project.json, field, value),
-            "envVar" => match project.envs.iter_mut().find(|e| e["key"] == field) {
-                Some(env) => {
-                    env["value"] = value;
-                    true
+            "envVar" => {
+                let Some(index) = project.envs.iter().position(|e| env_selected(e, field)) else {
+                    return false;
+                };
+                match value {
+                    Value::Null => {
+                        project.envs.remove(index);
+                    }
+                    Value::Object(fields) => {
+                        for (k, v) in fields {
+                            project.envs[index][k] = v;
+                        }
+                    }
+                    other => project.envs[index]["value"] = other,
                 }
-                None => false,
-            },
+                true
+            }
+            "domain" => {
+                let Some(index) = project.domains.iter().position(|(_, d)| d["name"] == field)
+                else {
+                    return false;
+                };
+                match value {
+                    Value::Null => {
+                        project.domains.remove(index);
+                    }
+                    Value::Object(fields) => {
+                        for (k, v) in fields {
+                            project.domains[index].1[k] = v;
+                        }
+                    }
+                    _ => return false,
+                }
+                true
+            }
             _ => false,
         }
     }
@@ -274,6 +315,193 @@ fn body_json(bytes: &[u8]) -> Option<Value> {
     serde_json::from_slice(bytes).ok()
 }
 
+const NODE_VERSIONS: &[&str] = &["22.x", "20.x", "18.x", "16.x", "14.x", "12.x", "10.x"];
+const TARGETS: &[&str] = &["production", "preview", "development"];
+const ENV_TYPES: &[&str] = &["system", "secret", "encrypted", "plain", "sensitive"];
+/// Project settings `PATCH /v9/projects/{idOrName}` changes here (a subset of the spec's).
+const SETTINGS: &[&str] = &[
+    "framework",
+    "rootDirectory",
+    "installCommand",
+    "buildCommand",
+    "outputDirectory",
+];
+
+/// The `link` object the list returns for a repository linked at creation, in the shape
+/// of the provider's variant in the spec.
+fn link_json(provider: &str, repo: &str, seq: u64, created: u64) -> Option<Value> {
+    let (owner, name) = repo.split_once('/')?;
+    if owner.is_empty() || name.is_empty() || name.contains('/') {
+        return None;
+    }
+    let mut link = match provider {
+        "github" | "github-limited" => json!({
+            "org": owner,
+            "repo": name,
+            "repoId": seq,
+            "repoOwnerId": seq,
+        }),
+        "gitlab" => json!({
+            "projectId": seq.to_string(),
+            "projectName": name,
+            "projectNameWithNamespace": format!("{owner} / {name}"),
+            "projectNamespace": owner,
+            "projectUrl": format!("https://gitlab.com/{owner}/{name}"),
+        }),
+        "bitbucket" => json!({
+            "name": name,
+            "slug": name,
+            "owner": owner,
+            "uuid": format!("{{{seq}}}"),
+            "workspaceUuid": format!("{{w{seq}}}"),
+        }),
+        _ => return None,
+    };
+    link["type"] = json!(provider);
+    link["gitCredentialId"] = json!("cred_sandbox");
+    link["productionBranch"] = json!("main");
+    link["deployHooks"] = json!([]);
+    link["createdAt"] = json!(created);
+    link["updatedAt"] = json!(created);
+    Some(link)
+}
+
+/// The sorted target list of a stored or requested variable.
+fn targets_of(env: &Value) -> Vec<String> {
+    let mut targets: Vec<String> = match &env["target"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    targets.sort();
+    targets.dedup();
+    targets
+}
+
+fn branch_of(env: &Value) -> &str {
+    env["gitBranch"].as_str().unwrap_or("")
+}
+
+/// Whether `field` (`KEY`, `KEY@t1,t2`, `KEY@preview#branch`) names the variable.
+fn env_selected(env: &Value, field: &str) -> bool {
+    let (key, selector) = match field.split_once('@') {
+        Some((key, selector)) => (key, Some(selector)),
+        None => (field, None),
+    };
+    if env["key"] != key {
+        return false;
+    }
+    let Some(selector) = selector else {
+        return true;
+    };
+    let (targets, branch) = selector.split_once('#').unwrap_or((selector, ""));
+    let mut wanted: Vec<&str> = targets.split(',').collect();
+    wanted.sort();
+    targets_of(env) == wanted && branch_of(env) == branch
+}
+
+/// Validates one variable of a create request into its stored form.
+fn new_env(item: &Value, id: String, now: u64) -> Result<Value, &'static str> {
+    let (Some(key), Some(value), Some(kind)) = (
+        item["key"].as_str(),
+        item["value"].as_str(),
+        item["type"].as_str(),
+    ) else {
+        return Err("key, value and type are required");
+    };
+    if !ENV_TYPES.contains(&kind) {
+        return Err("invalid type");
+    }
+    let targets = targets_of(item);
+    if targets.is_empty() || targets.iter().any(|t| !TARGETS.contains(&t.as_str())) {
+        return Err("target must list production, preview or development");
+    }
+    let mut env = json!({
+        "id": id,
+        "key": key,
+        "value": value,
+        "type": kind,
+        "target": targets,
+        "createdAt": now,
+        "updatedAt": now,
+    });
+    match &item["gitBranch"] {
+        Value::Null => {}
+        Value::String(branch) if targets == ["preview"] => env["gitBranch"] = json!(branch),
+        _ => return Err("gitBranch requires target=preview"),
+    }
+    Ok(env)
+}
+
+fn public_env(env: &Value) -> Value {
+    let mut env = env.clone();
+    match env["type"].as_str() {
+        // Encrypted values come back as ciphertext, sensitive ones not at all.
+        Some("encrypted") => {
+            env["value"] = json!(format!("enc:{}", env["id"].as_str().unwrap_or("")))
+        }
+        Some("sensitive") | Some("secret") => env["value"] = json!(""),
+        _ => {}
+    }
+    env
+}
+
+impl Project {
+    /// The project as the API returns it: settings, link and variables.
+    fn view(&self) -> Value {
+        let mut json = self.json.clone();
+        json["env"] = Value::Array(self.envs.iter().map(public_env).collect());
+        json
+    }
+
+    /// Adds or (with `upsert`, same key, targets and branch) replaces a variable.
+    fn put_env(&mut self, env: Value, upsert: bool) -> Result<Value, (StatusCode, &'static str)> {
+        let (targets, branch) = (targets_of(&env), branch_of(&env).to_owned());
+        let same = |e: &Value| e["key"] == env["key"] && branch_of(e) == branch;
+        if let Some(existing) = self
+            .envs
+            .iter_mut()
+            .find(|e| same(e) && targets_of(e) == targets)
+        {
+            if !upsert {
+                return Err((StatusCode::CONFLICT, "ENV_ALREADY_EXISTS"));
+            }
+            for field in ["value", "type", "updatedAt"] {
+                existing[field] = env[field].clone();
+            }
+            return Ok(existing.clone());
+        }
+        if self
+            .envs
+            .iter()
+            .any(|e| same(e) && targets_of(e).iter().any(|t| targets.contains(t)))
+        {
+            return Err((StatusCode::CONFLICT, "ENV_CONFLICT"));
+        }
+        self.envs.push(env.clone());
+        Ok(env)
+    }
+
+    /// Checks a domain's redirect and branch the way the spec's 400s describe.
+    fn domain_error(&self, name: &str, body: &Value) -> Option<&'static str> {
+        let redirect = body["redirect"].as_str();
+        let branch = body["gitBranch"].as_str();
+        if redirect.is_some() && branch.is_some() {
+            return Some("You can't set both a git branch and a redirect for the domain");
+        }
+        match redirect {
+            Some(target) if target == name => Some("A domain cannot redirect to itself"),
+            Some(target) if !self.domains.iter().any(|(_, d)| d["name"] == target) => {
+                Some("The domain redirect is not valid")
+            }
+            _ => None,
+        }
+    }
+}
+
 async fn create_project(State(v): State<Vercel>, body: axum::body::Bytes) -> Response {
     let Some(body) = body_json(&body) else {
         return v.bad_request("invalid JSON body");
@@ -303,35 +531,44 @@ async fn create_project(State(v): State<Vercel>, body: axum::body::Bytes) -> Res
         "defaultResourceConfig": { "functionDefaultRegions": ["iad1"] },
         "createdAt": created,
         "updatedAt": created,
-        "framework": body.get("framework").cloned().unwrap_or(Value::Null),
-        "buildCommand": body.get("buildCommand").cloned().unwrap_or(Value::Null),
-        "rootDirectory": body.get("rootDirectory").cloned().unwrap_or(Value::Null),
     });
-    if let Some((org, repo)) = body["gitRepository"]["repo"]
-        .as_str()
-        .and_then(|r| r.split_once('/'))
-    {
-        json["link"] = json!({
-            "type": "github",
-            "org": org,
-            "repo": repo,
-            "repoId": seq,
-            "gitCredentialId": "cred_sandbox",
-            "productionBranch": "main",
-            "deployHooks": [],
-        });
+    for field in SETTINGS {
+        json[*field] = body.get(*field).cloned().unwrap_or(Value::Null);
     }
-    state.projects.insert(
-        id,
-        Project {
-            json: json.clone(),
-            created,
-            envs: Vec::new(),
-            domains: Vec::new(),
-            promoted: None,
-        },
-    );
-    axum::Json(json).into_response()
+    if let Some(repository) = body.get("gitRepository") {
+        let provider = repository["type"].as_str().unwrap_or("");
+        let repo = repository["repo"].as_str().unwrap_or("");
+        match link_json(provider, repo, seq, created) {
+            Some(link) => json["link"] = link,
+            None => return v.bad_request("gitRepository is not valid"),
+        }
+    }
+    let mut project = Project {
+        json,
+        created,
+        envs: Vec::new(),
+        domains: Vec::new(),
+        promoted: None,
+    };
+    let items = match body.get("environmentVariables") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items.clone(),
+        Some(_) => return v.bad_request("environmentVariables must be a list"),
+    };
+    for (i, item) in items.iter().enumerate() {
+        let env = match new_env(item, format!("env_{seq:012}{i:04}"), created) {
+            Ok(env) => env,
+            Err(message) => return v.bad_request(message),
+        };
+        if let Err((status, code)) = project.put_env(env, false) {
+            return v
+                .common
+                .error(status, code, "Conflicting environment variables");
+        }
+    }
+    let view = project.view();
+    state.projects.insert(id, project);
+    axum::Json(view).into_response()
 }
 
 async fn list_projects(State(v): State<Vercel>, Query(params): Params) -> Response {
@@ -358,7 +595,7 @@ async fn list_projects(State(v): State<Vercel>, Query(params): Params) -> Respon
         None
     };
     axum::Json(json!({
-        "projects": page.iter().map(|p| p.json.clone()).collect::<Vec<_>>(),
+        "projects": page.iter().map(|p| p.view()).collect::<Vec<_>>(),
         "pagination": { "count": page.len(), "next": next },
     }))
     .into_response()
@@ -367,7 +604,7 @@ async fn list_projects(State(v): State<Vercel>, Query(params): Params) -> Respon
 async fn get_project(State(v): State<Vercel>, Path(project): Path<String>) -> Response {
     let mut state = v.lock();
     match Vercel::find_project(&mut state, &project) {
-        Some(p) => axum::Json(p.json.clone()).into_response(),
+        Some(p) => axum::Json(p.view()).into_response(),
         None => v.not_found(),
     }
 }
@@ -380,16 +617,24 @@ async fn patch_project(
     let Some(body) = body_json(&body) else {
         return v.bad_request("invalid JSON body");
     };
+    if let Some(version) = body.get("nodeVersion")
+        && !version.as_str().is_some_and(|v| NODE_VERSIONS.contains(&v))
+    {
+        return v.bad_request("invalid nodeVersion");
+    }
     let mut state = v.lock();
+    state.seq += 1;
+    let now = epoch_ms(state.seq);
     let Some(p) = Vercel::find_project(&mut state, &project) else {
         return v.not_found();
     };
-    for field in ["framework", "buildCommand", "rootDirectory", "name"] {
-        if let Some(value) = body.get(field) {
-            p.json[field] = value.clone();
+    for field in SETTINGS.iter().chain(&["name", "nodeVersion"]) {
+        if let Some(value) = body.get(*field) {
+            p.json[*field] = value.clone();
         }
     }
-    axum::Json(p.json.clone()).into_response()
+    p.json["updatedAt"] = json!(now);
+    axum::Json(p.view()).into_response()
 }
 
 async fn delete_project(State(v): State<Vercel>, Path(project): Path<String>) -> Response {
@@ -405,15 +650,6 @@ async fn delete_project(State(v): State<Vercel>, Path(project): Path<String>) ->
     }
 }
 
-fn public_env(env: &Value) -> Value {
-    let mut env = env.clone();
-    if env["type"] == "sensitive" {
-        // Sensitive values are never readable back.
-        env["value"] = json!("");
-    }
-    env
-}
-
 async fn list_env(State(v): State<Vercel>, Path(project): Path<String>) -> Response {
     let mut state = v.lock();
     let Some(p) = Vercel::find_project(&mut state, &project) else {
@@ -422,6 +658,8 @@ async fn list_env(State(v): State<Vercel>, Path(project): Path<String>) -> Respo
     axum::Json(json!({ "envs": p.envs.iter().map(public_env).collect::<Vec<_>>() })).into_response()
 }
 
+/// `POST /v10/projects/{idOrName}/env`: one variable or a list; with `upsert=true` a
+/// variable with the same key, targets and git branch is replaced.
 async fn create_env(
     State(v): State<Vercel>,
     Path(project): Path<String>,
@@ -431,55 +669,45 @@ async fn create_env(
     let Some(body) = body_json(&body) else {
         return v.bad_request("invalid JSON body");
     };
-    let (Some(key), Some(value), Some(kind)) = (
-        body["key"].as_str(),
-        body["value"].as_str(),
-        body["type"].as_str(),
-    ) else {
-        return v.bad_request("key, value and type are required");
+    let (items, single) = match &body {
+        Value::Array(items) => (items.clone(), false),
+        item @ Value::Object(_) => (vec![item.clone()], true),
+        _ => return v.bad_request("body must be a variable or a list of variables"),
     };
     let upsert = param(&params, "upsert") == Some("true");
     let mut state = v.lock();
     state.seq += 1;
     let seq = state.seq;
+    let now = epoch_ms(seq);
     let Some(p) = Vercel::find_project(&mut state, &project) else {
         return v.not_found();
     };
-    let target = body.get("target").cloned().unwrap_or(json!(["production"]));
-    let now = epoch_ms(seq);
-    let existing = p.envs.iter_mut().find(|e| e["key"] == key);
-    let env = match existing {
-        Some(_) if !upsert => {
-            return v.common.error(
-                StatusCode::CONFLICT,
-                "ENV_ALREADY_EXISTS",
-                "A variable with this key already exists",
-            );
+    let mut envs = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match new_env(item, format!("env_{seq:012}{i:04}"), now) {
+            Ok(env) => envs.push(env),
+            Err(message) => return v.bad_request(message),
         }
-        Some(env) => {
-            env["value"] = json!(value);
-            env["type"] = json!(kind);
-            env["target"] = target;
-            env["updatedAt"] = json!(now);
-            env.clone()
+    }
+    let mut created = Vec::new();
+    for env in envs {
+        match p.put_env(env, upsert) {
+            Ok(env) => created.push(public_env(&env)),
+            Err((status, code)) => {
+                return v
+                    .common
+                    .error(status, code, "A conflicting variable exists");
+            }
         }
-        None => {
-            let env = json!({
-                "id": format!("env_{seq:016}"),
-                "key": key,
-                "value": value,
-                "type": kind,
-                "target": target,
-                "createdAt": now,
-                "updatedAt": now,
-            });
-            p.envs.push(env.clone());
-            env
-        }
+    }
+    let created = if single {
+        created.pop().unwrap_or(Value::Null)
+    } else {
+        Value::Array(created)
     };
     (
         StatusCode::CREATED,
-        axum::Json(json!({ "created": public_env(&env), "failed": [] })),
+        axum::Json(json!({ "created": created, "failed": [] })),
     )
         .into_response()
 }
@@ -539,21 +767,31 @@ async fn add_domain(
     Path(project): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let Some(name) = body_json(&body).and_then(|b| b["name"].as_str().map(str::to_owned)) else {
+    let Some(body) = body_json(&body) else {
+        return v.bad_request("invalid JSON body");
+    };
+    let Some(name) = body["name"].as_str().map(str::to_owned) else {
         return v.bad_request("name is required");
     };
     let mut state = v.lock();
     state.seq += 1;
     let created = epoch_ms(state.seq);
+    let in_use = state
+        .projects
+        .values()
+        .any(|p| p.domains.iter().any(|(_, d)| d["name"] == name.as_str()));
     let Some(p) = Vercel::find_project(&mut state, &project) else {
         return v.not_found();
     };
-    if p.domains.iter().any(|(_, d)| d["name"] == name.as_str()) {
+    if in_use {
         return v.common.error(
             StatusCode::CONFLICT,
             "domain_already_in_use",
             "The domain is already assigned",
         );
+    }
+    if let Some(message) = p.domain_error(&name, &body) {
+        return v.bad_request(message);
     }
     let apex = name
         .rsplitn(3, '.')
@@ -563,16 +801,63 @@ async fn add_domain(
         .rev()
         .collect::<Vec<_>>()
         .join(".");
+    let redirect = body["redirect"].as_str();
     let domain = json!({
         "name": name,
         "apexName": apex,
         "projectId": p.json["id"],
-        "verified": false,
+        "redirect": redirect,
+        "redirectStatusCode": redirect.map(|_| 308),
+        "gitBranch": body["gitBranch"].as_str(),
+        // The sandbox has no DNS: every domain counts as verified.
+        "verified": true,
         "createdAt": created,
         "updatedAt": created,
     });
     p.domains.push((created, domain.clone()));
     axum::Json(domain).into_response()
+}
+
+async fn patch_domain(
+    State(v): State<Vercel>,
+    Path((project, domain)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(body) = body_json(&body) else {
+        return v.bad_request("invalid JSON body");
+    };
+    let mut state = v.lock();
+    state.seq += 1;
+    let now = epoch_ms(state.seq);
+    let Some(p) = Vercel::find_project(&mut state, &project) else {
+        return v.not_found();
+    };
+    if let Some(message) = p.domain_error(&domain, &body) {
+        return v.bad_request(message);
+    }
+    let Some((_, stored)) = p
+        .domains
+        .iter_mut()
+        .find(|(_, d)| d["name"] == domain.as_str())
+    else {
+        return v.not_found();
+    };
+    for field in ["redirect", "gitBranch"] {
+        if let Some(value) = body.get(field) {
+            stored[field] = value.clone();
+        }
+    }
+    if body.get("redirect").is_some() {
+        stored["redirectStatusCode"] = if stored["redirect"].is_null() {
+            Value::Null
+        } else {
+            body.get("redirectStatusCode")
+                .cloned()
+                .unwrap_or(json!(308))
+        };
+    }
+    stored["updatedAt"] = json!(now);
+    axum::Json(stored.clone()).into_response()
 }
 
 async fn delete_domain(
