@@ -6,7 +6,8 @@
 //! `Failed` naming its statement and leaves no trace, a failed verify sets
 //! `Verified=False` naming the table, and the connection string's password appears in no
 //! status, event or log line. A database named by an Environment waits for, then migrates,
-//! the Environment's Supabase project's database once the Environment reports it ready.
+//! the Environment's Supabase project's database once the Environment reports it ready —
+//! also end to end with the Supabase sync against the Supabase sandbox.
 
 pub mod support;
 
@@ -81,7 +82,11 @@ fn without_password(base: &str) -> String {
 
 impl TestDb {
     async fn create() -> TestDb {
-        let name = format!("tether_ctl_{:016x}", rand::random::<u64>());
+        Self::named(&format!("tether_ctl_{:016x}", rand::random::<u64>())).await
+    }
+
+    async fn named(name: &str) -> TestDb {
+        let name = name.to_string();
         connect(&admin_url())
             .await
             .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -159,9 +164,14 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Harness {
+        Self::start_with(TestDb::create().await, ControllerConfig::default()).await
+    }
+
+    /// Starts the controllers with `config` (fast retries and the test database's URL
+    /// template added) against `db`.
+    async fn start_with(db: TestDb, config: ControllerConfig) -> Harness {
         tether::install_crypto_provider();
         logs();
-        let db = TestDb::create().await;
         let cluster = TestCluster::start().await;
         let shutdown = CancellationToken::new();
         let metrics = MetricsRegistry::new();
@@ -183,7 +193,7 @@ impl Harness {
             // The "project ref" is the test database's name; the password is dropped so
             // the Environment's password Secret is what fills it in.
             supabase_database_url: format!("{}/{{ref}}", without_password(base)),
-            ..ControllerConfig::default()
+            ..config
         };
         let task = tokio::spawn(async move {
             let server = tokio::spawn(serve);
@@ -651,4 +661,141 @@ async fn a_database_named_by_an_environment_waits_for_its_supabase_project_then_
     .await;
     assert!(!st.to_string().contains(PASSWORD));
     h.stop().await;
+}
+
+#[tokio::test]
+async fn through_the_supabase_sync_a_sandbox_project_is_waited_for_then_its_database_migrated() {
+    use tether::platform::{
+        HttpConfig, Platform, PlatformHttp, PlatformMetrics, SupabaseClient, SupabaseProjectSpec,
+        SupabaseProjects, Token,
+    };
+    use tether::sandbox::SandboxConfig;
+    use tether::sync::PlatformsConfig;
+
+    tether::install_crypto_provider();
+    // Slow enough that the project is still coming up (30 simulated seconds: 7.5 s) when the
+    // Migration first looks for it.
+    const SCALE: f64 = 4.0;
+    let sandbox_shutdown = CancellationToken::new();
+    let sandbox = tether::sandbox::start(
+        SandboxConfig {
+            time_scale: SCALE,
+            record: true,
+            platforms: vec![Platform::Supabase],
+            ..SandboxConfig::default()
+        },
+        sandbox_shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let (url, token) = (
+        sandbox.url(Platform::Supabase).unwrap(),
+        sandbox.token(Platform::Supabase).unwrap(),
+    );
+    // The project exists already (the Environment adopts it); the test database is named
+    // after its ref, so applying there shows the ref went from Supabase through the
+    // Environment's status to the Migration.
+    let supabase = SupabaseClient::new(
+        PlatformHttp::new(
+            Platform::Supabase,
+            &url,
+            token.clone(),
+            HttpConfig::for_platform(Platform::Supabase).time_scaled(SCALE),
+            PlatformMetrics::register(&MetricsRegistry::new()).unwrap(),
+        )
+        .unwrap(),
+    );
+    let project = supabase
+        .ensure_project(&SupabaseProjectSpec {
+            name: "acme-staging".into(),
+            organization_slug: "acme".into(),
+            region: Some("eu-central-1".into()),
+            instance_size: None,
+            db_pass: Token::new("made-by-hand"),
+        })
+        .await
+        .unwrap()
+        .object;
+    let mut platforms = PlatformsConfig::default();
+    platforms.endpoints.insert(Platform::Supabase, url);
+    platforms.http.insert(
+        Platform::Supabase,
+        HttpConfig::for_platform(Platform::Supabase).time_scaled(SCALE),
+    );
+    let h = Harness::start_with(
+        TestDb::named(&project.id).await,
+        ControllerConfig {
+            platforms,
+            ..ControllerConfig::default()
+        },
+    )
+    .await;
+    for (name, key, value) in [
+        ("tokens", "supabase", token.expose()),
+        ("supabase-db", "password", PASSWORD),
+    ] {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "stringData": {key: value},
+        }))
+        .unwrap();
+        Api::<Secret>::default_namespaced(h.client())
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+    let environment: tether::api::Environment = serde_json::from_value(json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
+        "metadata": {"name": "staging"},
+        "spec": {
+            "credentials": {"supabase": {"name": "tokens", "key": "supabase"}},
+            "supabase": {"name": "acme-staging", "organizationId": "acme",
+                "region": "eu-central-1",
+                "databasePasswordSecretRef": {"name": "supabase-db", "key": "password"}},
+        },
+    }))
+    .unwrap();
+    Api::<tether::api::Environment>::default_namespaced(h.client())
+        .create(&PostParams::default(), &environment)
+        .await
+        .unwrap();
+    let migration: Migration = serde_json::from_value(json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Migration",
+        "metadata": {"name": "platform"},
+        "spec": {"database": {"environmentRef": {"name": "staging"}},
+            "source": inline(&[("1", "a", "create table a (id int);")])},
+    }))
+    .unwrap();
+    h.migrations()
+        .create(&PostParams::default(), &migration)
+        .await
+        .unwrap();
+    let api = h.migrations();
+    let waiting = eventually(WAIT, || async {
+        let st = serde_json::to_value(api.get("platform").await.ok()?)
+            .ok()?
+            .get("status")?
+            .clone();
+        (condition(&st, "Ready")?["reason"] == "WaitingForDatabase").then_some(st)
+    })
+    .await;
+    assert!(
+        condition(&waiting, "Stalled").is_none_or(|c| c["status"] != "True"),
+        "waiting, not stalled: {waiting}"
+    );
+    assert!(!h.db.table_exists("a").await);
+    let status = h.wait_for("platform", "Applied", "Ready", "True").await;
+    assert_eq!(status["applied"][0]["version"], "1", "{status}");
+    assert!(
+        h.db.table_exists("a").await,
+        "applied in the project's database"
+    );
+    // The Environment set the project's password to its Secret's (adoption).
+    assert!(sandbox.exchanges().iter().any(|e| {
+        e.path.ends_with("/database/password")
+            && e.request_body == Some(json!({ "password": PASSWORD }))
+    }));
+    h.assert_password_hidden().await;
+    h.stop().await;
+    sandbox_shutdown.cancel();
 }

@@ -1,15 +1,17 @@
 //! The Supabase adapter against the Supabase sandbox: projects coming up (or failing),
-//! rename, pause/restore, health, secrets, offset paging, faults and credentials — every
-//! exchange checked against Supabase's OpenAPI spec.
+//! rename, resize, database password, pause/restore, health, Auth and Data API settings,
+//! dashboard edits, secrets, offset paging, faults and credentials — every exchange checked
+//! against Supabase's OpenAPI spec.
 
 mod contract;
 
 use std::time::Duration;
 
 use contract::harness::{self, eventually};
+use serde_json::json;
 use tether::platform::{
-    Platform, PlatformError, ProjectState, SupabaseClient, SupabaseProjectSpec, SupabaseProjects,
-    Token,
+    Platform, PlatformError, ProjectState, SupabaseApiSettings, SupabaseAuthSettings,
+    SupabaseClient, SupabaseProjectSpec, SupabaseProjects, Token,
 };
 use tether::sandbox::Faults;
 
@@ -269,4 +271,243 @@ async fn malformed_or_unexpected_responses_give_a_clear_error_not_a_panic() {
         err.to_string().contains("get_project") || err.to_string().contains("list_projects"),
         "{err}"
     );
+}
+
+/// A dashboard edit through the sandbox's admin endpoint.
+async fn dashboard_edit(env: &harness::Env, name: &str, field: &str, value: serde_json::Value) {
+    let url = env.sandbox.admin_url(Platform::Supabase).unwrap();
+    let token = env.sandbox.token(Platform::Supabase).unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{url}/edit"))
+        .bearer_auth(token.expose())
+        .json(&json!({ "object": "project", "name": name, "field": field, "value": value }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204, "edit {field}");
+}
+
+#[tokio::test]
+async fn auth_and_api_settings_wait_for_a_healthy_project_then_update_only_the_fields_sent() {
+    let env = harness::start(Platform::Supabase, SCALE).await;
+    let client = SupabaseClient::new(env.http(Platform::Supabase));
+    let project = client.ensure_project(&spec("cfg")).await.unwrap().object;
+    let err = client.get_auth_config(&project.id).await.unwrap_err();
+    assert!(matches!(err, PlatformError::Conflict { .. }), "{err}");
+    assert!(!err.is_permanent(), "coming up is a wait, not a stall");
+    assert_eq!(settled(&client, &project.id).await, ProjectState::Healthy);
+
+    let auth = client.get_auth_config(&project.id).await.unwrap();
+    assert_eq!(auth.jwt_expiry_seconds, Some(3600));
+    assert_eq!(auth.additional_redirect_urls, Some(vec![]));
+    assert_eq!(auth.disable_signup, Some(false));
+    let updated = client
+        .update_auth_config(
+            &project.id,
+            &SupabaseAuthSettings {
+                site_url: Some("https://app.example.com".into()),
+                additional_redirect_urls: Some(vec![
+                    "https://a.example.com".into(),
+                    "https://b.example.com/**".into(),
+                ]),
+                ..SupabaseAuthSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.site_url.as_deref(), Some("https://app.example.com"));
+    assert_eq!(updated.jwt_expiry_seconds, Some(3600), "untouched");
+    assert_eq!(client.get_auth_config(&project.id).await.unwrap(), updated);
+    let patch = env
+        .sandbox
+        .exchanges()
+        .into_iter()
+        .find(|e| e.method == "PATCH" && e.path.ends_with("/config/auth"))
+        .unwrap();
+    assert_eq!(
+        patch.request_body.unwrap(),
+        json!({
+            "site_url": "https://app.example.com",
+            "uri_allow_list": "https://a.example.com,https://b.example.com/**",
+        })
+    );
+
+    let api = client.get_api_config(&project.id).await.unwrap();
+    assert_eq!(
+        api.schemas,
+        Some(vec!["public".to_owned(), "graphql_public".to_owned()])
+    );
+    let updated = client
+        .update_api_config(
+            &project.id,
+            &SupabaseApiSettings {
+                schemas: Some(vec!["public".into(), "api".into()]),
+                max_rows: Some(250),
+                ..SupabaseApiSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.max_rows, Some(250));
+    assert_eq!(
+        updated.extra_search_path, api.extra_search_path,
+        "untouched"
+    );
+    assert_eq!(client.get_api_config(&project.id).await.unwrap(), updated);
+
+    let err = client
+        .update_api_config(
+            &project.id,
+            &SupabaseApiSettings {
+                max_rows: Some(2_000_000),
+                ..SupabaseApiSettings::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PlatformError::Invalid { status: None, .. }),
+        "refused before sending: {err}"
+    );
+    env.check_contract(Platform::Supabase);
+}
+
+#[tokio::test]
+async fn instance_size_is_listed_and_changed_through_the_compute_addon() {
+    let env = harness::start(Platform::Supabase, SCALE).await;
+    let client = SupabaseClient::new(env.http(Platform::Supabase));
+    let project = client.ensure_project(&spec("sized")).await.unwrap().object;
+    let mut unsized_spec = spec("default-size");
+    unsized_spec.instance_size = None;
+    client.ensure_project(&unsized_spec).await.unwrap();
+    let listed = client.list_projects("acme").await.unwrap();
+    let size_of = |name: &str| {
+        listed
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| p.instance_size.clone())
+    };
+    assert_eq!(size_of("sized").as_deref(), Some("micro"));
+    assert_eq!(size_of("default-size").as_deref(), Some("nano"));
+    assert_eq!(listed[0].region, "eu-central-1");
+
+    let err = client
+        .resize_project(&project.id, "small")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PlatformError::Conflict { .. }),
+        "not yet healthy: {err}"
+    );
+    settled(&client, &project.id).await;
+    client.resize_project(&project.id, "small").await.unwrap();
+    assert_eq!(
+        client.get_project(&project.id).await.unwrap().status,
+        "RESIZING"
+    );
+    assert_eq!(settled(&client, &project.id).await, ProjectState::Healthy);
+    let listed = client.list_projects("acme").await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .find(|p| p.id == project.id)
+            .unwrap()
+            .instance_size
+            .as_deref(),
+        Some("small")
+    );
+    let err = client
+        .resize_project(&project.id, "nano")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PlatformError::Invalid { status: None, .. })
+            && err.to_string().contains("supabase")
+            && err.to_string().contains("nano"),
+        "{err}"
+    );
+    env.check_contract(Platform::Supabase);
+}
+
+#[tokio::test]
+async fn the_database_password_is_changed_without_the_value_in_errors() {
+    let env = harness::start(Platform::Supabase, SCALE).await;
+    let client = SupabaseClient::new(env.http(Platform::Supabase));
+    let project = client.ensure_project(&spec("pw")).await.unwrap().object;
+    client
+        .update_database_password(&project.id, &Token::new("rotated-pass"))
+        .await
+        .unwrap();
+    let sent = env
+        .sandbox
+        .exchanges()
+        .into_iter()
+        .find(|e| e.path.ends_with("/database/password"))
+        .unwrap();
+    assert_eq!(sent.method, "PATCH");
+    assert_eq!(
+        sent.request_body.unwrap(),
+        json!({ "password": "rotated-pass" })
+    );
+    let err = client
+        .update_database_password(&project.id, &Token::new("abc"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PlatformError::Invalid { status: None, .. })
+            && !err.to_string().contains("abc"),
+        "refused before sending: {err}"
+    );
+    let err = client
+        .update_database_password("abcdefghijklmnopqrst", &Token::new("whatever"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PlatformError::NotFound { .. }), "{err}");
+    env.check_contract(Platform::Supabase);
+}
+
+#[tokio::test]
+async fn dashboard_edits_change_every_managed_field_out_of_band() {
+    let env = harness::start(Platform::Supabase, SCALE).await;
+    let client = SupabaseClient::new(env.http(Platform::Supabase));
+    let project = client.ensure_project(&spec("edited")).await.unwrap().object;
+    settled(&client, &project.id).await;
+    for (field, value) in [
+        ("auth.site_url", json!("https://evil.example.com")),
+        ("auth.uri_allow_list", json!("https://x.example.com")),
+        ("auth.disable_signup", json!(true)),
+        ("auth.jwt_exp", json!(60)),
+        ("auth.mailer_autoconfirm", json!(true)),
+        ("postgrest.db_schema", json!("public")),
+        ("postgrest.db_extra_search_path", json!("public")),
+        ("postgrest.max_rows", json!(5)),
+        ("instance_size", json!("large")),
+        ("region", json!("us-west-1")),
+    ] {
+        dashboard_edit(&env, "edited", field, value).await;
+    }
+    let auth = client.get_auth_config(&project.id).await.unwrap();
+    assert_eq!(
+        auth,
+        SupabaseAuthSettings {
+            site_url: Some("https://evil.example.com".into()),
+            additional_redirect_urls: Some(vec!["https://x.example.com".into()]),
+            disable_signup: Some(true),
+            jwt_expiry_seconds: Some(60),
+            mailer_autoconfirm: Some(true),
+        }
+    );
+    let api = client.get_api_config(&project.id).await.unwrap();
+    assert_eq!(
+        api,
+        SupabaseApiSettings {
+            schemas: Some(vec!["public".into()]),
+            extra_search_path: Some(vec!["public".into()]),
+            max_rows: Some(5),
+        }
+    );
+    let listed = client.list_projects("acme").await.unwrap();
+    assert_eq!(listed[0].instance_size.as_deref(), Some("large"));
+    assert_eq!(listed[0].region, "us-west-1");
+    env.check_contract(Platform::Supabase);
 }

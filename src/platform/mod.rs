@@ -321,8 +321,8 @@ pub use render::{
     RenderServices,
 };
 pub use supabase::{
-    ProjectState, ServiceHealth, SupabaseClient, SupabaseProject, SupabaseProjectSpec,
-    SupabaseProjects,
+    ProjectState, ServiceHealth, SupabaseApiSettings, SupabaseAuthSettings, SupabaseClient,
+    SupabaseProject, SupabaseProjectSpec, SupabaseProjects,
 };
 pub use vercel::{
     VercelClient, VercelDomain, VercelDomainSpec, VercelEnvType, VercelEnvVar, VercelEnvVarSpec,

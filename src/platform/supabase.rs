@@ -1,7 +1,15 @@
-//! Supabase Management API adapter: projects (create, read, rename, pause/restore, delete,
-//! per-service health) and Edge Function secrets, as `supabase/openapi.json` defines them.
-//! Organization project lists use `offset`/`limit` paging; creates look the project up by
-//! name first, because project creation has no idempotency key.
+//! Supabase Management API adapter: projects (create, read, rename, resize, database
+//! password, pause/restore, delete, per-service health), the Auth and Data API (PostgREST)
+//! settings, and Edge Function secrets, as `supabase/openapi.json` defines them.
+//! Organization project lists use `offset`/`limit` paging and carry each project's region
+//! and compute size, so one list observes every project of an organization; creates look
+//! the project up by name first, because project creation has no idempotency key.
+//!
+//! What the API cannot change: a project's region (a new project is needed). The compute
+//! size changes through the billing add-ons (`compute_instance`, variants `ci_<size>`), which
+//! have no variant for the smallest sizes (`nano`, `pico`): resizing down to them is refused
+//! here with a clear error. The database password changes through
+//! `PATCH /v1/projects/{ref}/database/password`.
 
 use http::Method;
 use serde::Deserialize;
@@ -60,6 +68,47 @@ pub struct SupabaseProject {
     pub status: String,
     /// Tether's reading of it.
     pub state: ProjectState,
+    /// Compute size of the primary database (`micro`, `small`, …), when the response
+    /// carries it (organization lists do, single-project reads do not).
+    pub instance_size: Option<String>,
+}
+
+/// The Auth settings Tether manages (`GET|PATCH /v1/projects/{ref}/config/auth`). Read:
+/// what the project has (`None` where Supabase answers `null`). Update: only the fields
+/// that are `Some` are sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SupabaseAuthSettings {
+    /// `site_url`.
+    pub site_url: Option<String>,
+    /// Additional redirect URLs (`uri_allow_list`, comma-separated in the API).
+    pub additional_redirect_urls: Option<Vec<String>>,
+    /// `disable_signup`.
+    pub disable_signup: Option<bool>,
+    /// Access token lifetime in seconds (`jwt_exp`).
+    pub jwt_expiry_seconds: Option<i64>,
+    /// `mailer_autoconfirm`.
+    pub mailer_autoconfirm: Option<bool>,
+}
+
+/// The Data API (PostgREST) settings Tether manages (`GET|PATCH /v1/projects/{ref}/postgrest`).
+/// Read: all set. Update: only the fields that are `Some` are sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SupabaseApiSettings {
+    /// Exposed schemas (`db_schema`, comma-separated in the API).
+    pub schemas: Option<Vec<String>>,
+    /// Extra search path (`db_extra_search_path`, comma-separated in the API).
+    pub extra_search_path: Option<Vec<String>>,
+    /// `max_rows`.
+    pub max_rows: Option<i64>,
+}
+
+/// Splits one of Supabase's comma-separated lists, dropping blanks.
+pub fn split_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Health of one project service (`db`, `auth`, `rest`, …).
@@ -99,6 +148,40 @@ pub trait SupabaseProjects: Send + Sync {
         &self,
         project_ref: &str,
     ) -> impl Future<Output = PlatformResult<bool>> + Send;
+    /// Changes the compute size (`micro`, `small`, …) through the `compute_instance` add-on.
+    fn resize_project(
+        &self,
+        project_ref: &str,
+        instance_size: &str,
+    ) -> impl Future<Output = PlatformResult<()>> + Send;
+    /// Sets a new database password.
+    fn update_database_password(
+        &self,
+        project_ref: &str,
+        password: &Token,
+    ) -> impl Future<Output = PlatformResult<()>> + Send;
+    /// Reads the Auth settings (the project must be healthy).
+    fn get_auth_config(
+        &self,
+        project_ref: &str,
+    ) -> impl Future<Output = PlatformResult<SupabaseAuthSettings>> + Send;
+    /// Changes the Auth settings that are `Some`; returns the settings as they now are.
+    fn update_auth_config(
+        &self,
+        project_ref: &str,
+        settings: &SupabaseAuthSettings,
+    ) -> impl Future<Output = PlatformResult<SupabaseAuthSettings>> + Send;
+    /// Reads the Data API settings (the project must be healthy).
+    fn get_api_config(
+        &self,
+        project_ref: &str,
+    ) -> impl Future<Output = PlatformResult<SupabaseApiSettings>> + Send;
+    /// Changes the Data API settings that are `Some`; returns them as they now are.
+    fn update_api_config(
+        &self,
+        project_ref: &str,
+        settings: &SupabaseApiSettings,
+    ) -> impl Future<Output = PlatformResult<SupabaseApiSettings>> + Send;
     /// Pauses the project.
     fn pause_project(&self, project_ref: &str) -> impl Future<Output = PlatformResult<()>> + Send;
     /// Restores (unpauses) the project.
@@ -181,6 +264,11 @@ impl SupabaseClient {
             let page: ApiOrgProjects = self.http.json(&request).await?;
             let count = page.projects.len() as u64;
             for project in page.projects {
+                let instance_size = project
+                    .databases
+                    .iter()
+                    .find(|d| d.kind == "PRIMARY")
+                    .and_then(|d| d.infra_compute_size.clone());
                 out.push(SupabaseProject {
                     state: project_state(&project.status),
                     id: project.reference,
@@ -188,6 +276,7 @@ impl SupabaseClient {
                     organization_slug: Some(organization.to_owned()),
                     region: project.region,
                     status: project.status,
+                    instance_size,
                 });
             }
             offset += count;
@@ -195,6 +284,16 @@ impl SupabaseClient {
                 return Ok(out);
             }
         }
+    }
+}
+
+/// A request the adapter refuses to send.
+fn invalid(operation: &'static str, reason: &str) -> PlatformError {
+    PlatformError::Invalid {
+        platform: Platform::Supabase,
+        operation,
+        status: None,
+        reason: reason.to_owned(),
     }
 }
 
@@ -231,6 +330,7 @@ impl From<ApiProject> for SupabaseProject {
             organization_slug: p.organization_slug,
             region: p.region,
             status: p.status,
+            instance_size: None,
         }
     }
 }
@@ -248,7 +348,79 @@ struct ApiOrgProject {
     name: String,
     region: String,
     status: String,
+    #[serde(default)]
+    databases: Vec<ApiOrgDatabase>,
 }
+
+#[derive(Deserialize)]
+struct ApiOrgDatabase {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    infra_compute_size: Option<String>,
+}
+
+/// The managed part of `AuthConfigResponse` (≈240 fields, all others ignored).
+#[derive(Deserialize)]
+struct ApiAuthConfig {
+    site_url: Option<String>,
+    uri_allow_list: Option<String>,
+    disable_signup: Option<bool>,
+    jwt_exp: Option<i64>,
+    mailer_autoconfirm: Option<bool>,
+}
+
+impl From<ApiAuthConfig> for SupabaseAuthSettings {
+    fn from(c: ApiAuthConfig) -> Self {
+        SupabaseAuthSettings {
+            site_url: c.site_url,
+            additional_redirect_urls: c.uri_allow_list.as_deref().map(split_list),
+            disable_signup: c.disable_signup,
+            jwt_expiry_seconds: c.jwt_exp,
+            mailer_autoconfirm: c.mailer_autoconfirm,
+        }
+    }
+}
+
+/// The managed part of the PostgREST config (`jwt_secret`, when sent, is never read).
+#[derive(Deserialize)]
+struct ApiPostgrestConfig {
+    db_schema: String,
+    max_rows: i64,
+    db_extra_search_path: String,
+}
+
+impl From<ApiPostgrestConfig> for SupabaseApiSettings {
+    fn from(c: ApiPostgrestConfig) -> Self {
+        SupabaseApiSettings {
+            schemas: Some(split_list(&c.db_schema)),
+            extra_search_path: Some(split_list(&c.db_extra_search_path)),
+            max_rows: Some(c.max_rows),
+        }
+    }
+}
+
+/// Compute sizes that have a `compute_instance` add-on variant (`ci_<size>`).
+const ADDON_SIZES: &[&str] = &[
+    "micro",
+    "small",
+    "medium",
+    "large",
+    "xlarge",
+    "2xlarge",
+    "4xlarge",
+    "8xlarge",
+    "12xlarge",
+    "16xlarge",
+    "24xlarge",
+    "24xlarge_optimized_cpu",
+    "24xlarge_optimized_memory",
+    "24xlarge_high_memory",
+    "48xlarge",
+    "48xlarge_optimized_cpu",
+    "48xlarge_optimized_memory",
+    "48xlarge_high_memory",
+];
 
 #[derive(Deserialize)]
 struct ApiPagination {
@@ -336,6 +508,144 @@ impl SupabaseProjects for SupabaseClient {
             Err(PlatformError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    async fn resize_project(&self, project_ref: &str, instance_size: &str) -> PlatformResult<()> {
+        if !ADDON_SIZES.contains(&instance_size) {
+            return Err(invalid(
+                "resize_project",
+                &format!(
+                    "instanceSize {instance_size} has no compute add-on; it can only be chosen \
+                     when the project is created"
+                ),
+            ));
+        }
+        let request = ApiRequest::new(
+            Method::PATCH,
+            "resize_project",
+            &["v1", "projects", project_ref, "billing", "addons"],
+        )
+        .json(json!({
+            "addon_type": "compute_instance",
+            "addon_variant": format!("ci_{instance_size}"),
+        }))
+        .idempotent()
+        .limited(API, "");
+        self.http.send(&request).await.map(|_| ())
+    }
+
+    async fn update_database_password(
+        &self,
+        project_ref: &str,
+        password: &Token,
+    ) -> PlatformResult<()> {
+        if password.expose().chars().count() < 4 {
+            return Err(invalid(
+                "update_database_password",
+                "the database password must have at least 4 characters",
+            ));
+        }
+        let request = ApiRequest::new(
+            Method::PATCH,
+            "update_database_password",
+            &["v1", "projects", project_ref, "database", "password"],
+        )
+        .json(json!({ "password": password.expose() }))
+        .idempotent()
+        .limited(API, "");
+        self.http.send(&request).await.map(|_| ())
+    }
+
+    async fn get_auth_config(&self, project_ref: &str) -> PlatformResult<SupabaseAuthSettings> {
+        let request = ApiRequest::get(
+            "get_auth_config",
+            &["v1", "projects", project_ref, "config", "auth"],
+        )
+        .limited(API, "");
+        let config: ApiAuthConfig = self.http.json(&request).await?;
+        Ok(config.into())
+    }
+
+    async fn update_auth_config(
+        &self,
+        project_ref: &str,
+        settings: &SupabaseAuthSettings,
+    ) -> PlatformResult<SupabaseAuthSettings> {
+        let mut body = serde_json::Map::new();
+        if let Some(url) = &settings.site_url {
+            body.insert("site_url".into(), json!(url));
+        }
+        if let Some(urls) = &settings.additional_redirect_urls {
+            body.insert("uri_allow_list".into(), json!(urls.join(",")));
+        }
+        if let Some(v) = settings.disable_signup {
+            body.insert("disable_signup".into(), json!(v));
+        }
+        if let Some(v) = settings.jwt_expiry_seconds {
+            if !(0..=604_800).contains(&v) {
+                return Err(invalid(
+                    "update_auth_config",
+                    "jwt_exp must be between 0 and 604800 seconds",
+                ));
+            }
+            body.insert("jwt_exp".into(), json!(v));
+        }
+        if let Some(v) = settings.mailer_autoconfirm {
+            body.insert("mailer_autoconfirm".into(), json!(v));
+        }
+        let request = ApiRequest::new(
+            Method::PATCH,
+            "update_auth_config",
+            &["v1", "projects", project_ref, "config", "auth"],
+        )
+        .json(serde_json::Value::Object(body))
+        .idempotent()
+        .limited(API, "");
+        let config: ApiAuthConfig = self.http.json(&request).await?;
+        Ok(config.into())
+    }
+
+    async fn get_api_config(&self, project_ref: &str) -> PlatformResult<SupabaseApiSettings> {
+        let request = ApiRequest::get(
+            "get_api_config",
+            &["v1", "projects", project_ref, "postgrest"],
+        )
+        .limited(API, "");
+        let config: ApiPostgrestConfig = self.http.json(&request).await?;
+        Ok(config.into())
+    }
+
+    async fn update_api_config(
+        &self,
+        project_ref: &str,
+        settings: &SupabaseApiSettings,
+    ) -> PlatformResult<SupabaseApiSettings> {
+        let mut body = serde_json::Map::new();
+        if let Some(schemas) = &settings.schemas {
+            body.insert("db_schema".into(), json!(schemas.join(",")));
+        }
+        if let Some(path) = &settings.extra_search_path {
+            body.insert("db_extra_search_path".into(), json!(path.join(",")));
+        }
+        if let Some(rows) = settings.max_rows {
+            if !(0..=1_000_000).contains(&rows) {
+                return Err(invalid(
+                    "update_api_config",
+                    "max_rows must be between 0 and 1000000",
+                ));
+            }
+            body.insert("max_rows".into(), json!(rows));
+        }
+        let request = ApiRequest::new(
+            Method::PATCH,
+            "update_api_config",
+            &["v1", "projects", project_ref, "postgrest"],
+        )
+        .json(serde_json::Value::Object(body))
+        .idempotent()
+        .limited(API, "");
+        let config: ApiPostgrestConfig = self.http.json(&request).await?;
+        Ok(config.into())
     }
 
     async fn pause_project(&self, project_ref: &str) -> PlatformResult<()> {
@@ -438,5 +748,14 @@ mod tests {
         ] {
             assert_eq!(project_state(status), state, "{status}");
         }
+    }
+
+    #[test]
+    fn comma_separated_lists_are_split_and_trimmed() {
+        assert_eq!(
+            split_list("public, graphql_public,,"),
+            ["public", "graphql_public"]
+        );
+        assert!(split_list("").is_empty());
     }
 }

@@ -119,6 +119,12 @@ OPERATIONS = {
         ("get", "/v1/projects/{ref}/health"),
         ("post", "/v1/projects/{ref}/pause"),
         ("post", "/v1/projects/{ref}/restore"),
+        ("get", "/v1/projects/{ref}/config/auth"),
+        ("patch", "/v1/projects/{ref}/config/auth"),
+        ("get", "/v1/projects/{ref}/postgrest"),
+        ("patch", "/v1/projects/{ref}/postgrest"),
+        ("patch", "/v1/projects/{ref}/billing/addons"),
+        ("patch", "/v1/projects/{ref}/database/password"),
     ],
 }
 
