@@ -23,6 +23,11 @@
 //! twentieth of it, the ratio of the production defaults (10 m and 30 s), so a resync costs
 //! the reads it would cost in production. The pending interval is 250 ms and the retry delays
 //! 100 ms–2 s (a few vendor minutes at the default scale).
+//!
+//! Runs in about two minutes on two cores (convergence ~55 s bound by Render's 20 service
+//! creates per hour, then one 60 s resync window). `cargo bench --bench sync -- --environments
+//! 200 --interval 10` runs a smaller one; `--time-scale`, `--concurrency`, `--timeout` and
+//! `--log-level` (the controller's) are the other knobs, each also an environment variable.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener};
@@ -126,7 +131,8 @@ impl Settings {
 /// Environment `i`: five objects on three platforms, all in one account per platform.
 fn environment(i: usize, interval: Duration) -> Environment {
     let name = format!("bench-{i:04}");
-    let token = |platform: Platform| json!({"name": format!("tether-sandbox-{platform}"), "key": "token"});
+    let token =
+        |platform: Platform| json!({"name": format!("tether-sandbox-{platform}"), "key": "token"});
     serde_json::from_value(json!({
         "apiVersion": "tether.dev/v1alpha1",
         "kind": "Environment",
@@ -213,9 +219,11 @@ fn state(env: &Environment) -> (bool, bool, String, String) {
 }
 
 /// Watches the Environments and publishes the [`Progress`] after every change.
-fn watch_progress(api: Api<Environment>) -> watch::Receiver<Progress> {
+fn watch_progress(
+    api: Api<Environment>,
+) -> (watch::Receiver<Progress>, tokio::task::JoinHandle<()>) {
     let (send, receive) = watch::channel(Progress::default());
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut states: HashMap<String, (bool, bool, String, String)> = HashMap::new();
         let mut events = std::pin::pin!(watcher::watcher(api, watcher::Config::default()));
         while let Some(event) = events.next().await {
@@ -256,7 +264,7 @@ fn watch_progress(api: Api<Environment>) -> watch::Receiver<Progress> {
             }
         }
     });
-    receive
+    (receive, task)
 }
 
 /// The controller binary, run as its own process.
@@ -294,7 +302,12 @@ impl Controller {
                 "--observe-max-age",
                 &format!("{}ms", settings.observe_max_age().as_millis()),
             ])
-            .args(["--min-retry-interval", "100ms", "--max-retry-interval", "2s"])
+            .args([
+                "--min-retry-interval",
+                "100ms",
+                "--max-retry-interval",
+                "2s",
+            ])
             .args(["--platform-time-scale", &settings.time_scale.to_string()])
             .args(["--log-level", &settings.log_level, "--log-format", "json"])
             .env("KUBECONFIG", kubeconfig)
@@ -351,7 +364,12 @@ impl Controller {
         // Fields after the `(comm)`: state is field 3, utime 14, stime 15 (1-based).
         let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
         let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         let cpu = (ticks(11) + ticks(12)) / clock_ticks();
         (kib("VmHWM:"), kib("VmRSS:"), cpu)
     }
@@ -444,13 +462,16 @@ impl Metrics {
         self.requests
             .iter()
             .filter(|((_, op), _)| pick(op))
-            .map(|(_, n)| n)
-            .sum()
+            .fold(0.0, |sum, (_, n)| sum + n)
     }
 
     /// Requests per operation, largest first, as `platform op=n` items.
     fn breakdown(&self, pick: impl Fn(&str) -> bool) -> String {
-        let mut ops: Vec<_> = self.requests.iter().filter(|((_, op), _)| pick(op)).collect();
+        let mut ops: Vec<_> = self
+            .requests
+            .iter()
+            .filter(|((_, op), _)| pick(op))
+            .collect();
         ops.sort_by(|a, b| b.1.total_cmp(a.1));
         let items: Vec<String> = ops
             .iter()
@@ -637,7 +658,7 @@ async fn main() {
         created.elapsed().as_secs_f64()
     );
     let environments: Api<Environment> = Api::namespaced(client.clone(), NAMESPACE);
-    let mut progress = watch_progress(environments);
+    let (mut progress, watching) = watch_progress(environments);
 
     // 1. Convergence from nothing.
     let controller = Controller::spawn(&settings, &sandbox, &kubeconfig, &log).await;
@@ -780,6 +801,7 @@ async fn main() {
         eprintln!("controller log (last lines):\n{}", tail(&log));
     }
 
+    watching.abort();
     controller.stop().await;
     shutdown.cancel();
     sandbox.stopped().await;

@@ -292,7 +292,11 @@ mod tests {
 
     #[test]
     fn the_hidden_platform_time_scale_shortens_every_platform_s_limit_windows() {
-        let real = Cli::try_parse_from(["tether"]).unwrap().args.config().unwrap();
+        let real = Cli::try_parse_from(["tether"])
+            .unwrap()
+            .args
+            .config()
+            .unwrap();
         let cli = Cli::try_parse_from(["tether", "--platform-time-scale", "60"]).unwrap();
         let scaled = cli.args.config().unwrap();
         for platform in Platform::ALL {
@@ -303,7 +307,11 @@ mod tests {
             assert!(!real.is_empty(), "{platform}");
             for (r, s) in real.iter().zip(scaled) {
                 let ratio = r.window.as_secs_f64() / s.window.as_secs_f64();
-                assert!((ratio - 60.0).abs() < 1e-6, "{platform} {}: {ratio}", r.class);
+                assert!(
+                    (ratio - 60.0).abs() < 1e-6,
+                    "{platform} {}: {ratio}",
+                    r.class
+                );
                 assert_eq!(s.max, r.max);
             }
         }
