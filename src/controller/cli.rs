@@ -74,10 +74,22 @@ pub struct ControllerArgs {
     /// Supabase Management API base URL.
     #[arg(long, env = "TETHER_SUPABASE_URL", default_value = default_endpoint(Platform::Supabase))]
     pub supabase_url: String,
+    /// Divides every platform client's rate-limit windows and backoff delays by this factor,
+    /// to match a sandbox running faster than real time (`tether sandbox --time-scale`).
+    /// For benchmarks and tests only: against the real APIs it must stay 1.
+    #[arg(long, hide = true, default_value_t = 1.0, value_parser = time_scale)]
+    pub platform_time_scale: f64,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
     parse_duration(text).map_err(|e| e.to_string())
+}
+
+fn time_scale(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(scale) if scale.is_finite() && scale > 0.0 => Ok(scale),
+        _ => Err(format!("{text:?} is not a positive number")),
+    }
 }
 
 /// Why `tether controller` stopped with an error.
@@ -113,6 +125,12 @@ impl ControllerArgs {
                 max: self.max_retry_interval,
             });
         }
+        let defaults = PlatformsConfig::default();
+        let http = defaults
+            .http
+            .into_iter()
+            .map(|(platform, http)| (platform, http.time_scaled(self.platform_time_scale)))
+            .collect();
         Ok(ControllerConfig {
             namespace: self.namespace.clone(),
             selector: self.selector.clone(),
@@ -129,8 +147,8 @@ impl ControllerArgs {
                     (Platform::Supabase, self.supabase_url.clone()),
                 ]
                 .into(),
+                http,
                 observe_max_age: self.observe_max_age,
-                ..PlatformsConfig::default()
             },
         })
     }
@@ -270,6 +288,42 @@ mod tests {
             cli.args.config(),
             Err(CliError::RetryBounds { .. })
         ));
+    }
+
+    #[test]
+    fn the_hidden_platform_time_scale_shortens_every_platform_s_limit_windows() {
+        let real = Cli::try_parse_from(["tether"])
+            .unwrap()
+            .args
+            .config()
+            .unwrap();
+        let cli = Cli::try_parse_from(["tether", "--platform-time-scale", "60"]).unwrap();
+        let scaled = cli.args.config().unwrap();
+        for platform in Platform::ALL {
+            let (real, scaled) = (
+                &real.platforms.http[&platform].limits,
+                &scaled.platforms.http[&platform].limits,
+            );
+            assert!(!real.is_empty(), "{platform}");
+            for (r, s) in real.iter().zip(scaled) {
+                let ratio = r.window.as_secs_f64() / s.window.as_secs_f64();
+                assert!(
+                    (ratio - 60.0).abs() < 1e-4,
+                    "{platform} {}: {ratio}",
+                    r.class
+                );
+                assert_eq!(s.max, r.max);
+            }
+        }
+        assert!(Cli::try_parse_from(["tether", "--platform-time-scale", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_platform_time_scale_is_not_in_the_help() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("--observe-max-age"));
+        assert!(!help.contains("--platform-time-scale"));
     }
 
     #[test]
