@@ -520,6 +520,26 @@ impl RenderClient {
     }
 
     /// Follows `cursor` pagination, extracting `field` from each `{<field>, cursor}` wrapper.
+    /// Every object at `path` in workspace `owner_id` (all pages), or only the one named
+    /// `name`; `field` is the list wrapper's key.
+    async fn list_owned<A: serde::de::DeserializeOwned, T: From<A>>(
+        &self,
+        operation: &'static str,
+        path: &str,
+        field: &'static str,
+        owner_id: &str,
+        name: Option<&str>,
+    ) -> PlatformResult<Vec<T>> {
+        let mut request = ApiRequest::get(operation, &[path])
+            .query("ownerId", owner_id)
+            .limited(READ, "");
+        if let Some(name) = name {
+            request = request.query("name", name);
+        }
+        let found: Vec<A> = self.list_all(request, field).await?;
+        Ok(found.into_iter().map(T::from).collect())
+    }
+
     async fn list_all<T: serde::de::DeserializeOwned>(
         &self,
         request: ApiRequest,
@@ -978,14 +998,8 @@ impl RenderServices for RenderClient {
         owner_id: &str,
         name: Option<&str>,
     ) -> PlatformResult<Vec<RenderService>> {
-        let mut request = ApiRequest::get("list_services", &["services"])
-            .query("ownerId", owner_id)
-            .limited(READ, "");
-        if let Some(name) = name {
-            request = request.query("name", name);
-        }
-        let services: Vec<ApiService> = self.list_all(request, "service").await?;
-        Ok(services.into_iter().map(RenderService::from).collect())
+        self.list_owned::<ApiService, _>("list_services", "services", "service", owner_id, name)
+            .await
     }
 
     async fn get_service(&self, id: &str) -> PlatformResult<RenderService> {
@@ -1319,14 +1333,14 @@ impl RenderDatastores for RenderClient {
         owner_id: &str,
         name: Option<&str>,
     ) -> PlatformResult<Vec<RenderKeyValue>> {
-        let mut request = ApiRequest::get("list_key_values", &["key-value"])
-            .query("ownerId", owner_id)
-            .limited(READ, "");
-        if let Some(name) = name {
-            request = request.query("name", name);
-        }
-        let stores: Vec<ApiKeyValue> = self.list_all(request, "keyValue").await?;
-        Ok(stores.into_iter().map(RenderKeyValue::from).collect())
+        self.list_owned::<ApiKeyValue, _>(
+            "list_key_values",
+            "key-value",
+            "keyValue",
+            owner_id,
+            name,
+        )
+        .await
     }
 
     async fn get_key_value(&self, id: &str) -> PlatformResult<RenderKeyValue> {
@@ -1409,14 +1423,8 @@ impl RenderDatastores for RenderClient {
         owner_id: &str,
         name: Option<&str>,
     ) -> PlatformResult<Vec<RenderPostgres>> {
-        let mut request = ApiRequest::get("list_postgres", &["postgres"])
-            .query("ownerId", owner_id)
-            .limited(READ, "");
-        if let Some(name) = name {
-            request = request.query("name", name);
-        }
-        let databases: Vec<ApiPostgres> = self.list_all(request, "postgres").await?;
-        Ok(databases.into_iter().map(RenderPostgres::from).collect())
+        self.list_owned::<ApiPostgres, _>("list_postgres", "postgres", "postgres", owner_id, name)
+            .await
     }
 
     async fn get_postgres(&self, id: &str) -> PlatformResult<RenderPostgres> {
