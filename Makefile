@@ -3,7 +3,7 @@ SHELL := bash
 CARGO ?= cargo
 TETHER_BIN = $(or $(CARGO_TARGET_DIR),target)/debug/tether
 
-.PHONY: help build run test test-rust crds lint bench
+.PHONY: help build run test test-rust crds lint bench clean-stale
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 
 bench: ## Run the benchmarks and print their numbers
 	$(CARGO) bench --locked
+
+clean-stale: ## Remove build output the current build no longer uses (old test executables, stale caches)
+	CARGO=$(CARGO) tools/clean-stale
 
 # --- Helm chart (charts/tether): Python tests in .venv, promtool from Debian's package ---
 VENV ?= .venv

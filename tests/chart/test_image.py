@@ -49,5 +49,5 @@ def test_the_build_context_drops_outputs_but_keeps_what_cargo_builds_from() -> N
         if line.strip() and not line.startswith("#")
     }
     assert {"target/", ".git/", ".venv/"} <= ignored
-    for needed in ("src", "src/", "Cargo.toml", "Cargo.lock", "benches/", "tests/"):
+    for needed in ("src", "src/", "Cargo.toml", "Cargo.lock", "benches/", "tests/", ".cargo/", "tools/"):
         assert needed not in ignored, f".dockerignore drops {needed}, which cargo build needs"

@@ -2,11 +2,11 @@
 //! 410 Gone for expired versions and kube-runtime's watcher relisting after it, bookmarks,
 //! streaming lists, and selector transitions.
 
-pub mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::TestCluster;
+use crate::support::widget::Widget;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{
@@ -15,8 +15,6 @@ use kube::api::{
 use kube::runtime::watcher::{self, Event};
 use kube::{CustomResourceExt, ResourceExt};
 use serde_json::json;
-use support::TestCluster;
-use support::widget::Widget;
 
 fn config_map(name: &str, labels: serde_json::Value) -> ConfigMap {
     serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap()

@@ -2,11 +2,9 @@
 //! + sandbox + controllers): conditions and status of an Environment, credentials errors,
 //!   and no secret value anywhere visible.
 
-pub mod support;
-
+use crate::support::eventually;
+use crate::support::sync::{SyncHarness, WAIT, condition, condition_is};
 use serde_json::{Value, json};
-use support::eventually;
-use support::sync::{SyncHarness, WAIT, condition, condition_is};
 use tether::platform::{Platform, RenderClient, RenderServices};
 use tether::sandbox::Faults;
 
@@ -154,7 +152,7 @@ async fn no_secret_value_reaches_a_log_line_an_event_a_status_or_a_metric() {
     let after = h
         .wait_for("scan", "the rotated value applied", |e| {
             let fp = |env: &Value| {
-                support::sync::object(env, "render", "service", "scan-api")
+                crate::support::sync::object(env, "render", "service", "scan-api")
                     .map(|o| o["secretFingerprints"].clone())
             };
             condition_is(e, "Ready", "True") && fp(e).is_some() && fp(e) != fp(&before)

@@ -4,11 +4,9 @@
 //! and reason while the others apply, and a SIGKILLed `tether run` restarted on the same state
 //! directory still has every object and its status.
 
-mod run_harness;
-
 use std::time::{Duration, Instant};
 
-use run_harness::Workspace;
+use super::run_harness::Workspace;
 
 const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: staging\n";
 
@@ -482,7 +480,7 @@ fn kubectl_wait_sees_the_controllers_make_the_samples_ready() {
     );
 }
 
-fn environment_json(run: &run_harness::TetherRun) -> serde_json::Value {
+fn environment_json(run: &super::run_harness::TetherRun) -> serde_json::Value {
     let json = run.kubectl_ok(&["get", "environment", "web", "-n", "staging", "-o", "json"]);
     serde_json::from_str(&json).expect("kubectl -o json")
 }
@@ -495,7 +493,7 @@ fn ready(status: &serde_json::Value) -> Option<&serde_json::Value> {
 }
 
 /// `kind/name` and uid of every object in namespace staging.
-fn identities(run: &run_harness::TetherRun) -> Vec<(String, String)> {
+fn identities(run: &super::run_harness::TetherRun) -> Vec<(String, String)> {
     let out = run.kubectl_ok(&[
         "get",
         "configmaps,secrets,environments",

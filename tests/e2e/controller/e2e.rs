@@ -4,17 +4,15 @@
 //! deletion, `/metrics` counters, a malformed object not blocking the others, and the label
 //! selector.
 
-pub mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::{TestCluster, eventually};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use support::{TestCluster, eventually};
 use tether::api::{Environment, Migration, Release};
 use tether::controller::{ControllerConfig, Health, server};
 use tether::platform::{Platform, Token};

@@ -1,17 +1,15 @@
 //! The File store: objects, their status and the resourceVersion counter survive a restart
 //! of the server on the same file, and a watch from before the restart resumes correctly.
 
-pub mod support;
-
 use std::time::Duration;
 
+use crate::support::TestCluster;
+use crate::support::widget::{Widget, widget};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::{CustomResourceExt, ResourceExt};
 use serde_json::json;
-use support::TestCluster;
-use support::widget::{Widget, widget};
 
 #[tokio::test]
 async fn objects_status_and_the_resource_version_survive_a_restart() {

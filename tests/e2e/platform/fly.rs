@@ -3,12 +3,10 @@
 //! rollouts and rollback, faults and credentials — every exchange checked against Fly's
 //! OpenAPI spec.
 
-mod contract;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use contract::harness::{self, eventually};
+use crate::contract::harness::{self, eventually};
 use tether::platform::{
     Autostop, DeploySource, DeploymentState, Deployments, FlyAppSpec, FlyApps, FlyClient,
     FlyMachineConfig, FlyMachineSpec, FlyVolumeSpec, MachineCheck, MachineGuest, MachineMount,

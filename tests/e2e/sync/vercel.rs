@@ -4,14 +4,8 @@
 //! re-applied without its value showing anywhere. Every exchange the driver made is checked
 //! against Vercel's OpenAPI spec.
 
-// Only the spec check of the contract module is used here; its sandbox harness serves the
-// platform tests.
-#[allow(dead_code)]
-mod contract;
-pub mod support;
-
+use crate::support::sync::{SyncHarness, condition_is, object};
 use serde_json::{Value, json};
-use support::sync::{SyncHarness, condition_is, object};
 use tether::platform::{Platform, VercelClient, VercelProjectSpec, VercelProjects};
 use tether::sandbox::Exchange;
 
@@ -126,7 +120,7 @@ async fn a_project_goes_from_nothing_to_ready_and_a_changed_field_is_the_only_wr
         Some(json!({"buildCommand": "pnpm build:prod"}))
     );
     assert!(condition_is(&env, "DriftDetected", "False"));
-    contract::Contract::load(Platform::Vercel).assert_all(&h.sandbox.exchanges());
+    crate::contract::Contract::load(Platform::Vercel).assert_all(&h.sandbox.exchanges());
     h.stop().await;
 }
 
@@ -178,7 +172,7 @@ async fn a_removed_project_is_deleted_and_under_orphan_left_in_place() {
     // Deleting the Environment deletes what it still manages (stateless projects).
     h.delete("web").await;
     assert!(client(&h).get_project("keep").await.is_err());
-    contract::Contract::load(Platform::Vercel).assert_all(&h.sandbox.exchanges());
+    crate::contract::Contract::load(Platform::Vercel).assert_all(&h.sandbox.exchanges());
     h.stop().await;
 }
 
@@ -214,7 +208,7 @@ async fn an_existing_project_is_adopted_not_duplicated() {
         "only the test's own create: none for a project seen in the list"
     );
     assert!(h.events("web").await.iter().any(|e| e.1 == "Adopted"));
-    contract::Contract::load(Platform::Vercel).assert_all(&h.sandbox.exchanges());
+    crate::contract::Contract::load(Platform::Vercel).assert_all(&h.sandbox.exchanges());
     h.stop().await;
 }
 
@@ -253,7 +247,7 @@ async fn drift_in_settings_env_vars_and_domains_is_corrected_under_correct() {
     )
     .await;
     let client = client(&h);
-    support::eventually(support::sync::WAIT, || {
+    crate::support::eventually(crate::support::sync::WAIT, || {
         let client = client.clone();
         let id = id.clone();
         async move {
@@ -290,7 +284,7 @@ async fn drift_in_settings_env_vars_and_domains_is_corrected_under_correct() {
             .await
             .contains(r#"tether_drift_corrected_total{kind="project",platform="vercel"}"#)
     );
-    contract::Contract::load(Platform::Vercel).assert_all(&h.sandbox.exchanges());
+    crate::contract::Contract::load(Platform::Vercel).assert_all(&h.sandbox.exchanges());
     h.stop().await;
 }
 
@@ -332,7 +326,7 @@ async fn drift_is_only_reported_under_report() {
         client(&h).get_project(&id).await.unwrap().node_version,
         "18.x"
     );
-    contract::Contract::load(Platform::Vercel).assert_all(&h.sandbox.exchanges());
+    crate::contract::Contract::load(Platform::Vercel).assert_all(&h.sandbox.exchanges());
     h.stop().await;
 }
 
@@ -368,7 +362,7 @@ async fn rotating_a_secret_re_applies_it_and_no_secret_value_is_visible() {
     for secret in [SECRET_V1, SECRET_V2] {
         assert!(!visible.contains(secret), "a secret value is visible");
     }
-    contract::Contract::load(Platform::Vercel).assert_all(&h.sandbox.exchanges());
+    crate::contract::Contract::load(Platform::Vercel).assert_all(&h.sandbox.exchanges());
     h.stop().await;
 }
 
@@ -386,7 +380,7 @@ async fn a_crash_between_the_create_and_its_status_write_leaves_one_project() {
     );
     h.apply(manifest("crash", vec![project("site")], json!({})))
         .await;
-    support::eventually(support::sync::WAIT, || async {
+    crate::support::eventually(crate::support::sync::WAIT, || async {
         h.requests(Platform::Vercel)
             .iter()
             .any(|r| r == "POST /v11/projects")
@@ -426,6 +420,6 @@ async fn a_crash_between_the_create_and_its_status_write_leaves_one_project() {
             .len(),
         2
     );
-    contract::Contract::load(Platform::Vercel).assert_all(&h.sandbox.exchanges());
+    crate::contract::Contract::load(Platform::Vercel).assert_all(&h.sandbox.exchanges());
     h.stop().await;
 }

@@ -5,13 +5,10 @@
 //! re-applied with the machines relaunched on the new secrets version — with no secret value
 //! visible anywhere.
 
-pub mod contract;
-pub mod support;
-
 use std::time::Duration;
 
+use crate::support::sync::{SyncHarness, condition_is, object};
 use serde_json::{Value, json};
-use support::sync::{SyncHarness, condition_is, object};
 use tether::platform::{
     FlyAppSpec, FlyApps, FlyClient, FlyMachineConfig, FlyMachineSpec, Platform,
 };
@@ -102,7 +99,7 @@ fn machine_updates<'a>(exchanges: &'a [Exchange], app: &str) -> Vec<&'a Exchange
 
 /// Waits for an event about Environment `name` with `reason` whose note contains `text`.
 async fn wait_event(h: &SyncHarness, name: &str, reason: &str, text: &str) {
-    support::eventually(support::sync::WAIT, || async {
+    crate::support::eventually(crate::support::sync::WAIT, || async {
         h.events(name)
             .await
             .iter()
@@ -203,7 +200,7 @@ async fn from_nothing_to_ready_then_a_field_change_writes_exactly_that_field() {
         assert_eq!(m.config.guest.memory_mb, 512);
     }
     wait_event(&h, "edge", "Updated", "guest.memoryMb").await;
-    contract::Contract::load(Platform::Fly).assert_all(&h.sandbox.exchanges());
+    crate::contract::Contract::load(Platform::Fly).assert_all(&h.sandbox.exchanges());
     h.stop().await;
 }
 
@@ -304,7 +301,7 @@ async fn scaling_down_deletes_machines_and_removed_apps_go_per_deletion_policy()
         .map(|a| a.name)
         .collect();
     assert_eq!(apps, ["db"], "the Environment's deletion removed app vol");
-    contract::Contract::load(Platform::Fly).assert_all(&h.sandbox.exchanges());
+    crate::contract::Contract::load(Platform::Fly).assert_all(&h.sandbox.exchanges());
     h.stop().await;
 }
 
@@ -367,7 +364,7 @@ async fn an_app_and_machine_made_by_hand_are_adopted_by_name() {
         "brought to the spec"
     );
     wait_event(&h, "adopt", "Adopted", "hand-ams-0").await;
-    contract::Contract::load(Platform::Fly).assert_all(&h.sandbox.exchanges());
+    crate::contract::Contract::load(Platform::Fly).assert_all(&h.sandbox.exchanges());
     h.stop().await;
 }
 
@@ -398,7 +395,7 @@ async fn dashboard_drift_is_corrected_under_correct_and_only_reported_under_repo
         json!("debug"),
     )
     .await;
-    support::eventually(support::sync::WAIT, || async {
+    crate::support::eventually(crate::support::sync::WAIT, || async {
         let m = client.list_machines("fixed").await.ok()?.pop()?;
         (m.config.guest.memory_mb == 256 && m.config.env["LOG_LEVEL"] == "info").then_some(())
     })
@@ -452,7 +449,7 @@ async fn dashboard_drift_is_corrected_under_correct_and_only_reported_under_repo
         .await;
     assert!(condition_is(&env, "DriftDetected", "True"));
     assert!(client.list_secrets("fixed").await.unwrap().is_empty());
-    contract::Contract::load(Platform::Fly).assert_all(&h.sandbox.exchanges());
+    crate::contract::Contract::load(Platform::Fly).assert_all(&h.sandbox.exchanges());
     h.stop().await;
 }
 
@@ -500,7 +497,7 @@ async fn a_rotated_secret_is_set_again_and_the_machines_relaunch_on_its_version(
     for value in [SECRET_V1, SECRET_V2] {
         assert!(!visible.contains(value), "a secret value is visible");
     }
-    contract::Contract::load(Platform::Fly).assert_all(&h.sandbox.exchanges());
+    crate::contract::Contract::load(Platform::Fly).assert_all(&h.sandbox.exchanges());
     h.stop().await;
 }
 
@@ -519,7 +516,7 @@ async fn a_crash_after_creating_a_volume_leaves_exactly_one_volume_machine_and_a
     let mut spec = app("crash", &[("ams", 1)]);
     spec["volumes"] = json!([{"name": "data", "sizeGb": 1, "mountPath": "/data"}]);
     h.apply(environment("crash", vec![spec], json!({}))).await;
-    support::eventually(support::sync::WAIT, || async {
+    crate::support::eventually(crate::support::sync::WAIT, || async {
         h.requests(Platform::Fly)
             .iter()
             .any(|r| r == "POST /v1/apps/crash/volumes")
@@ -555,6 +552,6 @@ async fn a_crash_after_creating_a_volume_leaves_exactly_one_volume_machine_and_a
     let machines = client.list_machines("crash").await.unwrap();
     assert_eq!(machine_names(&machines), ["crash-ams-0"]);
     assert_eq!(machines[0].config.mounts[0].volume, volumes[0].id);
-    contract::Contract::load(Platform::Fly).assert_all(&h.sandbox.exchanges());
+    crate::contract::Contract::load(Platform::Fly).assert_all(&h.sandbox.exchanges());
     h.stop().await;
 }

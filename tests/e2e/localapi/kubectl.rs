@@ -1,17 +1,15 @@
 //! The real kubectl (v1.32) against the in-process API: discovery, `get`, server-side and
 //! client-side `apply`, `describe` with events, and `delete --wait` through a finalizer.
 
-pub mod support;
-
 use std::time::Duration;
 
+use crate::support::widget::Widget;
+use crate::support::{KubectlOutput, TestCluster, eventually};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{CustomResourceExt, Resource, ResourceExt};
 use serde_json::json;
-use support::widget::Widget;
-use support::{KubectlOutput, TestCluster, eventually};
 
 async fn cluster() -> TestCluster {
     TestCluster::builder().crd(Widget::crd()).start().await

@@ -2,10 +2,10 @@
 //! metadata-only responses, read-only CRDs, cluster-scoped custom kinds, deletecollection,
 //! namespace deletion, and watch streams ending on shutdown.
 
-pub mod support;
-
 use std::time::Duration;
 
+use crate::support::TestCluster;
+use crate::support::widget::{Gadget, GadgetSpec, Widget, widget};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -13,8 +13,6 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, W
 use kube::core::PartialObjectMeta;
 use kube::{CustomResourceExt, ResourceExt};
 use serde_json::json;
-use support::TestCluster;
-use support::widget::{Gadget, GadgetSpec, Widget, widget};
 
 async fn cluster() -> TestCluster {
     TestCluster::builder()

@@ -9,20 +9,18 @@
 //! the Environment's Supabase project's database once the Environment reports it ready —
 //! also end to end with the Supabase sync against the Supabase sandbox.
 
-pub mod support;
-
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::support::{TestCluster, eventually};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use support::{TestCluster, eventually};
 use tether::api::Migration;
 use tether::controller::{ControllerConfig, Health, server};
 use tether::telemetry::MetricsRegistry;

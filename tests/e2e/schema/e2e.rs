@@ -3,9 +3,7 @@
 //! validation, `explain --recursive`, unknown fields rejected by `fieldValidation=Strict`,
 //! defaults visible on the stored object, and an immutability (transition) rule on update.
 
-pub mod support;
-
-use support::{KubectlOutput, TestCluster};
+use crate::support::{KubectlOutput, TestCluster};
 
 fn ok(out: KubectlOutput) -> String {
     assert!(

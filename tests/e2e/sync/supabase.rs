@@ -6,12 +6,9 @@
 //! any status entry, event, plan or error. Then the same through the Environment controller
 //! (embedded API + sandbox + controllers): to Ready, a Secret rotation, deletion.
 
-pub mod contract;
-pub mod support;
-
 use std::time::Duration;
 
-use contract::harness::{self, Env};
+use crate::contract::harness::{self, Env};
 use serde_json::{Value, json};
 use tether::api::common::{DeletionPolicy, DriftPolicy, SecretKeyRef};
 use tether::api::environment::{
@@ -550,7 +547,7 @@ fn environment_spec(max_rows: i64) -> Value {
 #[tokio::test]
 async fn through_the_controller_a_supabase_environment_becomes_ready_rotates_and_is_orphaned_on_delete()
  {
-    use support::sync::{SyncHarness, condition_is, object};
+    use crate::support::sync::{SyncHarness, condition_is, object};
     let h = SyncHarness::start().await;
     h.put_secret("db", &[("password", PASSWORD)]).await;
     h.apply(manifest(environment_spec(500))).await;
@@ -612,7 +609,7 @@ async fn through_the_controller_a_supabase_environment_becomes_ready_rotates_and
     for secret in [PASSWORD, ROTATED] {
         assert!(!visible.contains(secret), "a database password is visible");
     }
-    contract::Contract::load(Platform::Supabase).assert_all(
+    crate::contract::Contract::load(Platform::Supabase).assert_all(
         &h.sandbox
             .exchanges()
             .into_iter()

@@ -2,14 +2,12 @@
 //! subresource, patches, server-side apply with field ownership, finalizers, selectors and
 //! paging against the in-process API.
 
-pub mod support;
-
+use crate::support::TestCluster;
+use crate::support::widget::{Widget, widget};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{CustomResourceExt, ResourceExt};
 use serde_json::json;
-use support::TestCluster;
-use support::widget::{Widget, widget};
 
 async fn cluster() -> TestCluster {
     TestCluster::builder().crd(Widget::crd()).start().await

@@ -2,11 +2,9 @@
 //! rollback, faults (429 storm, 5xx), credentials and malformed responses — with every
 //! exchange checked against Render's OpenAPI spec.
 
-mod contract;
-
 use std::time::Duration;
 
-use contract::harness::{self, eventually};
+use crate::contract::harness::{self, eventually};
 use tether::platform::{
     DatastoreStatus, DeploySource, DeploymentState, Deployments, EnvVar, Platform, PlatformError,
     RenderCidr, RenderClient, RenderDatastores, RenderKeyValuePatch, RenderKeyValueSpec,
@@ -397,7 +395,7 @@ async fn malformed_or_unexpected_responses_give_a_clear_error_not_a_panic() {
 
 #[test]
 fn the_contract_check_names_the_spec_path_and_field_of_a_mismatch() {
-    let contract = contract::Contract::load(Platform::Render);
+    let contract = crate::contract::Contract::load(Platform::Render);
     let exchange = tether::sandbox::Exchange {
         platform: Platform::Render,
         method: "GET".into(),

@@ -2,13 +2,11 @@
 //! turns ready, and exits cleanly on SIGTERM; the hidden `tether rbac` and
 //! `tether metrics-names` print what the Helm chart's tests compare against.
 
-pub mod support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{TestCluster, eventually};
+use crate::support::{TestCluster, eventually};
 
 const TETHER: &str = env!("CARGO_BIN_EXE_tether");
 

@@ -3,11 +3,11 @@
 //! `kubectl describe` reads them (core/v1 with `involvedObject.*` field selectors), and
 //! leader election with kube-lease-manager.
 
-pub mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::widget::{Widget, widget};
+use crate::support::{TestCluster, eventually};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Event as CoreEvent;
@@ -17,8 +17,6 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{CustomResourceExt, Resource, ResourceExt};
 use serde_json::json;
-use support::widget::{Widget, widget};
-use support::{TestCluster, eventually};
 
 #[derive(Debug, thiserror::Error)]
 #[error("failed to write widget status: {0}")]

@@ -2,15 +2,13 @@
 //! the holder reconciles, and the other takes over once the first stops (releasing the
 //! Lease on shutdown).
 
-pub mod support;
-
 use std::time::Duration;
 
+use crate::support::{TestCluster, eventually};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use support::{TestCluster, eventually};
 use tether::api::Environment;
 use tether::controller::leader::{LeaseConfig, run_elected};
 use tether::controller::{ControllerConfig, Health};

@@ -2,11 +2,9 @@
 //! rollback by promotion, time-based pagination, `teamId`, faults and credentials — with
 //! every exchange checked against Vercel's OpenAPI spec.
 
-mod contract;
-
 use std::time::Duration;
 
-use contract::harness::{self, eventually};
+use crate::contract::harness::{self, eventually};
 use serde_json::{Value, json};
 use tether::api::environment::VercelTarget::{self, Development, Preview, Production};
 use tether::platform::{

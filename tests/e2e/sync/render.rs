@@ -3,14 +3,11 @@
 //! with every exchange checked against Render's OpenAPI spec. Then the whole controller
 //! (embedded API + sandbox + controllers) on an Environment with Render objects.
 
-pub mod contract;
-pub mod support;
-
 use std::time::Duration;
 
-use contract::harness::{self, Env};
+use crate::contract::harness::{self, Env};
+use crate::support::sync::{SyncHarness, condition_is, object};
 use serde_json::{Value, json};
-use support::sync::{SyncHarness, condition_is, object};
 use tether::api::common::{DeletionPolicy, DriftPolicy, EnvVar, EnvVarSource, SecretKeyRef};
 use tether::api::environment::{
     CidrBlock, EnvironmentSpec, ManagedObject, RenderKeyValue, RenderPostgres, RenderRegion,
@@ -738,7 +735,7 @@ async fn the_controller_creates_updates_corrects_rotates_and_cleans_up_render_ob
 
 /// Waits until the Render writes since `since` satisfy `check`.
 async fn eventually_writes(h: &SyncHarness, since: usize, check: impl Fn(&Vec<String>) -> bool) {
-    support::eventually(support::sync::WAIT, || async {
+    crate::support::eventually(crate::support::sync::WAIT, || async {
         let writes = render_writes(h, since);
         check(&writes).then_some(())
     })

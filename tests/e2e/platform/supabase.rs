@@ -3,11 +3,9 @@
 //! dashboard edits, secrets, offset paging, faults and credentials — every exchange checked
 //! against Supabase's OpenAPI spec.
 
-mod contract;
-
 use std::time::Duration;
 
-use contract::harness::{self, eventually};
+use crate::contract::harness::{self, eventually};
 use serde_json::json;
 use tether::platform::{
     Platform, PlatformError, ProjectState, SupabaseApiSettings, SupabaseAuthSettings,

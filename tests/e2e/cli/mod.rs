@@ -1,0 +1,5 @@
+//! `tether plan` and `tether run` as a user runs them.
+
+mod plan;
+mod run_harness;
+mod run_standalone;

@@ -1,0 +1,9 @@
+//! The embedded Kubernetes-compatible API.
+
+mod crud;
+mod file;
+mod http;
+mod kubectl;
+mod kubectl_must_show;
+mod runtime;
+mod watch;

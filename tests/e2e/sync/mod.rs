@@ -1,0 +1,7 @@
+//! The Environment sync: observe, plan and act per platform, and the controller around it.
+
+mod environment;
+mod fly;
+mod render;
+mod supabase;
+mod vercel;
