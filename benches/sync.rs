@@ -16,7 +16,10 @@
 //! 2. **Steady-state resync**: the platform requests the controller made (its `/metrics`
 //!    `tether_platform_requests_total`) in a window of one resync interval after convergence,
 //!    split into reads (operations named `list_*`, `get_*`, `find_*`) and writes (everything
-//!    else). Goal: at most 0.25 reads per managed object, and no writes.
+//!    else). Goal: at most 0.25 reads per managed object, and no writes. The Render service
+//!    declares no env vars or custom domains, so those sets are neither owned nor read;
+//!    each set a spec declares adds one read per service per resync (Render has no
+//!    workspace-wide list of them), while Vercel's env vars come with its project list.
 //! 3. **Peak memory**: the controller process's `VmHWM` at the end. Goal: at most 100 MiB.
 //!
 //! Wall-clock settings: `spec.interval` is 60 s (`--interval`) and `--observe-max-age` is a

@@ -214,15 +214,19 @@ pub struct RenderService {
     /// Directory of a static site's build output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_path: Option<String>,
-    /// Environment variables.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Environment variables, owned as a whole set: variables not listed are removed. Leave
+    /// the field out to leave the service's variables alone (and unread); `[]` removes them
+    /// all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 200))]
     #[x_kube(validation = Rule::new("self.all(e, self.exists_one(f, f.name == e.name))").message("environment variable names must be unique"))]
-    pub env_vars: Vec<EnvVar>,
-    /// Custom domains served by this service (web services and static sites).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_vars: Option<Vec<EnvVar>>,
+    /// Custom domains served by this service (web services and static sites), owned as a
+    /// whole set. Leave the field out to leave the service's domains alone (and unread);
+    /// `[]` detaches them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 50))]
-    pub custom_domains: Vec<Domain>,
+    pub custom_domains: Option<Vec<Domain>>,
 }
 
 fn default_render_plan() -> String {
@@ -360,15 +364,18 @@ pub struct VercelProject {
     #[schemars(regex(pattern = r"^[0-9]+\.x$"))]
     pub node_version: Option<String>,
     /// Environment variables with the deployment targets they apply to (at most 100, so the
-    /// uniqueness rule stays within the API server's CEL cost budget).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// uniqueness rule stays within the API server's CEL cost budget), owned as a whole set.
+    /// Leave the field out to leave the project's variables alone; `[]` removes them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 100))]
     #[x_kube(validation = Rule::new("self.all(e, self.exists_one(f, f.name == e.name && f.targets == e.targets && (has(f.gitBranch) ? f.gitBranch : '') == (has(e.gitBranch) ? e.gitBranch : '')))").message("a Vercel environment variable may appear once per name, targets and gitBranch"))]
-    pub env_vars: Vec<VercelEnvVar>,
-    /// Domains assigned to the project.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_vars: Option<Vec<VercelEnvVar>>,
+    /// Domains assigned to the project, owned as a whole set (Vercel's own `*.vercel.app`
+    /// domains aside). Leave the field out to leave the project's domains alone (and
+    /// unread); `[]` removes them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 50))]
-    pub domains: Vec<VercelDomain>,
+    pub domains: Option<Vec<VercelDomain>>,
 }
 
 /// A git repository connected to a Vercel project.

@@ -4,7 +4,7 @@
 //!   with one object that does not match `K` (stored bypassing admission, or by an older
 //!   schema) would otherwise fail the whole list and stop every object of the kind; here
 //!   that object decodes to `Err(message)` and is reported on its own while the others
-//!   reconcile.
+//!   reconcile. `metadata.managedFields` is dropped while parsing (nothing reads it).
 //! - [`MetaOnly<K>`]: a Secret or ConfigMap as the watches see it: metadata only. The data
 //!   is dropped while parsing, so Secret values never sit in controller memory through a
 //!   watch.
@@ -66,7 +66,12 @@ fn conditions_of(value: &serde_json::Value) -> Vec<Condition> {
 
 impl<'de, K: DeserializeOwned> Deserialize<'de> for Decoded<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = serde_json::Value::deserialize(deserializer)?;
+        let mut value = serde_json::Value::deserialize(deserializer)?;
+        // Server-side apply bookkeeping: the controllers never read it, and it is the
+        // largest part of an object's metadata, held twice per object in the reflector.
+        if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            meta.remove("managedFields");
+        }
         let meta: ObjectMeta = value
             .get("metadata")
             .cloned()
@@ -162,10 +167,12 @@ mod tests {
     use k8s_openapi::api::core::v1::Secret;
 
     #[test]
-    fn a_valid_object_decodes_with_its_conditions() {
+    fn a_valid_object_decodes_with_its_conditions_and_without_managed_fields() {
         let value = serde_json::json!({
             "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
-            "metadata": {"name": "web", "namespace": "ns"},
+            "metadata": {"name": "web", "namespace": "ns", "managedFields": [{
+                "manager": "tether", "operation": "Apply", "subresource": "status",
+                "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {}}}]},
             "spec": {},
             "status": {"conditions": [{"type": "Ready", "status": "True",
                 "lastTransitionTime": "t", "reason": "R", "message": ""}]}
@@ -173,6 +180,8 @@ mod tests {
         let decoded: Decoded<Environment> = serde_json::from_value(value).unwrap();
         assert!(decoded.object().is_ok());
         assert_eq!(decoded.conditions().len(), 1);
+        assert!(decoded.meta().managed_fields.is_none());
+        assert!(decoded.object().unwrap().metadata.managed_fields.is_none());
         assert_eq!(decoded.meta().name.as_deref(), Some("web"));
     }
 

@@ -7,13 +7,14 @@
 
 use std::time::Duration;
 
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 
 use crate::api::common::condition_types::RECONCILING;
 use crate::api::common::{DeletionPolicy, LocalObjectRef, parse_duration};
 use crate::api::environment::{EnvironmentSpec, ManagedObject};
 use crate::api::{Condition, ConditionStatus, EnvVar, Environment};
 use crate::controller::conditions::{Verdict, is_stalled};
+use crate::controller::decoded::Decoded;
 use crate::controller::error::ReconcileError;
 use crate::controller::reconcile::{Context, Reconciled, Report, ReportEvent};
 use crate::controller::references::{RefKind, Reference, Snapshot};
@@ -53,14 +54,14 @@ pub fn references(spec: &EnvironmentSpec) -> Vec<Reference> {
         for (i, service) in render.services.iter().enumerate() {
             env_var_refs(
                 &mut refs,
-                &service.env_vars,
+                service.env_vars.as_deref().unwrap_or_default(),
                 &format!("spec.render.services[{i}]"),
             );
         }
     }
     if let Some(vercel) = &spec.vercel {
         for (i, project) in vercel.projects.iter().enumerate() {
-            for (j, var) in project.env_vars.iter().enumerate() {
+            for (j, var) in project.env_vars.iter().flatten().enumerate() {
                 if let Some(from) = &var.value_from {
                     refs.push(Reference::secret_key(
                         &from.secret_key_ref,
@@ -470,9 +471,57 @@ pub fn references_secret(env: &Environment, name: &str) -> bool {
         .any(|r| r.kind == RefKind::Secret && r.name == name)
 }
 
+/// The watch predicate of the Environment controller: the hash of what makes a change worth
+/// a reconcile — the spec (its generation), deletion, finalizers and annotations (so
+/// `kubectl annotate` forces a sync). A status write, the controller's own at the end of
+/// every reconcile included, does not change it: the resync interval and the requeues
+/// schedule those reconciles, and a referenced Secret's change triggers through its watch.
+pub fn changed(env: &Decoded<Environment>) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = env.meta();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    meta.generation.hash(&mut hasher);
+    meta.deletion_timestamp.is_some().hash(&mut hasher);
+    meta.finalizers.hash(&mut hasher);
+    meta.annotations.hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_spec_deletion_finalizer_and_annotation_changes_pass_the_watch_predicate() {
+        let base = serde_json::json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
+            "metadata": {"name": "web", "namespace": "ns", "generation": 3,
+                         "resourceVersion": "10", "finalizers": ["tether.dev/cleanup"]},
+            "spec": {},
+            "status": {"summary": "1/2"},
+        });
+        let hash = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut value = base.clone();
+            edit(&mut value);
+            changed(&serde_json::from_value::<Decoded<Environment>>(value).unwrap())
+        };
+        let unchanged = hash(&|_| {});
+        let status_only = hash(&|v| {
+            v["metadata"]["resourceVersion"] = "11".into();
+            v["status"]["summary"] = "2/2".into();
+        });
+        assert_eq!(unchanged, status_only, "a status write does not trigger");
+        let triggering = [
+            ("generation", serde_json::json!(4)),
+            ("deletionTimestamp", "2026-12-05T10:00:00Z".into()),
+            ("finalizers", serde_json::json!([])),
+            ("annotations", serde_json::json!({"tether.dev/sync": "now"})),
+        ];
+        for (field, value) in triggering {
+            let edited = hash(&|v| v["metadata"][field] = value.clone());
+            assert_ne!(unchanged, edited, "a {field} change triggers");
+        }
+    }
 
     fn spec() -> EnvironmentSpec {
         serde_json::from_value(serde_json::json!({

@@ -35,8 +35,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::controller::{Config as RuntimeConfig, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -161,9 +161,15 @@ pub(crate) async fn run_registered(
     let runtime = RuntimeConfig::default().concurrency(config.concurrency);
     let ns = config.namespace.as_deref();
 
-    let environments = Controller::new(api::<Decoded<Environment>>(&client, ns), watch.clone())
-        .with_config(runtime.clone());
-    let env_store = environments.store();
+    // An Environment's own status writes do not trigger it again: the resync interval and
+    // the requeues schedule those reconciles (see `environment::changed`).
+    let (env_store, env_writer) = reflector::store();
+    let env_changes = watcher::watcher(api::<Decoded<Environment>>(&client, ns), watch.clone())
+        .reflect(env_writer)
+        .applied_objects()
+        .predicate_filter(environment::changed, Default::default());
+    let environments =
+        Controller::for_stream(env_changes, env_store.clone()).with_config(runtime.clone());
     let environments = environments.watches(
         api::<MetaOnly<Secret>>(&client, ns),
         watcher::Config::default(),

@@ -2,8 +2,8 @@
 //! the `render` part of an Environment.
 //!
 //! Pipeline: **observe** (one paged list each of services, key-value stores and Postgres per
-//! workspace, shared through the [`ObserveCache`](super::ObserveCache); per service its env
-//! vars and custom domains, keyed by the service id; datastores still `creating` are re-read
+//! workspace, shared through the [`ObserveCache`](super::ObserveCache); per service the env
+//! vars and custom domains its spec declares, keyed by the service id; datastores still `creating` are re-read
 //! by id so readiness is seen without waiting for the list to age) → **plan**
 //! ([`plan_render`], pure: desired [`Fields`] per object against observed ones) → **act**
 //! (datastores before services, removals after, write-through into the cache).
@@ -14,7 +14,9 @@
 //!   platform's value (or default) is left alone;
 //! - `image` is only used at creation: Releases deploy other images later, and the
 //!   Environment must not undo them;
-//! - env vars and custom domains are owned as whole sets (extra ones are removed); a value
+//! - env vars and custom domains are owned as whole sets (extra ones are removed) when the
+//!   spec declares them (`[]` owns an empty set); a service whose spec leaves either out
+//!   keeps what it has, and that set is not read; a value
 //!   from a Secret is compared by its keyed fingerprint, and values of variables that are
 //!   not literals in the spec are never shown;
 //! - `type` and `region` (and a Postgres `version`, `databaseName`, `databaseUser`) are fixed
@@ -235,6 +237,24 @@ struct DesiredService {
     values: BTreeMap<String, Token>,
     /// Env var fields whose Secret could not be resolved: left alone this time.
     unresolved: BTreeSet<String>,
+    /// Which sets the spec owns (declared, even empty); an undeclared set is left alone.
+    owns: OwnedSets,
+}
+
+/// The whole-set fields of a service the spec declares.
+#[derive(Clone, Copy, Debug, Default)]
+struct OwnedSets {
+    env_vars: bool,
+    domains: bool,
+}
+
+impl OwnedSets {
+    fn of(s: &SpecService) -> Self {
+        Self {
+            env_vars: s.env_vars.is_some(),
+            domains: s.custom_domains.is_some(),
+        }
+    }
 }
 
 fn desired_service(input: &SyncInput<'_>, owner: &str, s: &SpecService) -> DesiredService {
@@ -286,7 +306,7 @@ fn desired_service(input: &SyncInput<'_>, owner: &str, s: &SpecService) -> Desir
     }
     let mut values = BTreeMap::new();
     let mut unresolved = BTreeSet::new();
-    for var in &s.env_vars {
+    for var in s.env_vars.iter().flatten() {
         let field = format!("{ENV_PREFIX}{}", var.name);
         match env_value(input, &field, var) {
             Some((f, token)) => {
@@ -298,7 +318,7 @@ fn desired_service(input: &SyncInput<'_>, owner: &str, s: &SpecService) -> Desir
             }
         }
     }
-    for domain in &s.custom_domains {
+    for domain in s.custom_domains.iter().flatten() {
         fields.insert(format!("{DOMAIN_PREFIX}{domain}"), value(ATTACHED));
     }
     let create = RenderServiceSpec {
@@ -319,6 +339,7 @@ fn desired_service(input: &SyncInput<'_>, owner: &str, s: &SpecService) -> Desir
         create,
         values,
         unresolved,
+        owns: OwnedSets::of(s),
     }
 }
 
@@ -400,13 +421,18 @@ fn desired_postgres(owner: &str, p: &SpecPostgres) -> (Fields, RenderPostgresSpe
 // ---------------------------------------------------------------------------------------
 
 /// Keeps the observed fields the desired side manages: the named ones, and every env var
-/// and domain (owned as sets) except env vars left alone this time.
-fn managed_only(mut observed: Fields, desired: &Fields, unresolved: &BTreeSet<String>) -> Fields {
+/// and domain of a set the spec owns, except env vars left alone this time.
+fn managed_only(
+    mut observed: Fields,
+    desired: &Fields,
+    unresolved: &BTreeSet<String>,
+    owns: OwnedSets,
+) -> Fields {
     observed.retain(|k, _| {
         !unresolved.contains(k)
             && (desired.contains_key(k)
-                || k.starts_with(ENV_PREFIX)
-                || k.starts_with(DOMAIN_PREFIX))
+                || (owns.env_vars && k.starts_with(ENV_PREFIX))
+                || (owns.domains && k.starts_with(DOMAIN_PREFIX)))
     });
     observed
 }
@@ -463,7 +489,7 @@ fn observed_service(
     for domain in domains {
         fields.insert(format!("{DOMAIN_PREFIX}{}", domain.name), value(ATTACHED));
     }
-    managed_only(fields, &desired.fields, &desired.unresolved)
+    managed_only(fields, &desired.fields, &desired.unresolved, desired.owns)
 }
 
 fn observed_key_value(k: &RenderKeyValue, desired: &Fields) -> Fields {
@@ -474,7 +500,7 @@ fn observed_key_value(k: &RenderKeyValue, desired: &Fields) -> Fields {
         fields.insert("maxmemoryPolicy".into(), value(policy));
     }
     fields.insert("ipAllowList".into(), value(cidr_value(&k.ip_allow_list)));
-    managed_only(fields, desired, &BTreeSet::new())
+    managed_only(fields, desired, &BTreeSet::new(), OwnedSets::default())
 }
 
 fn observed_postgres(p: &RenderPostgres, desired: &Fields) -> Fields {
@@ -492,7 +518,7 @@ fn observed_postgres(p: &RenderPostgres, desired: &Fields) -> Fields {
     }
     fields.insert("databaseName".into(), value(&p.database_name));
     fields.insert("databaseUser".into(), value(&p.database_user));
-    managed_only(fields, desired, &BTreeSet::new())
+    managed_only(fields, desired, &BTreeSet::new(), OwnedSets::default())
 }
 
 fn service_shown(s: &RenderService) -> Shown {
@@ -867,7 +893,7 @@ pub fn plan_render(input: &SyncInput<'_>, observed: &Observed) -> Planned<Render
         let desired = desired_service(input, owner, s);
         match observed.services.iter().find(|o| o.name == s.name) {
             None => {
-                let domains = s.custom_domains.clone();
+                let domains = s.custom_domains.clone().unwrap_or_default();
                 let writes = 1 + domains.len() as u32;
                 let op = Op::CreateService {
                     spec: Box::new(desired.create.clone()),
@@ -1076,36 +1102,51 @@ impl RenderDriver {
         if input.deleting {
             return Ok(observed);
         }
-        let ours: Vec<&RenderService> = services
+        // The spec's existing services with the sets it owns: an undeclared set is not read.
+        let ours: Vec<(&RenderService, OwnedSets)> = services
             .iter()
-            .filter(|o| spec.services.iter().any(|s| s.name == o.name))
+            .filter_map(|o| {
+                let s = spec.services.iter().find(|s| s.name == o.name)?;
+                Some((o, OwnedSets::of(s)))
+            })
             .collect();
         let client = &client;
-        let env_lists = futures::future::try_join_all(ours.iter().map(|o| async move {
+        let env_lists = futures::future::try_join_all(ours.iter().map(|(o, owns)| async move {
+            if !owns.env_vars {
+                return Ok(None);
+            }
             let key = input.key(&o.id, "envVars");
             cache
                 .get_or_fetch(&key, || client.list_env_vars(&o.id))
                 .await
+                .map(Some)
         }))
         .await?;
         // Only web services and static sites can have custom domains: the others need no
         // read for them.
-        let domain_lists = futures::future::try_join_all(ours.iter().map(|o| async move {
-            if !matches!(
-                o.kind,
-                Some(RenderServiceKind::WebService | RenderServiceKind::StaticSite)
-            ) {
-                return Ok(Arc::new(Vec::new()));
+        let domain_lists = futures::future::try_join_all(ours.iter().map(|(o, owns)| async move {
+            if !owns.domains
+                || !matches!(
+                    o.kind,
+                    Some(RenderServiceKind::WebService | RenderServiceKind::StaticSite)
+                )
+            {
+                return Ok(None);
             }
             let key = input.key(&o.id, "domains");
             cache
                 .get_or_fetch(&key, || client.list_domains(&o.id))
                 .await
+                .map(Some)
         }))
         .await?;
-        for ((o, env), domains) in ours.iter().zip(env_lists).zip(domain_lists) {
-            observed.env_vars.insert(o.id.clone(), env);
-            observed.domains.insert(o.id.clone(), domains);
+        for (((o, _), env), domains) in ours.iter().zip(env_lists).zip(domain_lists) {
+            if let Some(env) = env {
+                observed.env_vars.insert(o.id.clone(), env);
+            }
+            if let Some(domains) = domains {
+                observed.domains.insert(o.id.clone(), domains);
+            }
         }
         Ok(observed)
     }
@@ -1481,7 +1522,7 @@ mod tests {
                     type_: RenderServiceType::Web,
                     plan: "starter".into(),
                     image: Some("acme/web:1".into()),
-                    env_vars: vec![
+                    env_vars: Some(vec![
                         SpecEnvVar {
                             name: "MODE".into(),
                             value: Some("prod".into()),
@@ -1497,8 +1538,8 @@ mod tests {
                                 },
                             }),
                         },
-                    ],
-                    custom_domains: vec!["www.example.com".into()],
+                    ]),
+                    custom_domains: Some(vec!["www.example.com".into()]),
                     ..SpecService::default()
                 }],
                 key_values: vec![SpecKeyValue {
@@ -1797,8 +1838,8 @@ mod tests {
         let mut spec = spec();
         let web = &mut spec.render.as_mut().unwrap().services[0];
         web.instances = Some(3);
-        web.env_vars.remove(0);
-        web.custom_domains = vec!["api.example.com".into()];
+        web.env_vars.as_mut().unwrap().remove(0);
+        web.custom_domains = Some(vec!["api.example.com".into()]);
         let planned = plan(
             &spec,
             &secrets("k1"),

@@ -20,7 +20,9 @@
 //!   is (key, targets, git branch). Literal values are `plain` (readable, so drift is seen);
 //!   values from Secrets are `encrypted`, compared by the keyed fingerprint kept in status;
 //! - `domains.HOST`: `production`, `redirect:OTHER` or `branch:NAME`. Vercel's own
-//!   `*.vercel.app` domains are not Tether's and are left alone.
+//!   `*.vercel.app` domains are not Tether's and are left alone;
+//! - env vars and domains are owned as whole sets when the spec declares them (`[]` owns an
+//!   empty set); a spec that leaves either out leaves it alone, and its domains unread.
 //!
 //! Projects are stateless: removed from the spec (or with the Environment), they are deleted
 //! unless `deletionPolicy: Orphan`.
@@ -87,6 +89,10 @@ pub struct DesiredProject {
     pub env_vars: BTreeMap<String, VercelEnvVarSpec>,
     /// Domains by field name.
     pub domains: BTreeMap<String, VercelDomainSpec>,
+    /// The spec declares its env vars (even none): they are owned as a whole set.
+    pub owns_env_vars: bool,
+    /// The spec declares its domains (even none): they are owned, and read, as a set.
+    pub owns_domains: bool,
     /// Fingerprints of the secret values by field name.
     pub fingerprints: BTreeMap<String, String>,
 }
@@ -195,7 +201,7 @@ pub fn desired_project(
     }
     let mut env_vars = BTreeMap::new();
     let mut fingerprints = BTreeMap::new();
-    for var in &spec.env_vars {
+    for var in spec.env_vars.iter().flatten() {
         let mut targets = var.targets.clone();
         targets.sort();
         targets.dedup();
@@ -241,7 +247,7 @@ pub fn desired_project(
         );
     }
     let mut domains = BTreeMap::new();
-    for domain in &spec.domains {
+    for domain in spec.domains.iter().flatten() {
         if domain.redirect.is_some() && domain.git_branch.is_some() {
             return Err(invalid(format!(
                 "project {:?} domain {}: Vercel does not allow both redirect and gitBranch",
@@ -282,12 +288,15 @@ pub fn desired_project(
         create,
         env_vars,
         domains,
+        owns_env_vars: spec.env_vars.is_some(),
+        owns_domains: spec.domains.is_some(),
         fingerprints,
     })
 }
 
 /// The observed fields of a project, limited to what `desired` manages where Tether does
-/// not own the whole field (framework, nodeVersion, the git link).
+/// not own the whole field (framework, nodeVersion, the git link) and to the sets (env vars,
+/// domains) the spec declares.
 pub fn observed_fields(
     desired: &DesiredProject,
     project: &VercelProject,
@@ -318,7 +327,7 @@ pub fn observed_fields(
             fields.insert("productionBranch".into(), text(&link.production_branch));
         }
     }
-    for var in &project.env_vars {
+    for var in project.env_vars.iter().filter(|_| desired.owns_env_vars) {
         if var.kind == VercelEnvType::System {
             continue;
         }
@@ -329,7 +338,7 @@ pub fn observed_fields(
         };
         fields.insert(name, field);
     }
-    for domain in domains {
+    for domain in domains.iter().filter(|_| desired.owns_domains) {
         if domain.name.ends_with(".vercel.app") {
             continue;
         }
@@ -594,7 +603,8 @@ impl Driver for VercelDriver {
             })
             .await?;
         let mut domains = HashMap::new();
-        for want in &desired {
+        // Domains are read only for the projects whose spec owns them.
+        for want in desired.iter().filter(|w| w.owns_domains) {
             if let Some(project) = projects.iter().find(|p| p.name == want.name) {
                 let list: Arc<Vec<VercelDomain>> = input
                     .cache
@@ -910,7 +920,7 @@ mod tests {
                 production_branch: None,
             }),
             build_command: Some("pnpm build".into()),
-            env_vars: vec![
+            env_vars: Some(vec![
                 EnvSpec {
                     name: "API_URL".into(),
                     value: Some("https://api".into()),
@@ -930,12 +940,12 @@ mod tests {
                     targets: vec![VercelTarget::Production],
                     git_branch: None,
                 },
-            ],
-            domains: vec![DomainSpec {
+            ]),
+            domains: Some(vec![DomainSpec {
                 name: "www.example.com".into(),
                 redirect: None,
                 git_branch: None,
-            }],
+            }]),
             ..ProjectSpec::default()
         }
     }
@@ -966,6 +976,7 @@ mod tests {
             env_vars: spec
                 .env_vars
                 .iter()
+                .flatten()
                 .enumerate()
                 .map(|(i, e)| VercelEnvVar {
                     id: format!("env_{i}"),
@@ -988,6 +999,7 @@ mod tests {
         let domains = spec
             .domains
             .iter()
+            .flatten()
             .map(|d| VercelDomain {
                 name: d.name.clone(),
                 redirect: d.redirect.clone(),
@@ -1191,8 +1203,8 @@ mod tests {
     #[test]
     fn removed_variables_and_domains_are_deleted_and_changed_targets_replace_the_variable() {
         let mut changed = spec();
-        changed.env_vars[0].targets = vec![VercelTarget::Production];
-        changed.domains.clear();
+        changed.env_vars.as_mut().unwrap()[0].targets = vec![VercelTarget::Production];
+        changed.domains = Some(Vec::new());
         let want = resolve(&changed, "k1");
         let previous = [status(&want)];
         let planned = plan_one(
@@ -1217,6 +1229,27 @@ mod tests {
                 assert_eq!(domain_deletes, &["www.example.com".to_string()]);
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn env_vars_and_domains_the_spec_leaves_out_are_left_alone() {
+        let mut unmanaged = spec();
+        unmanaged.env_vars = None;
+        unmanaged.domains = None;
+        let want = resolve(&unmanaged, "k1");
+        assert!(!want.owns_env_vars && !want.owns_domains);
+        let previous = [status(&want)];
+        // What the full spec left on Vercel stays: nothing to change, with or without drift.
+        for drift_possible in [false, true] {
+            let planned = plan_one(
+                &want,
+                Some(observed(&spec())),
+                &ctx(&previous, drift_possible, DriftPolicy::Correct),
+            );
+            let plan = &planned.objects[0];
+            assert_eq!(plan.action, Action::InSync, "{:?}", plan.changes);
+            assert_eq!(plan.writes, 0);
         }
     }
 

@@ -37,7 +37,7 @@ fn web() -> RenderService {
         image: Some("acme/web:1".into()),
         start_command: Some("./serve".into()),
         health_check_path: Some("/healthz".into()),
-        env_vars: vec![
+        env_vars: Some(vec![
             EnvVar {
                 name: "MODE".into(),
                 value: Some("production".into()),
@@ -53,8 +53,8 @@ fn web() -> RenderService {
                     },
                 }),
             },
-        ],
-        custom_domains: vec!["www.example.com".into()],
+        ]),
+        custom_domains: Some(vec!["www.example.com".into()]),
         ..RenderService::default()
     }
 }
@@ -511,6 +511,50 @@ async fn dashboard_drift_is_corrected_under_correct_and_only_reported_under_repo
         client.list_key_values(OWNER, None).await.unwrap()[0].plan,
         "pro"
     );
+    l.env.check_contract(Platform::Render);
+}
+
+#[tokio::test]
+async fn sets_the_spec_leaves_out_are_neither_read_nor_changed_and_an_empty_set_clears_them() {
+    let mut l = Loop::start().await;
+    let web = &mut l.spec.render.as_mut().unwrap().services[0];
+    web.env_vars = None;
+    web.custom_domains = None;
+    l.converge().await;
+    l.edit("envVar", "web", "SET_BY_HAND", json!("kept")).await;
+    l.edit("customDomain", "web", "hand.example.com", json!(true))
+        .await;
+    let synced = l.sync().await;
+    assert!(synced.writes().is_empty(), "{:?}", synced.writes());
+    assert!(synced.plans.iter().all(|p| p.action == Action::InSync));
+    let sub_reads: Vec<&str> = synced
+        .exchanges
+        .iter()
+        .map(|e| e.path.as_str())
+        .filter(|p| p.contains("/env-vars") || p.contains("/custom-domains"))
+        .collect();
+    assert!(
+        sub_reads.is_empty(),
+        "undeclared sets are not read: {sub_reads:?}"
+    );
+
+    // Declaring the sets empty owns them: what is there is removed.
+    let web = &mut l.spec.render.as_mut().unwrap().services[0];
+    web.env_vars = Some(Vec::new());
+    web.custom_domains = Some(Vec::new());
+    let synced = l.sync().await;
+    assert!(synced.outcome.error.is_none(), "{:?}", synced.outcome.error);
+    let changed: Vec<&str> = synced
+        .plan("web")
+        .changes
+        .iter()
+        .map(|c| c.field.as_str())
+        .collect();
+    assert_eq!(changed, ["domains.hand.example.com", "envVars.SET_BY_HAND"]);
+    let id = l.object("service", "web").id.clone().unwrap();
+    let client = l.client();
+    assert!(client.list_env_vars(&id).await.unwrap().is_empty());
+    assert!(client.list_domains(&id).await.unwrap().is_empty());
     l.env.check_contract(Platform::Render);
 }
 
