@@ -339,6 +339,20 @@ impl SyncHarness {
             .collect()
     }
 
+    /// Waits until Environment `name` has an event with each of `reasons` (an event is
+    /// recorded after the platform write it reports, so it can trail what a test saw on
+    /// the platform), then returns every event about it.
+    pub async fn wait_events(&self, name: &str, reasons: &[&str]) -> Vec<(String, String, String)> {
+        eventually(WAIT, || async {
+            let events = self.events(name).await;
+            reasons
+                .iter()
+                .all(|r| events.iter().any(|e| e.1 == *r))
+                .then_some(events)
+        })
+        .await
+    }
+
     /// The controllers' `/metrics` text.
     pub async fn metrics(&self) -> String {
         let addr = self

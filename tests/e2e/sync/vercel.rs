@@ -267,9 +267,8 @@ async fn drift_in_settings_env_vars_and_domains_is_corrected_under_correct() {
         }
     })
     .await;
-    let events = h.events("web").await;
-    assert!(events.iter().any(|e| e.1 == "DriftDetected"), "{events:?}");
-    assert!(events.iter().any(|e| e.1 == "DriftCorrected"), "{events:?}");
+    h.wait_events("web", &["DriftDetected", "DriftCorrected"])
+        .await;
     let env = h
         .wait_for("web", "drift cleared", |env| {
             condition_is(env, "DriftDetected", "False")
