@@ -15,6 +15,7 @@
 //! - [`validate`]: the `tether validate` command (offline admission of YAML files).
 
 mod cel;
+pub mod cost;
 mod errors;
 mod jsonpath;
 mod meta;
