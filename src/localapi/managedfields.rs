@@ -633,17 +633,19 @@ pub fn server_side_apply(
     let mut merged = live_obj.clone();
     merge_applied(&mut merged, applied, schema, &mut Vec::new());
 
-    // Fields this manager stopped applying go, unless someone else still owns them.
+    // Fields this manager stopped applying go, unless it still applies something below them
+    // (an empty list it applied before now has items) or someone else still owns them.
     let dropped = previous.difference(&applied_set);
     let mut to_remove: Vec<&FieldPath> = dropped
         .iter()
         .filter(|path| {
-            !entries.iter().any(|e| {
-                !(e.manager == writer.manager
-                    && e.operation == Operation::Apply
-                    && e.subresource.as_deref() == writer.subresource)
-                    && e.fields.covers(path)
-            })
+            !applied_set.covers(path)
+                && !entries.iter().any(|e| {
+                    !(e.manager == writer.manager
+                        && e.operation == Operation::Apply
+                        && e.subresource.as_deref() == writer.subresource)
+                        && e.fields.covers(path)
+                })
         })
         .collect();
     // Shallowest first: removing a list-map item takes its fields along, while removing a
@@ -934,6 +936,34 @@ mod tests {
             None,
             &json!({"status": {"conditions": [
                 {"type": "Ready", "status": "False"}, {"type": "Synced", "status": "True"}]}}),
+            &mut entries,
+            Some(&schema),
+            &writer("ctrl"),
+            false,
+        )
+        .unwrap();
+        let live = server_side_apply(
+            Some(&live),
+            &json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+            &mut entries,
+            Some(&schema),
+            &writer("ctrl"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            live["status"]["conditions"],
+            json!([{"type": "Ready", "status": "True"}])
+        );
+    }
+
+    #[test]
+    fn items_applied_into_a_list_map_the_manager_applied_empty_before_are_kept() {
+        let schema = conditions_schema();
+        let mut entries = Vec::new();
+        let live = server_side_apply(
+            None,
+            &json!({"status": {"conditions": []}}),
             &mut entries,
             Some(&schema),
             &writer("ctrl"),
