@@ -57,8 +57,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crds { out_dirs } => {
+            // What a real API server would refuse (CEL rules over the cost budget, schemas
+            // that do not compile) is never written.
+            if let Err(e) = tether::schema::SchemaRegistry::new(&tether::api::crds()) {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
             if out_dirs.is_empty() {
-                print!("{}", tether::api::crds_yaml()?);
+                print_to_stdout(&tether::api::crds_yaml()?)?;
             }
             for dir in out_dirs {
                 tether::api::write_crds(&dir)?;
@@ -92,5 +98,15 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(tether::sandbox::cli::serve(args))?;
             Ok(())
         }
+    }
+}
+
+/// Writes `text` to stdout; a reader that went away (`tether crds | head`) ends the output
+/// quietly, as with any Unix filter.
+fn print_to_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
 }

@@ -101,20 +101,21 @@ pub struct RenderSpec {
     /// The Render workspace (owner) id, `tea-…` or `usr-…`.
     #[schemars(length(min = 1))]
     pub owner_id: String,
-    /// Web services, private services, workers, cron jobs and static sites.
+    /// Web services, private services, workers, cron jobs and static sites (at most 50), a
+    /// list keyed by `name`: names are unique, and server-side apply merges entries by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 50))]
-    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.name == s.name))").message("Render service names must be unique"))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub services: Vec<RenderService>,
-    /// Key-value stores (Redis-compatible).
+    /// Key-value stores (Redis-compatible; at most 20), keyed by `name`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
-    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.name == s.name))").message("Render key-value names must be unique"))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub key_values: Vec<RenderKeyValue>,
-    /// Postgres databases.
+    /// Postgres databases (at most 20), keyed by `name`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
-    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.name == s.name))").message("Render postgres names must be unique"))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub postgres: Vec<RenderPostgres>,
 }
 
@@ -217,15 +218,18 @@ pub struct RenderService {
     /// Environment variables, owned as a whole set: variables not listed are removed. Leave
     /// the field out to leave the service's variables alone (and unread); `[]` removes them
     /// all.
+    /// At most 200, keyed by `name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 200))]
-    #[x_kube(validation = Rule::new("self.all(e, self.exists_one(f, f.name == e.name))").message("environment variable names must be unique"))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub env_vars: Option<Vec<EnvVar>>,
     /// Custom domains served by this service (web services and static sites), owned as a
     /// whole set. Leave the field out to leave the service's domains alone (and unread);
-    /// `[]` detaches them all.
+    /// `[]` detaches them all. At most 50, each listed once, each at most 253 characters
+    /// (the longest DNS name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 50))]
+    #[schemars(length(max = 50), inner(length(max = 253)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub custom_domains: Option<Vec<Domain>>,
 }
 
@@ -324,10 +328,11 @@ pub struct VercelSpec {
     /// The team id (`team_…`) the projects belong to; unset for a personal account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team_id: Option<String>,
-    /// The projects.
+    /// The projects (at most 10, so that admission can check their environment variables
+    /// within a real API server's CEL cost budget), a list keyed by `name`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 50))]
-    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.name == p.name))").message("Vercel project names must be unique"))]
+    #[schemars(length(max = 10))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub projects: Vec<VercelProject>,
 }
 
@@ -363,18 +368,21 @@ pub struct VercelProject {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+\.x$"))]
     pub node_version: Option<String>,
-    /// Environment variables with the deployment targets they apply to (at most 100, so the
-    /// uniqueness rule stays within the API server's CEL cost budget), owned as a whole set.
-    /// Leave the field out to leave the project's variables alone; `[]` removes them all.
+    /// Environment variables with the deployment targets they apply to, owned as a whole
+    /// set. Leave the field out to leave the project's variables alone; `[]` removes them
+    /// all. A name may be set once per target (and git branch), as Vercel requires. At most
+    /// 60: admission compares every pair, and a real API server's CEL cost budget allows
+    /// no more across 10 projects (split larger setups over several Environments).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 100))]
-    #[x_kube(validation = Rule::new("self.all(e, self.exists_one(f, f.name == e.name && f.targets == e.targets && (has(f.gitBranch) ? f.gitBranch : '') == (has(e.gitBranch) ? e.gitBranch : '')))").message("a Vercel environment variable may appear once per name, targets and gitBranch"))]
+    #[schemars(length(max = 60))]
+    #[x_kube(validation = Rule::new("self.all(e, self.exists_one(f, f.name == e.name && (has(f.gitBranch) ? f.gitBranch : '') == (has(e.gitBranch) ? e.gitBranch : '') && f.targets.exists(t, t in e.targets)))").message("a Vercel environment variable may be set once per name, target and gitBranch"))]
     pub env_vars: Option<Vec<VercelEnvVar>>,
     /// Domains assigned to the project, owned as a whole set (Vercel's own `*.vercel.app`
     /// domains aside). Leave the field out to leave the project's domains alone (and
-    /// unread); `[]` removes them all.
+    /// unread); `[]` removes them all. At most 50, keyed by `name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 50))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub domains: Option<Vec<VercelDomain>>,
 }
 
@@ -435,12 +443,14 @@ pub struct VercelEnvVar {
     /// Value read from a Secret; stored on Vercel as an encrypted variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_from: Option<super::common::EnvVarSource>,
-    /// Deployment targets the variable applies to.
+    /// Deployment targets the variable applies to, each listed once.
     #[schemars(length(min = 1, max = 3))]
-    #[x_kube(validation = Rule::new("self.all(t, self.exists_one(u, u == t))").message("targets must not repeat"))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub targets: Vec<VercelTarget>,
-    /// Limit a preview variable to one git branch.
+    /// Limit a preview variable to one git branch (at most 250 characters, as Vercel
+    /// allows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 250))]
     pub git_branch: Option<String>,
 }
 
@@ -449,14 +459,20 @@ pub struct VercelEnvVar {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.redirect) || self.redirect != self.name").message("a domain cannot redirect to itself"))]
 pub struct VercelDomain {
-    /// The domain name.
-    #[schemars(regex(pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z]{2,}$"))]
+    /// The domain name (at most 253 characters, the longest DNS name).
+    #[schemars(
+        regex(pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z]{2,}$"),
+        length(max = 253)
+    )]
     pub name: String,
     /// Redirect this domain to another domain of the project.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub redirect: Option<String>,
-    /// Serve this git branch's latest preview on the domain instead of production.
+    /// Serve this git branch's latest preview on the domain instead of production (at most
+    /// 250 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 250))]
     pub git_branch: Option<String>,
 }
 
@@ -471,10 +487,10 @@ pub struct FlySpec {
     /// Organization slug the apps belong to.
     #[schemars(length(min = 1))]
     pub org: String,
-    /// The apps.
+    /// The apps (at most 50), a list keyed by `name`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 50))]
-    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.name == a.name))").message("Fly app names must be unique"))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub apps: Vec<FlyApp>,
 }
 
@@ -492,9 +508,9 @@ pub struct FlyApp {
     /// The image machines run until a Release deploys another one.
     #[schemars(length(min = 1))]
     pub image: String,
-    /// Machines per region.
+    /// Machines per region (Fly has 35 regions), a list keyed by `region`.
     #[schemars(length(min = 1, max = 35))]
-    #[x_kube(validation = Rule::new("self.all(r, self.exists_one(s, s.region == r.region))").message("each region may appear once"))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["region".into()]))]
     pub regions: Vec<FlyRegion>,
     /// Machine size.
     #[serde(default)]
@@ -503,19 +519,20 @@ pub struct FlyApp {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub services: Vec<FlyService>,
-    /// Health checks run by Fly on every machine.
+    /// Health checks run by Fly on every machine (at most 20), keyed by `name`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
-    #[x_kube(validation = Rule::new("self.all(c, self.exists_one(d, d.name == c.name))").message("check names must be unique"))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub checks: Vec<FlyCheck>,
     /// Plain environment variables of the machines (literal values only; use `secrets`
     /// for values from Kubernetes Secrets).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-    /// App secrets, set through Fly's secrets API and exposed to machines as env vars.
+    /// App secrets, set through Fly's secrets API and exposed to machines as env vars (at
+    /// most 200), keyed by `name`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 200))]
-    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.name == s.name))").message("secret names must be unique"))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub secrets: Vec<FlySecret>,
     /// Volumes: one per machine, created in the machine's region.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -528,7 +545,7 @@ pub struct FlyApp {
 #[serde(rename_all = "camelCase")]
 pub struct FlyRegion {
     /// Fly region code (`iad`, `ams`, `sin`, …).
-    #[schemars(regex(pattern = r"^[a-z]{3}$"))]
+    #[schemars(regex(pattern = r"^[a-z]{3}$"), length(max = 3))]
     pub region: String,
     /// Number of machines (0–20).
     #[schemars(range(min = 0, max = 20))]
@@ -644,8 +661,8 @@ pub struct FlyPort {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.type == 'http' ? has(self.path) : !has(self.path)").message("path is required for http checks and not allowed for tcp checks"))]
 pub struct FlyCheck {
-    /// Check name.
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    /// Check name (at most 63 characters).
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
     pub name: String,
     /// `http` or `tcp`.
     #[serde(rename = "type")]
@@ -690,8 +707,8 @@ pub enum FlyCheckType {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FlySecret {
-    /// Name of the secret (the env var the machines see).
-    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    /// Name of the secret (the env var the machines see; at most 256 characters).
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"), length(max = 256))]
     pub name: String,
     /// Where the value comes from.
     pub secret_key_ref: SecretKeyRef,

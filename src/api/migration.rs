@@ -66,10 +66,11 @@ pub struct DatabaseRef {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.inline) != has(self.configMapRef)").message("set exactly one of inline or configMapRef"))]
 pub struct MigrationSource {
-    /// Migrations written in the manifest (at most 200; use a ConfigMap for more).
+    /// Migrations written in the manifest (at most 200; use a ConfigMap for more), a list
+    /// keyed by `version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 200))]
-    #[x_kube(validation = Rule::new("self.all(m, self.exists_one(n, n.version == m.version))").message("migration versions must be unique"))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["version".into()]))]
     pub inline: Option<Vec<InlineMigration>>,
     /// A ConfigMap whose keys are `<version>_<name>.sql` files, as a kustomize
     /// configMapGenerator makes from `supabase/migrations/`.

@@ -40,9 +40,10 @@ pub struct ReleaseSpec {
     #[schemars(length(min = 1, max = 128))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("version is immutable; create a new Release"))]
     pub version: String,
-    /// One artifact per component that changes in this release.
+    /// One artifact per component that changes in this release (at most 50), a list keyed
+    /// by `component`.
     #[schemars(length(min = 1, max = 50))]
-    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.component == a.component))").message("each component may have one artifact"))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["component".into()]))]
     pub artifacts: Vec<Artifact>,
     /// The order of the rollout: steps run one after another, the components of one step
     /// in parallel. Unset: all components in one step.
@@ -52,7 +53,8 @@ pub struct ReleaseSpec {
     /// Migrations (names in the same namespace) that must be `Applied` before any component
     /// is deployed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 50))]
+    #[schemars(length(max = 50), inner(length(min = 1, max = 253)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub migrations: Vec<String>,
     /// HTTP checks that must pass after each step.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -121,11 +123,13 @@ pub struct Artifact {
 }
 
 /// One step of a rollout.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReleaseStep {
-    /// Components deployed together in this step.
-    #[schemars(length(min = 1, max = 50))]
+    /// Components deployed together in this step (at most 50, each named once; names are
+    /// at most 63 characters, as Render, Vercel and Fly allow).
+    #[schemars(length(min = 1, max = 50), inner(length(min = 1, max = 63)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub components: Vec<String>,
 }
 
@@ -232,7 +236,7 @@ pub struct Approval {
 pub struct Promotion {
     /// The Environment (same namespace) where a Release of the same version must have
     /// succeeded first.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub from_environment: String,
 }
 

@@ -7,8 +7,9 @@ use serde_json::{Value, json};
 
 use super::resources::ResourceTable;
 
-/// The Kubernetes version this server imitates (the lowest Tether supports).
-pub const KUBERNETES_MINOR: &str = "33";
+/// The Kubernetes version whose behaviour this server imitates (its error texts, its CEL
+/// cost budget): the newest Tether supports.
+pub const KUBERNETES_MINOR: &str = "36";
 
 /// `/version`.
 pub fn version() -> Value {

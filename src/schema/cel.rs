@@ -7,16 +7,16 @@
 //!   the structural walk in `structural.rs` decides which old value correlates with which
 //!   new value: object fields by name, `x-kubernetes-list-type: map` items by their keys,
 //!   nothing for atomic and set lists (kube-cel pairs list items by index);
-//! - errors are worded as the API server words them (`Invalid value: "object": msg`,
-//!   `Forbidden: msg`, ...), with the value shown being the node's schema type;
+//! - errors are worded as a current API server (v1.36) words them: `Invalid value: msg`
+//!   for an object or a list, `Invalid value: "2.0.0": msg` with the value for a scalar,
+//!   `Forbidden: msg`, ...;
 //! - ratcheting: when a node equals its old value, failures of rules that do not use
 //!   `oldSelf` become warnings, as with the `CRDValidationRatcheting` feature.
 
 use std::collections::HashSet;
 
 use kube::core::cel::{
-    CompilationError, CompiledSchema, ErrorKind, ScopeContext, WarningKind, analyze_rule,
-    compile_schema, validate_compiled,
+    CompilationError, CompiledSchema, ErrorKind, compile_schema, validate_compiled,
 };
 use serde_json::Value;
 
@@ -29,9 +29,6 @@ pub(crate) struct NodeRules {
     type_name: String,
     /// Rules that reference `oldSelf` (never ratcheted).
     transition_rules: HashSet<String>,
-    /// kube-cel's static analysis findings (estimated cost over the API server's budget,
-    /// lists or strings without bounds), as `rule: message`.
-    analysis: Vec<String>,
 }
 
 impl std::fmt::Debug for NodeRules {
@@ -147,9 +144,6 @@ impl NodeRules {
     pub(crate) fn compile(schema: &Value) -> Result<Self, String> {
         let mut node_only = schema.clone();
         strip_descendant_rules(&mut node_only);
-        // Cost analysis needs the bounds (maxItems, maxLength) of the whole subtree, so it
-        // runs on the schema before plain subtrees are dropped for evaluation.
-        let for_analysis = compile_schema(&node_only);
         drop_plain_descendants(&mut node_only);
         let compiled = compile_schema(&node_only);
         let mut problems = compiled.compilation_errors().into_iter().chain(
@@ -178,23 +172,6 @@ impl NodeRules {
             .filter(|r| r.is_transition_rule)
             .map(|r| r.rule.rule.clone())
             .collect();
-        let mut analysis = Vec::new();
-        for rule in compiled
-            .validations
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .map(|r| r.rule.rule.as_str())
-        {
-            // kube-cel 0.8's scope check reports comprehension variables (`self.all(c, ...)`)
-            // as undeclared, so its WrongScope findings are not used; a truly undeclared
-            // name fails at evaluation with a clear cause instead.
-            for warning in analyze_rule(rule, &for_analysis, ScopeContext::CrdValidation)
-                .into_iter()
-                .filter(|w| w.kind != WarningKind::WrongScope)
-            {
-                analysis.push(format!("rule {rule:?}: {}", warning.message));
-            }
-        }
         let type_name = schema
             .get("type")
             .and_then(Value::as_str)
@@ -204,13 +181,7 @@ impl NodeRules {
             compiled,
             type_name,
             transition_rules,
-            analysis,
         })
-    }
-
-    /// kube-cel's static analysis findings for this node's rules (advisory).
-    pub(crate) fn analysis(&self) -> &[String] {
-        &self.analysis
     }
 
     /// Evaluates the node's rules against `value` (with `old`, the correlated old value,
@@ -234,7 +205,7 @@ impl NodeRules {
         let unchanged = old.is_some_and(|o| o == value);
         for failure in failures.iter() {
             let field = join(path, failure.field_path.trim_start_matches('.'));
-            let cause = self.cause(&field, failure);
+            let cause = self.cause(&field, failure, value);
             if unchanged && !self.transition_rules.contains(&failure.rule) {
                 warnings.push(cause.to_string());
             } else {
@@ -243,16 +214,29 @@ impl NodeRules {
         }
     }
 
-    fn cause(&self, field: &str, failure: &kube::core::cel::ValidationError) -> Cause {
+    /// The cause of one failure, as `fieldErrorForReason` words it: a rule that returned
+    /// false shows the node's value when it is a scalar and no value for an object or a
+    /// list; an evaluation error shows the node's type.
+    fn cause(
+        &self,
+        field: &str,
+        failure: &kube::core::cel::ValidationError,
+        value: &Value,
+    ) -> Cause {
         let type_value = BadValue::Str(&self.type_name);
         match failure.kind {
             ErrorKind::ValidationFailure => {
                 let detail = failure.message.trim();
+                let shown = if matches!(self.type_name.as_str(), "object" | "array") {
+                    BadValue::Omit
+                } else {
+                    BadValue::Json(value)
+                };
                 match failure.reason.as_deref() {
                     Some("FieldValueForbidden") => Cause::forbidden(field, detail),
                     Some("FieldValueRequired") => Cause::required(field, detail),
-                    Some("FieldValueDuplicate") => Cause::duplicate(field, type_value),
-                    _ => Cause::invalid(field, type_value, detail),
+                    Some("FieldValueDuplicate") => Cause::duplicate(field, shown),
+                    _ => Cause::invalid(field, shown, detail),
                 }
             }
             ErrorKind::EvaluationError => {
@@ -309,7 +293,7 @@ mod tests {
         let (errs, _) = run(&r, json!({"min": 3, "max": 1}), None);
         assert_eq!(
             errs,
-            vec![r#"spec: Invalid value: "object": min must not exceed max"#]
+            vec![r#"spec: Invalid value: min must not exceed max"#]
         );
         assert!(run(&r, json!({"min": 1, "max": 3}), None).0.is_empty());
     }
@@ -321,7 +305,7 @@ mod tests {
         let (errs, _) = run(&r, json!("x"), None);
         assert_eq!(
             errs,
-            vec![r#"spec: Invalid value: "string": failed rule: self != 'x'"#]
+            vec![r#"spec: Invalid value: "x": failed rule: self != 'x'"#]
         );
     }
 
@@ -351,7 +335,7 @@ mod tests {
         let (errs, _) = run(&r, json!("b"), Some(json!("a")));
         assert_eq!(
             errs,
-            vec![r#"spec: Invalid value: "string": environmentRef is immutable"#]
+            vec![r#"spec: Invalid value: "b": environmentRef is immutable"#]
         );
         assert!(run(&r, json!("a"), Some(json!("a"))).0.is_empty());
     }
@@ -363,10 +347,7 @@ mod tests {
         );
         let (errs, warnings) = run(&r, json!(0), Some(json!(0)));
         assert!(errs.is_empty());
-        assert_eq!(
-            warnings,
-            vec![r#"spec: Invalid value: "integer": too small"#]
-        );
+        assert_eq!(warnings, vec![r#"spec: Invalid value: 0: too small"#]);
     }
 
     #[test]
@@ -419,26 +400,6 @@ mod tests {
             "x-kubernetes-validations": [{"rule": "true"}]
         }));
         assert!(run(&r, json!({"a": "x"}), None).0.is_empty());
-    }
-
-    #[test]
-    fn rules_over_unbounded_lists_are_flagged_but_bounded_ones_are_not() {
-        let r = rules(json!({
-            "type": "array", "items": {"type": "string"},
-            "x-kubernetes-validations": [{"rule": "self.all(x, self.exists_one(y, y == x))"}]
-        }));
-        assert!(
-            r.analysis()
-                .iter()
-                .any(|w| w.contains("exceeds K8s budget")),
-            "unbounded nested comprehension must be flagged: {:?}",
-            r.analysis()
-        );
-        let bounded = rules(json!({
-            "type": "array", "maxItems": 10, "items": {"type": "string", "maxLength": 10},
-            "x-kubernetes-validations": [{"rule": "self.all(c, self.exists_one(d, d == c))"}]
-        }));
-        assert!(bounded.analysis().is_empty(), "{:?}", bounded.analysis());
     }
 
     #[test]

@@ -36,6 +36,7 @@ use cel::common::ast::{
     CallExpr, ComprehensionExpr, EntryExpr, Expr, IdedExpr, LiteralValue, operators,
 };
 use cel::parser::{Macro, MacroExprHelper, ParseError};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
@@ -66,6 +67,39 @@ impl fmt::Display for CostViolation {
 /// `properties` in Go's random map order; this walks them sorted by name.
 pub fn check_schema(schema: &Value, root: &str) -> Vec<CostViolation> {
     estimate_schema(schema, root).violations
+}
+
+/// Checks every served schema of a CRD as the API server does when the CRD is created. The
+/// API server converts a v1 CRD to its internal form first: when every version has the same
+/// schema, that schema moves to `spec.validation` and is checked (and named) once there;
+/// otherwise each version's is checked as `spec.versions[i].schema.openAPIV3Schema`.
+pub fn check_crd(crd: &CustomResourceDefinition) -> Vec<CostViolation> {
+    let schemas: Vec<Value> = crd
+        .spec
+        .versions
+        .iter()
+        .map(|v| {
+            v.schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .and_then(|s| serde_json::to_value(s).ok())
+                .unwrap_or(Value::Null)
+        })
+        .collect();
+    match schemas.split_first() {
+        None => Vec::new(),
+        Some((first, rest)) if rest.iter().all(|s| s == first) => {
+            check_schema(first, "spec.validation.openAPIV3Schema")
+        }
+        Some(_) => schemas
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.is_null())
+            .flat_map(|(i, s)| {
+                check_schema(s, &format!("spec.versions[{i}].schema.openAPIV3Schema"))
+            })
+            .collect(),
+    }
 }
 
 /// Each rule's estimated cost (already multiplied by its cardinality), for reports/tests.
@@ -3079,6 +3113,31 @@ mod tests {
     }
 
     // ----- The over-budget Environment CRD -----------------------------------------------
+
+    #[test]
+    fn a_crd_is_checked_at_spec_validation_when_its_versions_share_a_schema() {
+        let doc = serde_saphyr::from_multiple::<Value>(OVER_BUDGET_CRD)
+            .unwrap()
+            .into_iter()
+            .find(Value::is_object)
+            .unwrap();
+        let mut crd: CustomResourceDefinition = serde_json::from_value(doc).unwrap();
+        let shared = check_crd(&crd);
+        assert_eq!(shared, check_schema(&crd_schema(OVER_BUDGET_CRD), ROOT));
+        // A second version with another schema: each is checked under its own path.
+        let mut v2 = crd.spec.versions[0].clone();
+        v2.name = "v1beta1".into();
+        v2.schema = None;
+        crd.spec.versions.push(v2);
+        let separate = check_crd(&crd);
+        assert_eq!(separate.len(), shared.len());
+        assert!(
+            separate.iter().all(|v| v
+                .field
+                .starts_with("spec.versions[0].schema.openAPIV3Schema")),
+            "{separate:#?}"
+        );
+    }
 
     #[test]
     fn the_over_budget_environment_crd_is_refused_as_by_the_api_server() {

@@ -17,7 +17,7 @@ pub struct Cause {
     /// The field path in the API server's form, e.g. `spec.render.services[0].schedule`.
     pub field: String,
     /// The message without the field, e.g. `Required value` or
-    /// `Invalid value: "object": <rule message>`.
+    /// `Invalid value: "2.0.0": <rule message>`.
     pub message: String,
 }
 
@@ -39,20 +39,33 @@ pub(crate) enum BadValue<'a> {
     Str(&'a str),
     /// A Go integer (printed bare).
     Int(i64),
+    /// `field.OmitValueType{}`: no value is printed (what a failed CEL rule on an object or
+    /// a list reports in current API servers, v1.36).
+    Omit,
 }
 
 impl BadValue<'_> {
-    fn render(&self) -> String {
-        match self {
+    /// The value as `ErrorBody` prints it, `None` when it is omitted.
+    fn render(&self) -> Option<String> {
+        Some(match self {
+            BadValue::Omit => return None,
             BadValue::Str(s) => go_quote(s),
             BadValue::Int(i) => i.to_string(),
             BadValue::Json(v) => match v {
-                Value::Null => go_quote("null"),
+                Value::Null => "null".to_string(),
                 Value::String(s) => go_quote(s),
                 Value::Bool(b) => b.to_string(),
                 Value::Number(n) => go_number(n),
                 other => go_sharp_v(other),
             },
+        })
+    }
+
+    /// `<type text>: <value>`, or the type text alone when the value is omitted.
+    fn after(&self, type_text: &str) -> String {
+        match self.render() {
+            Some(value) => format!("{type_text}: {value}"),
+            None => type_text.to_string(),
         }
     }
 }
@@ -97,7 +110,7 @@ impl Cause {
         Self::new(
             "FieldValueInvalid",
             field,
-            Self::with_detail(format!("Invalid value: {}", value.render()), detail),
+            Self::with_detail(value.after("Invalid value"), detail),
         )
     }
 
@@ -106,7 +119,7 @@ impl Cause {
         Self::new(
             "FieldValueTypeInvalid",
             field,
-            Self::with_detail(format!("Invalid value: {}", value.render()), detail),
+            Self::with_detail(value.after("Invalid value"), detail),
         )
     }
 
@@ -121,20 +134,13 @@ impl Cause {
         Self::new(
             "FieldValueNotSupported",
             field,
-            Self::with_detail(
-                format!("Unsupported value: {}", BadValue::Json(value).render()),
-                &detail,
-            ),
+            Self::with_detail(BadValue::Json(value).after("Unsupported value"), &detail),
         )
     }
 
     /// `field.Duplicate`: `Duplicate value: <value>`.
     pub(crate) fn duplicate(field: &str, value: BadValue<'_>) -> Self {
-        Self::new(
-            "FieldValueDuplicate",
-            field,
-            format!("Duplicate value: {}", value.render()),
-        )
+        Self::new("FieldValueDuplicate", field, value.after("Duplicate value"))
     }
 
     /// `field.TooLongMaxLength` (what CRD `maxLength` failures use).
@@ -426,6 +432,10 @@ mod tests {
         assert_eq!(n.message, "Invalid value: 11: too big");
         let s = Cause::invalid("spec.x", BadValue::Str("object"), "rule");
         assert_eq!(s.message, r#"Invalid value: "object": rule"#);
+        let omitted = Cause::invalid("spec.x", BadValue::Omit, "rule");
+        assert_eq!(omitted.message, "Invalid value: rule");
+        let null = Cause::invalid("<nil>", BadValue::Json(&Value::Null), "skipped");
+        assert_eq!(null.to_string(), "<nil>: Invalid value: null: skipped");
         let q = Cause::invalid("spec.x", BadValue::Json(&json!("a\"b\n")), "");
         assert_eq!(q.message, r#"Invalid value: "a\"b\n""#);
     }
@@ -454,13 +464,13 @@ mod tests {
     fn one_cause_is_the_whole_message() {
         let status = invalid(vec![Cause::invalid(
             "spec.render.services[0]",
-            BadValue::Str("object"),
+            BadValue::Omit,
             "cron services need a schedule",
         )])
         .to_status("Environment", "tether.dev", "web");
         assert_eq!(
             status["message"],
-            r#"Environment.tether.dev "web" is invalid: spec.render.services[0]: Invalid value: "object": cron services need a schedule"#
+            r#"Environment.tether.dev "web" is invalid: spec.render.services[0]: Invalid value: cron services need a schedule"#
         );
         assert_eq!(status["code"], 422);
         assert_eq!(status["reason"], "Invalid");

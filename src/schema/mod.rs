@@ -108,6 +108,15 @@ pub enum SchemaError {
         /// The JSONPath error.
         source: JsonPathError,
     },
+    /// The CRD's CEL rules are estimated over the API server's cost budget: a real cluster
+    /// refuses to create it. Worded as kubectl prints the API server's answer.
+    #[error("The CustomResourceDefinition {crd:?} is invalid:\n* {}", violations.join("\n* "))]
+    CostBudget {
+        /// The CRD's name.
+        crd: String,
+        /// One `field: Forbidden: detail` line per violation.
+        violations: Vec<String>,
+    },
     /// A CEL rule or messageExpression does not compile.
     #[error("failed to compile CRD {crd} version {version}: {path}: {message}")]
     Rule {
@@ -161,6 +170,13 @@ impl SchemaRegistry {
         let mut compiled = Vec::with_capacity(crds.len());
         for crd in crds {
             let name = crd.metadata.name.clone().unwrap_or_default();
+            let violations = cost::check_crd(crd);
+            if !violations.is_empty() {
+                return Err(SchemaError::CostBudget {
+                    crd: name,
+                    violations: violations.iter().map(ToString::to_string).collect(),
+                });
+            }
             let mut versions = BTreeMap::new();
             for version in crd.spec.versions.iter().filter(|v| v.served) {
                 let schema = version_schema(&name, version)?;
@@ -191,24 +207,6 @@ impl SchemaRegistry {
     /// (kinds compare exactly, the rest case-insensitively).
     pub fn crd(&self, group: &str, kind_or_plural: &str) -> Option<&CustomResourceDefinition> {
         self.find(group, kind_or_plural).map(|c| &c.crd)
-    }
-
-    /// kube-cel's static analysis of every CEL rule, one line each
-    /// (`<crd> <version> <schema path>: rule "...": message`): rules whose estimated cost
-    /// may exceed the API server's budget, or that iterate lists or strings without
-    /// `maxItems`/`maxLength`. A real API server rejects a CRD whose rule cost it estimates
-    /// over budget, so these deserve a look; they do not stop admission here.
-    pub fn rule_analysis(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for crd in &self.crds {
-            let name = crd.crd.metadata.name.clone().unwrap_or_default();
-            for (version, compiled) in &crd.versions {
-                let mut lines = Vec::new();
-                compiled.root.rule_analysis("", &mut lines);
-                out.extend(lines.into_iter().map(|l| format!("{name} {version} {l}")));
-            }
-        }
-        out
     }
 
     /// Every CRD in the registry, in the order given to [`new`](Self::new).
@@ -389,7 +387,7 @@ mod tests {
             .unwrap_or_else(|| panic!("must be rejected"));
         assert_eq!(
             err.to_status("Environment", "tether.dev", "web")["message"],
-            r#"Environment.tether.dev "web" is invalid: spec: Invalid value: "object": cron services need a schedule"#
+            r#"Environment.tether.dev "web" is invalid: spec: Invalid value: cron services need a schedule"#
         );
     }
 

@@ -3,12 +3,15 @@
 //! Every YAML (or JSON) file named, or found under a named directory, is read as a
 //! multi-document stream; each Tether object is admitted against the generated CRDs
 //! exactly as the embedded API server would admit it with kubectl's default
-//! `fieldValidation=Strict`; Secrets, ConfigMaps, Namespaces and other kinds get the
-//! basic checks every object gets (apiVersion, kind, metadata). Each problem is one line:
+//! `fieldValidation=Strict`; CustomResourceDefinitions are checked as the API server checks
+//! them on create (CEL rules within the cost budget, schemas that compile); Secrets,
+//! ConfigMaps, Namespaces and other kinds get the basic checks every object gets
+//! (apiVersion, kind, metadata). Each problem is one line:
 //! `file:document: Kind/name: field: message`.
 
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::Value;
 
 use super::errors::{BadValue, Cause};
@@ -237,6 +240,9 @@ pub fn admit_document_with_old(
         Some((g, v)) => (g, v),
         None => ("", api_version.as_str()),
     };
+    if group == "apiextensions.k8s.io" && kind == "CustomResourceDefinition" {
+        return (object, check_crd(doc));
+    }
     if registry.crd(group, &kind).is_some() {
         let result = registry
             .admit(group, version, &kind, old, doc, FieldValidation::Strict)
@@ -277,6 +283,28 @@ pub fn admit_document_with_old(
     } else {
         (object, Err(causes))
     }
+}
+
+/// A CRD as the API server checks it on create: it must decode, its CEL rules must be
+/// within the cost budget, and its schemas must compile.
+fn check_crd(doc: &Value) -> Result<Vec<String>, Vec<Cause>> {
+    let crd: CustomResourceDefinition = serde_json::from_value(doc.clone()).map_err(|e| {
+        vec![Cause::invalid(
+            "<nil>",
+            BadValue::Omit,
+            &format!("not a CustomResourceDefinition: {e}"),
+        )]
+    })?;
+    let violations = super::cost::check_crd(&crd);
+    if !violations.is_empty() {
+        return Err(violations
+            .iter()
+            .map(|v| Cause::forbidden(&v.field, &v.detail))
+            .collect());
+    }
+    SchemaRegistry::new(std::slice::from_ref(&crd))
+        .map(|_| Vec::new())
+        .map_err(|e| vec![Cause::invalid("spec", BadValue::Omit, &e.to_string())])
 }
 
 fn check_secret(doc: &Value, causes: &mut Vec<Cause>) {
@@ -436,7 +464,10 @@ apiVersion: tether.dev/v1alpha1\nkind: Environment\nmetadata:\n  name: web\nspec
         let text = "apiVersion: tether.dev/v1alpha1\nkind: Environment\nmetadata:\n  name: web\nspec:\n  region: eu\n  kind: cron\n";
         assert_eq!(
             lines(text),
-            vec![r#"m.yaml:1: Environment/web: spec: Invalid value: "object": cron services need a schedule"#.to_string()]
+            vec![
+                r#"m.yaml:1: Environment/web: spec: Invalid value: cron services need a schedule"#
+                    .to_string()
+            ]
         );
     }
 

@@ -58,7 +58,7 @@ impl From<kube::Error> for ApplyError {
 }
 
 /// The reason a rejected request gives, field by field when the server names fields
-/// (`spec.render.services[0]: Invalid value: "object": <CEL message>`), else its message.
+/// (`spec.render.services[0]: Invalid value: <CEL message>`), else its message.
 pub fn describe_status(status: &Status) -> String {
     let causes: Vec<String> = status
         .details
@@ -335,7 +335,7 @@ mod tests {
             details: Some(StatusDetails {
                 causes: vec![StatusCause {
                     reason: "FieldValueInvalid".into(),
-                    message: "Invalid value: \"object\": region must be set".into(),
+                    message: "Invalid value: region must be set".into(),
                     field: "spec.render.services[0]".into(),
                 }],
                 name: "web".into(),
@@ -348,7 +348,7 @@ mod tests {
         };
         assert_eq!(
             describe_status(&status),
-            "spec.render.services[0]: Invalid value: \"object\": region must be set"
+            "spec.render.services[0]: Invalid value: region must be set"
         );
     }
 

@@ -132,7 +132,7 @@ async fn discovery_lists_custom_kinds_with_their_names_scope_and_status_subresou
     let version = client.apiserver_version().await.unwrap();
     assert_eq!(
         (version.major.as_str(), version.minor.as_str()),
-        ("1", "33")
+        ("1", "36")
     );
     for probe in ["/healthz", "/readyz", "/livez"] {
         let request = http::Request::get(probe).body(Vec::new()).unwrap();

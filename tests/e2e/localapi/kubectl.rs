@@ -60,7 +60,7 @@ async fn kubectl_discovers_resources_and_gets_objects_by_short_name() {
         .await);
     assert_eq!(name, "red");
     let version = ok(cluster.kubectl(&["version", "-o", "json"]).await);
-    assert!(version.contains("\"minor\": \"33\""), "{version}");
+    assert!(version.contains("\"minor\": \"36\""), "{version}");
 }
 
 #[tokio::test]

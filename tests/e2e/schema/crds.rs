@@ -136,3 +136,51 @@ fn every_cel_rule_compiles() {
         );
     }
 }
+
+/// Every rule of every generated CRD within the API server's per-rule budget, and every CRD
+/// within its total (a real cluster refuses the CRD otherwise); the costs are printed, so a
+/// change that brings a rule near its budget shows in the test output.
+#[test]
+fn every_crd_is_within_the_api_servers_cel_cost_budget() {
+    for crd in tether::api::crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+        for (rule, cost) in
+            tether::schema::cost::rule_costs(&schema["openAPIV3Schema"], "openAPIV3Schema")
+        {
+            println!("{name} {rule}: {cost}");
+        }
+        let violations = tether::schema::cost::check_crd(&crd);
+        assert!(violations.is_empty(), "{name}: {violations:#?}");
+    }
+}
+
+/// The check above is only as good as the bounds it reads: without the `maxItems` of the
+/// Vercel projects list, the rules below it are multiplied by what fits in a request.
+#[test]
+fn removing_a_bound_puts_the_environment_crd_over_budget() {
+    let mut crd = tether::api::crds().remove(0);
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("environments.tether.dev")
+    );
+    let mut schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+    let projects = &mut schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["vercel"]["properties"]
+        ["projects"];
+    assert!(projects["maxItems"].is_number(), "{projects}");
+    projects.as_object_mut().unwrap().remove("maxItems");
+    crd.spec.versions[0].schema = serde_json::from_value(schema).unwrap();
+    let violations = tether::schema::cost::check_crd(&crd);
+    assert!(
+        violations.iter().any(|v| v.field.starts_with(
+            "spec.validation.openAPIV3Schema.properties[spec].properties[vercel].properties[projects].items"
+        ) && v.detail.starts_with("estimated rule cost exceeds budget by factor of")),
+        "{violations:#?}"
+    );
+    let err = tether::schema::SchemaRegistry::new(&[crd]).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("The CustomResourceDefinition \"environments.tether.dev\" is invalid:\n* spec.validation.openAPIV3Schema"),
+        "{err}"
+    );
+}

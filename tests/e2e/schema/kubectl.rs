@@ -366,7 +366,7 @@ async fn kubectl_create_uses_server_side_field_validation_and_prints_api_errors(
     assert!(
         // kubectl rebuilds the message from `details` (kind, name, causes), as it does for
         // a real API server's 422.
-        err.contains(r#"The Environment "bad" is invalid: spec.render.services[0]: Invalid value: "object": schedule is required for cron services and not allowed for other types"#),
+        err.contains(r#"The Environment "bad" is invalid: spec.render.services[0]: Invalid value: schedule is required for cron services and not allowed for other types"#),
         "{err}"
     );
 

@@ -4,4 +4,5 @@ mod cel_rules;
 mod crds;
 mod e2e;
 mod kubectl;
+mod messages;
 mod validate_cli;

@@ -32,7 +32,7 @@ fn a_violating_manifest_prints_file_document_object_field_and_message_and_fails(
     assert_eq!(code, 1);
     assert_eq!(
         out.trim(),
-        r#"tests/fixtures/invalid/render-cron-without-schedule.yaml:1: Environment/bad: spec.render.services[0]: Invalid value: "object": schedule is required for cron services and not allowed for other types"#
+        r#"tests/fixtures/invalid/render-cron-without-schedule.yaml:1: Environment/bad: spec.render.services[0]: Invalid value: schedule is required for cron services and not allowed for other types"#
     );
 }
 
@@ -57,4 +57,25 @@ fn a_missing_path_is_an_error() {
     let (code, _, err) = tether_validate(&["does/not/exist"]);
     assert_ne!(code, 0);
     assert!(err.contains("failed to read does/not/exist"), "{err}");
+}
+
+#[test]
+fn crds_are_checked_against_the_api_servers_cel_cost_budget() {
+    let (code, out, err) = tether_validate(&["crds/", "charts/tether/crds/"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = tether_validate(&["tests/fixtures/crds/environments-over-budget.yaml"]);
+    assert_eq!(code, 1);
+    let prefix = "tests/fixtures/crds/environments-over-budget.yaml:1: CustomResourceDefinition/environments.tether.dev: ";
+    assert!(
+        out.lines().any(|l| l == format!(
+            "{prefix}spec.validation.openAPIV3Schema.properties[spec].properties[render].properties[services].items.properties[envVars].x-kubernetes-validations[0].rule: Forbidden: estimated rule cost exceeds budget by factor of 21.8x (try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.lines().last().is_some_and(|l| l.starts_with(&format!(
+            "{prefix}spec.validation.openAPIV3Schema: Forbidden: x-kubernetes-validations estimated rule cost total for entire OpenAPIv3 schema exceeds budget by factor of more than 100x"
+        ))),
+        "{out}"
+    );
 }
