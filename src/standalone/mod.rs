@@ -31,6 +31,8 @@ const DEBOUNCE: Duration = Duration::from_millis(300);
 const WATCHERS_LISTED: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the API server and the controllers to stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The shortest poll of objects coming up on the sandbox, however fast its clock runs.
+const MIN_PENDING_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Flags of `tether run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -227,6 +229,12 @@ pub async fn serve(
             });
         }
         config.platforms = handle.platforms_config(args.sandbox_time_scale);
+        // Objects coming up are polled every 15 simulated seconds, as on the real platforms:
+        // the sandbox's clock runs `time_scale` times faster than the wall clock.
+        config.pending_interval = config
+            .pending_interval
+            .div_f64(args.sandbox_time_scale)
+            .max(MIN_PENDING_INTERVAL);
         Some(handle)
     } else {
         None
