@@ -188,6 +188,30 @@ fn kubeconfig_for(url: &str) -> Kubeconfig {
     }
 }
 
+/// The status a real API server gives a CRD it serves: its names accepted (no conflicts)
+/// and established, with the texts of apiextensions-apiserver's naming and establishing
+/// controllers, so `kubectl wait --for=condition=Established` works as on a cluster.
+fn crd_status(crd: &CustomResourceDefinition) -> serde_json::Value {
+    let now = meta::now();
+    let stored: Vec<&str> = crd
+        .spec
+        .versions
+        .iter()
+        .filter(|v| v.storage)
+        .map(|v| v.name.as_str())
+        .collect();
+    serde_json::json!({
+        "acceptedNames": crd.spec.names,
+        "conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+             "message": "no conflicts found", "lastTransitionTime": now},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+             "message": "the initial names have been accepted", "lastTransitionTime": now},
+        ],
+        "storedVersions": stored,
+    })
+}
+
 /// Starts the server with default [`ServerOptions`]; it runs until `shutdown` fires.
 pub async fn start(
     config: LocalApiConfig,
@@ -210,6 +234,7 @@ pub async fn start_with(
             let mut v = serde_json::to_value(crd)?;
             v["apiVersion"] = "apiextensions.k8s.io/v1".into();
             v["kind"] = "CustomResourceDefinition".into();
+            v["status"] = crd_status(crd);
             Ok(v)
         })
         .collect::<Result<_, serde_json::Error>>()

@@ -455,6 +455,19 @@ fn kubectl_wait_sees_the_controllers_make_the_samples_ready() {
     }
     let mut run = ws.start();
     run.wait_for("0 errors");
+    let established = run.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd",
+        "--all",
+        "--timeout=10s",
+    ]);
+    assert!(
+        established.contains(
+            "customresourcedefinition.apiextensions.k8s.io/environments.tether.dev condition met"
+        ),
+        "{established}"
+    );
     // No status is written by the test: Ready comes from the controllers `tether run` runs.
     let out = run.kubectl_ok(&[
         "wait",

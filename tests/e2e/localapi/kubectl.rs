@@ -63,6 +63,44 @@ async fn kubectl_discovers_resources_and_gets_objects_by_short_name() {
     assert!(version.contains("\"minor\": \"36\""), "{version}");
 }
 
+/// CRDs carry the status a real API server gives them, so scripts written for a cluster
+/// (`kubectl wait --for=condition=Established crd/...`) work against the embedded API.
+#[tokio::test]
+async fn kubectl_waits_for_the_crds_to_be_established() {
+    let cluster = cluster().await;
+    let out = ok(cluster
+        .kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=10s",
+        ])
+        .await);
+    for crd in [
+        "environments.tether.dev",
+        "releases.tether.dev",
+        "migrations.tether.dev",
+    ] {
+        assert!(
+            out.contains(&format!(
+                "customresourcedefinition.apiextensions.k8s.io/{crd} condition met"
+            )),
+            "{out}"
+        );
+    }
+    let names = ok(cluster
+        .kubectl(&[
+            "get",
+            "crd",
+            "environments.tether.dev",
+            "-o",
+            "jsonpath={.status.acceptedNames.shortNames[0]} {.status.storedVersions[0]} {.status.conditions[?(@.type==\"NamesAccepted\")].reason}",
+        ])
+        .await);
+    assert_eq!(names, "env v1alpha1 NoConflicts");
+}
+
 #[tokio::test]
 async fn kubectl_server_side_apply_owns_fields_and_conflicts_need_force() {
     let cluster = cluster().await;
