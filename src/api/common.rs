@@ -141,20 +141,24 @@ pub mod condition_types {
 /// [`parse_duration`].
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 
-/// Parses a duration written as [`DURATION_PATTERN`] describes.
+/// The longest duration any Tether field or flag takes: one year (`8760h`). Far beyond any
+/// sensible interval or timeout, and far inside what timers and clocks can add.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(8760 * 3600);
+
+/// Parses a duration written as [`DURATION_PATTERN`] describes, at most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, InvalidDuration> {
-    let invalid = || InvalidDuration(text.to_string());
+    let syntax = || InvalidDuration::Syntax(text.to_string());
     if text.is_empty() {
-        return Err(invalid());
+        return Err(syntax());
     }
     let mut total = 0f64;
     let mut rest = text;
     while !rest.is_empty() {
         let digits = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(invalid)?;
+            .ok_or_else(syntax)?;
         let (number, tail) = rest.split_at(digits);
-        let number: f64 = number.parse().map_err(|_| invalid())?;
+        let number: f64 = number.parse().map_err(|_| syntax())?;
         let (unit_seconds, unit_len) = if tail.starts_with("ms") {
             (0.001, 2)
         } else if tail.starts_with('s') {
@@ -164,18 +168,45 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, InvalidDuration
         } else if tail.starts_with('h') {
             (3600.0, 1)
         } else {
-            return Err(invalid());
+            return Err(syntax());
         };
         total += number * unit_seconds;
         rest = &tail[unit_len..];
     }
-    Ok(std::time::Duration::from_secs_f64(total))
+    std::time::Duration::try_from_secs_f64(total)
+        .ok()
+        .filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(|| InvalidDuration::OutOfRange(text.to_string()))
 }
 
-/// A duration string that is not of the form `1h30m`, `45s` or `500ms`.
+/// Parses a duration and checks it is within `[min, max]` (written as the CRDs write them,
+/// e.g. `1s` and `168h`), with the CRD rule's message: what admission enforces, enforced
+/// again for objects stored before the rule (ratcheting keeps those).
+pub fn parse_duration_within(
+    text: &str,
+    min: &str,
+    max: &str,
+) -> Result<std::time::Duration, String> {
+    let bound = |b: &str| parse_duration(b).unwrap_or(MAX_DURATION);
+    let duration = parse_duration(text).map_err(|e| e.to_string())?;
+    if duration < bound(min) || duration > bound(max) {
+        return Err(format!("must be between {min} and {max}"));
+    }
+    Ok(duration)
+}
+
+/// A duration string Tether cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {0:?}: expected a number with a unit (ms, s, m, h), e.g. 30s or 1h30m")]
-pub struct InvalidDuration(pub String);
+pub enum InvalidDuration {
+    /// Not of the form `1h30m`, `45s` or `500ms`.
+    #[error(
+        "invalid duration {0:?}: expected a number with a unit (ms, s, m, h), e.g. 30s or 1h30m"
+    )]
+    Syntax(String),
+    /// Longer than [`MAX_DURATION`].
+    #[error("invalid duration {0:?}: at most 8760h (one year)")]
+    OutOfRange(String),
+}
 
 #[cfg(test)]
 mod tests {
@@ -187,6 +218,31 @@ mod tests {
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn durations_beyond_a_year_are_out_of_range_not_a_panic() {
+        assert_eq!(parse_duration("8760h").unwrap(), MAX_DURATION);
+        for huge in [
+            "8761h",
+            "18446744073709551615s",
+            "1e400s",
+            "99999999999999999999999h",
+        ] {
+            assert!(
+                matches!(
+                    parse_duration(huge),
+                    Err(InvalidDuration::OutOfRange(_)) | Err(InvalidDuration::Syntax(_))
+                ),
+                "{huge}"
+            );
+        }
+        assert_eq!(
+            parse_duration("18446744073709551615s")
+                .unwrap_err()
+                .to_string(),
+            r#"invalid duration "18446744073709551615s": at most 8760h (one year)"#
+        );
     }
 
     #[test]

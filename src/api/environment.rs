@@ -59,9 +59,10 @@ pub struct EnvironmentSpec {
     /// project) are left in place. `Delete` deletes everything, `Orphan` leaves everything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
-    /// How often the platforms are re-read to detect drift, as a duration (`10m`).
+    /// How often the platforms are re-read to detect drift, as a duration (`10m`). Between 1s and 168h.
     #[serde(default = "default_interval")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('168h')").message("must be between 1s and 168h"))]
     pub interval: String,
     /// Stop reconciling (nothing is created, changed or deleted) while true.
     #[serde(default)]
@@ -674,13 +675,15 @@ pub struct FlyCheck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^/"))]
     pub path: Option<String>,
-    /// Time between checks.
+    /// Time between checks. Between 1s and 1h.
     #[serde(default = "default_check_interval")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('1h')").message("must be between 1s and 1h"))]
     pub interval: String,
-    /// Time before a check counts as failed.
+    /// Time before a check counts as failed. Between 1s and 1h.
     #[serde(default = "default_check_timeout")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('1h')").message("must be between 1s and 1h"))]
     pub timeout: String,
 }
 

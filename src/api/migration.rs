@@ -39,9 +39,10 @@ pub struct MigrationSpec {
     /// Checks run after applying.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<Verify>,
-    /// How often the history is re-read to detect edited or missing migrations.
+    /// How often the history is re-read to detect edited or missing migrations. Between 1s and 168h.
     #[serde(default = "super::environment::default_interval")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('168h')").message("must be between 1s and 168h"))]
     pub interval: String,
     /// Apply nothing while true.
     #[serde(default)]
@@ -94,7 +95,7 @@ pub struct InlineMigration {
 }
 
 /// Guard rails.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationPolicy {
     /// Apply migrations with destructive lint findings (dropping tables or columns, type
@@ -102,13 +103,15 @@ pub struct MigrationPolicy {
     #[serde(default)]
     pub allow_destructive: bool,
     /// `lock_timeout` of each migration's transaction: fail fast instead of queueing
-    /// behind a long-held lock.
+    /// behind a long-held lock. Between 0s (no limit) and 1h.
     #[serde(default = "default_lock_timeout")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s') && duration(self) <= duration('1h')").message("must be between 0s and 1h"))]
     pub lock_timeout: String,
-    /// `statement_timeout` of each migration's transaction.
+    /// `statement_timeout` of each migration's transaction. Between 0s (no limit) and 24h.
     #[serde(default = "default_statement_timeout")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s') && duration(self) <= duration('24h')").message("must be between 0s and 24h"))]
     pub statement_timeout: String,
     /// Lint findings accepted for a given migration.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -72,9 +72,10 @@ pub struct ReleaseSpec {
     /// What to do when a step, a health check or the analysis fails.
     #[serde(default)]
     pub rollback: Rollback,
-    /// The longest the whole rollout may take before it counts as failed.
+    /// The longest the whole rollout may take before it counts as failed. Between 1m and 24h.
     #[serde(default = "default_release_timeout")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('24h')").message("must be between 1m and 24h"))]
     pub timeout: String,
 }
 
@@ -134,7 +135,7 @@ pub struct ReleaseStep {
 }
 
 /// An HTTP health check.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
     /// Check name, used in status and events.
@@ -147,17 +148,19 @@ pub struct HealthCheck {
     #[serde(default = "default_expected_status")]
     #[schemars(range(min = 100, max = 599))]
     pub expected_status: i32,
-    /// The slowest acceptable response.
+    /// The slowest acceptable response. Between 1ms and 1h.
     #[serde(default = "default_latency_budget")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1ms') && duration(self) <= duration('1h')").message("must be between 1ms and 1h"))]
     pub latency_budget: String,
     /// Attempts before the check fails.
     #[serde(default = "default_retries")]
     #[schemars(range(min = 0, max = 100))]
     pub retries: i32,
-    /// Time between attempts.
+    /// Time between attempts. Between 1s and 1h.
     #[serde(default = "default_check_interval")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('1h')").message("must be between 1s and 1h"))]
     pub interval: String,
 }
 
@@ -178,7 +181,7 @@ fn default_check_interval() -> String {
 }
 
 /// Metric analysis with a Prometheus query.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Analysis {
     /// Base URL of the Prometheus HTTP API.
@@ -192,13 +195,15 @@ pub struct Analysis {
     /// How the result must compare with the threshold to pass.
     #[serde(default)]
     pub operator: AnalysisOperator,
-    /// How long the query must keep passing.
+    /// How long the query must keep passing. Between 1s and 24h.
     #[serde(default = "default_analysis_duration")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('24h')").message("must be between 1s and 24h"))]
     pub duration: String,
-    /// Time between evaluations.
+    /// Time between evaluations. Between 1s and 1h.
     #[serde(default = "default_analysis_interval")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('1h')").message("must be between 1s and 1h"))]
     pub interval: String,
 }
 

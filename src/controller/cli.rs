@@ -329,6 +329,14 @@ mod tests {
     #[test]
     fn a_bad_duration_flag_is_rejected_by_the_parser() {
         assert!(Cli::try_parse_from(["tether", "--min-retry-interval", "5"]).is_err());
+        // Issue 21: a duration beyond any clock is an error, not a panic.
+        let Err(err) =
+            Cli::try_parse_from(["tether", "--min-retry-interval", "18446744073709551615s"])
+        else {
+            panic!("an out-of-range duration must not parse");
+        };
+        let err = err.to_string();
+        assert!(err.contains("at most 8760h"), "{err}");
     }
 
     #[test]

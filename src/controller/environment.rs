@@ -10,7 +10,7 @@ use std::time::Duration;
 use kube::{Resource, ResourceExt};
 
 use crate::api::common::condition_types::RECONCILING;
-use crate::api::common::{DeletionPolicy, LocalObjectRef, parse_duration};
+use crate::api::common::{DeletionPolicy, LocalObjectRef, parse_duration_within};
 use crate::api::environment::{EnvironmentSpec, ManagedObject};
 use crate::api::{Condition, ConditionStatus, EnvVar, Environment};
 use crate::controller::conditions::{Verdict, is_stalled};
@@ -332,9 +332,10 @@ pub fn report(input: &ReportInput<'_>, syncs: Vec<PlatformSync>) -> Reported {
     }
 }
 
-/// Checks what the CRD schema cannot: the interval parses.
+/// Checks the interval parses and is within the CRD's bounds (an object stored before the
+/// bounds existed keeps an out-of-range value until it changes).
 pub fn validate(spec: &EnvironmentSpec) -> Result<std::time::Duration, ReconcileError> {
-    parse_duration(&spec.interval).map_err(|e| ReconcileError::ValidateSpec {
+    parse_duration_within(&spec.interval, "1s", "168h").map_err(|e| ReconcileError::ValidateSpec {
         reason: "InvalidInterval",
         message: format!("spec.interval: {e}"),
     })

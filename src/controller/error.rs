@@ -54,6 +54,10 @@ pub enum ReconcileError {
     /// The object has no name or namespace (a namespaced object always has both).
     #[error("failed to identify the object: it has no name or namespace")]
     Unidentified,
+    /// Tether's code panicked on this object: a bug, reported on the object so the other
+    /// objects go on being reconciled.
+    #[error("internal error (a bug in Tether, please report it): {0}")]
+    Panicked(String),
 }
 
 fn describe_missing(missing: &[Missing]) -> String {
@@ -80,6 +84,7 @@ impl ReconcileError {
             ReconcileError::RemoveFinalizer(_) => "RemoveFinalizerFailed",
             ReconcileError::Platform { reason, .. } => reason,
             ReconcileError::Unidentified => "Unidentified",
+            ReconcileError::Panicked(_) => "InternalError",
         }
     }
 
@@ -90,7 +95,8 @@ impl ReconcileError {
             ReconcileError::Decode(_)
             | ReconcileError::ValidateSpec { .. }
             | ReconcileError::ResolveReferences(_)
-            | ReconcileError::Unidentified => true,
+            | ReconcileError::Unidentified
+            | ReconcileError::Panicked(_) => true,
             ReconcileError::Platform { permanent, .. } => *permanent,
             ReconcileError::ReadReference { source, .. }
             | ReconcileError::PatchStatus(source)

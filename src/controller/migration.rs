@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
-use crate::api::common::{ConditionStatus, SecretKeyRef, condition_types, parse_duration};
+use crate::api::common::{ConditionStatus, SecretKeyRef, condition_types, parse_duration_within};
 use crate::api::migration::{MigrationSpec, MigrationStatus};
 use crate::api::{Condition, Migration};
 use crate::controller::conditions::Verdict;
@@ -97,16 +97,18 @@ pub fn check_acknowledgements(
 
 /// Checks the durations the engine will need.
 pub fn validate(spec: &MigrationSpec) -> Result<std::time::Duration, ReconcileError> {
-    for (field, value) in [
-        ("spec.policy.lockTimeout", &spec.policy.lock_timeout),
+    for (field, value, max) in [
+        ("spec.policy.lockTimeout", &spec.policy.lock_timeout, "1h"),
         (
             "spec.policy.statementTimeout",
             &spec.policy.statement_timeout,
+            "24h",
         ),
     ] {
-        parse_duration(value).map_err(|e| invalid("InvalidDuration", format!("{field}: {e}")))?;
+        parse_duration_within(value, "0s", max)
+            .map_err(|e| invalid("InvalidDuration", format!("{field}: {e}")))?;
     }
-    parse_duration(&spec.interval)
+    parse_duration_within(&spec.interval, "1s", "168h")
         .map_err(|e| invalid("InvalidInterval", format!("spec.interval: {e}")))
 }
 

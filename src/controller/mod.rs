@@ -117,6 +117,10 @@ pub enum ControllerError {
     /// A controller task panicked.
     #[error("failed to run the {0} controller: its task ended abnormally")]
     Join(&'static str),
+    /// A controller's loop ended while the process was not shutting down: the process can
+    /// no longer do its job, so it stops (and `/healthz` fails until it does).
+    #[error("failed to keep the {0} controller running: its loop stopped")]
+    Stopped(&'static str),
 }
 
 /// Runs the three controllers until `shutdown`; registers metrics into `metrics`; `health`
@@ -275,24 +279,37 @@ pub(crate) async fn run_registered(
         }
     });
 
-    let tasks = [
+    // The three loops share one fate: if one stops before shutdown, the others are stopped
+    // too and the process reports it, instead of serving half its objects while healthy.
+    let term = shutdown.child_token();
+    let mut tasks = vec![
         (
             "environment",
-            spawn_controller(environments, ctx.clone(), shutdown.clone()),
+            spawn_controller(environments, ctx.clone(), term.clone()),
         ),
         (
             "release",
-            spawn_controller(releases, ctx.clone(), shutdown.clone()),
+            spawn_controller(releases, ctx.clone(), term.clone()),
         ),
-        (
-            "migration",
-            spawn_controller(migrations, ctx, shutdown.clone()),
-        ),
+        ("migration", spawn_controller(migrations, ctx, term.clone())),
     ];
     let mut result = Ok(());
-    for (name, task) in tasks {
-        if task.await.is_err() {
-            result = Err(ControllerError::Join(name));
+    while !tasks.is_empty() {
+        let (joined, index, _) =
+            futures::future::select_all(tasks.iter_mut().map(|(_, task)| task)).await;
+        let (name, _) = tasks.remove(index);
+        if joined.is_err() {
+            result = result.and(Err(ControllerError::Join(name)));
+        } else if !term.is_cancelled() {
+            result = result.and(Err(ControllerError::Stopped(name)));
+        }
+        if result.is_err() && !term.is_cancelled() {
+            tracing::error!(
+                controller = name,
+                "a controller loop stopped; stopping the others"
+            );
+            health.set_failed(name);
+            term.cancel();
         }
     }
     readiness.abort();

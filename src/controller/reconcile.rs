@@ -21,6 +21,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+
 use kube::api::{Patch, PatchParams};
 use kube::core::NamespaceResourceScope;
 use kube::runtime::controller::Action;
@@ -207,7 +209,7 @@ pub async fn reconcile<K: Reconciled>(
             FinalizerEvent::Apply(obj) => apply(&api, &obj, &ctx).await,
             FinalizerEvent::Cleanup(obj) => {
                 if let Ok(object) = obj.object() {
-                    object.cleanup(&ctx).await?;
+                    guarded(object.cleanup(&ctx)).await?;
                 }
                 ctx.metrics
                     .set_stalled(kind_name::<K>(), &object_key(obj.as_ref()), false);
@@ -241,6 +243,25 @@ pub async fn reconcile<K: Reconciled>(
     result
 }
 
+/// Runs a kind's apply or cleanup, turning a panic into [`ReconcileError::Panicked`]: an
+/// object the code cannot handle stalls with the panic's message, and the controller goes on
+/// with the others (a panic would otherwise end the controller's whole stream).
+async fn guarded<T>(
+    work: impl Future<Output = Result<T, ReconcileError>>,
+) -> Result<T, ReconcileError> {
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Err(ReconcileError::Panicked(message))
+        }
+    }
+}
+
 fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
     // The three kinds' names are static; anything else is a programming error caught by
     // the metrics test, not a runtime branch.
@@ -261,7 +282,7 @@ async fn apply<K: Reconciled>(
 ) -> Result<Action, ReconcileError> {
     let started = Instant::now();
     let applied = match obj.object() {
-        Ok(object) => object.apply(ctx).await,
+        Ok(object) => guarded(object.apply(ctx)).await,
         Err(message) => Err(ReconcileError::Decode(message.to_string())),
     };
     let report = match applied {
@@ -389,4 +410,38 @@ pub fn error_policy<K: Reconciled>(
 ) -> Action {
     let failures = ctx.record_failure(&object_key(obj.as_ref()));
     Action::requeue(ctx.backoff.delay(failures, rand::random::<f64>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_in_apply_is_a_permanent_error_with_its_message() {
+        let panicked = guarded(async {
+            if true {
+                panic!("cannot convert float seconds to Duration");
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+        assert!(panicked.is_permanent());
+        assert_eq!(panicked.kind(), "InternalError");
+        assert_eq!(
+            panicked.stall_message(),
+            "internal error (a bug in Tether, please report it): cannot convert float seconds to Duration"
+        );
+        let formatted = guarded(async {
+            let n = 3;
+            if n > 2 {
+                panic!("index {n} out of range");
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+        assert!(formatted.to_string().ends_with("index 3 out of range"));
+        assert!(guarded(async { Ok::<_, ReconcileError>(7) }).await.is_ok());
+    }
 }

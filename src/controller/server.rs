@@ -1,5 +1,6 @@
 //! The HTTP endpoints next to the controllers: `/metrics` (Prometheus text of the process's
-//! [`MetricsRegistry`]), `/healthz` (the process is alive) and `/readyz` (200 once every
+//! [`MetricsRegistry`]), `/healthz` (200 while every controller loop runs; 503 once one has
+//! stopped, so a liveness probe restarts the process) and `/readyz` (200 once every
 //! controller's cache has synced, or while this replica stands by for leadership).
 
 use std::net::SocketAddr;
@@ -16,10 +17,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::MetricsRegistry;
 
-/// Readiness shared between the controllers (which set it) and `/readyz` (which reads it).
+/// Readiness and liveness shared between the controllers (which set them) and `/readyz` and
+/// `/healthz` (which read them).
 #[derive(Clone, Debug, Default)]
 pub struct Health {
     ready: Arc<AtomicBool>,
+    failed: Arc<std::sync::Mutex<Option<&'static str>>>,
 }
 
 impl Health {
@@ -35,7 +38,18 @@ impl Health {
 
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && self.failure().is_none()
+    }
+
+    /// Marks the process unhealthy for good: the `controller` loop stopped. `/healthz` and
+    /// `/readyz` answer 503 from now on, so a liveness probe restarts the process.
+    pub fn set_failed(&self, controller: &'static str) {
+        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(controller);
+    }
+
+    /// The controller whose loop stopped, if one did.
+    pub fn failure(&self) -> Option<&'static str> {
+        *self.failed.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -65,7 +79,7 @@ pub enum ServerError {
 pub fn router(metrics: MetricsRegistry, health: Health) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(ServerState { metrics, health })
 }
@@ -75,6 +89,16 @@ async fn metrics_handler(State(state): State<ServerState>) -> impl IntoResponse 
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
+}
+
+async fn healthz(State(state): State<ServerState>) -> impl IntoResponse {
+    match state.health.failure() {
+        None => (StatusCode::OK, "ok".to_string()),
+        Some(controller) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the {controller} controller's loop stopped"),
+        ),
+    }
 }
 
 async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
@@ -124,7 +148,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn readyz_turns_200_only_once_ready_and_healthz_is_always_200() {
+    async fn readyz_turns_200_once_ready_and_healthz_fails_once_a_loop_stopped() {
         let health = Health::new();
         let metrics = MetricsRegistry::new();
         let shutdown = CancellationToken::new();
@@ -141,6 +165,15 @@ mod tests {
         assert_eq!(get_status(addr, "/readyz").await.0, 503);
         health.set_ready(true);
         assert_eq!(get_status(addr, "/readyz").await.0, 200);
+        // A controller loop that stopped makes the process unhealthy for good.
+        health.set_failed("environment");
+        let (code, body) = get_status(addr, "/healthz").await;
+        assert_eq!(code, 503);
+        assert!(
+            body.ends_with("the environment controller's loop stopped"),
+            "{body}"
+        );
+        assert_eq!(get_status(addr, "/readyz").await.0, 503);
         shutdown.cancel();
         server.await.unwrap().unwrap();
     }

@@ -26,6 +26,34 @@ fn rbac_prints_the_controllers_api_calls_as_json() {
     );
 }
 
+/// Issue 21: a duration flag beyond any clock is a usage error (exit 2) naming the limit,
+/// never a panic (exit 101).
+#[test]
+fn out_of_range_duration_flags_are_usage_errors_not_panics() {
+    let huge = "18446744073709551615s";
+    for args in [
+        vec!["controller", "--min-retry-interval", huge],
+        vec![
+            "migrate",
+            "apply",
+            "migrations",
+            "--database-url",
+            "postgres://x",
+            "--lock-timeout",
+            huge,
+        ],
+    ] {
+        let out = Command::new(TETHER).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("at most 8760h (one year)"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
 #[test]
 fn metrics_names_lists_every_registered_metric() {
     let out = Command::new(TETHER).arg("metrics-names").output().unwrap();

@@ -555,6 +555,93 @@ async fn a_malformed_object_does_not_block_the_others() {
     running.stop().await;
 }
 
+/// Issue 21's reproducers: an `interval` or `lockTimeout` that no longer passes admission
+/// (a duration beyond any clock, or `0s`), stored before the bounds existed. Each object
+/// stalls with the field and the reason; the controllers keep reconciling the others and
+/// stay healthy. (The same values are refused at admission: see the fixtures.)
+#[tokio::test]
+async fn out_of_range_durations_stall_their_object_and_the_controllers_go_on() {
+    tether::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    {
+        use tether::localapi::store::{FileStore, Store, StoreOp};
+        let store = FileStore::open(&path).unwrap();
+        let stored = |kind: &str, name: &str, spec: Value| {
+            json!({
+                "apiVersion": "tether.dev/v1alpha1", "kind": kind,
+                "metadata": {"name": name, "namespace": "default", "uid": format!("u-{name}"),
+                    "resourceVersion": "5", "generation": 1,
+                    "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": spec,
+            })
+        };
+        let objects = [
+            (
+                "environments.tether.dev\u{0}default/huge",
+                stored(
+                    "Environment",
+                    "huge",
+                    json!({"interval": "18446744073709551615s"}),
+                ),
+            ),
+            (
+                "environments.tether.dev\u{0}default/zero",
+                stored("Environment", "zero", json!({"interval": "0s"})),
+            ),
+            (
+                "migrations.tether.dev\u{0}default/locks",
+                stored(
+                    "Migration",
+                    "locks",
+                    json!({"database": {"environmentRef": {"name": "zero"}},
+                        "source": {"inline": [{"version": "1", "name": "a", "sql": "select 1"}]},
+                        "policy": {"lockTimeout": "18446744073709551615s"}}),
+                ),
+            ),
+        ];
+        let json: Vec<(&str, Vec<u8>)> = objects
+            .iter()
+            .map(|(key, object)| (*key, serde_json::to_vec(object).unwrap()))
+            .collect();
+        let ops: Vec<StoreOp<'_>> = json
+            .iter()
+            .map(|(key, json)| StoreOp::Put { key, json })
+            .collect();
+        store.commit(&ops, 5).unwrap();
+    }
+    let cluster = TestCluster::builder().file_store(&path).start().await;
+    let client = cluster.client();
+    let running = Running::start(client.clone(), fast_config()).await;
+    let envs: Api<Environment> = Api::default_namespaced(client.clone());
+    for (name, message) in [
+        (
+            "huge",
+            r#"spec.interval: invalid duration "18446744073709551615s": at most 8760h (one year)"#,
+        ),
+        ("zero", "spec.interval: must be between 1s and 168h"),
+    ] {
+        let stalled = wait_for_condition(&envs, name, "Stalled", "True").await;
+        let condition = condition(&stalled["status"], "Stalled").unwrap();
+        assert_eq!(condition["reason"], "InvalidInterval");
+        assert_eq!(condition["message"], message);
+    }
+    let migrations: Api<Migration> = Api::default_namespaced(client.clone());
+    let stalled = wait_for_condition(&migrations, "locks", "Stalled", "True").await;
+    assert_eq!(
+        condition(&stalled["status"], "Stalled").unwrap()["message"],
+        r#"spec.policy.lockTimeout: invalid duration "18446744073709551615s": at most 8760h (one year)"#
+    );
+    // The controllers are alive and still reconcile new objects.
+    envs.create(&PostParams::default(), &environment("healthy", json!({})))
+        .await
+        .unwrap();
+    wait_for_condition(&envs, "healthy", "Ready", "True").await;
+    assert_eq!(running.get("/healthz").await.0, 200);
+    assert_eq!(running.get("/readyz").await.0, 200);
+    running.stop().await;
+}
+
 #[tokio::test]
 async fn the_label_selector_limits_which_objects_are_reconciled() {
     tether::install_crypto_provider();

@@ -210,7 +210,11 @@ fn every_cel_rule_has_a_violating_fixture() {
     let expected: Vec<String> = fixtures().into_iter().flat_map(|f| f.expects).collect();
     let untested: Vec<&String> = messages
         .iter()
-        .filter(|m| !expected.iter().any(|e| m.contains(e.as_str())))
+        .filter(|m| {
+            !expected
+                .iter()
+                .any(|e| e.contains(m.as_str()) || m.contains(e.as_str()))
+        })
         .collect();
     assert!(
         untested.is_empty(),
