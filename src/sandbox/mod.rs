@@ -1,5 +1,6 @@
-//! The sandbox: stateful imitations of the vendor APIs, served on loopback so the platform
-//! clients (and `tether run --sandbox`) work with no accounts.
+//! The sandbox: stateful imitations of the vendor APIs, served on loopback (or, with
+//! `tether sandbox --addr`, on any address, e.g. in a pod next to the controller) so the
+//! platform clients (and `tether run --sandbox`) work with no accounts.
 //!
 //! Each platform gets its own listener whose base URL stands where the spec's `servers` URL
 //! stands (Render's ends in `/v1`). Every request passes one shared pipeline before the
@@ -23,7 +24,7 @@ pub mod supabase;
 pub mod vercel;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,11 @@ pub struct SandboxConfig {
     pub limits: HashMap<Platform, Vec<LimitSpec>>,
     /// The token each platform accepts (default: a random one per start).
     pub tokens: HashMap<Platform, Token>,
+    /// The address every platform listens on (default 127.0.0.1). The sandbox has no real
+    /// security: anything else exposes it to whoever can reach that address.
+    pub addr: IpAddr,
+    /// The port each platform listens on; a platform not listed (or 0) gets a free port.
+    pub ports: HashMap<Platform, u16>,
 }
 
 impl Default for SandboxConfig {
@@ -65,6 +71,8 @@ impl Default for SandboxConfig {
             platforms: Platform::ALL.to_vec(),
             limits: HashMap::new(),
             tokens: HashMap::new(),
+            addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ports: HashMap::new(),
         }
     }
 }
@@ -111,11 +119,13 @@ pub struct Exchange {
 /// Why the sandbox failed to start.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    /// Binding a loopback port failed.
-    #[error("failed to bind a loopback port for the {platform} sandbox")]
+    /// Binding the platform's listen address failed.
+    #[error("failed to bind {addr} for the {platform} sandbox")]
     Bind {
         /// Platform.
         platform: Platform,
+        /// The address (port 0: any free port).
+        addr: SocketAddr,
         /// IO error.
         #[source]
         source: std::io::Error,
@@ -539,7 +549,8 @@ fn random_token(platform: Platform) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Starts the configured platforms on random loopback ports; they serve until `shutdown`.
+/// Starts the configured platforms on `config.addr` (loopback by default) and `config.ports`
+/// (free ports by default); they serve until `shutdown`.
 pub async fn start(
     config: SandboxConfig,
     shutdown: CancellationToken,
@@ -593,12 +604,22 @@ pub async fn start(
             Platform::Fly => fly::router(common.clone()),
             Platform::Supabase => supabase::router(common.clone()),
         };
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        let wanted = SocketAddr::new(
+            config.addr,
+            config.ports.get(&platform).copied().unwrap_or(0),
+        );
+        let listener = tokio::net::TcpListener::bind(wanted)
             .await
-            .map_err(|source| SandboxError::Bind { platform, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| SandboxError::Bind { platform, source })?;
+            .map_err(|source| SandboxError::Bind {
+                platform,
+                addr: wanted,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| SandboxError::Bind {
+            platform,
+            addr: wanted,
+            source,
+        })?;
         let pipeline = Pipeline {
             common: common.clone(),
             imitation: imitation.clone(),

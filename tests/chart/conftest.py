@@ -46,6 +46,13 @@ def render(values: dict[str, Any] | None = None, *, namespace: str = NAMESPACE) 
     return objects
 
 
+def notes(values: dict[str, Any] | None = None, *, namespace: str = NAMESPACE) -> str:
+    """What `helm install` prints after installing (templates/NOTES.txt)."""
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(values or {}, name=RELEASE, namespace=namespace, is_install=True)
+    return next(text for path, text in manifests.items() if path.endswith("NOTES.txt"))
+
+
 def strip(obj: dict[str, Any]) -> dict[str, Any]:
     """The object without the test's bookkeeping key."""
     return {k: v for k, v in obj.items() if k != "__template"}

@@ -18,9 +18,10 @@ import pytest
 import yaml
 from conftest import CHART, HERE, NAMESPACE, ROOT, full_values, kinds, only, render, run_tether, strip
 
-# The lowest Kubernetes version Tether supports (k8s-openapi feature v1_33, Chart.yaml
-# kubeVersion) and the newest kubernetes-validate knows.
-KUBE_VERSIONS = ["1.33.0", "1.37.0"]
+# The Kubernetes versions Tether supports, 1.30 to 1.36 (README, docs/helm.md; Chart.yaml's
+# kubeVersion refuses older ones): every rendered object must be valid for the oldest and the
+# newest, and for the newest kubernetes-validate knows.
+KUBE_VERSIONS = ["1.30.0", "1.36.0", "1.37.0"]
 
 # Value sets the chart must render cleanly for.
 NAMESPACED_WITHOUT_LEADER_ELECTION = {
@@ -28,17 +29,23 @@ NAMESPACED_WITHOUT_LEADER_ELECTION = {
     "leaderElection": {"enabled": False, "leaseName": "tether-controller"},
     "serviceAccount": {"create": False, "name": "existing-sa"},
 }
+# The platform sandbox, as the README's walkthrough installs it (plus the NetworkPolicies).
+SANDBOX = {"sandbox": {"enabled": True}, "networkPolicy": {"enabled": True}}
 VALUE_SETS = {
     "defaults": {},
     "full": full_values(),
     "namespaced-without-leader-election": NAMESPACED_WITHOUT_LEADER_ELECTION,
+    "sandbox": SANDBOX,
 }
 
 MONITORING_SCHEMA = json.loads((HERE / "schemas" / "monitoring.coreos.com-v1.json").read_text())
 
 
 def deployment(values: dict[str, Any] | None = None) -> dict[str, Any]:
-    return only(render(values), "Deployment")
+    """The controller's Deployment (with sandbox.enabled there is a second one)."""
+    found = [o for o in render(values) if o["kind"] == "Deployment" and o["metadata"]["name"] == "tether"]
+    assert len(found) == 1, f"expected exactly one controller Deployment, found {len(found)}"
+    return found[0]
 
 
 def container(values: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -55,6 +62,11 @@ def test_chart_app_version_is_the_crate_version() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["apiVersion"] == "v2"
     assert chart["appVersion"] == crate
+
+
+def test_chart_kube_version_starts_at_the_oldest_supported_kubernetes() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == f">={KUBE_VERSIONS[0]}-0"
 
 
 @pytest.mark.parametrize("values_name", sorted(VALUE_SETS))
@@ -76,6 +88,14 @@ def test_helm_lint_strict_reports_no_warning_or_error(values_name: str) -> None:
         ({"watchNamespace": "Not_A_Namespace"}, "watchNamespace"),
         ({"image": {"repository": "x", "digest": "latest"}}, "digest"),
         ({"podDisruptionBudget": {"minAvailable": "half"}}, "minAvailable"),
+        ({"sandbox": {"enabled": "yes"}}, "/sandbox/enabled"),
+        ({"sandbox": {"port": 8081}}, "additional properties 'port' not allowed"),
+        ({"sandbox": {"ports": {"heroku": 8085}}}, "additional properties 'heroku' not allowed"),
+        ({"sandbox": {"ports": {"render": 70000}}}, "/sandbox/ports/render"),
+        ({"sandbox": {"ports": {"vercel": 0}}}, "/sandbox/ports/vercel"),
+        ({"sandbox": {"timeScale": 0}}, "/sandbox/timeScale"),
+        ({"sandbox": {"timeScale": "fast"}}, "/sandbox/timeScale"),
+        ({"sandbox": {"resources": {"limit": {}}}}, "additional properties 'limit' not allowed"),
     ],
 )
 def test_values_schema_rejects_misspelt_keys_and_bad_values(values: dict[str, Any], complaint: str) -> None:

@@ -1,6 +1,9 @@
 """The Helm guide's examples are real: every Tether object in docs/helm.md validates against
 the CRDs in crds/ (with unknown fields treated as errors, since the API server would silently
-drop them), and the `--set` keys it uses exist in values.yaml."""
+drop them), and the `--set` keys it uses exist in values.yaml. The README's walkthrough
+installs what the chart renders: the image it builds, the Deployments it waits for.
+(tests/e2e/cli/walkthrough.rs checks the rest of it: its manifests, its Environment becoming
+Ready on the sandbox.)"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from conftest import CHART, ROOT
+from conftest import CHART, NAMESPACE, ROOT, render
 
 GUIDE = ROOT / "docs" / "helm.md"
 
@@ -80,3 +83,59 @@ def test_every_value_the_guide_sets_exists_in_values_yaml(key: str) -> None:
     for part in key.split("."):
         assert isinstance(node, dict) and part in node, f"docs/helm.md sets {key}, which values.yaml lacks"
         node = node[part]
+
+
+README = ROOT / "README.md"
+
+
+def readme_walkthrough_commands() -> list[list[str]]:
+    """The commands of the README's Helm section's sh blocks, continuation lines joined and
+    comments dropped, as words."""
+    text = README.read_text()
+    section = text.split("## Installing in a cluster with Helm\n", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", section, re.DOTALL):
+        joined = re.sub(r"\\\n", " ", block)
+        for line in joined.splitlines():
+            words = line.split(" #", 1)[0].split()
+            if words:
+                commands.append(words)
+    return commands
+
+
+def set_values(command: list[str]) -> dict[str, Any]:
+    """--set a.b=c of a helm command as nested values (true/false as booleans)."""
+    values: dict[str, Any] = {}
+    for flag, setting in zip(command, command[1:]):
+        if flag != "--set":
+            continue
+        key, value = setting.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = values
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = {"true": True, "false": False}.get(value, value)
+    return values
+
+
+def test_the_readme_walkthrough_installs_the_image_it_builds_and_waits_for_deployments_the_chart_renders() -> None:
+    commands = readme_walkthrough_commands()
+    install = next(c for c in commands if c[:2] == ["helm", "install"])
+    assert install[install.index("-n") + 1] == NAMESPACE
+    objects = render(set_values(install), namespace=NAMESPACE)
+    images = {
+        c["image"]
+        for o in objects
+        if o["kind"] == "Deployment"
+        for c in o["spec"]["template"]["spec"]["containers"]
+    }
+    built = next(c for c in commands if c[:2] == ["docker", "build"])
+    loaded = next(c for c in commands if c[:3] == ["kind", "load", "docker-image"])
+    assert images == {built[built.index("-t") + 1]} == {loaded[3]}
+    deployments = {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"}
+    waited = {
+        c[-1].removeprefix("deployment/")
+        for c in commands
+        if c[0] == "kubectl" and "rollout" in c and c[c.index("-n") + 1] == NAMESPACE
+    }
+    assert waited == deployments == {"tether", "tether-sandbox"}

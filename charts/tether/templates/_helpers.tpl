@@ -31,6 +31,36 @@ app.kubernetes.io/part-of: tether
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
+{{/* The platform sandbox (sandbox.enabled): its own name label, so that none of the controller's selectors (Deployment, Service, PodDisruptionBudget, NetworkPolicy) picks its pod. */}}
+{{- define "tether.sandboxName" -}}
+{{- printf "%s-sandbox" (include "tether.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "tether.sandboxSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-sandbox" (include "tether.name" . | trunc 55 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "tether.sandboxLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "tether.sandboxSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: sandbox
+app.kubernetes.io/part-of: tether
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* The platforms in the order the sandbox serves them; use with (splitList " " (include "tether.platforms" .)). */}}
+{{- define "tether.platforms" -}}
+render vercel fly supabase
+{{- end }}
+
+{{/* The sandbox's base URL for one platform, as the controller's --<platform>-url takes it (Render's ends in /v1, where its API's servers URL does). Call with (dict "root" $ "platform" "render"). */}}
+{{- define "tether.sandboxUrl" -}}
+{{- $root := .root }}
+{{- printf "http://%s.%s.svc:%v%s" (include "tether.sandboxName" $root) $root.Release.Namespace (index $root.Values.sandbox.ports .platform | int) (ternary "/v1" "" (eq .platform "render")) }}
+{{- end }}
+
 {{- define "tether.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "tether.fullname" .) .Values.serviceAccount.name }}
@@ -69,5 +99,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- if and (gt (int .Values.replicas) 1) (not .Values.leaderElection.enabled) }}
 {{- fail "replicas > 1 needs leaderElection.enabled=true: without it every replica reconciles at once" }}
+{{- end }}
+{{- if .Values.sandbox.enabled }}
+{{- $ports := list }}
+{{- range $platform, $port := .Values.sandbox.ports }}
+{{- $ports = append $ports (int $port) }}
+{{- end }}
+{{- if ne (len (uniq $ports)) (len $ports) }}
+{{- fail (printf "sandbox.ports must be four different ports, one per platform (got %v)" .Values.sandbox.ports) }}
+{{- end }}
 {{- end }}
 {{- end }}

@@ -3,3 +3,4 @@
 mod plan;
 mod run_harness;
 mod run_standalone;
+mod walkthrough;
