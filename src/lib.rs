@@ -21,9 +21,12 @@
 //! - [`migrate`]: the Postgres migration engine (lint, dry-run, lock, apply, record, verify)
 //!   and `tether migrate`.
 //! - [`telemetry`]: the metrics registry and the tracing subscriber.
+//! - [`client`]: Kubernetes clients that name themselves (User-Agent `tether/<version>
+//!   (<component>)`).
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod client;
 pub mod controller;
 pub mod localapi;
 pub mod migrate;

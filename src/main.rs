@@ -47,8 +47,9 @@ enum Command {
     },
     /// Standalone mode: run the embedded API and the controllers against a folder of manifests.
     Run(tether::standalone::RunArgs),
-    /// Serve imitations of the Render, Vercel, Fly.io and Supabase APIs on loopback ports;
-    /// prints `<platform> <base-url> <token>` per platform, serves until Ctrl-C.
+    /// Serve imitations of the Render, Vercel, Fly.io and Supabase APIs (on loopback unless
+    /// `--addr`); prints `<platform> <base-url> <token>` per platform, serves until Ctrl-C or
+    /// SIGTERM.
     Sandbox(tether::sandbox::cli::SandboxArgs),
 }
 

@@ -158,7 +158,7 @@ impl ControllerArgs {
 pub async fn run_cli(args: ControllerArgs) -> Result<(), CliError> {
     init_tracing(&args.log_level, args.log_format);
     let config = args.config()?;
-    let client = kube::Client::try_default()
+    let client = crate::client::infer("controller")
         .await
         .map_err(CliError::Client)?;
     let shutdown = CancellationToken::new();

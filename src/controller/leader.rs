@@ -13,6 +13,9 @@ use crate::controller::metrics::ControllerMetrics;
 use crate::controller::{ControllerConfig, ControllerError, Health, run_registered};
 use crate::telemetry::MetricsRegistry;
 
+/// The field manager of every write to the Lease (`kubectl get lease -o yaml` shows it).
+pub const LEASE_FIELD_MANAGER: &str = "tether-leader-election";
+
 /// Which Lease to hold and for how long.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseConfig {
@@ -49,6 +52,7 @@ impl LeaseConfig {
         let duration = self.duration.as_secs().max(2);
         let grace = self.grace.as_secs().clamp(1, duration - 1);
         LeaseParams::new(self.identity.clone(), duration, grace)
+            .with_field_manager(LEASE_FIELD_MANAGER)
     }
 }
 

@@ -299,5 +299,5 @@ fn client_for(url: &str) -> Result<kube::Client, LocalApiError> {
     let uri: http::Uri = url.parse().map_err(LocalApiError::Url)?;
     let mut config = kube::Config::new(uri);
     config.default_namespace = "default".into();
-    kube::Client::try_from(config).map_err(|e| LocalApiError::Client(Box::new(e)))
+    crate::client::named(config, "run").map_err(|e| LocalApiError::Client(Box::new(e)))
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::support::{TestCluster, eventually};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -118,6 +119,34 @@ async fn only_the_lease_holder_reconciles_and_the_standby_takes_over_when_it_sto
     create_ready_environment(&client, "one").await;
     assert!(leader.reconciles() > 0.0);
     assert_eq!(standby.reconciles(), 0.0, "the standby must not reconcile");
+
+    // Every write names Tether: the Lease its election manager, the Environment the status
+    // manager and, for the finalizer patch that names none, the client's User-Agent.
+    let managers = |fields: Option<Vec<ManagedFieldsEntry>>| -> Vec<String> {
+        fields
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|f| f.manager)
+            .collect()
+    };
+    let leases: Api<Lease> = Api::default_namespaced(client.clone());
+    let lease = leases.get("tether-controller").await.unwrap();
+    let lease_managers = managers(lease.metadata.managed_fields);
+    assert!(
+        !lease_managers.is_empty() && lease_managers.iter().all(|m| m == "tether-leader-election"),
+        "{lease_managers:?}"
+    );
+    let envs: Api<Environment> = Api::default_namespaced(client.clone());
+    let mut env_managers = managers(envs.get("one").await.unwrap().metadata.managed_fields);
+    env_managers.sort();
+    assert!(
+        env_managers.contains(&"tether-controller".to_string()),
+        "{env_managers:?}"
+    );
+    assert!(
+        env_managers.iter().all(|m| m.starts_with("tether")),
+        "{env_managers:?}"
+    );
 
     // Stopping the leader releases the Lease; the standby acquires it and reconciles.
     let leader_identity = leader.identity.clone();
