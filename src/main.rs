@@ -30,7 +30,7 @@ enum Command {
     /// would change, 2 when something would, 1 on any error.
     Plan(tether::sync::plan::PlanArgs),
     /// Run the Environment, Release and Migration controllers against a Kubernetes API.
-    Controller(tether::controller::cli::ControllerArgs),
+    Controller(Box<tether::controller::cli::ControllerArgs>),
     /// Print every metric name the binary registers, one per line.
     #[command(hide = true)]
     MetricsNames,
@@ -76,7 +76,7 @@ fn main() -> anyhow::Result<()> {
         Command::Plan(args) => std::process::exit(tether::sync::plan::main(args)?),
         Command::Controller(args) => {
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(tether::controller::cli::run_cli(args))?;
+            runtime.block_on(tether::controller::cli::run_cli(*args))?;
             Ok(())
         }
         Command::MetricsNames => {

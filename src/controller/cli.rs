@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::api::common::parse_duration;
-use crate::controller::leader::{LeaseConfig, run_elected};
+use crate::controller::leader::{LeaseConfig, LeaseTimings, LeaseTimingsError, run_elected};
 use crate::controller::metrics::ControllerMetrics;
 use crate::controller::{ControllerConfig, Health, run, server};
 use crate::platform::Platform;
@@ -42,6 +42,17 @@ pub struct ControllerArgs {
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
+    /// How long the Lease is valid after its last renewal: how long a standby waits before
+    /// taking over from a leader that stopped renewing (whole seconds).
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    pub lease_duration: Duration,
+    /// How long the leader keeps trying to renew the Lease before it stops its controllers
+    /// and exits (below --lease-duration).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub lease_renew_deadline: Duration,
+    /// How often the leader renews the Lease (below --lease-renew-deadline / 1.2).
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    pub lease_retry_period: Duration,
     /// First retry delay after a transient error.
     #[arg(long, default_value = "5s", value_parser = duration)]
     pub min_retry_interval: Duration,
@@ -105,6 +116,11 @@ pub enum CliError {
         /// The maximum.
         max: Duration,
     },
+    /// `--lease-duration`, `--lease-renew-deadline` and `--lease-retry-period` do not fit.
+    #[error(
+        "failed to start: --lease-duration, --lease-renew-deadline and --lease-retry-period do not fit: {0}"
+    )]
+    LeaseTimings(#[source] LeaseTimingsError),
     /// No usable kubeconfig or in-cluster configuration.
     #[error("failed to configure the Kubernetes client: {0}")]
     Client(#[source] kube::Error),
@@ -152,12 +168,27 @@ impl ControllerArgs {
             },
         })
     }
+
+    /// The Lease these flags describe, held as `identity`.
+    pub fn lease(&self, identity: impl Into<String>) -> Result<LeaseConfig, CliError> {
+        let mut lease = LeaseConfig::new(&self.lease_name, &self.lease_namespace, identity);
+        lease.timings = LeaseTimings::new(
+            self.lease_duration,
+            self.lease_renew_deadline,
+            self.lease_retry_period,
+        )
+        .map_err(CliError::LeaseTimings)?;
+        Ok(lease)
+    }
 }
 
 /// Runs `tether controller` until SIGTERM or Ctrl-C.
 pub async fn run_cli(args: ControllerArgs) -> Result<(), CliError> {
     init_tracing(&args.log_level, args.log_format);
     let config = args.config()?;
+    let identity = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("tether-{}", uuid::Uuid::new_v4().simple()));
+    let lease = args.lease(identity)?;
     let client = crate::client::infer("controller")
         .await
         .map_err(CliError::Client)?;
@@ -182,9 +213,6 @@ pub async fn run_cli(args: ControllerArgs) -> Result<(), CliError> {
     info!(%addr, "serving /metrics, /healthz and /readyz");
     let server = tokio::spawn(serve);
     let result = if args.leader_elect {
-        let identity = std::env::var("POD_NAME")
-            .unwrap_or_else(|_| format!("tether-{}", uuid::Uuid::new_v4().simple()));
-        let lease = LeaseConfig::new(&args.lease_name, &args.lease_namespace, identity);
         run_elected(client, config, lease, metrics, health, shutdown.clone()).await
     } else {
         run(client, config, metrics, health, shutdown.clone()).await
@@ -249,6 +277,10 @@ mod tests {
         assert_eq!(config.concurrency, 4);
         assert!(cli.args.leader_elect);
         assert_eq!(cli.args.lease_name, "tether-controller");
+        assert_eq!(
+            cli.args.lease("me").unwrap().timings,
+            LeaseTimings::default()
+        );
         assert_eq!(cli.args.metrics_addr.port(), 8080);
     }
 
@@ -351,5 +383,33 @@ mod tests {
         ] {
             assert!(names.contains(&format!("{migration}\n")), "{migration}");
         }
+    }
+
+    #[test]
+    fn lease_timings_are_flags_and_ones_that_do_not_fit_are_refused_before_starting() {
+        let cli = Cli::try_parse_from([
+            "tether",
+            "--lease-duration=30s",
+            "--lease-renew-deadline=20s",
+            "--lease-retry-period=5s",
+        ])
+        .unwrap();
+        let timings = cli.args.lease("me").unwrap().timings;
+        assert_eq!(timings.duration, Duration::from_secs(30));
+        assert_eq!(timings.renew_deadline, Duration::from_secs(20));
+        assert_eq!(timings.retry_period, Duration::from_secs(5));
+
+        let cli = Cli::try_parse_from([
+            "tether",
+            "--lease-duration=10s",
+            "--lease-renew-deadline=10s",
+        ])
+        .unwrap();
+        let error = cli.args.lease("me").unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "failed to start: --lease-duration, --lease-renew-deadline and --lease-retry-period do not fit: \
+             the lease duration (10s) must be greater than the renew deadline (10s)"
+        );
     }
 }

@@ -114,6 +114,18 @@ pub enum ControllerError {
     /// The lease manager stopped on its own, so leadership can no longer be known.
     #[error("failed to keep leader election running: the lease manager stopped")]
     LeaseManagerStopped,
+    /// The leader could not renew its Lease within the renew deadline: it stopped its
+    /// controllers before a standby may take over, and the process exits so that it starts
+    /// again as a candidate (controller-runtime does the same).
+    #[error(
+        "failed to keep leadership on Lease {lease}: it could not be renewed within the renew deadline ({deadline:?})"
+    )]
+    LeadershipLapsed {
+        /// `namespace/name` of the Lease.
+        lease: String,
+        /// The renew deadline.
+        deadline: std::time::Duration,
+    },
     /// A controller task panicked.
     #[error("failed to run the {0} controller: its task ended abnormally")]
     Join(&'static str),

@@ -11,7 +11,7 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use tether::api::Environment;
-use tether::controller::leader::{LeaseConfig, run_elected};
+use tether::controller::leader::{LeaseConfig, LeaseTimings, run_elected};
 use tether::controller::{ControllerConfig, Health};
 use tether::telemetry::MetricsRegistry;
 use tokio_util::sync::CancellationToken;
@@ -30,8 +30,12 @@ impl Instance {
         let metrics = MetricsRegistry::new();
         let shutdown = CancellationToken::new();
         let mut lease = LeaseConfig::new("tether-controller", "default", identity);
-        lease.duration = Duration::from_secs(3);
-        lease.grace = Duration::from_secs(1);
+        lease.timings = LeaseTimings::new(
+            Duration::from_secs(3),
+            Duration::from_secs(2),
+            Duration::from_secs(1),
+        )
+        .unwrap();
         let config = ControllerConfig {
             min_retry: Duration::from_millis(100),
             max_retry: Duration::from_secs(1),
@@ -164,4 +168,108 @@ async fn only_the_lease_holder_reconciles_and_the_standby_takes_over_when_it_sto
     create_ready_environment(&client, "two").await;
     assert!(standby.reconciles() > 0.0);
     standby.stop().await;
+}
+
+/// A TCP forwarder to the API server that can be cut: every open connection is dropped and
+/// new ones are refused, as when a node loses its network.
+struct Link {
+    addr: std::net::SocketAddr,
+    cut: CancellationToken,
+}
+
+impl Link {
+    async fn to(upstream: std::net::SocketAddr) -> Link {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = CancellationToken::new();
+        tokio::spawn({
+            let cut = cut.clone();
+            async move {
+                loop {
+                    let accepted = tokio::select! {
+                        accepted = listener.accept() => accepted,
+                        () = cut.cancelled() => return,
+                    };
+                    let Ok((mut inbound, _)) = accepted else {
+                        continue;
+                    };
+                    let cut = cut.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await
+                        else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            () = cut.cancelled() => {}
+                        }
+                    });
+                }
+            }
+        });
+        Link { addr, cut }
+    }
+
+    fn client(&self) -> Client {
+        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
+        Client::try_from(config).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_the_api_stops_within_the_renew_deadline_before_the_lease_expires() {
+    tether::install_crypto_provider();
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let link = Link::to(cluster.addr()).await;
+    let timings = LeaseTimings::new(
+        Duration::from_secs(6),
+        Duration::from_secs(3),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let mut lease = LeaseConfig::new("tether-controller", "default", "cut-off");
+    lease.timings = timings;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_elected(
+        link.client(),
+        ControllerConfig::default(),
+        lease,
+        MetricsRegistry::new(),
+        Health::new(),
+        shutdown.clone(),
+    ));
+    eventually(WAIT, || async {
+        holder(&client).await.filter(|h| h == "cut-off")
+    })
+    .await;
+    // Renewed every retry period while connected.
+    let renewed = |lease: Lease| lease.spec.and_then(|s| s.renew_time);
+    let leases: Api<Lease> = Api::default_namespaced(client.clone());
+    let first = renewed(leases.get("tether-controller").await.unwrap());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = renewed(leases.get("tether-controller").await.unwrap());
+    assert_ne!(first, later, "the leader renews every retry period");
+
+    link.cut.cancel();
+    let cut_at = tokio::time::Instant::now();
+    let outcome = tokio::time::timeout(timings.duration, task)
+        .await
+        .expect("the leader stops before its Lease expires")
+        .unwrap();
+    let error = outcome.expect_err("losing the Lease is an error: the process exits");
+    assert!(
+        matches!(
+            error,
+            tether::controller::ControllerError::LeadershipLapsed { .. }
+        ),
+        "{error}"
+    );
+    assert!(cut_at.elapsed() >= timings.renew_deadline - timings.retry_period);
+    assert!(
+        error
+            .to_string()
+            .contains("could not be renewed within the renew deadline (3s)"),
+        "{error}"
+    );
 }
