@@ -32,6 +32,10 @@ pub enum ReconcileError {
         /// The API error.
         source: kube::Error,
     },
+    /// A referenced Secret exists but cannot be decoded (names the Secret and key, never
+    /// a value).
+    #[error("failed to read a referenced Secret: {0}")]
+    InvalidSecret(String),
     /// Writing status failed.
     #[error("failed to patch status: {0}")]
     PatchStatus(#[source] kube::Error),
@@ -79,6 +83,7 @@ impl ReconcileError {
                 .map(Missing::reason)
                 .unwrap_or("ReferenceNotFound"),
             ReconcileError::ReadReference { .. } => "ReadReferenceFailed",
+            ReconcileError::InvalidSecret(_) => "InvalidSecret",
             ReconcileError::PatchStatus(_) => "PatchStatusFailed",
             ReconcileError::AddFinalizer(_) => "AddFinalizerFailed",
             ReconcileError::RemoveFinalizer(_) => "RemoveFinalizerFailed",
@@ -96,6 +101,7 @@ impl ReconcileError {
             | ReconcileError::ValidateSpec { .. }
             | ReconcileError::ResolveReferences(_)
             | ReconcileError::Unidentified
+            | ReconcileError::InvalidSecret(_)
             | ReconcileError::Panicked(_) => true,
             ReconcileError::Platform { permanent, .. } => *permanent,
             ReconcileError::ReadReference { source, .. }
@@ -119,6 +125,25 @@ impl ReconcileError {
 /// API errors that retrying will not fix: forbidden, invalid (422), bad request.
 fn is_permanent_api_error(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if matches!(status.code, 400 | 403 | 422))
+}
+
+impl ReconcileError {
+    /// The error of reading a referenced Secret.
+    pub fn from_secret_read(
+        name: &str,
+        error: crate::platform::credentials::SecretReadError,
+    ) -> Self {
+        use crate::platform::credentials::SecretReadError;
+        match error {
+            SecretReadError::Api(source) => ReconcileError::ReadReference {
+                what: format!("Secret {name:?}"),
+                source,
+            },
+            undecodable @ SecretReadError::Undecodable { .. } => {
+                ReconcileError::InvalidSecret(undecodable.to_string())
+            }
+        }
+    }
 }
 
 impl From<kube::runtime::finalizer::Error<ReconcileError>> for ReconcileError {

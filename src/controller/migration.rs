@@ -24,8 +24,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 
 use crate::api::common::{ConditionStatus, SecretKeyRef, condition_types, parse_duration_within};
 use crate::api::migration::{MigrationSpec, MigrationStatus};
@@ -217,13 +216,21 @@ async fn connection(
     secret_ref: &SecretKeyRef,
     field: &str,
 ) -> Result<(String, Option<String>), ReconcileError> {
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
-        .get(&secret_ref.name)
-        .await
-        .map_err(|source| ReconcileError::ReadReference {
-            what: format!("Secret {:?}", secret_ref.name),
-            source,
-        })?;
+    let secret =
+        crate::platform::credentials::read_secret(&ctx.client, namespace, &secret_ref.name)
+            .await
+            .map_err(|e| ReconcileError::from_secret_read(&secret_ref.name, e))?
+            .ok_or_else(|| ReconcileError::ReadReference {
+                what: format!("Secret {:?}", secret_ref.name),
+                source: kube::Error::Api(
+                    kube::core::Status::failure(
+                        &format!("secrets {:?} not found", secret_ref.name),
+                        "NotFound",
+                    )
+                    .with_code(404)
+                    .boxed(),
+                ),
+            })?;
     let from_data = secret
         .data
         .as_ref()

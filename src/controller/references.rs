@@ -155,10 +155,9 @@ impl Snapshot {
             };
             match reference.kind {
                 RefKind::Secret if !snapshot.secrets.contains_key(name) => {
-                    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
-                        .get_opt(name)
+                    let secret = crate::platform::credentials::read_secret(client, namespace, name)
                         .await
-                        .map_err(read_error)?;
+                        .map_err(|e| ReconcileError::from_secret_read(name, e))?;
                     if let Some(secret) = &secret {
                         keep_values(&mut snapshot.values, name, secret);
                     }

@@ -1,5 +1,5 @@
-//! Reading a platform token from the Kubernetes Secret an Environment names. The value goes
-//! straight into a [`Token`]; errors name the Secret and key, never the value.
+//! Reading Secrets and the platform tokens in them. A value goes straight into a [`Token`];
+//! errors name the Secret and key, never the value.
 
 use k8s_openapi::api::core::v1::Secret;
 
@@ -51,28 +51,87 @@ pub enum CredentialsError {
     },
 }
 
-/// Reads `key` of Secret `name` through `secrets` (a namespaced `Api<Secret>`) as a token.
-/// Surrounding whitespace (a trailing newline from `kubectl create secret --from-file`) is
-/// trimmed.
-pub async fn token_from_secret(
-    secrets: &kube::Api<Secret>,
+/// Why a Secret could not be read. Neither variant holds or prints any of its values.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretReadError {
+    /// The API call failed.
+    #[error("{0}")]
+    Api(#[source] kube::Error),
+    /// The Secret exists but does not decode (a value that is not base64, a value that is
+    /// not a string); names the key, never a value.
+    #[error("Secret {namespace}/{name} cannot be decoded: {problem}")]
+    Undecodable {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// What is wrong, naming the key.
+        problem: String,
+    },
+}
+
+/// Reads Secret `name` of `namespace`; `None` when it does not exist.
+///
+/// The response is decoded here, not by kube's `Api::get`: when a typed request fails to
+/// decode, kube-client logs the whole response body at WARN, which for a Secret with one
+/// value that is not valid base64 (an API server that skipped validation stores it) would
+/// print every value of the Secret. Here a decoding failure names the key and nothing else.
+pub async fn read_secret(
+    client: &kube::Client,
     namespace: &str,
     name: &str,
-    key: &str,
-) -> Result<Token, CredentialsError> {
-    let secret = secrets
-        .get_opt(name)
-        .await
-        .map_err(|source| CredentialsError::Api {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            source,
-        })?
-        .ok_or_else(|| CredentialsError::SecretNotFound {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        })?;
-    token_from_secret_object(&secret, namespace, name, key)
+) -> Result<Option<Secret>, SecretReadError> {
+    use kube::Resource as _;
+    let request = kube::core::Request::new(Secret::url_path(&(), Some(namespace)))
+        .get(name, &kube::api::GetParams::default())
+        .map_err(|e| SecretReadError::Api(kube::Error::BuildRequest(e)))?;
+    let text = match client.request_text(request).await {
+        Ok(text) => text,
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(None),
+        Err(error) => return Err(SecretReadError::Api(error)),
+    };
+    decode_secret(&text, namespace, name).map(Some)
+}
+
+/// A Secret from the API's JSON; errors name the key at fault, never a value (serde's own
+/// messages can quote the value, so none of them is passed on).
+fn decode_secret(text: &str, namespace: &str, name: &str) -> Result<Secret, SecretReadError> {
+    use base64::Engine as _;
+    let undecodable = |problem: String| SecretReadError::Undecodable {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        problem,
+    };
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|_| undecodable("the API server's answer is not JSON".into()))?;
+    for (field, base64) in [("data", true), ("stringData", false)] {
+        let Some(map) = value.get(field) else {
+            continue;
+        };
+        let Some(map) = map.as_object() else {
+            if map.is_null() {
+                continue;
+            }
+            return Err(undecodable(format!("{field} is not a map")));
+        };
+        for (key, v) in map {
+            match v.as_str() {
+                None => {
+                    return Err(undecodable(format!("{field}[{key:?}] is not a string")));
+                }
+                Some(encoded)
+                    if base64
+                        && base64::engine::general_purpose::STANDARD
+                            .decode(encoded)
+                            .is_err() =>
+                {
+                    return Err(undecodable(format!("{field}[{key:?}] is not valid base64")));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    serde_json::from_value(value).map_err(|_| undecodable("it is not a valid Secret".into()))
 }
 
 /// The token held under `key` of an already fetched Secret (`data`, or `stringData` as
@@ -135,6 +194,35 @@ pub fn secret_for_token(namespace: &str, name: &str, key: &str, token: &Token) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_undecodable_secret_names_the_key_and_no_value() {
+        let text = r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"pay"},
+            "data":{"ok":"c2tfbGl2ZV9vaw==","stripe-key":"sk_live_not*base64"}}"#;
+        let error = decode_secret(text, "default", "pay")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            r#"Secret default/pay cannot be decoded: data["stripe-key"] is not valid base64"#
+        );
+        assert!(
+            !error.contains("sk_live") && !error.contains("c2tf"),
+            "{error}"
+        );
+        let text = r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"pay"},
+            "stringData":{"n":5}}"#;
+        assert_eq!(
+            decode_secret(text, "default", "pay")
+                .unwrap_err()
+                .to_string(),
+            r#"Secret default/pay cannot be decoded: stringData["n"] is not a string"#
+        );
+        let text = r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"pay"},
+            "data":{"ok":"c2tfbGl2ZV9vaw=="}}"#;
+        let secret = decode_secret(text, "default", "pay").unwrap();
+        assert_eq!(secret.data.unwrap()["ok"].0, b"sk_live_ok");
+    }
 
     #[test]
     fn a_token_round_trips_through_a_secret_and_is_trimmed() {

@@ -28,7 +28,7 @@ use tether::sync::PlatformsConfig;
 use tether::telemetry::MetricsRegistry;
 use tokio_util::sync::CancellationToken;
 
-use super::{TestCluster, eventually};
+use super::{TestCluster, TestClusterBuilder, eventually};
 
 /// How long the harness waits for a condition.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -54,7 +54,7 @@ impl Write for Captured {
     }
 }
 
-/// Every log line of the process at debug level for Tether (info for the rest), kept in
+/// Every log line of the process at debug level for Tether and kube (info for the rest), kept in
 /// memory (and echoed to stderr when `TEST_LOG` is set).
 fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
     LOGS.get_or_init(|| {
@@ -62,7 +62,7 @@ fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
         let writer = Captured(buffer.clone());
         let echo = std::env::var("TEST_LOG").is_ok();
         let _ = tracing_subscriber::fmt()
-            .with_env_filter("info,tether=debug")
+            .with_env_filter("info,tether=debug,kube=debug,kube_client=debug,kube_runtime=debug")
             .json()
             .with_writer(move || -> Box<dyn Write> {
                 if echo {
@@ -135,8 +135,14 @@ impl SyncHarness {
 
     /// Starts everything with the sandbox running `time_scale` times faster than real time.
     pub async fn start_with(time_scale: f64) -> SyncHarness {
+        Self::start_on(TestCluster::builder(), time_scale).await
+    }
+
+    /// Starts everything on an API server built from `cluster` (e.g. one whose file store
+    /// already holds objects no API server would have admitted).
+    pub async fn start_on(cluster: TestClusterBuilder, time_scale: f64) -> SyncHarness {
         let logs = capture_logs();
-        let cluster = TestCluster::start().await;
+        let cluster = cluster.start().await;
         let client = cluster.client();
         let sandbox_shutdown = CancellationToken::new();
         let sandbox = tether::sandbox::start(

@@ -179,3 +179,64 @@ async fn no_secret_value_reaches_a_log_line_an_event_a_status_or_a_metric() {
     }
     h.stop().await;
 }
+
+/// A Secret no API server would admit (one value not base64), as an API server that skipped
+/// validation stores it: the Environment that references it stalls, naming the Secret and
+/// the key; no value of the Secret reaches a log line (at debug level, kube's included), an
+/// event, a status or a metric.
+#[tokio::test]
+async fn an_undecodable_secret_stalls_its_environment_naming_the_key_and_nothing_leaks() {
+    use tether::localapi::store::{FileStore, Store, StoreOp};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let leaked = "sk_live_51HleakedLeaked*value";
+    let encoded_db = "cG9zdGdyZXM6Ly9hcHA6c2VjcmV0LWRiLXZhbHVlQGRiL2FwcA==";
+    {
+        let store = FileStore::open(&path).unwrap();
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "pay", "namespace": "default", "uid": "u-pay",
+                "resourceVersion": "3", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "type": "Opaque",
+            "data": {"db": encoded_db, "stripe-key": leaked},
+        });
+        let json = serde_json::to_vec(&secret).unwrap();
+        store
+            .commit(
+                &[StoreOp::Put {
+                    key: "secrets\u{0}default/pay",
+                    json: &json,
+                }],
+                3,
+            )
+            .unwrap();
+    }
+    let h = crate::support::sync::SyncHarness::start_on(
+        crate::support::TestCluster::builder().file_store(&path),
+        crate::support::sync::TIME_SCALE,
+    )
+    .await;
+    let mut env = render_env("pay", "tether-sandbox-render", "pay-api");
+    env["spec"]["render"]["services"][0]["envVars"][0]["valueFrom"]["secretKeyRef"]["name"] =
+        json!("pay");
+    h.apply(env).await;
+    let stalled = h
+        .wait_for("pay", "stalled on the Secret", |e| {
+            condition_is(e, "Stalled", "True")
+        })
+        .await;
+    let stall = condition(&stalled, "Stalled").unwrap();
+    assert_eq!(stall["reason"], "InvalidSecret");
+    assert_eq!(
+        stall["message"],
+        r#"failed to read a referenced Secret: Secret default/pay cannot be decoded: data["stripe-key"] is not valid base64"#
+    );
+    assert!(!condition_is(&stalled, "Ready", "True"));
+
+    let visible = h.everything_visible().await;
+    assert!(visible.contains("pay"), "something was captured");
+    for secret in [leaked, "sk_live_51Hleaked", encoded_db, "secret-db-value"] {
+        assert!(!visible.contains(secret), "{secret:?} leaked");
+    }
+    h.stop().await;
+}
