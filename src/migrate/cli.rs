@@ -2,6 +2,12 @@
 //! so it reads well in a pull-request log (`file:line rule: message (hint)`), database
 //! URLs are printed with the password masked, and the exit code is 1 when something
 //! blocks or fails.
+//!
+//! The flags follow `supabase db push` where users expect its behaviour: `*.sql` files that
+//! are not `<version>_<name>.sql` are skipped with a warning, applied versions without a
+//! local file stop the run (exit 1), pending files older than the newest applied one need
+//! `--include-all`, and `--strict` makes a changed applied file an error (it is always
+//! reported, with what to do).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -11,9 +17,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::db::{Check, mask_url};
-use super::engine::{self, Phase, Plan, RunReport, RunSpec};
+use super::engine::{self, CHANGED_HINT, Changed, Phase, Plan, RunReport, RunSpec, Segment};
 use super::lint::{Finding, LintPolicy, lint_all};
-use super::source::MigrationSet;
+use super::source::{MigrationSet, Skipped};
 
 /// The `tether migrate` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -25,7 +31,8 @@ pub enum MigrateCommand {
         #[command(flatten)]
         lint: LintArgs,
     },
-    /// Show what `apply` would do: pending migrations, edited or missing ones, lint findings.
+    /// Show what `apply` would do: pending migrations, edited or missing ones, lint findings
+    /// against the database; exit 1 when `apply` would stop.
     Plan {
         /// Directory of `<version>_<name>.sql` files.
         dir: PathBuf,
@@ -34,8 +41,11 @@ pub enum MigrateCommand {
         database_url: String,
         #[command(flatten)]
         lint: LintArgs,
+        #[command(flatten)]
+        history: HistoryArgs,
     },
-    /// Lint, dry-run, then apply the pending migrations, each in its own transaction.
+    /// Lint, check, then apply the pending migrations (nothing is committed until every
+    /// pending file has succeeded; see docs/migrations.md).
     Apply {
         /// Directory of `<version>_<name>.sql` files.
         dir: PathBuf,
@@ -44,6 +54,8 @@ pub enum MigrateCommand {
         database_url: String,
         #[command(flatten)]
         lint: LintArgs,
+        #[command(flatten)]
+        history: HistoryArgs,
         /// `lock_timeout` for each migration (e.g. 500ms, 5s, 1m).
         #[arg(long, default_value = "5s", value_parser = crate::api::common::parse_duration)]
         lock_timeout: Duration,
@@ -53,12 +65,16 @@ pub enum MigrateCommand {
         /// How long to wait for another runner holding the migration lock.
         #[arg(long, default_value = "5m", value_parser = crate::api::common::parse_duration)]
         lock_wait: Duration,
-        /// Skip the rolled-back dry run of all pending migrations before applying.
+        /// Commit each file on its own as it runs, like `supabase db push` (a failure keeps
+        /// the files before it), instead of proving all of them first.
         #[arg(long)]
         no_dry_run: bool,
-        /// Only dry-run: run every pending migration in a transaction that is rolled back.
+        /// Only check: run the pending migrations and commit nothing.
         #[arg(long, conflicts_with = "no_dry_run")]
         dry_run: bool,
+        /// Never rehearse on a scratch copy of the database (`CREATE DATABASE … TEMPLATE`).
+        #[arg(long)]
+        no_scratch_copy: bool,
         /// A table that must exist afterwards (`schema.table` or `table`); repeatable.
         #[arg(long = "verify-table", value_name = "TABLE")]
         verify_tables: Vec<String>,
@@ -80,6 +96,18 @@ pub struct LintArgs {
     /// Also require lock/statement timeouts in the files (Tether sets them itself).
     #[arg(long)]
     require_timeouts: bool,
+}
+
+/// How the history must match the files, as `supabase db push` sees it.
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    /// Also apply pending files older than the newest applied migration (as `supabase db
+    /// push --include-all`); without it they stop the run.
+    #[arg(long)]
+    include_all: bool,
+    /// Exit 1, applying nothing, when an applied file changed since it was applied.
+    #[arg(long)]
+    strict: bool,
 }
 
 impl LintArgs {
@@ -137,6 +165,7 @@ pub async fn execute(command: MigrateCommand) -> anyhow::Result<(String, i32)> {
             let source = MigrationSet::from_dir(&dir)?;
             let findings = lint_all(source.migrations(), &lint.policy());
             let mut out = String::new();
+            write_skipped(&mut out, source.skipped());
             write_findings(&mut out, &findings);
             let blocking = findings.iter().filter(|f| f.blocking).count();
             let _ = writeln!(
@@ -152,27 +181,46 @@ pub async fn execute(command: MigrateCommand) -> anyhow::Result<(String, i32)> {
             dir,
             database_url,
             lint,
+            history,
         } => {
             let source = MigrationSet::from_dir(&dir)?;
-            let plan = engine::plan_against(&source, &database_url)
+            let (plan, findings) = engine::plan_against(&source, &database_url, &lint.policy())
                 .await
                 .with_context(|| format!("failed to plan against {}", mask_url(&database_url)))?;
-            let findings = lint_all(&plan.pending, &lint.policy());
             let mut out = format!("database: {}\n", mask_url(&database_url));
-            write_plan(&mut out, &plan);
+            write_skipped(&mut out, source.skipped());
+            write_plan(&mut out, &plan, history.include_all);
             let _ = writeln!(out, "lint: {} findings", findings.len());
             write_findings(&mut out, &findings);
-            Ok((out, i32::from(findings.iter().any(|f| f.blocking))))
+            let mut stops = Vec::new();
+            if findings.iter().any(|f| f.blocking) {
+                stops.push("blocking lint findings");
+            }
+            if !plan.missing.is_empty() {
+                stops.push("applied migrations missing from the directory");
+            }
+            if !plan.out_of_order.is_empty() && !history.include_all {
+                stops.push("pending files older than the newest applied one (--include-all)");
+            }
+            if !plan.changed.is_empty() && history.strict {
+                stops.push("changed applied files (--strict)");
+            }
+            if !stops.is_empty() {
+                let _ = writeln!(out, "apply would stop: {}", stops.join(", "));
+            }
+            Ok((out, i32::from(!stops.is_empty())))
         }
         MigrateCommand::Apply {
             dir,
             database_url,
             lint,
+            history,
             lock_timeout,
             statement_timeout,
             lock_wait,
             no_dry_run,
             dry_run,
+            no_scratch_copy,
             verify_tables,
             verify_rls,
         } => {
@@ -184,6 +232,10 @@ pub async fn execute(command: MigrateCommand) -> anyhow::Result<(String, i32)> {
                 advisory_lock_wait: lock_wait,
                 dry_run_first: !no_dry_run,
                 dry_run_only: dry_run,
+                include_all: history.include_all,
+                allow_missing: false,
+                strict: history.strict,
+                scratch_copy: !no_scratch_copy,
                 verify_tables,
                 verify_rls,
             };
@@ -196,47 +248,71 @@ pub async fn execute(command: MigrateCommand) -> anyhow::Result<(String, i32)> {
     }
 }
 
+fn write_skipped(out: &mut String, skipped: &[Skipped]) {
+    for s in skipped {
+        let _ = writeln!(out, "warning: {s}");
+    }
+}
+
 fn write_findings(out: &mut String, findings: &[Finding]) {
     for finding in findings {
         let _ = writeln!(out, "{finding}");
     }
 }
 
-fn write_plan(out: &mut String, plan: &Plan) {
-    let _ = writeln!(out, "pending: {}", plan.pending.len());
-    for m in &plan.pending {
-        let late = if plan.out_of_order.contains(&m.version.to_string()) {
-            " (older than the newest applied)"
-        } else {
-            ""
-        };
-        let _ = writeln!(out, "  {}{late}", m.file);
-    }
-    for c in &plan.changed {
+fn write_changed(out: &mut String, changed: &[Changed]) {
+    for c in changed {
         let _ = writeln!(
             out,
             "changed after apply (not re-run): {} {}: {}",
             c.version, c.file, c.evidence
         );
     }
+    if !changed.is_empty() {
+        let _ = writeln!(out, "  {CHANGED_HINT}");
+    }
+}
+
+fn write_plan(out: &mut String, plan: &Plan, include_all: bool) {
+    let _ = writeln!(out, "pending: {}", plan.pending.len());
+    for m in &plan.pending {
+        let late = match (
+            plan.out_of_order.contains(&m.version.to_string()),
+            include_all,
+        ) {
+            (true, true) => " (older than the newest applied; applied with --include-all)",
+            (true, false) => " (older than the newest applied; needs --include-all)",
+            _ => "",
+        };
+        let _ = writeln!(out, "  {}{late}", m.file);
+    }
+    for segment in engine::segments(&plan.pending, false) {
+        if let Segment::AsWritten(m) = segment
+            && let super::shape::Shape::AsWritten { reason } = &m.shape.shape
+        {
+            let _ = writeln!(out, "runs as written: {} ({reason})", m.file);
+        }
+    }
+    write_changed(out, &plan.changed);
     for v in &plan.missing {
-        let _ = writeln!(out, "applied but missing from the source: {v}");
+        let _ = writeln!(out, "applied but missing from the directory: {v}");
     }
 }
 
 fn write_report(out: &mut String, report: &RunReport, dry_run: bool) {
+    write_skipped(out, &report.skipped);
     let _ = writeln!(out, "pending: {}", report.pending.join(", "));
-    for c in &report.changed {
-        let _ = writeln!(
-            out,
-            "changed after apply (not re-run): {} {}: {}",
-            c.version, c.file, c.evidence
-        );
+    for (file, reason) in &report.as_written {
+        let _ = writeln!(out, "runs as written: {file} ({reason})");
     }
+    write_changed(out, &report.changed);
     for v in &report.missing {
-        let _ = writeln!(out, "applied but missing from the source: {v}");
+        let _ = writeln!(out, "applied but missing from the directory: {v}");
     }
     write_findings(out, &report.findings);
+    if let Some(checked) = &report.checked {
+        let _ = writeln!(out, "checked: {checked}");
+    }
     for a in &report.applied {
         let _ = writeln!(
             out,
@@ -263,6 +339,7 @@ fn write_report(out: &mut String, report: &RunReport, dry_run: bool) {
         Phase::Pending if dry_run && report.error.is_none() => {
             "dry run succeeded, nothing applied".to_string()
         }
+        Phase::Applied if !report.verified() => "applied, but verification failed".to_string(),
         phase => phase.to_string(),
     };
     let _ = writeln!(

@@ -1,34 +1,33 @@
 //! The database side of the engine: connecting (TLS per `sslmode`), the Supabase history
-//! table and Tether's checksum table, the advisory lock, running a migration's statements
-//! in one transaction, and the verify queries.
+//! table and Tether's checksum table, the advisory lock, the bookkeeping inserts, and the
+//! verify queries. Running the migrations' statements is [`super::exec`].
 //!
 //! History table: created with the very statements the Supabase CLI uses
 //! (`apps/cli-go/pkg/migration/history.go`), so `supabase migration list` and Tether read
 //! the same rows: schema `supabase_migrations`, table `schema_migrations (version text NOT
 //! NULL PRIMARY KEY, statements text[], name text)`, one row per migration inserted in the
-//! migration's own transaction. The CLI keeps no checksums, so Tether keeps them in its own
-//! schema, `tether.migration_checksums`, written in the same transaction.
+//! migration's own transaction. Both are created only when there is something to apply, in
+//! the transaction of the first migration, so a run that applies nothing leaves nothing.
 //!
-//! Speed: one connection per run; each migration is a single pipelined round trip
-//! (`BEGIN; SET LOCAL …`, every statement, the two history inserts, `COMMIT`). If a
-//! statement fails, Postgres aborts the transaction, the later statements fail with
-//! 25P02 and the pipelined `COMMIT` becomes a rollback, so nothing of that migration stays.
-//!
-//! Durability: within a run, every migration but the last commits with
-//! `synchronous_commit = off` (no WAL flush wait per migration), and the run ends with
-//! [`flush`], a synchronous commit that makes every earlier commit durable before the run
-//! reports anything as applied. Each migration is still atomic together with its history
-//! rows, and WAL is flushed in order, so a server crash in the middle of a run can only
-//! lose a tail of whole migrations, which the next run applies again.
+//! Checksums: the CLI keeps none, so Tether keeps them in
+//! `supabase_migrations.tether_migration_checksums`, written in the same transaction. The
+//! `supabase_migrations` schema is on the CLI's exclude lists (`InternalSchemas` and
+//! `excludedSchemas` in `pkg/migration/dump.go`, and `db diff`), so `supabase db dump` and
+//! `db diff` leave Tether's bookkeeping out, and `db reset` truncates it together with the
+//! history. Older Tether versions kept the table in a schema of its own, `tether`, which
+//! dumps did include; the first run that writes moves those rows over and drops the old
+//! table (and the schema when nothing else is in it). A `tether.migration_checksums` with
+//! no rows is left alone: that is a replayed dump's table, part of the user's schema now.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
 use tokio_postgres::error::{ErrorPosition, SqlState};
 use tokio_postgres::{Client, Config, NoTls, Statement as Prepared};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::lint::Object;
 use super::source::Migration;
 use super::split::line_of;
 
@@ -43,23 +42,56 @@ const CREATE_HISTORY: &[&str] = &[
     "ALTER TABLE supabase_migrations.schema_migrations ADD COLUMN IF NOT EXISTS statements text[]",
     "ALTER TABLE supabase_migrations.schema_migrations ADD COLUMN IF NOT EXISTS name text",
 ];
+/// Tether's checksum table, next to the history, and the move from the old location.
 const CREATE_CHECKSUMS: &[&str] = &[
-    "CREATE SCHEMA IF NOT EXISTS tether",
-    "CREATE TABLE IF NOT EXISTS tether.migration_checksums (version text NOT NULL PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), duration_ms double precision NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS supabase_migrations.tether_migration_checksums (version text NOT NULL PRIMARY KEY, checksum text NOT NULL, statements_sha256 text, applied_at timestamptz NOT NULL DEFAULT now(), duration_ms double precision NOT NULL)",
+    "DO $tether$ DECLARE kept bigint; BEGIN \
+       IF to_regclass('tether.migration_checksums') IS NOT NULL THEN \
+         EXECUTE 'SELECT count(*) FROM tether.migration_checksums' INTO kept; \
+         IF kept > 0 THEN \
+           EXECUTE 'INSERT INTO supabase_migrations.tether_migration_checksums (version, checksum, applied_at, duration_ms) \
+                    SELECT version, checksum, applied_at, duration_ms FROM tether.migration_checksums \
+                    ON CONFLICT (version) DO NOTHING'; \
+           EXECUTE 'DROP TABLE tether.migration_checksums'; \
+           BEGIN EXECUTE 'DROP SCHEMA tether'; EXCEPTION WHEN dependent_objects_still_exist THEN NULL; END; \
+         END IF; \
+       END IF; \
+     EXCEPTION WHEN undefined_column OR datatype_mismatch THEN NULL; \
+     END $tether$",
     "RESET lock_timeout",
 ];
-/// The Supabase CLI's insert (same columns and values), guarded: it only inserts while
-/// Tether's transaction for this version is still open. A file with its own COMMIT or
-/// ROLLBACK ends that transaction early (lint blocks such files; this catches files that
-/// silence the linter), and must then not be recorded as applied.
+/// The Supabase CLI's insert (same columns and values), guarded: it only inserts in the
+/// transaction Tether opened for the file (`$4`, its id). A statement that ended that
+/// transaction early (a COMMIT the shape check missed) makes it insert nothing, and the
+/// file is then not recorded as applied.
 const INSERT_HISTORY: &str = "INSERT INTO supabase_migrations.schema_migrations(version, name, statements) \
-     SELECT $1::text, $2::text, $3::text[] WHERE current_setting('tether.migration', true) = $1::text";
-/// `duration_ms` is the server time the migration took: `now()` is the transaction start.
-const INSERT_CHECKSUM: &str = "INSERT INTO tether.migration_checksums(version, checksum, duration_ms) \
-     SELECT $1::text, $2::text, extract(epoch from clock_timestamp() - now()) * 1000 \
-     WHERE current_setting('tether.migration', true) = $1::text \
-     ON CONFLICT (version) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = EXCLUDED.applied_at, duration_ms = EXCLUDED.duration_ms \
+     SELECT $1::text, $2::text, $3::text[] WHERE txid_current() = $4::bigint";
+/// `applied_at` is when the file started and `duration_ms` the server time it took
+/// (`tether.file_started`, set before the file's first statement; the transaction start
+/// if the file reset it).
+const INSERT_CHECKSUM: &str = "WITH started AS (SELECT coalesce(to_timestamp(nullif(current_setting('tether.file_started', true), '')::float8), now()) AS at) \
+     INSERT INTO supabase_migrations.tether_migration_checksums(version, checksum, statements_sha256, applied_at, duration_ms) \
+     SELECT $1::text, $2::text, $3::text, started.at, extract(epoch from clock_timestamp() - started.at) * 1000 FROM started \
+     WHERE txid_current() = $4::bigint \
+     ON CONFLICT (version) DO UPDATE SET checksum = EXCLUDED.checksum, statements_sha256 = EXCLUDED.statements_sha256, applied_at = EXCLUDED.applied_at, duration_ms = EXCLUDED.duration_ms \
      RETURNING to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), duration_ms";
+
+/// The SQL that creates the history and checksum tables (idempotent), for the start of the
+/// first transaction that records a migration.
+pub fn bootstrap_sql() -> String {
+    [CREATE_HISTORY, CREATE_CHECKSUMS].concat().join(";\n")
+}
+
+/// A digest of a history row's `statements`, to tell whether the row Tether recorded was
+/// rewritten by another tool since (then Tether's checksum no longer describes it).
+pub fn statements_digest<S: AsRef<str>>(statements: &[S]) -> String {
+    let mut bytes = Vec::new();
+    for s in statements {
+        bytes.extend_from_slice(s.as_ref().as_bytes());
+        bytes.push(0);
+    }
+    super::source::sha256_hex(&bytes)
+}
 
 /// Why talking to the database failed (migration failures are [`StatementFailed`]).
 #[derive(Debug, thiserror::Error)]
@@ -96,10 +128,11 @@ pub enum DbError {
         /// The driver's error.
         source: tokio_postgres::Error,
     },
-    /// The file ended Tether's transaction itself (its own COMMIT or ROLLBACK), so it
-    /// could not be applied atomically; it was not recorded as applied.
+    /// A statement of the file ended Tether's transaction (a COMMIT or ROLLBACK that the
+    /// shape check did not see), so it could not be applied atomically; it was not recorded
+    /// as applied.
     #[error(
-        "failed to apply migration {file}: the file ends the migration transaction itself (COMMIT or ROLLBACK); statements before that were committed and it is not recorded as applied; remove BEGIN/COMMIT from the file"
+        "failed to apply migration {file}: a statement of the file ended the migration transaction (COMMIT or ROLLBACK); statements before that were committed and it is not recorded as applied; put BEGIN/COMMIT on lines of their own, or remove them"
     )]
     EndedTransaction {
         /// The migration file.
@@ -108,6 +141,9 @@ pub enum DbError {
     /// A migration statement failed.
     #[error(transparent)]
     Statement(#[from] Box<StatementFailed>),
+    /// The server answered something Tether did not expect.
+    #[error("failed to run the migrations: unexpected answer from the database: {0}")]
+    Protocol(String),
 }
 
 /// The driver's error with Postgres's own message and SQLSTATE when the server sent one
@@ -124,17 +160,19 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
 }
 
 impl DbError {
-    fn query(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DbError {
+    pub(crate) fn query(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DbError {
         move |source| DbError::Query { step, source }
     }
 }
 
-/// A migration statement that Postgres rejected. The migration left no trace.
+/// A migration statement that Postgres rejected. The migration left no trace, unless it
+/// runs as written (then `note` says what stays).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "failed to apply migration {file}: statement {index} (line {line}) failed: {message}{}{}\n{}",
+    "failed to apply migration {file}: statement {index} (line {line}) failed: {message}{}{}{}\n{}",
     sqlstate.as_ref().map(|s| format!(" (SQLSTATE {s})")).unwrap_or_default(),
     detail.as_ref().map(|d| format!("\n{d}")).unwrap_or_default(),
+    note.as_ref().map(|n| format!("\n{n}")).unwrap_or_default(),
     excerpt(statement)
 )]
 pub struct StatementFailed {
@@ -154,6 +192,8 @@ pub struct StatementFailed {
     pub sqlstate: Option<String>,
     /// Postgres's DETAIL, if any.
     pub detail: Option<String>,
+    /// What the failure left behind and what to do, when more than "nothing".
+    pub note: Option<String>,
 }
 
 /// The first lines of a statement, for error messages.
@@ -289,6 +329,28 @@ fn parse_url(url: &str) -> Result<(Config, Tls), DbError> {
 /// Opens one connection to `url`; the connection task runs on the current runtime.
 pub async fn connect(url: &str) -> Result<Client, DbError> {
     let (config, tls) = parse_url(url)?;
+    connect_with(url, config, tls).await
+}
+
+/// Opens one connection to database `dbname` on the server of `url` (same user, password
+/// and TLS).
+pub async fn connect_database(url: &str, dbname: &str) -> Result<Client, DbError> {
+    let (mut config, tls) = parse_url(url)?;
+    config.dbname(dbname);
+    connect_with(url, config, tls).await
+}
+
+/// The database `url` names (libpq's default: the user name).
+pub fn database_name(url: &str) -> Result<String, DbError> {
+    let (config, _) = parse_url(url)?;
+    Ok(config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or("postgres")
+        .to_string())
+}
+
+async fn connect_with(url: &str, config: Config, tls: Tls) -> Result<Client, DbError> {
     let failed = |reason: String| DbError::Connect {
         masked: mask_url(url),
         reason,
@@ -426,11 +488,12 @@ pub async fn unlock(client: &Client) -> Result<(), DbError> {
         .map_err(DbError::query("release the migration advisory lock"))
 }
 
-/// Creates the history table (as the Supabase CLI does) and Tether's checksum table.
+/// Creates the history table (as the Supabase CLI does) and Tether's checksum table, and
+/// moves checksums from the old `tether` schema, outside any migration (tests and tools;
+/// runs do it in their first transaction).
 pub async fn ensure_tables(client: &Client) -> Result<(), DbError> {
-    let sql = [CREATE_HISTORY, CREATE_CHECKSUMS].concat().join(";\n");
     client
-        .batch_execute(&sql)
+        .batch_execute(&bootstrap_sql())
         .await
         .map_err(DbError::query("create the migration history tables"))
 }
@@ -444,7 +507,7 @@ pub struct AppliedRow {
     pub name: String,
     /// The statements column (NULL for rows written by very old CLI versions).
     pub statements: Option<Vec<String>>,
-    /// Tether's checksum, absent for rows written by another tool.
+    /// Tether's checksum, absent for rows written by another tool (or rewritten since).
     pub checksum: Option<String>,
     /// When Tether applied it (RFC 3339, UTC), if Tether did.
     pub applied_at: Option<String>,
@@ -453,42 +516,127 @@ pub struct AppliedRow {
 }
 
 /// Reads the applied migrations; an absent history table means nothing is applied.
+/// Checksums come from `supabase_migrations.tether_migration_checksums`, or from the old
+/// `tether.migration_checksums` while that has not been moved yet.
 pub async fn read_history(client: &Client) -> Result<Vec<AppliedRow>, DbError> {
     let step = "read the migration history";
     let exists = client
         .query_one(
             "SELECT to_regclass('supabase_migrations.schema_migrations') IS NOT NULL, \
+                    to_regclass('supabase_migrations.tether_migration_checksums') IS NOT NULL, \
                     to_regclass('tether.migration_checksums') IS NOT NULL",
             &[],
         )
         .await
         .map_err(DbError::query(step))?;
-    let (history, checksums): (bool, bool) = (exists.get(0), exists.get(1));
+    let (history, checksums, legacy): (bool, bool, bool) =
+        (exists.get(0), exists.get(1), exists.get(2));
     if !history {
         return Ok(Vec::new());
     }
-    let sql = if checksums {
-        "SELECT h.version, coalesce(h.name, ''), h.statements, c.checksum, \
-                to_char(c.applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), c.duration_ms \
-         FROM supabase_migrations.schema_migrations h \
-         LEFT JOIN tether.migration_checksums c ON c.version = h.version"
-    } else {
-        "SELECT version, coalesce(name, ''), statements, NULL::text, NULL::text, NULL::float8 \
-         FROM supabase_migrations.schema_migrations"
+    let joined = |table: &str, digest: &str| {
+        format!(
+            "SELECT h.version, coalesce(h.name, ''), h.statements, c.checksum, {digest}, \
+                    to_char(c.applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), c.duration_ms::float8 \
+             FROM supabase_migrations.schema_migrations h LEFT JOIN {table} c ON c.version = h.version"
+        )
     };
-    let rows = client.query(sql, &[]).await.map_err(DbError::query(step))?;
+    let plain = "SELECT version, coalesce(name, ''), statements, NULL::text, NULL::text, NULL::text, NULL::float8 \
+                 FROM supabase_migrations.schema_migrations";
+    let rows = if checksums {
+        client
+            .query(
+                &joined(
+                    "supabase_migrations.tether_migration_checksums",
+                    "c.statements_sha256",
+                ),
+                &[],
+            )
+            .await
+    } else if legacy {
+        // A table of that name with other columns is the user's, not Tether's.
+        match client
+            .query(&joined("tether.migration_checksums", "NULL::text"), &[])
+            .await
+        {
+            Ok(rows) => Ok(rows),
+            Err(_) => client.query(plain, &[]).await,
+        }
+    } else {
+        client.query(plain, &[]).await
+    }
+    .map_err(DbError::query(step))?;
     Ok(rows
         .iter()
-        .map(|row| AppliedRow {
-            version: row.get(0),
-            name: row.get(1),
-            statements: row.get(2),
-            checksum: row.get(3),
-            applied_at: row.get(4),
-            duration: row
-                .get::<_, Option<f64>>(5)
-                .map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0)),
+        .map(|row| {
+            let statements: Option<Vec<String>> = row.get(2);
+            let digest: Option<String> = row.get(4);
+            // Another tool rewrote the row after Tether recorded it (e.g. `supabase migration
+            // repair` and `db push` with an edited file): the checksum describes a file that
+            // is no longer the applied one.
+            let rewritten = match (&digest, &statements) {
+                (Some(d), Some(s)) => *d != statements_digest(s),
+                _ => false,
+            };
+            AppliedRow {
+                version: row.get(0),
+                name: row.get(1),
+                checksum: if rewritten { None } else { row.get(3) },
+                statements,
+                applied_at: row.get(5),
+                duration: row
+                    .get::<_, Option<f64>>(6)
+                    .map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0)),
+            }
         })
+        .collect())
+}
+
+/// Which of `objects` exist in the database now (before the run), for lint.
+pub async fn existing(
+    client: &Client,
+    objects: &[Object],
+) -> Result<BTreeMap<Object, bool>, DbError> {
+    if objects.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let mut kinds = Vec::new();
+    let mut schemas = Vec::new();
+    let mut names = Vec::new();
+    let mut columns = Vec::new();
+    for object in objects {
+        let (kind, schema, name, column) = match object {
+            Object::Relation { schema, name } => ("r", schema.as_str(), name.as_str(), ""),
+            Object::Column {
+                schema,
+                table,
+                column,
+            } => ("c", schema.as_str(), table.as_str(), column.as_str()),
+            Object::Type { schema, name } => ("t", schema.as_str(), name.as_str(), ""),
+            Object::Schema { name } => ("s", "", name.as_str(), ""),
+        };
+        kinds.push(kind);
+        schemas.push(schema);
+        names.push(name);
+        columns.push(column);
+    }
+    let rows = client
+        .query(
+            "SELECT CASE k \
+               WHEN 'r' THEN to_regclass(format('%I.%I', s, n)) IS NOT NULL \
+               WHEN 't' THEN to_regtype(format('%I.%I', s, n)) IS NOT NULL \
+               WHEN 's' THEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = n) \
+               ELSE EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(format('%I.%I', s, n)) \
+                            AND attname = c AND attnum > 0 AND NOT attisdropped) END \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS x(k, s, n, c, i) ORDER BY i",
+            &[&kinds, &schemas, &names, &columns],
+        )
+        .await
+        .map_err(DbError::query("look up the objects the pending migrations touch"))?;
+    Ok(objects
+        .iter()
+        .cloned()
+        .zip(rows.iter().map(|r| r.get::<_, bool>(0)))
         .collect())
 }
 
@@ -502,23 +650,18 @@ pub struct Timeouts {
 }
 
 impl Timeouts {
-    /// Opens the transaction; `marker` (a version: digits) is set transaction-locally so
-    /// the history inserts can tell that the transaction is still Tether's.
-    fn begin(&self, marker: &str, durable: Durability) -> String {
+    /// `SET [LOCAL] lock_timeout …; SET [LOCAL] statement_timeout …`.
+    pub(crate) fn set(&self, local: bool) -> String {
+        let scope = if local { "SET LOCAL" } else { "SET" };
         format!(
-            "BEGIN; SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'; SET LOCAL tether.migration = '{}'{}",
+            "{scope} lock_timeout = '{}ms'; {scope} statement_timeout = '{}ms'",
             self.lock.as_millis().max(1),
             self.statement.as_millis().max(1),
-            marker.replace('\'', ""),
-            match durable {
-                Durability::WaitForFlush => "",
-                Durability::FlushLater => "; SET LOCAL synchronous_commit = off",
-            }
         )
     }
 }
 
-/// Whether a migration's commit waits for its WAL flush.
+/// Whether a transaction's commit waits for its WAL flush.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     /// Wait (the server's `synchronous_commit` setting).
@@ -539,12 +682,12 @@ pub async fn flush(client: &Client) -> Result<(), DbError> {
 
 /// Prepared bookkeeping statements, reused for every migration of a run.
 pub struct Recorder {
-    history: Prepared,
-    checksum: Prepared,
+    pub(crate) history: Prepared,
+    pub(crate) checksum: Prepared,
 }
 
 impl Recorder {
-    /// Prepares the inserts (the tables must exist).
+    /// Prepares the inserts (the tables must exist, possibly only in the open transaction).
     pub async fn prepare(client: &Client) -> Result<Recorder, DbError> {
         let step = "prepare the history inserts";
         Ok(Recorder {
@@ -563,102 +706,13 @@ impl Recorder {
 /// What applying one migration recorded.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Recorded {
-    /// When the migration's transaction started (RFC 3339, UTC).
+    /// When the migration started (RFC 3339, UTC).
     pub applied_at: String,
     /// Server-side time the migration took.
     pub duration: Duration,
 }
 
-/// Applies one migration in its own transaction and records it, in one pipelined round trip.
-pub async fn apply_one(
-    client: &Client,
-    recorder: &Recorder,
-    migration: &Migration,
-    timeouts: Timeouts,
-    durability: Durability,
-) -> Result<Recorded, DbError> {
-    // BEGIN is awaited on its own: the statements must never run outside a transaction.
-    client
-        .batch_execute(&timeouts.begin(migration.version.as_str(), durability))
-        .await
-        .map_err(DbError::query("begin the migration transaction"))?;
-    let statements = migration.statement_texts();
-    let version = migration.version.as_str();
-    let history_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-        [&version, &migration.name, &statements];
-    let checksum_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-        [&version, &migration.checksum];
-    let (executed, history, checksum, committed) = futures::join!(
-        join_all(statements.iter().map(|s| client.batch_execute(s))),
-        client.execute(&recorder.history, &history_params),
-        client.query_opt(&recorder.checksum, &checksum_params),
-        client.batch_execute("COMMIT"),
-    );
-    if let Some((index, error)) = executed
-        .into_iter()
-        .enumerate()
-        .find_map(|(i, r)| r.err().map(|e| (i, e)))
-    {
-        // The pipelined COMMIT ran in an aborted transaction, which Postgres turns into a
-        // rollback; the extra ROLLBACK covers errors that did not abort it (a lost connection).
-        let _ = client.batch_execute("ROLLBACK").await;
-        return Err(statement_failed(migration, index, &error).into());
-    }
-    let step = "record the migration in the history tables";
-    let recorded = match (history, checksum) {
-        (Ok(1), Ok(Some(row))) => row,
-        (Ok(_), Ok(_)) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(DbError::EndedTransaction {
-                file: migration.file.clone(),
-            });
-        }
-        (Err(e), _) | (_, Err(e)) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(DbError::query(step)(e));
-        }
-    };
-    committed.map_err(DbError::query("commit the migration"))?;
-    let millis: f64 = recorded.get(1);
-    Ok(Recorded {
-        applied_at: recorded.get(0),
-        duration: Duration::from_secs_f64(millis.max(0.0) / 1000.0),
-    })
-}
-
-/// Runs every statement of `migrations`, in order, in one transaction that is rolled back.
-/// Returns the first failure.
-pub async fn dry_run(
-    client: &Client,
-    migrations: &[&Migration],
-    timeouts: Timeouts,
-) -> Result<(), DbError> {
-    client
-        .batch_execute(&timeouts.begin("0", Durability::WaitForFlush))
-        .await
-        .map_err(DbError::query("begin the dry-run transaction"))?;
-    let work: Vec<(&Migration, usize, &str)> = migrations
-        .iter()
-        .flat_map(|m| {
-            m.statements
-                .iter()
-                .enumerate()
-                .map(move |(i, s)| (*m, i, s.text.as_str()))
-        })
-        .collect();
-    let results = join_all(work.iter().map(|(_, _, sql)| client.batch_execute(sql))).await;
-    let rolled_back = client.batch_execute("ROLLBACK").await;
-    if let Some(((migration, index, _), error)) = work
-        .iter()
-        .zip(results)
-        .find_map(|(w, r)| r.err().map(|e| (w, e)))
-    {
-        return Err(statement_failed(migration, *index, &error).into());
-    }
-    rolled_back.map_err(DbError::query("roll back the dry run"))
-}
-
-fn statement_failed(
+pub(crate) fn statement_failed(
     migration: &Migration,
     index: usize,
     error: &tokio_postgres::Error,
@@ -689,6 +743,7 @@ fn statement_failed(
         message,
         sqlstate,
         detail,
+        note: None,
     })
 }
 

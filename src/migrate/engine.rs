@@ -1,15 +1,41 @@
 //! The run pipeline shared by the CLI and the Migration controller:
-//! `connect → lock → history → plan → lint → dry-run → apply → verify → report`.
+//! `connect → lock → history → plan → lint → check → apply → verify → report`.
 //!
-//! [`plan`] is pure (source + history → what is pending, edited, missing);
-//! [`run`] does the I/O and folds every outcome, including errors, into a [`RunReport`],
-//! which is plain data: the CLI prints it, the controller turns it into status, events
-//! and metrics ([`MigrationMetrics::observe`]). Nothing here knows about Kubernetes.
+//! [`plan`] is pure (source + history → what is pending, edited, missing); [`segments`] is
+//! pure (pending files → the transactions they run in); [`run`] does the I/O and folds every
+//! outcome, including errors, into a [`RunReport`], which is plain data: the CLI prints it,
+//! the controller turns it into status, events and metrics ([`MigrationMetrics::observe`]).
+//! Nothing here knows about Kubernetes.
+//!
+//! **How files run.** As `supabase db push` runs them: settings reset before each file,
+//! each file's statements and history rows atomic, files with their own `BEGIN`/`COMMIT`
+//! as written ([`super::shape`], [`super::exec`]).
+//!
+//! **The check before applying** (the default, `dry_run_first`) proves that every pending
+//! file succeeds before any of them is committed, without running the DDL twice:
+//! - The pending files run in **one transaction** that commits only after the last one
+//!   succeeded (each file after `RESET ALL`, each with its own history rows). A failing
+//!   file rolls everything back: nothing is applied, and the error names the file. This is
+//!   the apply itself, as fast as `psql -1`.
+//! - When some file needs a commit before the next one can run (it adds an enum value, which
+//!   Postgres lets no transaction use before it committed, or it runs as written), the
+//!   files run in several transactions (see [`segments`]), and the run is **rehearsed**
+//!   first: on a scratch copy of the database (`CREATE DATABASE … TEMPLATE`, when nobody
+//!   else is connected, the role may create databases and the database is at most
+//!   [`SCRATCH_COPY_MAX_BYTES`]), which proves everything; otherwise in one transaction that
+//!   is rolled back, which proves every file up to the first one that needs an earlier
+//!   file's commit (a use of an enum value added in the run, or a statement that cannot run
+//!   in a transaction). The report says how far the check went ([`Checked`]); the files
+//!   after that point are checked as they run, each transaction still atomic.
+//!
+//! `dry_run_only` runs the check and commits nothing. Without `dry_run_first` each file
+//! commits on its own, as the CLI does: a failure keeps the files before it.
 //!
 //! Guarantees: two runners never apply concurrently (advisory lock; the second waits, then
 //! finds nothing pending); each migration commits together with its history row or not
-//! at all; an applied migration is never re-run, even when its file changed (that is
-//! reported); a blocked or failed run applies nothing more after the point it stopped.
+//! at all (files that run as written: their history row after them); an applied migration
+//! is never re-run, even when its file changed (that is reported); a blocked or failed run
+//! applies nothing more after the point it stopped.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -17,9 +43,15 @@ use std::time::{Duration, Instant};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts};
 
 use super::db::{self, AppliedRow, DbError, Durability, StatementFailed, Timeouts, VerifyResult};
-use super::lint::{Finding, LintPolicy, lint_all};
-use super::source::{Migration, MigrationSet};
+use super::exec::{End, Session};
+use super::lint::{self, Finding, LintPolicy};
+use super::scratch::CopyFailure;
+use super::shape::{Shape, StatementKind};
+use super::source::{Migration, MigrationSet, Skipped};
 use crate::telemetry::MetricsRegistry;
+
+/// The largest database Tether copies for a rehearsal (`pg_database_size`).
+pub const SCRATCH_COPY_MAX_BYTES: i64 = 256 * 1024 * 1024;
 
 /// Everything a run needs besides the migrations and the database URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,10 +64,22 @@ pub struct RunSpec {
     pub statement_timeout: Duration,
     /// How long to wait for another runner's advisory lock.
     pub advisory_lock_wait: Duration,
-    /// Run all pending migrations in a rolled-back transaction before applying any.
+    /// Prove that every pending file succeeds before committing any (see the module
+    /// documentation); without it each file commits on its own.
     pub dry_run_first: bool,
-    /// Stop after the dry run (apply nothing).
+    /// Only check (apply nothing).
     pub dry_run_only: bool,
+    /// Apply pending files older than the newest applied version (the CLI's
+    /// `--include-all`); without it such files stop the run before anything is applied.
+    pub include_all: bool,
+    /// Applied versions without a file in the source are only reported; without it they
+    /// stop the run before anything is applied, as they stop `supabase db push`.
+    pub allow_missing: bool,
+    /// Applied files that changed since stop the run before anything is applied.
+    pub strict: bool,
+    /// Rehearse on a scratch copy of the database when one transaction cannot check the
+    /// whole run and the database allows a copy.
+    pub scratch_copy: bool,
     /// Tables that must exist after applying (`schema.table`, or `table` in `public`).
     pub verify_tables: Vec<String>,
     /// Tables that must have row-level security enabled after applying.
@@ -51,6 +95,10 @@ impl Default for RunSpec {
             advisory_lock_wait: Duration::from_secs(300),
             dry_run_first: true,
             dry_run_only: false,
+            include_all: false,
+            allow_missing: false,
+            strict: false,
+            scratch_copy: true,
             verify_tables: Vec::new(),
             verify_rls: Vec::new(),
         }
@@ -68,6 +116,9 @@ pub struct Changed {
     pub evidence: &'static str,
 }
 
+/// What to do about an applied file that changed, in a sentence.
+pub const CHANGED_HINT: &str = "Tether never re-runs an applied file: restore it as it was applied (e.g. git checkout -- <file>) and put the change in a new migration (supabase migration new <name>)";
+
 /// What a run would do, from the source and the history alone.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -77,7 +128,7 @@ pub struct Plan {
     pub changed: Vec<Changed>,
     /// Applied versions with no file in the source.
     pub missing: Vec<String>,
-    /// Pending versions older than the newest applied one (applied anyway, in order).
+    /// Pending versions older than the newest applied one.
     pub out_of_order: Vec<String>,
 }
 
@@ -102,9 +153,13 @@ pub fn plan(source: &MigrationSet, history: &[AppliedRow]) -> Plan {
                     (Some(sum), _) if *sum != migration.checksum => {
                         Some("sha256 differs from the one recorded at apply time")
                     }
-                    (None, Some(stored)) if *stored != migration.statement_texts() => Some(
-                        "statements differ from the ones in supabase_migrations.schema_migrations",
-                    ),
+                    (None, Some(stored))
+                        if !same_statements(stored, &migration.statement_texts()) =>
+                    {
+                        Some(
+                            "statements differ from the ones in supabase_migrations.schema_migrations",
+                        )
+                    }
                     _ => None,
                 };
                 if let Some(evidence) = evidence {
@@ -124,6 +179,111 @@ pub fn plan(source: &MigrationSet, history: &[AppliedRow]) -> Plan {
     missing.sort_by(|a, b| a.version.cmp(&b.version));
     out.missing = missing.into_iter().map(|row| row.version.clone()).collect();
     out
+}
+
+/// The CLI keeps a file's leading byte-order mark in its first statement; Tether does not.
+fn same_statements(stored: &[String], local: &[String]) -> bool {
+    stored.len() == local.len()
+        && stored.iter().zip(local).enumerate().all(|(i, (a, b))| {
+            let a = if i == 0 {
+                a.trim_start_matches('\u{feff}')
+            } else {
+                a
+            };
+            a == b
+        })
+}
+
+/// One transaction of a run, or a file that runs as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Segment<'a> {
+    /// Files that run in one transaction, in order.
+    Together(Vec<&'a Migration>),
+    /// A file that manages its own transactions (see [`Shape::AsWritten`]).
+    AsWritten(&'a Migration),
+}
+
+/// How `pending` runs: with `per_file`, each file in a transaction of its own (the CLI's
+/// way); otherwise as few transactions as the files allow: a new one starts after a file
+/// that adds an enum value (its use needs the commit), and a file that runs as written
+/// stands alone. Pure.
+pub fn segments(pending: &[Migration], per_file: bool) -> Vec<Segment<'_>> {
+    let mut out = Vec::new();
+    let mut current: Vec<&Migration> = Vec::new();
+    for migration in pending {
+        if let Shape::AsWritten { .. } = migration.shape.shape {
+            if !current.is_empty() {
+                out.push(Segment::Together(std::mem::take(&mut current)));
+            }
+            out.push(Segment::AsWritten(migration));
+            continue;
+        }
+        current.push(migration);
+        if per_file || !migration.shape.adds_enum_values.is_empty() {
+            out.push(Segment::Together(std::mem::take(&mut current)));
+        }
+    }
+    if !current.is_empty() {
+        out.push(Segment::Together(current));
+    }
+    out
+}
+
+/// How the files of a run were proven before anything was committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckedBy {
+    /// The run was one transaction, committed only after every file succeeded.
+    OneTransaction,
+    /// A transaction that ran the files and was rolled back.
+    Rehearsal,
+    /// The whole run, applied to a scratch copy of the database that was dropped again.
+    ScratchCopy,
+}
+
+/// What the check before applying proved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    /// How.
+    pub by: CheckedBy,
+    /// How many pending files (from the first) were proven before anything was committed.
+    pub files: usize,
+    /// How many files were pending.
+    pub total: usize,
+    /// Why the check stopped before the last file, if it did.
+    pub stopped: Option<String>,
+    /// Why there was no scratch copy, when one would have checked more.
+    pub no_copy: Option<String>,
+}
+
+impl fmt::Display for Checked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (n, total) = (self.files, self.total);
+        match self.by {
+            CheckedBy::OneTransaction => write!(
+                f,
+                "all {total} pending files ran in one transaction, committed only after every one succeeded"
+            )?,
+            CheckedBy::ScratchCopy => write!(
+                f,
+                "all {total} pending files were applied to a scratch copy of the database first"
+            )?,
+            CheckedBy::Rehearsal if n == total => write!(
+                f,
+                "all {total} pending files ran in a transaction that was rolled back before applying"
+            )?,
+            CheckedBy::Rehearsal => write!(
+                f,
+                "{n} of {total} pending files ran in a transaction that was rolled back before applying"
+            )?,
+        }
+        if let Some(stopped) = &self.stopped {
+            write!(f, "; {stopped}")?;
+        }
+        if let Some(no_copy) = &self.no_copy {
+            write!(f, " (no scratch copy: {no_copy})")?;
+        }
+        Ok(())
+    }
 }
 
 /// Where a run ended (the controller also shows `Pending`, `Linting` and `Applying`
@@ -164,7 +324,7 @@ pub struct Applied {
     pub version: String,
     /// The name.
     pub name: String,
-    /// When its transaction started (RFC 3339, UTC).
+    /// When it started (RFC 3339, UTC).
     pub applied_at: String,
     /// How long it took on the server.
     pub duration: Duration,
@@ -173,12 +333,31 @@ pub struct Applied {
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The dry run failed: nothing was applied.
+    /// A file failed before anything was committed: nothing was applied.
     #[error("dry run failed, nothing was applied: {0}")]
     DryRun(Box<StatementFailed>),
     /// A migration failed; the ones before it are applied, it left no trace.
     #[error(transparent)]
     Apply(Box<StatementFailed>),
+    /// Applied versions have no file in the source (as `supabase db push`, nothing is applied).
+    #[error(
+        "failed to apply: the database has migrations that are not in the source: {}. Make sure the migrations directory is up to date (git pull); if they were removed on purpose, mark them reverted: supabase migration repair --status reverted {}",
+        .0.join(", "),
+        .0.join(" ")
+    )]
+    MissingLocal(Vec<String>),
+    /// Pending files are older than the newest applied version and `include_all` is off.
+    #[error(
+        "failed to apply: these pending files are older than the newest applied migration: {}. Rerun with --include-all to apply them",
+        .0.join(", ")
+    )]
+    OutOfOrder(Vec<String>),
+    /// Applied files changed since and `strict` is on.
+    #[error(
+        "failed to apply (--strict): applied migrations changed since they were applied: {}. {CHANGED_HINT}",
+        .0.iter().map(|c| format!("{} ({})", c.version, c.file)).collect::<Vec<_>>().join(", ")
+    )]
+    Changed(Vec<Changed>),
     /// Connecting, locking or bookkeeping failed.
     #[error(transparent)]
     Database(DbError),
@@ -189,7 +368,7 @@ impl RunError {
     pub fn statement(&self) -> Option<&StatementFailed> {
         match self {
             RunError::DryRun(s) | RunError::Apply(s) => Some(s),
-            RunError::Database(_) => None,
+            _ => None,
         }
     }
 
@@ -198,6 +377,9 @@ impl RunError {
         match self {
             RunError::DryRun(_) => "DryRunFailed",
             RunError::Apply(_) => "MigrationFailed",
+            RunError::MissingLocal(_) => "MissingLocalMigrations",
+            RunError::OutOfOrder(_) => "OutOfOrderMigrations",
+            RunError::Changed(_) => "MigrationEdited",
             RunError::Database(DbError::LockBusy { .. }) => "LockBusy",
             RunError::Database(DbError::Connect { .. } | DbError::BadUrl { .. }) => "ConnectFailed",
             RunError::Database(_) => "DatabaseError",
@@ -212,14 +394,22 @@ pub struct RunReport {
     pub phase: Phase,
     /// Versions pending when the run started.
     pub pending: Vec<String>,
+    /// Pending versions older than the newest applied one.
+    pub out_of_order: Vec<String>,
+    /// Pending files that run as written, with the reason.
+    pub as_written: Vec<(String, String)>,
     /// Migrations this run applied, in order.
     pub applied: Vec<Applied>,
     /// Applied migrations whose files changed since.
     pub changed: Vec<Changed>,
     /// Applied versions missing from the source.
     pub missing: Vec<String>,
+    /// `*.sql` files of the source directory that are not migrations.
+    pub skipped: Vec<Skipped>,
     /// Lint findings for the pending migrations.
     pub findings: Vec<Finding>,
+    /// What the check before applying proved (when one ran).
+    pub checked: Option<Checked>,
     /// Verify checks (empty unless the run reached them).
     pub verify: Vec<VerifyResult>,
     /// The history as the run left it (every applied migration, by any tool).
@@ -242,10 +432,14 @@ impl RunReport {
         RunReport {
             phase: Phase::Pending,
             pending: Vec::new(),
+            out_of_order: Vec::new(),
+            as_written: Vec::new(),
             applied: Vec::new(),
             changed: Vec::new(),
             missing: Vec::new(),
+            skipped: Vec::new(),
             findings: Vec::new(),
+            checked: None,
             verify: Vec::new(),
             recorded: Vec::new(),
             error: None,
@@ -269,6 +463,7 @@ impl RunReport {
 pub async fn run(spec: &RunSpec, source: &MigrationSet, database_url: &str) -> RunReport {
     let started = Instant::now();
     let mut report = RunReport::new();
+    report.skipped = source.skipped().to_vec();
     if let Err(error) = run_inner(spec, source, database_url, &mut report).await {
         report.phase = Phase::Failed;
         report.error = Some(error);
@@ -277,21 +472,54 @@ pub async fn run(spec: &RunSpec, source: &MigrationSet, database_url: &str) -> R
     report
 }
 
+/// What the locked part of a run asks of the connection-level loop.
+enum Next {
+    /// The run is over.
+    Done,
+    /// Rehearse these pending files on a scratch copy, then come back.
+    CopyFirst(Vec<(String, String)>),
+}
+
+/// The outcome of a rehearsal on a scratch copy, for the pending files it rehearsed.
+struct CopyOutcome {
+    /// `(version, checksum)` of the pending files it rehearsed.
+    key: Vec<(String, String)>,
+    /// `Ok`: it proved them all; `Err`: why there was no copy (or the error it found).
+    result: Result<(), CopyFailure>,
+}
+
 async fn run_inner(
     spec: &RunSpec,
     source: &MigrationSet,
     url: &str,
     report: &mut RunReport,
 ) -> Result<(), RunError> {
-    let client = db::connect(url).await.map_err(RunError::Database)?;
-    db::lock(&client, spec.advisory_lock_wait)
-        .await
-        .map_err(RunError::Database)?;
-    let outcome = locked(spec, source, &client, report).await;
-    // Closing the connection releases the lock as well; unlocking first is just tidy.
-    let unlocked = db::unlock(&client).await;
-    outcome?;
-    unlocked.map_err(RunError::Database)
+    let mut copy: Option<CopyOutcome> = None;
+    loop {
+        let client = db::connect(url).await.map_err(RunError::Database)?;
+        db::lock(&client, spec.advisory_lock_wait)
+            .await
+            .map_err(RunError::Database)?;
+        let outcome = locked(spec, source, &client, report, copy.as_ref()).await;
+        // Closing the connection releases the lock as well; unlocking first is just tidy.
+        let unlocked = db::unlock(&client).await;
+        match outcome? {
+            Next::Done => return unlocked.map_err(RunError::Database),
+            Next::CopyFirst(key) => {
+                // A template database must have no sessions, this one included.
+                drop(client);
+                let result = super::scratch::rehearse(url, spec, source, &key).await;
+                copy = Some(CopyOutcome { key, result });
+            }
+        }
+    }
+}
+
+fn key_of(pending: &[Migration]) -> Vec<(String, String)> {
+    pending
+        .iter()
+        .map(|m| (m.version.to_string(), m.checksum.clone()))
+        .collect()
 }
 
 async fn locked(
@@ -299,22 +527,49 @@ async fn locked(
     source: &MigrationSet,
     client: &tokio_postgres::Client,
     report: &mut RunReport,
-) -> Result<(), RunError> {
-    db::ensure_tables(client)
-        .await
-        .map_err(RunError::Database)?;
+    copy: Option<&CopyOutcome>,
+) -> Result<Next, RunError> {
     let history = db::read_history(client).await.map_err(RunError::Database)?;
     let plan = plan(source, &history);
     report.recorded = history;
     report.pending = plan.pending.iter().map(|m| m.version.to_string()).collect();
-    report.changed = plan.changed;
-    report.missing = plan.missing;
+    report.out_of_order = plan.out_of_order.clone();
+    report.as_written = plan
+        .pending
+        .iter()
+        .filter_map(|m| match &m.shape.shape {
+            Shape::AsWritten { reason } => Some((m.file.clone(), reason.clone())),
+            _ => None,
+        })
+        .collect();
+    report.changed = plan.changed.clone();
+    report.missing = plan.missing.clone();
 
     report.phase = Phase::Linting;
-    report.findings = lint_all(&plan.pending, &spec.lint);
+    let objects = lint::objects_to_check(&plan.pending);
+    let before = db::existing(client, &objects)
+        .await
+        .map_err(RunError::Database)?;
+    report.findings = lint::lint_against(&plan.pending, &spec.lint, &before);
+
+    if !spec.allow_missing && !plan.missing.is_empty() {
+        return Err(RunError::MissingLocal(plan.missing));
+    }
+    if !spec.include_all && !plan.out_of_order.is_empty() {
+        let files = plan
+            .pending
+            .iter()
+            .filter(|m| plan.out_of_order.contains(&m.version.to_string()))
+            .map(|m| m.file.clone())
+            .collect();
+        return Err(RunError::OutOfOrder(files));
+    }
+    if spec.strict && !plan.changed.is_empty() {
+        return Err(RunError::Changed(plan.changed));
+    }
     if report.blocking().next().is_some() {
         report.phase = Phase::Blocked;
-        return Ok(());
+        return Ok(Next::Done);
     }
 
     report.phase = Phase::Applying;
@@ -322,26 +577,67 @@ async fn locked(
         lock: spec.lock_timeout,
         statement: spec.statement_timeout,
     };
-    if (spec.dry_run_first || spec.dry_run_only) && !plan.pending.is_empty() {
-        let pending: Vec<&Migration> = plan.pending.iter().collect();
-        db::dry_run(client, &pending, timeouts)
-            .await
-            .map_err(|e| match e {
-                DbError::Statement(s) => RunError::DryRun(s),
-                other => RunError::Database(other),
-            })?;
+    let mut session = Session::new(client, timeouts, false);
+    let segments = segments(&plan.pending, !spec.dry_run_first && !spec.dry_run_only);
+    let single = matches!(segments.as_slice(), [Segment::Together(_)]);
+    if !plan.pending.is_empty() && (spec.dry_run_only || (spec.dry_run_first && !single)) {
+        let total = plan.pending.len();
+        let key = key_of(&plan.pending);
+        let copied = copy.filter(|c| c.key == key);
+        let no_copy = match copied.map(|c| &c.result) {
+            Some(Ok(())) => {
+                report.checked = Some(Checked {
+                    by: CheckedBy::ScratchCopy,
+                    files: total,
+                    total,
+                    stopped: None,
+                    no_copy: None,
+                });
+                None
+            }
+            Some(Err(CopyFailure::Failed(failed))) => {
+                return Err(RunError::DryRun(failed.clone()));
+            }
+            Some(Err(CopyFailure::NoCopy(why))) => Some(why.clone()),
+            None if spec.scratch_copy && copy.is_none() && needs_commits(&plan.pending) => {
+                match super::scratch::possible(client).await {
+                    Ok(()) => return Ok(Next::CopyFirst(key)),
+                    Err(why) => Some(why),
+                }
+            }
+            None => None,
+        };
+        if report.checked.is_none() {
+            let mut checked = rehearse(&mut session, &plan.pending).await?;
+            if checked.stopped.is_some() {
+                if spec.scratch_copy && copy.is_none() {
+                    match super::scratch::possible(client).await {
+                        Ok(()) => return Ok(Next::CopyFirst(key)),
+                        Err(why) => checked.no_copy = Some(why),
+                    }
+                } else {
+                    checked.no_copy = no_copy;
+                }
+            }
+            report.checked = Some(checked);
+        }
+    } else if spec.dry_run_first && single {
+        report.checked = Some(Checked {
+            by: CheckedBy::OneTransaction,
+            files: plan.pending.len(),
+            total: plan.pending.len(),
+            stopped: None,
+            no_copy: None,
+        });
     }
     if spec.dry_run_only {
         report.phase = Phase::Pending;
-        return Ok(());
+        return Ok(Next::Done);
     }
-    let recorder = db::Recorder::prepare(client)
-        .await
-        .map_err(RunError::Database)?;
-    if let Err(error) = apply_all(client, &recorder, &plan.pending, timeouts, report).await {
-        // The migrations before the failed one committed without waiting for their WAL
-        // flush; make them durable before reporting them applied (see `db`'s header). On
-        // success the last commit waited for the flush, which covers the earlier ones.
+    if let Err(error) = apply_segments(&mut session, &segments, report, spec.dry_run_first).await {
+        // Transactions before the failed one committed without waiting for their WAL
+        // flush; make them durable before reporting them applied. On success the last
+        // commit waited for the flush, which covers the earlier ones.
         if !report.applied.is_empty()
             && let Err(flush) = db::flush(client).await
         {
@@ -356,45 +652,171 @@ async fn locked(
     report.verify = db::verify(client, &spec.verify_tables, &spec.verify_rls)
         .await
         .map_err(RunError::Database)?;
-    Ok(())
+    Ok(Next::Done)
 }
 
-/// Applies `pending` in order, stopping at the first failure; only the last one waits for
-/// its WAL flush (the caller flushes after a failure).
-async fn apply_all(
-    client: &tokio_postgres::Client,
-    recorder: &db::Recorder,
-    pending: &[Migration],
-    timeouts: Timeouts,
+/// Whether one rolled-back transaction cannot check the whole run, as far as the files
+/// show: a statement that cannot run in a transaction, or a later file that mentions an
+/// enum label an earlier one adds.
+fn needs_commits(pending: &[Migration]) -> bool {
+    pending.iter().enumerate().any(|(i, m)| {
+        m.shape
+            .kinds
+            .iter()
+            .any(|k| matches!(k, StatementKind::NoTransaction(_)))
+            || m.shape.adds_enum_values.iter().any(|label| {
+                let quoted = format!("'{}'", label.replace('\'', "''"));
+                pending[i + 1..]
+                    .iter()
+                    .any(|later| later.sql.contains(&quoted))
+            })
+    })
+}
+
+/// The label in `unsafe use of new value "c" of enum type status`.
+fn unsafe_enum_label(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unsafe use of new value \"")?;
+    let end = rest.rfind("\" of enum type")?;
+    Some(rest[..end].to_string())
+}
+
+/// Runs the pending files in one transaction that is rolled back, up to the first file that
+/// needs an earlier file committed (which ends the check there, not the run).
+async fn rehearse(session: &mut Session<'_>, pending: &[Migration]) -> Result<Checked, RunError> {
+    let total = pending.len();
+    let cut = pending
+        .iter()
+        .position(|m| {
+            m.shape
+                .kinds
+                .iter()
+                .any(|k| matches!(k, StatementKind::NoTransaction(_)))
+        })
+        .unwrap_or(total);
+    let after = |k: usize| match total - k - 1 {
+        0 => String::new(),
+        1 => " and the file after it".to_string(),
+        n => format!(" and the {n} files after it"),
+    };
+    let mut stopped = (cut < total).then(|| {
+        let reason = match &pending[cut].shape.shape {
+            Shape::AsWritten { reason } => reason.clone(),
+            _ => "it has a statement that cannot run in a transaction".into(),
+        };
+        format!(
+            "{} runs as written ({reason}), so it{} are checked as they run",
+            pending[cut].file,
+            after(cut)
+        )
+    });
+    let files: Vec<&Migration> = pending[..cut].iter().collect();
+    let checked = |files: usize, stopped| Checked {
+        by: CheckedBy::Rehearsal,
+        files,
+        total,
+        stopped,
+        no_copy: None,
+    };
+    if files.is_empty() {
+        return Ok(checked(0, stopped));
+    }
+    match session.transaction(&files, End::Rollback).await {
+        Ok(_) => Ok(checked(cut, stopped)),
+        Err(DbError::Statement(failed)) => {
+            let k = files
+                .iter()
+                .position(|m| m.version.as_str() == failed.version)
+                .unwrap_or(0);
+            let adder = (failed.sqlstate.as_deref() == Some("55P04"))
+                .then(|| unsafe_enum_label(&failed.message))
+                .flatten()
+                .and_then(|label| {
+                    let adds = |m: &Migration| m.shape.adds_enum_values.contains(&label);
+                    let earlier = files[..k].iter().find(|m| adds(m));
+                    // A file that runs as written commits between its own statements.
+                    let itself = (matches!(files[k].shape.shape, Shape::AsWritten { .. })
+                        && adds(files[k]))
+                    .then_some(&files[k]);
+                    earlier.or(itself).map(|m| (label.clone(), m.file.clone()))
+                });
+            match adder {
+                Some((label, adder)) => {
+                    stopped = Some(format!(
+                        "{} uses the enum value {label:?} that {adder} adds, which Postgres accepts only once {adder} has committed, so it{} are checked as they run",
+                        files[k].file,
+                        after(k)
+                    ));
+                    Ok(checked(k, stopped))
+                }
+                None => Err(RunError::DryRun(failed)),
+            }
+        }
+        Err(other) => Err(RunError::Database(other)),
+    }
+}
+
+/// Applies `segments` in order, stopping at the first failure; only the last transaction
+/// waits for its WAL flush (the caller flushes after a failure). `checked`: the run is
+/// checked (nothing commits before the files are proven), so a failure before the first
+/// commit is reported as "nothing was applied".
+pub(crate) async fn apply_segments(
+    session: &mut Session<'_>,
+    segments: &[Segment<'_>],
     report: &mut RunReport,
+    checked: bool,
 ) -> Result<(), RunError> {
-    for (i, migration) in pending.iter().enumerate() {
-        let durability = if i + 1 == pending.len() {
+    for (k, segment) in segments.iter().enumerate() {
+        let durability = if k + 1 == segments.len() {
             Durability::WaitForFlush
         } else {
             Durability::FlushLater
         };
-        let recorded = db::apply_one(client, recorder, migration, timeouts, durability)
-            .await
-            .map_err(|e| match e {
-                DbError::Statement(s) => RunError::Apply(s),
-                other => RunError::Database(other),
-            })?;
-        report.applied.push(Applied {
-            version: migration.version.to_string(),
-            name: migration.name.clone(),
-            applied_at: recorded.applied_at,
-            duration: recorded.duration,
-        });
+        let (files, outcome) = match segment {
+            Segment::Together(files) => (
+                files.clone(),
+                session.transaction(files, End::Commit(durability)).await,
+            ),
+            Segment::AsWritten(file) => {
+                (vec![*file], session.as_written(file).await.map(|r| vec![r]))
+            }
+        };
+        let recorded = outcome.map_err(|e| match e {
+            // A transaction rolls back whole: with nothing committed before, nothing is applied.
+            DbError::Statement(s)
+                if checked
+                    && report.applied.is_empty()
+                    && matches!(segment, Segment::Together(_)) =>
+            {
+                RunError::DryRun(s)
+            }
+            DbError::Statement(s) => RunError::Apply(s),
+            other => RunError::Database(other),
+        })?;
+        for (migration, recorded) in files.iter().zip(recorded) {
+            report.applied.push(Applied {
+                version: migration.version.to_string(),
+                name: migration.name.clone(),
+                applied_at: recorded.applied_at,
+                duration: recorded.duration,
+            });
+        }
     }
     Ok(())
 }
 
-/// Reads the history and plans without taking the lock or creating anything.
-pub async fn plan_against(source: &MigrationSet, database_url: &str) -> Result<Plan, DbError> {
+/// Reads the history and plans without taking the lock or creating anything, and lints the
+/// pending files against the database.
+pub async fn plan_against(
+    source: &MigrationSet,
+    database_url: &str,
+    policy: &LintPolicy,
+) -> Result<(Plan, Vec<Finding>), DbError> {
     let client = db::connect(database_url).await?;
     let history = db::read_history(&client).await?;
-    Ok(plan(source, &history))
+    let plan = plan(source, &history);
+    let before = db::existing(&client, &lint::objects_to_check(&plan.pending)).await?;
+    let findings = lint::lint_against(&plan.pending, policy, &before);
+    Ok((plan, findings))
 }
 
 /// The migration metrics, registered into the process's [`MetricsRegistry`].

@@ -5,8 +5,17 @@
 //! CASCADE`). A [`Finding`] carries the rule, the migration version, the statement, its
 //! line, squawk's message and a fix hint. Destructive rules (data loss or breaking
 //! renames) block the run unless the spec sets `allowDestructive` or acknowledges that
-//! rule for that migration; transaction control in a file (`BEGIN`/`COMMIT`, which would
-//! end Tether's own transaction) always blocks; every other finding is a warning.
+//! rule for that migration; every other finding is a warning (including squawk's
+//! `transaction-nesting`: Tether runs a file with its own `BEGIN`/`COMMIT` as written, see
+//! [`super::shape`]).
+//!
+//! Lint knows the database ([`lint_against`]): a destructive statement on an object that
+//! holds no data before the run — it did not exist, or a pending file created it earlier in
+//! the same run (`create table t …` in one file, `drop table t` in a later one, as a history
+//! replayed onto a fresh database has) — stays a finding, says why nothing is lost, and does
+//! not block. What existed before the run still blocks. Without a database
+//! (`tether migrate lint DIR`) nothing is known about what is applied, so such findings
+//! block and say that `plan` can tell.
 //!
 //! Rules left out on purpose: squawk's style preferences (`prefer-bigint-over-int`,
 //! `prefer-text-field`, `prefer-robust-stmts`, …), which are taste rather than safety, and
@@ -15,6 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::ops::Range;
 
 use squawk_linter::{Linter, Rule};
 use squawk_syntax::SourceFile;
@@ -43,13 +53,8 @@ pub const DESTRUCTIVE_RULES: &[&str] = &[
     BAN_TRUNCATE,
 ];
 
-/// Rules whose findings always block: a file that ends or nests the transaction Tether
-/// runs it in cannot be applied atomically, whatever the spec allows.
-/// Tether checks this one itself on the syntax tree (instead of running squawk's rule), so
-/// a `squawk-ignore` comment cannot silence it.
-pub const TRANSACTION_RULES: &[&str] = &[TRANSACTION_NESTING];
-
-/// `BEGIN`, `COMMIT`, `ROLLBACK` (or `END`, `ABORT`) in a migration file.
+/// squawk's rule for `BEGIN`/`COMMIT`/`ROLLBACK` in a file (a warning: such files run as
+/// written, see [`super::shape`]).
 pub const TRANSACTION_NESTING: &str = "transaction-nesting";
 
 /// squawk rules Tether does not run (style preferences, not safety).
@@ -62,9 +67,6 @@ const STYLE_RULES: &[Rule] = &[
     Rule::PreferTimestampTz,
     Rule::BanCharField,
     Rule::PreferRepack,
-    // Replaced by Tether's own, unsuppressible check (see TRANSACTION_RULES).
-    Rule::TransactionNesting,
-    Rule::BanUncommittedTransaction,
 ];
 
 /// What the run allows and which findings the user has acknowledged.
@@ -107,6 +109,12 @@ pub struct Finding {
     pub destructive: bool,
     /// The spec acknowledges this rule for this migration.
     pub acknowledged: bool,
+    /// A destructive finding on something that holds no data before this run; `context`
+    /// says why. Such a finding does not block.
+    pub no_data: bool,
+    /// What Tether knows about the objects involved (why nothing is lost, or how to find
+    /// out), when it knows something.
+    pub context: Option<String>,
     /// This finding stops the run.
     pub blocking: bool,
 }
@@ -116,6 +124,8 @@ impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let tag = if self.blocking {
             " [blocking]"
+        } else if self.no_data {
+            " [no data lost]"
         } else if self.acknowledged {
             " [acknowledged]"
         } else {
@@ -123,14 +133,28 @@ impl fmt::Display for Finding {
         };
         write!(
             f,
-            "{}:{} {}{}: {} ({})",
-            self.file, self.line, self.rule, tag, self.message, self.hint
-        )
+            "{}:{} {}{}: {}",
+            self.file, self.line, self.rule, tag, self.message
+        )?;
+        if let Some(context) = &self.context {
+            write!(f, " {context}")?;
+        }
+        write!(f, " ({})", self.hint)
     }
 }
 
-/// Lints one migration under `policy`. Findings are in file order.
+/// Lints one migration under `policy`, knowing nothing about the database. Findings are in
+/// file order.
 pub fn lint_migration(migration: &Migration, policy: &LintPolicy) -> Vec<Finding> {
+    let mut simulation = Simulation::new(None);
+    lint_one(migration, policy, &mut simulation)
+}
+
+fn lint_one(
+    migration: &Migration,
+    policy: &LintPolicy,
+    simulation: &mut Simulation<'_>,
+) -> Vec<Finding> {
     let parse = SourceFile::parse(&migration.sql);
     let mut linter = if policy.require_timeouts {
         Linter::with_rules(&[Rule::RequireTimeoutSettings], STYLE_RULES)
@@ -154,29 +178,49 @@ pub fn lint_migration(migration: &Migration, policy: &LintPolicy) -> Vec<Finding
             )
         })
         .collect();
-    for stmt in parse.tree().stmts() {
-        let start = usize::from(stmt.syntax().text_range().start());
-        match stmt {
-            ast::Stmt::Truncate(_) => raw.push((
-                start,
+    let statements: Vec<ast::Stmt> = parse.tree().stmts().collect();
+    for stmt in &statements {
+        if let ast::Stmt::Truncate(_) = stmt {
+            raw.push((
+                usize::from(stmt.syntax().text_range().start()),
                 BAN_TRUNCATE.to_string(),
                 "TRUNCATE deletes every row of the table.".to_string(),
                 None,
-            )),
-            ast::Stmt::Begin(_) | ast::Stmt::Commit(_) | ast::Stmt::Rollback(_) => raw.push((
-                start,
-                TRANSACTION_NESTING.to_string(),
-                "Tether runs each migration in its own transaction; this statement would start or end it in the middle of the file.".to_string(),
-                None,
-            )),
-            _ => {}
+            ));
         }
     }
     raw.sort_by_key(|(offset, ..)| *offset);
+    // What each destructive finding touches, judged against what exists at that statement.
+    let mut verdicts: Vec<(Range<usize>, Option<Verdict>)> = Vec::new();
+    for stmt in &statements {
+        for (range, targets) in destructive_targets(stmt) {
+            let verdict = simulation.judge(&targets);
+            verdicts.push((range, verdict));
+        }
+        simulation.apply(stmt, &migration.file);
+    }
     raw.into_iter()
         .map(|(offset, rule, message, help)| {
             let destructive = DESTRUCTIVE_RULES.contains(&rule.as_str());
             let acknowledged = policy.is_acknowledged(migration.version.as_str(), &rule);
+            let verdict = if destructive && rule != "ban-drop-database" {
+                verdicts
+                    .iter()
+                    .find(|(range, _)| range.contains(&offset))
+                    .and_then(|(_, v)| v.clone())
+            } else {
+                None
+            };
+            let (no_data, context) = match verdict {
+                Some(Verdict::NoData(why)) => (true, Some(format!("Not blocking: {why}."))),
+                Some(Verdict::CreatedInDirectory(why)) => (
+                    false,
+                    Some(format!(
+                        "{why}: if that file is not applied yet where this runs, nothing is lost (`tether migrate plan` checks against the database)."
+                    )),
+                ),
+                None => (false, None),
+            };
             Finding {
                 hint: hint_for(&rule)
                     .map(str::to_string)
@@ -188,10 +232,11 @@ pub fn lint_migration(migration: &Migration, policy: &LintPolicy) -> Vec<Finding
                 line: line_of(&migration.sql, offset),
                 version: migration.version.to_string(),
                 file: migration.file.clone(),
-                blocking: TRANSACTION_RULES.contains(&rule.as_str())
-                    || (destructive && !acknowledged && !policy.allow_destructive),
+                blocking: destructive && !acknowledged && !policy.allow_destructive && !no_data,
                 destructive,
                 acknowledged,
+                no_data,
+                context,
                 message,
                 rule,
             }
@@ -199,15 +244,545 @@ pub fn lint_migration(migration: &Migration, policy: &LintPolicy) -> Vec<Finding
         .collect()
 }
 
-/// Lints every migration of `migrations`.
+/// Lints every migration of `migrations`, knowing nothing about the database (objects a
+/// file creates are noted on later findings, but nothing is unblocked).
 pub fn lint_all<'a>(
     migrations: impl IntoIterator<Item = &'a Migration>,
     policy: &LintPolicy,
 ) -> Vec<Finding> {
+    let mut simulation = Simulation::new(None);
     migrations
         .into_iter()
-        .flat_map(|m| lint_migration(m, policy))
+        .flat_map(|m| lint_one(m, policy, &mut simulation))
         .collect()
+}
+
+/// Lints the pending migrations of a run, in order, knowing which objects existed before
+/// it (`before`, from [`objects_to_check`] and [`super::db::existing`]): a destructive
+/// finding on an object that did not exist, or that a pending file created earlier in the
+/// run, does not block.
+pub fn lint_against<'a>(
+    pending: impl IntoIterator<Item = &'a Migration>,
+    policy: &LintPolicy,
+    before: &BTreeMap<Object, bool>,
+) -> Vec<Finding> {
+    let mut simulation = Simulation::new(Some(before));
+    pending
+        .into_iter()
+        .flat_map(|m| lint_one(m, policy, &mut simulation))
+        .collect()
+}
+
+/// A database object lint reasons about.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Object {
+    /// A table, view, materialized view or foreign table (one namespace in Postgres).
+    Relation {
+        /// Schema (`public` when the statement does not name one).
+        schema: String,
+        /// Name.
+        name: String,
+    },
+    /// A column of a relation.
+    Column {
+        /// Schema of the table.
+        schema: String,
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// A type.
+    Type {
+        /// Schema.
+        schema: String,
+        /// Name.
+        name: String,
+    },
+    /// A schema.
+    Schema {
+        /// Name.
+        name: String,
+    },
+}
+
+impl Object {
+    /// The relation a column belongs to.
+    fn table(&self) -> Option<Object> {
+        match self {
+            Object::Column { schema, table, .. } => Some(Object::Relation {
+                schema: schema.clone(),
+                name: table.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Object {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Object::Relation { schema, name } => write!(f, "{schema}.{name}"),
+            Object::Column {
+                schema,
+                table,
+                column,
+            } => write!(f, "column {schema}.{table}.{column}"),
+            Object::Type { schema, name } => write!(f, "type {schema}.{name}"),
+            Object::Schema { name } => write!(f, "schema {name}"),
+        }
+    }
+}
+
+/// Every object the pending migrations create, drop or change destructively: what
+/// [`lint_against`] needs to know about the database.
+pub fn objects_to_check<'a>(pending: impl IntoIterator<Item = &'a Migration>) -> Vec<Object> {
+    let mut out = BTreeSet::new();
+    for migration in pending {
+        let parse = SourceFile::parse(&migration.sql);
+        for stmt in parse.tree().stmts() {
+            for (_, targets) in destructive_targets(&stmt) {
+                out.extend(targets);
+            }
+            out.extend(created(&stmt).into_iter().map(|(object, _)| object));
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Why a destructive finding loses nothing (or might not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Nothing is lost: the sentence says why.
+    NoData(String),
+    /// Without a database: a file earlier in the directory creates it.
+    CreatedInDirectory(String),
+}
+
+/// What exists as the pending statements run, one after the other.
+struct Simulation<'a> {
+    /// What existed before the run (`None`: unknown, no database).
+    before: Option<&'a BTreeMap<Object, bool>>,
+    /// Objects created by this run so far, with the file that created them.
+    created: BTreeMap<Object, String>,
+    /// Objects that existed before the run and are gone now (dropped, renamed away).
+    gone: BTreeSet<Object>,
+    /// Names that hold data from before the run under a new name (renamed to).
+    renamed_to: BTreeSet<Object>,
+}
+
+impl<'a> Simulation<'a> {
+    fn new(before: Option<&'a BTreeMap<Object, bool>>) -> Self {
+        Simulation {
+            before,
+            created: BTreeMap::new(),
+            gone: BTreeSet::new(),
+            renamed_to: BTreeSet::new(),
+        }
+    }
+
+    /// Whether `object` existed before the run (`None`: unknown).
+    fn existed(&self, object: &Object) -> Option<bool> {
+        let before = self.before?;
+        if let Some(table) = object.table()
+            && before.get(&table) == Some(&false)
+        {
+            return Some(false);
+        }
+        Some(before.get(object).copied().unwrap_or(true))
+    }
+
+    /// Whether `object` holds data from before the run right now.
+    fn holds_old_data(&self, object: &Object) -> bool {
+        if self.renamed_to.contains(object) {
+            return true;
+        }
+        if self.created.contains_key(object)
+            || object
+                .table()
+                .is_some_and(|t| self.created.contains_key(&t))
+        {
+            return false;
+        }
+        if self.gone.contains(object) || object.table().is_some_and(|t| self.gone.contains(&t)) {
+            return false;
+        }
+        self.existed(object) != Some(false)
+    }
+
+    /// The verdict for a destructive statement on all of `targets` (`None`: it may lose data).
+    fn judge(&self, targets: &[Object]) -> Option<Verdict> {
+        if targets.is_empty() {
+            return None;
+        }
+        let mut reasons = Vec::new();
+        for target in targets {
+            let origin = self
+                .created
+                .get(target)
+                .map(|f| (target.clone(), f))
+                .or_else(|| {
+                    let table = target.table()?;
+                    self.created.get(&table).map(|f| (table, f))
+                });
+            if self.before.is_none() {
+                // No database: a file of the directory creating it is worth saying, not more.
+                let (object, file) = origin?;
+                if self.renamed_to.contains(target) {
+                    return None;
+                }
+                reasons.push(format!(
+                    "{object} is created by {file} earlier in this directory"
+                ));
+                continue;
+            }
+            if self.holds_old_data(target) {
+                return None;
+            }
+            reasons.push(match origin {
+                Some((object, file)) => format!(
+                    "{object} is created by {file} earlier in this run and holds no data before it"
+                ),
+                None => format!("{target} does not exist before this run"),
+            });
+        }
+        let reasons = reasons.join("; ");
+        Some(if self.before.is_none() {
+            Verdict::CreatedInDirectory(reasons)
+        } else {
+            Verdict::NoData(reasons)
+        })
+    }
+
+    /// Whether `object` exists now, as far as the simulation knows (unknown counts as yes).
+    fn exists_now(&self, object: &Object) -> bool {
+        self.created.contains_key(object)
+            || self.renamed_to.contains(object)
+            || (self.existed(object) != Some(false) && !self.gone.contains(object))
+    }
+
+    fn drop(&mut self, object: &Object) {
+        if self.created.remove(object).is_none() && self.existed(object) != Some(false) {
+            self.gone.insert(object.clone());
+        }
+        self.renamed_to.remove(object);
+        if matches!(object, Object::Relation { .. }) {
+            self.created
+                .retain(|o, _| o.table().as_ref() != Some(object));
+        }
+    }
+
+    fn rename(&mut self, from: &Object, to: Object) {
+        let origin = self.created.remove(from);
+        let old_data = self.renamed_to.remove(from) || origin.is_none();
+        if origin.is_none() && self.existed(from) != Some(false) {
+            self.gone.insert(from.clone());
+        }
+        match origin {
+            Some(file) => {
+                self.created.insert(to, file);
+            }
+            None if old_data && self.existed(from) != Some(false) => {
+                self.renamed_to.insert(to);
+            }
+            None => {}
+        }
+    }
+
+    /// Records what `stmt` creates, drops and renames.
+    fn apply(&mut self, stmt: &ast::Stmt, file: &str) {
+        for (object, if_not_exists) in created(stmt) {
+            if !(if_not_exists && self.exists_now(&object)) {
+                self.gone.remove(&object);
+                self.created.insert(object, file.to_string());
+            }
+        }
+        match stmt {
+            ast::Stmt::DropTable(_)
+            | ast::Stmt::DropForeignTable(_)
+            | ast::Stmt::DropView(_)
+            | ast::Stmt::DropMaterializedView(_)
+            | ast::Stmt::DropType(_)
+            | ast::Stmt::DropSchema(_) => {
+                for (_, targets) in destructive_targets(stmt) {
+                    for target in &targets {
+                        self.drop(target);
+                    }
+                }
+            }
+            ast::Stmt::AlterTable(alter) => {
+                let Some(table) = alter
+                    .table_relation_name()
+                    .and_then(|n| n.table_name_ref())
+                    .map(|n| relation(&n.syntax().text().to_string()))
+                else {
+                    return;
+                };
+                for action in alter.actions() {
+                    match action {
+                        ast::AlterTableAction::DropColumn(drop) => {
+                            if let Some(column) = drop.column_name_ref() {
+                                self.drop(&column_of(&table, &column.syntax().text().to_string()));
+                            }
+                        }
+                        ast::AlterTableAction::RenameColumn(rename) => {
+                            if let (Some(from), Some(to)) =
+                                (rename.column_name_ref(), rename.column_name())
+                            {
+                                let from = column_of(&table, &from.syntax().text().to_string());
+                                let to = column_of(&table, &to.syntax().text().to_string());
+                                self.rename(&from, to);
+                            }
+                        }
+                        ast::AlterTableAction::TableRenameTo(rename) => {
+                            if let (Object::Relation { schema, .. }, Some(name)) =
+                                (&table, rename.table_name())
+                            {
+                                let (_, name) = qualified(&name.syntax().text().to_string());
+                                let to = Object::Relation {
+                                    schema: schema.clone(),
+                                    name,
+                                };
+                                self.rename(&table, to);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The objects a statement creates, each with whether it says `IF NOT EXISTS` (or `OR
+/// REPLACE`): such a statement creates nothing when the object is already there.
+fn created(stmt: &ast::Stmt) -> Vec<(Object, bool)> {
+    let text = |node: &squawk_syntax::SyntaxNode| node.text().to_string();
+    match stmt {
+        ast::Stmt::CreateTable(t) => t
+            .table_name()
+            .map(|n| (relation(&text(n.syntax())), t.if_not_exists().is_some()))
+            .into_iter()
+            .collect(),
+        ast::Stmt::CreateForeignTable(t) => t
+            .table_name()
+            .map(|n| (relation(&text(n.syntax())), t.if_not_exists().is_some()))
+            .into_iter()
+            .collect(),
+        ast::Stmt::CreateView(v) => v
+            .view()
+            .map(|n| (relation(&text(n.syntax())), v.or_replace().is_some()))
+            .into_iter()
+            .collect(),
+        ast::Stmt::CreateMaterializedView(v) => v
+            .view()
+            .map(|n| (relation(&text(n.syntax())), v.if_not_exists().is_some()))
+            .into_iter()
+            .collect(),
+        ast::Stmt::CreateType(t) => t
+            .type_name()
+            .map(|n| {
+                let (schema, name) = qualified(&text(n.syntax()));
+                (
+                    Object::Type {
+                        schema: schema.unwrap_or_else(|| "public".into()),
+                        name,
+                    },
+                    false,
+                )
+            })
+            .into_iter()
+            .collect(),
+        ast::Stmt::CreateSchema(s) => s
+            .create_schema_target()
+            .and_then(|t| schema_name(&text(t.syntax())))
+            .map(|name| (Object::Schema { name }, s.if_not_exists().is_some()))
+            .into_iter()
+            .collect(),
+        ast::Stmt::AlterTable(alter) => {
+            let Some(table) = alter
+                .table_relation_name()
+                .and_then(|n| n.table_name_ref())
+                .map(|n| relation(&text(n.syntax())))
+            else {
+                return Vec::new();
+            };
+            alter
+                .actions()
+                .filter_map(|action| match action {
+                    ast::AlterTableAction::AddColumn(add) => add.column_name().map(|c| {
+                        (
+                            column_of(&table, &text(c.syntax())),
+                            add.if_not_exists().is_some(),
+                        )
+                    }),
+                    _ => None,
+                })
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// For each destructive part of a statement, its text range and the objects it destroys
+/// or changes (empty when Tether cannot tell, which keeps the finding blocking).
+fn destructive_targets(stmt: &ast::Stmt) -> Vec<(Range<usize>, Vec<Object>)> {
+    let range = |node: &squawk_syntax::SyntaxNode| {
+        let r = node.text_range();
+        usize::from(r.start())..usize::from(r.end())
+    };
+    let text = |node: &squawk_syntax::SyntaxNode| node.text().to_string();
+    let whole = range(stmt.syntax());
+    match stmt {
+        ast::Stmt::DropTable(d) => vec![(
+            whole,
+            d.table_name_refs()
+                .map(|n| relation(&text(n.syntax())))
+                .collect(),
+        )],
+        ast::Stmt::DropForeignTable(d) => vec![(
+            whole,
+            d.table_name_refs()
+                .map(|n| relation(&text(n.syntax())))
+                .collect(),
+        )],
+        ast::Stmt::DropView(d) => vec![(
+            whole,
+            d.view_refs().map(|n| relation(&text(n.syntax()))).collect(),
+        )],
+        ast::Stmt::DropMaterializedView(d) => vec![(
+            whole,
+            d.view_refs().map(|n| relation(&text(n.syntax()))).collect(),
+        )],
+        ast::Stmt::DropType(d) => vec![(
+            whole,
+            d.type_name_refs()
+                .map(|n| {
+                    let (schema, name) = qualified(&text(n.syntax()));
+                    Object::Type {
+                        schema: schema.unwrap_or_else(|| "public".into()),
+                        name,
+                    }
+                })
+                .collect(),
+        )],
+        ast::Stmt::DropSchema(d) => vec![(
+            whole,
+            d.schema_refs()
+                .filter_map(|n| schema_name(&text(n.syntax())))
+                .map(|name| Object::Schema { name })
+                .collect(),
+        )],
+        ast::Stmt::Truncate(t) => vec![(
+            whole,
+            t.table_list()
+                .map(|list| {
+                    list.table_relation_names()
+                        .filter_map(|n| n.table_name_ref())
+                        .map(|n| relation(&text(n.syntax())))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )],
+        ast::Stmt::AlterTable(alter) => {
+            let Some(table) = alter
+                .table_relation_name()
+                .and_then(|n| n.table_name_ref())
+                .map(|n| relation(&text(n.syntax())))
+            else {
+                return Vec::new();
+            };
+            alter
+                .actions()
+                .filter_map(|action| {
+                    let column = |name: Option<ast::ColumnNameRef>| {
+                        name.map(|c| vec![column_of(&table, &text(c.syntax()))])
+                    };
+                    let targets = match &action {
+                        ast::AlterTableAction::DropColumn(d) => column(d.column_name_ref()),
+                        ast::AlterTableAction::AlterColumn(a) => match a.option() {
+                            Some(ast::AlterColumnOption::SetType(_)) => column(a.column_name_ref()),
+                            _ => None,
+                        },
+                        ast::AlterTableAction::RenameColumn(r) => column(r.column_name_ref()),
+                        ast::AlterTableAction::TableRenameTo(_) => Some(vec![table.clone()]),
+                        _ => None,
+                    }?;
+                    Some((range(action.syntax()), targets))
+                })
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// `schema.name` or `name` (then `public`), quotes removed, unquoted parts lower-cased.
+fn qualified(text: &str) -> (Option<String>, String) {
+    let mut parts = identifier_parts(text);
+    let name = parts.pop().unwrap_or_default();
+    (parts.pop(), name)
+}
+
+fn relation(text: &str) -> Object {
+    let (schema, name) = qualified(text);
+    Object::Relation {
+        schema: schema.unwrap_or_else(|| "public".into()),
+        name,
+    }
+}
+
+fn column_of(table: &Object, column: &str) -> Object {
+    let column = identifier_parts(column).pop().unwrap_or_default();
+    match table {
+        Object::Relation { schema, name } => Object::Column {
+            schema: schema.clone(),
+            table: name.clone(),
+            column,
+        },
+        other => other.clone(),
+    }
+}
+
+/// The schema named in a `CREATE SCHEMA` target or a schema reference (`AUTHORIZATION …`
+/// without a name is the role's name; Tether does not guess it).
+fn schema_name(text: &str) -> Option<String> {
+    let text = text.trim();
+    let lower = text.to_ascii_lowercase();
+    if lower.starts_with("authorization") {
+        return None;
+    }
+    let end = lower.find(" authorization").unwrap_or(text.len());
+    identifier_parts(&text[..end]).pop()
+}
+
+/// Splits `a."B".c` into `["a", "B", "c"]`: quoted parts kept, unquoted lower-cased; an
+/// `ONLY` prefix and a `*` suffix (inheritance) are not part of the name.
+fn identifier_parts(text: &str) -> Vec<String> {
+    let text = text.trim().trim_end_matches('*').trim();
+    let text = match text.get(..5) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("only ") => text[5..].trim_start(),
+        _ => text,
+    };
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                current.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            '.' if !quoted => parts.push(std::mem::take(&mut current)),
+            c if quoted => current.push(c),
+            c if c.is_whitespace() => {}
+            c => current.extend(c.to_lowercase()),
+        }
+    }
+    parts.push(current);
+    parts
 }
 
 /// The statement (as split for the history table) that contains byte `offset`.
@@ -258,8 +833,8 @@ fn hint_for(rule: &str) -> Option<&'static str> {
         "disallowed-unique-constraint" => {
             "create a unique index CONCURRENTLY first, then add the constraint USING INDEX"
         }
-        TRANSACTION_NESTING => {
-            "remove BEGIN/COMMIT/ROLLBACK: Tether already runs each migration in its own transaction (this finding cannot be allowed or acknowledged)"
+        TRANSACTION_NESTING | "ban-uncommitted-transaction" => {
+            "Tether runs a file wrapped in BEGIN; … COMMIT; in one transaction without sending the wrapper; any other transaction control makes the file run as written, statement by statement, so a failure part-way keeps what it committed"
         }
         "ban-concurrent-index-creation-in-transaction" => {
             "CONCURRENTLY cannot run inside the migration's transaction; drop CONCURRENTLY or build the index outside Tether"
@@ -399,24 +974,132 @@ mod tests {
     }
 
     #[test]
-    fn transaction_control_in_a_file_always_blocks() {
-        let mut policy = LintPolicy {
-            allow_destructive: true,
-            ..LintPolicy::default()
-        };
-        policy.acknowledged.insert(
-            "20240101000000".into(),
-            BTreeSet::from(["transaction-nesting".to_string()]),
-        );
+    fn transaction_control_in_a_file_is_a_warning() {
         let findings = lint(
-            "begin;\ncreate table t (id int);\n-- squawk-ignore transaction-nesting\ncommit;\n",
-            &policy,
+            "begin;\ncreate table t (id int);\ncommit;\n",
+            &LintPolicy::default(),
         );
         assert_eq!(
             rules(&findings),
             vec!["transaction-nesting", "transaction-nesting"]
         );
-        assert!(findings.iter().all(|f| f.blocking));
+        assert!(findings.iter().all(|f| !f.blocking), "{findings:?}");
+        assert!(findings[0].hint.contains("as written"));
+    }
+
+    fn migrations(files: &[(&str, &str)]) -> Vec<Migration> {
+        files
+            .iter()
+            .map(|(f, sql)| Migration::new(f, sql.to_string()).unwrap())
+            .collect()
+    }
+
+    fn table(name: &str) -> Object {
+        Object::Relation {
+            schema: "public".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_drop_of_what_an_earlier_pending_file_created_destroys_nothing() {
+        let pending = migrations(&[
+            (
+                "1_a.sql",
+                "create table \"Todos\" (id int);\ncreate table keep (id int);",
+            ),
+            (
+                "2_b.sql",
+                "alter table keep add column note text;\nalter table keep drop column note;\ndrop table public.\"Todos\";\ndrop table keep;",
+            ),
+            (
+                "3_c.sql",
+                "drop table legacy;\ndrop table if exists never_there;\ntruncate old;",
+            ),
+        ]);
+        let objects = objects_to_check(&pending);
+        assert!(objects.contains(&table("Todos")) && objects.contains(&table("legacy")));
+        let before = BTreeMap::from([
+            (table("Todos"), false),
+            (table("keep"), false),
+            (table("legacy"), true),
+            (table("never_there"), false),
+            (table("old"), true),
+        ]);
+        let findings = lint_against(&pending, &LintPolicy::default(), &before);
+        let got: Vec<(&str, &str, bool)> = findings
+            .iter()
+            .map(|f| (f.file.as_str(), f.rule.as_str(), f.blocking))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("2_b.sql", "ban-drop-column", false),
+                ("2_b.sql", "ban-drop-table", false),
+                ("2_b.sql", "ban-drop-table", false),
+                ("3_c.sql", "ban-drop-table", true),
+                ("3_c.sql", "ban-drop-table", false),
+                ("3_c.sql", BAN_TRUNCATE, true),
+            ]
+        );
+        assert_eq!(
+            findings[1].context.as_deref(),
+            Some(
+                "Not blocking: public.Todos is created by 1_a.sql earlier in this run and holds no data before it."
+            )
+        );
+        assert!(
+            findings[1].to_string().contains("[no data lost]"),
+            "{}",
+            findings[1]
+        );
+        assert_eq!(
+            findings[4].context.as_deref(),
+            Some("Not blocking: public.never_there does not exist before this run.")
+        );
+        assert!(findings[3].context.is_none());
+    }
+
+    #[test]
+    fn a_column_added_in_the_run_to_an_existing_table_holds_no_data_but_the_table_does() {
+        let pending = migrations(&[
+            ("1_a.sql", "alter table users add column nickname text;"),
+            (
+                "2_b.sql",
+                "alter table users alter column nickname type varchar(20);\nalter table users drop column email;\nalter table users rename to people;\ndrop table people;",
+            ),
+        ]);
+        let before = BTreeMap::from([(table("users"), true)]);
+        let findings = lint_against(&pending, &LintPolicy::default(), &before);
+        let got: Vec<(&str, bool)> = findings
+            .iter()
+            .map(|f| (f.rule.as_str(), f.blocking))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("changing-column-type", false),
+                ("ban-drop-column", true),
+                ("renaming-table", true),
+                ("ban-drop-table", true),
+            ]
+        );
+    }
+
+    #[test]
+    fn without_a_database_an_earlier_create_is_noted_but_still_blocks() {
+        let files = migrations(&[
+            ("1_a.sql", "create table t (id int);"),
+            ("2_b.sql", "drop table t;"),
+        ]);
+        let findings = lint_all(&files, &LintPolicy::default());
+        assert!(findings[0].blocking);
+        let context = findings[0].context.as_deref().unwrap();
+        assert!(
+            context.contains("public.t is created by 1_a.sql earlier in this directory")
+                && context.contains("tether migrate plan"),
+            "{context}"
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! - [`source`]: migrations from an inline list, a ConfigMap data map or a directory,
 //!   validated and ordered by numeric version.
 //! - [`split`]: statements split exactly as the Supabase CLI splits them.
+//! - [`shape`]: how each file has to run (plain, wrapped in its own `BEGIN`/`COMMIT`, or
+//!   as written), and which files add enum values (a commit must follow them).
 //! - [`lint`]: squawk rules mapped to Tether findings; destructive ones block.
 //! - [`db`]: connection (TLS by `sslmode`), the Supabase history table, Tether's checksum
 //!   table, the advisory lock, pipelined per-migration transactions, verify queries.
@@ -16,8 +18,11 @@
 pub mod cli;
 pub mod db;
 pub mod engine;
+pub mod exec;
 pub mod lint;
 pub mod reconcile;
+pub mod scratch;
+pub mod shape;
 pub mod source;
 pub mod split;
 

@@ -106,6 +106,14 @@ pub fn run_spec(spec: &MigrationSpec) -> Result<RunSpec, SpecError> {
         advisory_lock_wait: Duration::from_secs(30),
         dry_run_first: true,
         dry_run_only: false,
+        // Several Migrations may share a database, each with its own versions: another
+        // Migration's versions are neither missing here nor out of order.
+        include_all: true,
+        allow_missing: true,
+        // An edited file is reported (Ready=False, MigrationEdited) without stopping the
+        // files after it.
+        strict: false,
+        scratch_copy: true,
         verify_tables: verify.tables_exist,
         verify_rls: verify.rls_enabled,
     })
@@ -157,9 +165,12 @@ pub fn status_from(
     now: &str,
 ) -> MigrationStatus {
     let changed: Vec<&str> = report.changed.iter().map(|c| c.version.as_str()).collect();
+    // Only this Migration's versions: other Migrations may share the database, and their
+    // rows are theirs to report.
     let mut applied: Vec<AppliedMigration> = report
         .recorded
         .iter()
+        .filter(|row| !report.missing.contains(&row.version))
         .map(|row| AppliedMigration {
             version: row.version.clone(),
             name: row.name.clone(),
@@ -190,7 +201,10 @@ pub fn status_from(
             version: f.version.clone(),
             rule: f.rule.clone(),
             line: i32::try_from(f.line).unwrap_or(i32::MAX),
-            message: f.message.clone(),
+            message: match &f.context {
+                Some(context) => format!("{} {context}", f.message),
+                None => f.message.clone(),
+            },
             hint: Some(f.hint.clone()),
             blocking: f.blocking,
         })
@@ -535,6 +549,19 @@ mod tests {
         assert_eq!(status.latest_version.as_deref(), Some("10"));
         assert_eq!(status.applied[0].duration_ms, Some(12));
         assert!(status.pending.is_empty());
+        // Another Migration's version in the same database is not this one's.
+        let mut shared = applied_report();
+        shared.missing = vec!["10".into()];
+        let status = status_from(&shared, Some(3), None, "2026-01-02T00:00:00Z");
+        assert_eq!(
+            status
+                .applied
+                .iter()
+                .map(|a| a.version.as_str())
+                .collect::<Vec<_>>(),
+            vec!["2"]
+        );
+        assert_eq!(status.latest_version.as_deref(), Some("2"));
         let ready = &status.conditions[0];
         assert_eq!(
             (

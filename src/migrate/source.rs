@@ -5,6 +5,14 @@
 //! `supabase/migrations/`), and a local directory (the CLI). File names follow the Supabase
 //! CLI's pattern `^([0-9]+)_(.*)\.sql$`; versions are ordered by numeric value, and two
 //! files with the same numeric version are an error rather than a coin toss.
+//!
+//! A directory is read as the Supabase CLI reads `supabase/migrations`: a `*.sql` file whose
+//! name does not match (`seed.sql`, `local_20240107152745_x.sql`) is skipped with a warning
+//! ([`MigrationSet::skipped`]) instead of stopping lint, plan and apply, and so is a first
+//! `<timestamp>_init.sql` older than 20211209000000 (the CLI's legacy init file). An inline
+//! list or a ConfigMap is written for Tether, so a bad name there stays an error. A UTF-8
+//! byte-order mark at the start of a file is not part of its SQL (psql skips it too); the
+//! checksum is still over the file's bytes.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -13,7 +21,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::split::{Statement, split_statements};
+use super::shape::{FileShape, code_start};
+use super::split::{Statement, line_of, split_statements};
 
 /// Why a set of migrations could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -111,20 +120,32 @@ pub struct Migration {
     pub name: String,
     /// The file name it came from (`<version>_<name>.sql`).
     pub file: String,
-    /// The file's full text.
+    /// The file's full text (without a leading byte-order mark).
     pub sql: String,
     /// The statements as the Supabase CLI splits them.
     pub statements: Vec<Statement>,
     /// Lower-case hex sha256 of the file's bytes.
     pub checksum: String,
+    /// How the file has to run (see [`super::shape`]).
+    pub shape: FileShape,
 }
 
 impl Migration {
     /// Parses one migration from its file name and content.
     pub fn new(file: &str, sql: String) -> Result<Migration, SourceError> {
         let (version, name) = parse_file_name(file)?;
-        let statements = split_statements(&sql);
         let checksum = sha256_hex(sql.as_bytes());
+        let sql = match sql.strip_prefix('\u{feff}') {
+            Some(rest) => rest.to_string(),
+            None => sql,
+        };
+        let statements = split_statements(&sql);
+        let shape = FileShape::of(statements.iter().map(|s| {
+            (
+                s.text.as_str(),
+                line_of(&sql, s.offset + code_start(&s.text)),
+            )
+        }));
         Ok(Migration {
             version,
             name,
@@ -132,7 +153,15 @@ impl Migration {
             sql,
             statements,
             checksum,
+            shape,
         })
+    }
+
+    /// The 1-based line statement `index` starts on.
+    pub fn line_of_statement(&self, index: usize) -> usize {
+        self.statements
+            .get(index)
+            .map_or(1, |s| line_of(&self.sql, s.offset))
     }
 
     /// The statement texts, as stored in `schema_migrations.statements`.
@@ -160,10 +189,34 @@ pub fn parse_file_name(file: &str) -> Result<(Version, String), SourceError> {
     Ok((version, name.to_string()))
 }
 
+/// A `*.sql` file of a directory that is not a migration, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// The file name.
+    pub file: String,
+    /// Why it was skipped, as the Supabase CLI words it.
+    pub reason: String,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "skipped {}: {}", self.file, self.reason)
+    }
+}
+
+/// The Supabase CLI's legacy first file, `<14 digits>_init.sql` before 20211209000000.
+fn is_legacy_init(file: &str) -> bool {
+    file.strip_suffix("_init.sql")
+        .filter(|digits| digits.len() == 14 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|digits| digits.parse::<u64>().ok())
+        .is_some_and(|timestamp| timestamp < 20211209000000)
+}
+
 /// A validated set of migrations in version order, with no duplicate versions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MigrationSet {
     migrations: Vec<Migration>,
+    skipped: Vec<Skipped>,
 }
 
 impl MigrationSet {
@@ -180,7 +233,10 @@ impl MigrationSet {
                 second: pair[1].file.clone(),
             });
         }
-        Ok(MigrationSet { migrations })
+        Ok(MigrationSet {
+            migrations,
+            skipped: Vec::new(),
+        })
     }
 
     /// Inline migrations, given as (file name, SQL) pairs.
@@ -207,29 +263,56 @@ impl MigrationSet {
         )
     }
 
-    /// Every `*.sql` file of a directory (not recursive; other files are ignored, as the
-    /// Supabase CLI does). A `.sql` file with a bad name is an error.
+    /// Every `*.sql` file of a directory (not recursive; other files are ignored). A `*.sql`
+    /// file whose name is not `<version>_<name>.sql` is skipped and listed in
+    /// [`MigrationSet::skipped`], as the Supabase CLI skips it.
     pub fn from_dir(dir: &Path) -> Result<MigrationSet, SourceError> {
         let read = |source| SourceError::Read {
             path: dir.to_path_buf(),
             source,
         };
-        let mut migrations = Vec::new();
+        let mut entries = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(read)? {
             let entry = entry.map_err(read)?;
-            let file = entry.file_name().to_string_lossy().into_owned();
-            if !file.ends_with(".sql") || !entry.file_type().map_err(read)?.is_file() {
+            let is_file = entry.file_type().map_err(read)?.is_file();
+            entries.push((entry.file_name().to_string_lossy().into_owned(), is_file));
+        }
+        entries.sort();
+        let mut migrations = Vec::new();
+        let mut skipped = Vec::new();
+        for (i, (file, is_file)) in entries.into_iter().enumerate() {
+            if !file.ends_with(".sql") || !is_file {
                 continue;
             }
-            let bytes = std::fs::read(entry.path()).map_err(|source| SourceError::Read {
-                path: entry.path(),
-                source,
-            })?;
+            if i == 0 && is_legacy_init(&file) {
+                skipped.push(Skipped {
+                    reason: "a <timestamp>_init.sql older than 20211209000000 is not applied; replace \"init\" with a different file name to apply it".into(),
+                    file,
+                });
+                continue;
+            }
+            if parse_file_name(&file).is_err() {
+                skipped.push(Skipped {
+                    reason: "file name must match <version>_<name>.sql (e.g. 20240101120000_create_users.sql); rename it to apply it".into(),
+                    file,
+                });
+                continue;
+            }
+            let path = dir.join(&file);
+            let bytes =
+                std::fs::read(&path).map_err(|source| SourceError::Read { path, source })?;
             let sql = String::from_utf8(bytes)
                 .map_err(|_| SourceError::NotUtf8 { file: file.clone() })?;
             migrations.push(Migration::new(&file, sql)?);
         }
-        MigrationSet::new(migrations)
+        let mut set = MigrationSet::new(migrations)?;
+        set.skipped = skipped;
+        Ok(set)
+    }
+
+    /// `*.sql` files of a directory that were skipped, with the reason.
+    pub fn skipped(&self) -> &[Skipped] {
+        &self.skipped
     }
 
     /// The migrations in version order.
@@ -329,11 +412,39 @@ mod tests {
         let set = MigrationSet::from_dir(dir.path()).unwrap();
         assert_eq!(set.migrations().len(), 2);
         assert_eq!(set.migrations()[0].file, "1_first.sql");
-        std::fs::write(dir.path().join("bad.sql"), "x").unwrap();
-        assert!(matches!(
-            MigrationSet::from_dir(dir.path()),
-            Err(SourceError::BadName { .. })
-        ));
+        std::fs::write(dir.path().join("seed.sql"), "x").unwrap();
+        std::fs::write(dir.path().join("local_20240107152745_ollama.sql"), "x").unwrap();
+        let set = MigrationSet::from_dir(dir.path()).unwrap();
+        assert_eq!(set.migrations().len(), 2);
+        let skipped: Vec<String> = set.skipped().iter().map(ToString::to_string).collect();
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(
+            skipped[0].starts_with(
+                "skipped local_20240107152745_ollama.sql: file name must match <version>_<name>.sql"
+            ),
+            "{skipped:?}"
+        );
+        assert!(skipped[1].starts_with("skipped seed.sql: "), "{skipped:?}");
+    }
+
+    #[test]
+    fn a_legacy_init_file_first_in_the_directory_is_skipped_like_the_cli() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("20211201000000_init.sql"), "x").unwrap();
+        std::fs::write(dir.path().join("20211210000000_a.sql"), "select 1;").unwrap();
+        let set = MigrationSet::from_dir(dir.path()).unwrap();
+        assert_eq!(set.migrations().len(), 1);
+        assert_eq!(set.skipped()[0].file, "20211201000000_init.sql");
+        assert!(!is_legacy_init("20211209000000_init.sql"));
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_sql_but_is_in_the_checksum() {
+        let with = Migration::new("1_a.sql", "\u{feff}select 1;".into()).unwrap();
+        let without = Migration::new("1_a.sql", "select 1;".into()).unwrap();
+        assert_eq!(with.sql, "select 1;");
+        assert_eq!(with.statement_texts(), vec!["select 1"]);
+        assert_ne!(with.checksum, without.checksum);
     }
 
     #[test]

@@ -80,8 +80,12 @@ fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
-/// `(version, name, statements)` rows of the Supabase history table, by version.
+/// `(version, name, statements)` rows of the Supabase history table, by version (none
+/// when the table does not exist).
 async fn history(client: &Client) -> Vec<(String, String, Vec<String>)> {
+    if !table_exists(client, "supabase_migrations.schema_migrations").await {
+        return Vec::new();
+    }
     client
         .query("SELECT version, name, statements FROM supabase_migrations.schema_migrations ORDER BY version", &[])
         .await
@@ -281,7 +285,10 @@ async fn a_failing_migration_leaves_no_trace_names_its_statement_and_a_fixed_rer
     );
     assert_eq!(history(&client).await.len(), 1);
     let checksums: i64 = client
-        .query_one("select count(*) from tether.migration_checksums", &[])
+        .query_one(
+            "select count(*) from supabase_migrations.tether_migration_checksums",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -590,32 +597,36 @@ async fn the_cli_plans_and_applies_with_the_password_masked() {
 }
 
 #[tokio::test]
-async fn a_file_that_commits_by_itself_is_not_recorded_as_applied() {
-    // Lint blocks such files; this drives the apply step directly to show the runner's
-    // own guard: the history insert only happens inside Tether's transaction.
-    use tether::migrate::db::{self, DbError, Durability, Recorder, Timeouts};
+async fn a_commit_the_shape_check_missed_is_caught_and_the_file_not_recorded() {
+    // A COMMIT inside a file makes it run as written; this drives a transaction with the
+    // shape check defeated, to show the runner's own guard: the history insert only
+    // happens inside the transaction Tether opened.
+    use tether::migrate::db::{self, DbError, Durability, Timeouts};
+    use tether::migrate::exec::{End, Session};
+    use tether::migrate::shape::{FileShape, Shape, StatementKind};
     let db = TestDb::create().await;
     let client = db::connect(&db.url).await.unwrap();
-    db::ensure_tables(&client).await.unwrap();
-    let recorder = Recorder::prepare(&client).await.unwrap();
     let set = MigrationSet::from_inline([(
         "1_sneaky.sql",
         "create table s1 (id int);\ncommit;\ncreate table s2 (id int);\n",
     )])
     .unwrap();
+    let mut sneaky = set.migrations()[0].clone();
+    assert!(matches!(sneaky.shape.shape, Shape::AsWritten { .. }));
+    sneaky.shape = FileShape {
+        shape: Shape::Plain,
+        kinds: vec![StatementKind::Plain; 3],
+        adds_enum_values: Vec::new(),
+    };
     let timeouts = Timeouts {
         lock: Duration::from_secs(1),
         statement: Duration::from_secs(10),
     };
-    let err = db::apply_one(
-        &client,
-        &recorder,
-        &set.migrations()[0],
-        timeouts,
-        Durability::WaitForFlush,
-    )
-    .await
-    .unwrap_err();
+    let mut session = Session::new(&client, timeouts, false);
+    let err = session
+        .transaction(&[&sneaky], End::Commit(Durability::WaitForFlush))
+        .await
+        .unwrap_err();
     assert!(matches!(err, DbError::EndedTransaction { .. }), "{err}");
     assert!(err.to_string().contains("1_sneaky.sql"));
     assert!(history(&db.client().await).await.is_empty());
@@ -637,4 +648,542 @@ async fn a_connection_error_carries_postgres_message_and_sqlstate_not_just_db_er
     };
     assert!(error.contains("does not exist"), "{error}");
     assert!(error.contains("SQLSTATE 3D000"), "{error}");
+}
+
+/// A fixture history under `tests/fixtures/histories/`.
+fn history_fixture(shape: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/histories")
+        .join(shape)
+}
+
+/// The files of `dir` that are migrations (`<digits>_<name>.sql`), in version order.
+fn migration_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<(u128, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .expect("read fixture directory")
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let name = path.file_name()?.to_str()?.to_string();
+            let (digits, _) = name.strip_suffix(".sql")?.split_once('_')?;
+            Some((digits.parse().ok()?, path))
+        })
+        .collect();
+    files.sort();
+    files.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Applies each migration file of `dir` with its own `psql -f` (a session per file, as
+/// the files are meant to run).
+fn psql_apply(url: &str, dir: &Path) {
+    for file in migration_files(dir) {
+        let out = Command::new("psql")
+            .arg(url)
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f"])
+            .arg(&file)
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql -f {} failed: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The database's schema as `pg_dump --schema-only` prints it, leaving out the schema the
+/// Supabase CLI leaves out of its dumps (`supabase_migrations`) and pg_dump's random
+/// `\restrict` keys.
+fn schema_of(url: &str) -> String {
+    let out = Command::new("pg_dump")
+        .args(["--schema-only", "--quote-all-identifier"])
+        .args(["--exclude-schema", "supabase_migrations"])
+        .arg(url)
+        .output()
+        .expect("run pg_dump");
+    assert!(
+        out.status.success(),
+        "pg_dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `tether migrate ARGS…`: (stdout + stderr, success).
+fn tether_migrate(args: &[&str]) -> (String, bool) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .arg("migrate")
+        .args(args)
+        .output()
+        .expect("run tether");
+    (
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+        out.status.success(),
+    )
+}
+
+/// Applies the fixture history `shape` with `tether migrate apply` and default flags to one
+/// fresh database and with psql to another, and checks the schemas are the same and every
+/// migration file has its history row. Returns Tether's database and output.
+async fn applies_like_psql(shape: &str, extra: &[&str]) -> (TestDb, String) {
+    let dir = history_fixture(shape);
+    let with_psql = TestDb::create().await;
+    psql_apply(&with_psql.url, &dir);
+    let db = TestDb::create().await;
+    let mut args = vec!["apply", dir.to_str().unwrap(), "--database-url", &db.url];
+    args.extend_from_slice(extra);
+    let (out, ok) = tether_migrate(&args);
+    assert!(ok, "{out}");
+    let tether_schema = schema_of(&db.url);
+    assert!(
+        tether_schema == schema_of(&with_psql.url),
+        "{shape}: the schema Tether built differs from psql's\n--- tether\n{tether_schema}\n--- psql\n{}",
+        schema_of(&with_psql.url)
+    );
+    let expected: Vec<String> = migration_files(&dir)
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().to_string())
+        .collect();
+    let recorded: Vec<String> = history(&db.client().await)
+        .await
+        .into_iter()
+        .map(|(v, n, _)| format!("{v}_{n}"))
+        .collect();
+    assert_eq!(recorded, expected, "{out}");
+    (db, out)
+}
+
+#[tokio::test]
+async fn history_enum_add_then_use_applies_with_default_flags_like_psql() {
+    let (db, out) = applies_like_psql("enum-add-then-use", &[]).await;
+    // Nobody else is connected to a test database, so the run was rehearsed on a copy.
+    assert!(
+        out.contains(
+            "checked: all 3 pending files were applied to a scratch copy of the database first"
+        ),
+        "{out}"
+    );
+    let client = db.client().await;
+    let copies: i64 = client
+        .query_one(
+            "select count(*) from pg_database where datname like $1",
+            &[&format!("tether_rehearsal_{}%", &db.name[..20])],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(copies, 0, "the scratch copy is dropped again");
+}
+
+#[tokio::test]
+async fn history_dump_header_applies_with_default_flags_like_psql() {
+    let (_db, out) = applies_like_psql("dump-header", &[]).await;
+    assert!(
+        out.contains("checked: all 2 pending files ran in one transaction"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn history_dump_header_applies_file_by_file_like_the_cli() {
+    applies_like_psql("dump-header", &["--no-dry-run"]).await;
+}
+
+#[tokio::test]
+async fn history_with_a_byte_order_mark_applies_with_default_flags_like_psql() {
+    let (db, _) = applies_like_psql("bom", &[]).await;
+    let rows = history(&db.client().await).await;
+    assert_eq!(
+        rows[1].2,
+        vec!["alter table public.notes add column pinned boolean not null default false"]
+    );
+}
+
+#[tokio::test]
+async fn history_with_stray_sql_files_applies_with_default_flags_like_psql() {
+    let (_db, out) = applies_like_psql("stray-files", &[]).await;
+    for file in ["local_20240107152745_ollama.sql", "seed.sql"] {
+        assert!(
+            out.contains(&format!(
+                "warning: skipped {file}: file name must match <version>_<name>.sql"
+            )),
+            "{out}"
+        );
+    }
+    let dir = history_fixture("stray-files");
+    let (lint, ok) = tether_migrate(&["lint", dir.to_str().unwrap()]);
+    assert!(ok && lint.contains("warning: skipped seed.sql"), "{lint}");
+}
+
+#[tokio::test]
+async fn history_with_own_transactions_applies_with_default_flags_like_psql() {
+    let (db, out) = applies_like_psql("own-transaction", &[]).await;
+    assert!(
+        out.contains("runs as written: 20240102000000_order_lines.sql (it manages its own transactions (COMMIT at line 7))")
+            && out.contains("runs as written: 20240103000000_order_lines_index.sql (CREATE INDEX CONCURRENTLY cannot run inside a transaction (line 2))"),
+        "{out}"
+    );
+    assert!(
+        out.contains("checked: all 4 pending files were applied to a scratch copy"),
+        "{out}"
+    );
+    // The CLI's history row keeps the wrapper the file was written with.
+    let rows = history(&db.client().await).await;
+    assert_eq!(rows[0].2.first().map(String::as_str), Some("BEGIN"));
+    assert_eq!(rows[0].2.last().map(String::as_str), Some("COMMIT"));
+}
+
+#[tokio::test]
+async fn history_that_drops_what_it_created_applies_with_default_flags_like_psql() {
+    let (_db, out) = applies_like_psql("drop-created-earlier", &[]).await;
+    for rule in [
+        "ban-drop-view",
+        "ban-drop-table",
+        "ban-drop-column",
+        "renaming-column",
+        "changing-column-type",
+    ] {
+        assert!(
+            out.contains(&format!("{rule} [no data lost]")),
+            "{rule}: {out}"
+        );
+    }
+    assert!(
+        out.contains("public.import_staging is created by 20240101000000_import.sql earlier in this run and holds no data before it"),
+        "{out}"
+    );
+    assert!(
+        out.contains("public.old_customers does not exist before this run"),
+        "{out}"
+    );
+    assert!(!out.contains("[blocking]"), "{out}");
+}
+
+#[tokio::test]
+async fn history_from_a_dump_with_tethers_old_bookkeeping_applies_like_psql() {
+    let (db, _) = applies_like_psql("dump-with-tether-bookkeeping", &[]).await;
+    // The dump's `tether` schema is the user's now: a later run leaves it alone.
+    let dir = history_fixture("dump-with-tether-bookkeeping");
+    let (out, ok) = tether_migrate(&["apply", dir.to_str().unwrap(), "--database-url", &db.url]);
+    assert!(ok && out.contains("pending: \n"), "{out}");
+    assert!(table_exists(&db.client().await, "tether.migration_checksums").await);
+}
+
+#[tokio::test]
+async fn tethers_bookkeeping_is_where_supabase_dumps_do_not_look() {
+    let db = TestDb::create().await;
+    let report = run(&spec(), &source(fixtures()), &db.url).await;
+    assert!(report.error.is_none(), "{:?}", report.error);
+    let client = db.client().await;
+    assert!(!table_exists(&client, "tether.migration_checksums").await);
+    let schemas: i64 = client
+        .query_one(
+            "select count(*) from pg_namespace where nspname = 'tether'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(schemas, 0);
+    let checksums: i64 = client
+        .query_one(
+            "select count(*) from supabase_migrations.tether_migration_checksums",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(checksums, 4);
+    let dump = schema_of(&db.url);
+    assert!(!dump.contains("tether"), "{dump}");
+}
+
+#[tokio::test]
+async fn checksums_kept_by_older_tether_versions_are_read_then_moved() {
+    let db = TestDb::create().await;
+    let dir = dir_with(&[("1_a.sql", "create table a (id int);\n")]);
+    let set = source(dir.path());
+    let client = db.client().await;
+    // The layout older Tether versions left: checksums in a schema of their own.
+    client
+        .batch_execute(&format!(
+            "create schema supabase_migrations;
+             create table supabase_migrations.schema_migrations (version text not null primary key, statements text[], name text);
+             insert into supabase_migrations.schema_migrations values ('1', '{{\"create table a (id int)\"}}', 'a');
+             create table a (id int);
+             create schema tether;
+             create table tether.migration_checksums (version text NOT NULL PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), duration_ms double precision NOT NULL);
+             insert into tether.migration_checksums values ('1', '{}', now(), 1.5);",
+            set.migrations()[0].checksum
+        ))
+        .await
+        .unwrap();
+    // Before anything is written, the old checksums are what edits are compared with.
+    std::fs::write(
+        dir.path().join("1_a.sql"),
+        "create table a (id int); -- edited\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("2_b.sql"), "create table b (id int);\n").unwrap();
+    let (plan, ok) = tether_migrate(&[
+        "plan",
+        dir.path().to_str().unwrap(),
+        "--database-url",
+        &db.url,
+    ]);
+    assert!(ok, "{plan}");
+    assert!(
+        plan.contains("changed after apply (not re-run): 1 1_a.sql: sha256 differs"),
+        "{plan}"
+    );
+    let report = run(&spec(), &source(dir.path()), &db.url).await;
+    assert!(report.error.is_none(), "{:?}", report.error);
+    assert_eq!(report.changed.len(), 1);
+    assert!(!table_exists(&client, "tether.migration_checksums").await);
+    let moved: Vec<(String, f64)> = client
+        .query(
+            "select version, duration_ms from supabase_migrations.tether_migration_checksums order by version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(moved.len(), 2);
+    assert_eq!(moved[0], ("1".to_string(), 1.5));
+    let schemas: i64 = client
+        .query_one(
+            "select count(*) from pg_namespace where nspname = 'tether'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(schemas, 0, "the emptied schema is dropped");
+    // After the move the edit is still seen.
+    let again = run(&spec(), &source(dir.path()), &db.url).await;
+    assert_eq!(again.changed.len(), 1, "{:?}", again.changed);
+}
+
+#[tokio::test]
+async fn a_rehearsal_in_one_transaction_stops_where_an_enum_value_must_be_committed() {
+    let db = TestDb::create().await;
+    let spec = RunSpec {
+        scratch_copy: false,
+        ..spec()
+    };
+    let report = run(
+        &spec,
+        &source(&history_fixture("enum-add-then-use")),
+        &db.url,
+    )
+    .await;
+    assert!(report.error.is_none(), "{:?}", report.error);
+    assert_eq!(report.applied.len(), 3);
+    let checked = report.checked.expect("checked");
+    assert_eq!((checked.files, checked.total), (2, 3));
+    assert_eq!(
+        checked.stopped.as_deref(),
+        Some(
+            "20240103000000_use_done_status.sql uses the enum value \"done\" that 20240102000000_add_done_status.sql adds, which Postgres accepts only once 20240102000000_add_done_status.sql has committed, so it are checked as they run"
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_failing_file_after_an_enum_addition_is_caught_on_a_scratch_copy_before_anything_is_applied()
+ {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    for file in migration_files(&history_fixture("enum-add-then-use")) {
+        std::fs::copy(&file, dir.path().join(file.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("20240104000000_broken.sql"),
+        "update public.tasks set status = 'done';\nalter table public.missing add column x int;\n",
+    )
+    .unwrap();
+    let (out, ok) = tether_migrate(&[
+        "apply",
+        dir.path().to_str().unwrap(),
+        "--database-url",
+        &db.url,
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("error: dry run failed, nothing was applied: failed to apply migration 20240104000000_broken.sql: statement 2 (line 2) failed: relation \"public.missing\" does not exist")
+            && out.contains("found by applying the pending files to a scratch copy of the database"),
+        "{out}"
+    );
+    let client = db.client().await;
+    assert!(!table_exists(&client, "public.tasks").await);
+    assert!(!table_exists(&client, "supabase_migrations.schema_migrations").await);
+}
+
+#[tokio::test]
+async fn a_rehearsal_checks_the_files_after_one_that_runs_as_written() {
+    let db = TestDb::create().await;
+    let dir = dir_with(&[
+        ("1_a.sql", "create table a (id int);"),
+        (
+            "2_b.sql",
+            "begin;\ncreate table b (id int);\ncommit;\nbegin;\ninsert into b values (1);\ncommit;\n",
+        ),
+        ("3_c.sql", "insert into b values ('x');"),
+    ]);
+    let spec = RunSpec {
+        scratch_copy: false,
+        ..spec()
+    };
+    let report = run(&spec, &source(dir.path()), &db.url).await;
+    let Some(RunError::DryRun(failed)) = &report.error else {
+        panic!("expected a dry-run error, got {:?}", report.error)
+    };
+    assert_eq!(failed.file, "3_c.sql");
+    assert!(report.applied.is_empty());
+    assert!(!table_exists(&db.client().await, "public.a").await);
+
+    std::fs::write(dir.path().join("3_c.sql"), "insert into b values (3);").unwrap();
+    let report = run(&spec, &source(dir.path()), &db.url).await;
+    assert!(report.error.is_none(), "{:?}", report.error);
+    let checked = report.checked.expect("checked");
+    assert_eq!(
+        (checked.files, checked.total, checked.stopped),
+        (3, 3, None)
+    );
+    let rows: i64 = db
+        .client()
+        .await
+        .query_one("select count(*) from b", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 2);
+}
+
+#[tokio::test]
+async fn a_file_run_as_written_that_fails_part_way_says_what_stays() {
+    let db = TestDb::create().await;
+    let dir = dir_with(&[(
+        "1_a.sql",
+        "begin;\ncreate table a (id int);\ncommit;\nbegin;\ninsert into a values ('x');\ncommit;\n",
+    )]);
+    let spec = RunSpec {
+        dry_run_first: false,
+        ..spec()
+    };
+    let report = run(&spec, &source(dir.path()), &db.url).await;
+    let Some(RunError::Apply(failed)) = &report.error else {
+        panic!("expected an apply error, got {:?}", report.error)
+    };
+    let message = report.error.as_ref().unwrap().to_string();
+    assert_eq!((failed.index, failed.line), (5, 5));
+    assert!(
+        message.contains("1_a.sql runs as written (it manages its own transactions (COMMIT at line 3)), so what it committed before this statement stays applied and it is not recorded as applied"),
+        "{message}"
+    );
+    let client = db.client().await;
+    assert!(table_exists(&client, "public.a").await);
+    assert!(history(&client).await.is_empty());
+}
+
+#[tokio::test]
+async fn applied_versions_missing_locally_stop_the_cli_with_the_repair_command() {
+    let db = TestDb::create().await;
+    let dir = dir_with(&[("1_a.sql", "create table a (id int);")]);
+    let path = dir.path().to_str().unwrap();
+    assert!(tether_migrate(&["apply", path, "--database-url", &db.url]).1);
+    std::fs::remove_file(dir.path().join("1_a.sql")).unwrap();
+    std::fs::write(dir.path().join("2_b.sql"), "create table b (id int);").unwrap();
+    let (plan, ok) = tether_migrate(&["plan", path, "--database-url", &db.url]);
+    assert!(
+        !ok && plan.contains("applied but missing from the directory: 1"),
+        "{plan}"
+    );
+    let (out, ok) = tether_migrate(&["apply", path, "--database-url", &db.url]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("the database has migrations that are not in the source: 1")
+            && out.contains("supabase migration repair --status reverted 1"),
+        "{out}"
+    );
+    assert!(!table_exists(&db.client().await, "public.b").await);
+}
+
+#[tokio::test]
+async fn an_older_pending_file_needs_include_all() {
+    let db = TestDb::create().await;
+    let dir = dir_with(&[("2_b.sql", "create table b (id int);")]);
+    let path = dir.path().to_str().unwrap();
+    assert!(tether_migrate(&["apply", path, "--database-url", &db.url]).1);
+    std::fs::write(dir.path().join("1_a.sql"), "create table a (id int);").unwrap();
+    let (out, ok) = tether_migrate(&["apply", path, "--database-url", &db.url]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("these pending files are older than the newest applied migration: 1_a.sql. Rerun with --include-all"),
+        "{out}"
+    );
+    assert!(!table_exists(&db.client().await, "public.a").await);
+    let (out, ok) = tether_migrate(&["apply", path, "--database-url", &db.url, "--include-all"]);
+    assert!(ok && out.contains("applied 1_a"), "{out}");
+}
+
+#[tokio::test]
+async fn a_changed_applied_file_says_what_to_do_and_fails_with_strict() {
+    let db = TestDb::create().await;
+    let dir = dir_with(&[("1_a.sql", "create table a (id int);")]);
+    let path = dir.path().to_str().unwrap();
+    assert!(tether_migrate(&["apply", path, "--database-url", &db.url]).1);
+    std::fs::write(dir.path().join("1_a.sql"), "create table a (id bigint);").unwrap();
+    let (out, ok) = tether_migrate(&["apply", path, "--database-url", &db.url]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("changed after apply (not re-run): 1 1_a.sql")
+            && out.contains("restore it as it was applied")
+            && out.contains("supabase migration new"),
+        "{out}"
+    );
+    let (out, ok) = tether_migrate(&["apply", path, "--database-url", &db.url, "--strict"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("failed to apply (--strict)"), "{out}");
+}
+
+#[tokio::test]
+async fn a_run_with_nothing_to_apply_creates_nothing_and_failed_verification_is_the_outcome() {
+    let db = TestDb::create().await;
+    let dir = dir_with(&[("seed.sql", "insert into nothing values (1);")]);
+    let path = dir.path().to_str().unwrap();
+    let (out, ok) = tether_migrate(&["apply", path, "--database-url", &db.url]);
+    assert!(ok, "{out}");
+    let schemas: i64 = db
+        .client()
+        .await
+        .query_one(
+            "select count(*) from pg_namespace where nspname in ('supabase_migrations', 'tether')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(schemas, 0, "{out}");
+    std::fs::write(dir.path().join("1_a.sql"), "create table a (id int);").unwrap();
+    let (out, ok) = tether_migrate(&[
+        "apply",
+        path,
+        "--database-url",
+        &db.url,
+        "--verify-table",
+        "ghost",
+    ]);
+    assert!(!ok, "{out}");
+    let last = out.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("applied, but verification failed: 1 applied"),
+        "{out}"
+    );
 }
