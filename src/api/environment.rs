@@ -185,7 +185,9 @@ pub struct RenderService {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub instances: Option<i32>,
-    /// Container image to run (`registry/repo:tag`); exclusive with `repo`.
+    /// Container image to run (`registry/repo:tag`); exclusive with `repo`. Changing it
+    /// deploys the new image. Only a change of this field is rolled out: an image a Release
+    /// deployed since is not reverted (it is not drift).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub image: Option<String>,
@@ -506,7 +508,9 @@ pub struct FlyApp {
         length(min = 1, max = 63)
     )]
     pub name: String,
-    /// The image machines run until a Release deploys another one.
+    /// The image the machines run. Changing it updates every machine to it; only a change of
+    /// this field is rolled out: an image a Release deployed since is not reverted (it is
+    /// not drift).
     #[schemars(length(min = 1))]
     pub image: String,
     /// Machines per region (Fly has 35 regions), a list keyed by `region`.
@@ -859,4 +863,8 @@ pub struct ManagedObject {
     /// name. They reveal nothing of the value but change when it changes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secret_fingerprints: BTreeMap<String, String>,
+    /// The image this Environment last rolled out (Render services, Fly machines): the spec's
+    /// image is rolled out again only when it differs from this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }

@@ -24,6 +24,20 @@ pub const REFERENCES_RESOLVED: &str = "ReferencesResolved";
 pub const REASON_REFERENCES_RESOLVED: &str = "ReferencesResolved";
 /// Reason when `spec.suspend` is true.
 pub const REASON_SUSPENDED: &str = "Suspended";
+/// Stall reasons that mean a reference does not resolve (`ReferencesResolved=False`); any
+/// other stall (rejected credentials, an invalid field) leaves the references resolved.
+pub const UNRESOLVED_REASONS: &[&str] = &[
+    "SecretNotFound",
+    "SecretKeyNotFound",
+    "ConfigMapNotFound",
+    "EnvironmentNotFound",
+    "MigrationNotFound",
+    "ReferenceNotFound",
+    "InvalidSecret",
+];
+/// `Ready=False` reasons that mean work in progress (platform objects coming up), not a
+/// failure: their transition events are Normal, since no person needs to act.
+pub const PROGRESS_REASONS: &[&str] = &["ObjectsNotReady"];
 /// Reason on `Reconciling=False` after a finished reconcile.
 pub const REASON_RECONCILED: &str = "Reconciled";
 /// Reason on `Stalled=False` when nothing blocks progress.
@@ -97,7 +111,15 @@ pub fn next_conditions(
         Verdict::Stalled { reason, message } => (
             (ConditionStatus::False, reason.as_str(), message.clone()),
             (ConditionStatus::True, reason.as_str(), message.clone()),
-            (ConditionStatus::False, reason.as_str(), message.clone()),
+            if UNRESOLVED_REASONS.contains(&reason.as_str()) {
+                (ConditionStatus::False, reason.as_str(), message.clone())
+            } else {
+                (
+                    ConditionStatus::True,
+                    REASON_REFERENCES_RESOLVED,
+                    "Every referenced Secret, ConfigMap and object exists".to_string(),
+                )
+            },
         ),
         Verdict::Suspended => {
             let message = "Reconciliation is suspended (spec.suspend is true)".to_string();
@@ -171,7 +193,9 @@ pub fn transition_event(previous: &[Condition], next: &[Condition]) -> Option<Tr
     let stalled = next
         .iter()
         .any(|c| c.type_ == STALLED && c.status == ConditionStatus::True);
-    let failing = ready.status == ConditionStatus::False && ready.reason != REASON_SUSPENDED;
+    let failing = ready.status == ConditionStatus::False
+        && ready.reason != REASON_SUSPENDED
+        && !PROGRESS_REASONS.contains(&ready.reason.as_str());
     Some(TransitionEvent {
         warning: stalled || failing,
         reason: ready.reason.clone(),
@@ -317,5 +341,40 @@ mod tests {
             transition_event(&first, &next).map(|e| e.reason),
             Some("ConfigMapNotFound".to_string())
         );
+    }
+
+    #[test]
+    fn objects_coming_up_are_a_normal_event_and_a_failure_a_warning() {
+        let not_ready = |reason: &str| Verdict::NotReady {
+            reason: reason.into(),
+            message: "m".into(),
+        };
+        let now = "2026-01-01T00:00:00Z";
+        let coming_up = next_conditions(&[], &not_ready("ObjectsNotReady"), Some(1), now);
+        let event = transition_event(&[], &coming_up).unwrap();
+        assert!(!event.warning, "progress is Normal");
+        let failing = next_conditions(&[], &not_ready("PlatformUnavailable"), Some(1), now);
+        assert!(transition_event(&[], &failing).unwrap().warning);
+    }
+
+    #[test]
+    fn only_a_stall_on_a_reference_unresolves_the_references() {
+        let stalled = |reason: &str| Verdict::Stalled {
+            reason: reason.into(),
+            message: "m".into(),
+        };
+        let now = "2026-01-01T00:00:00Z";
+        let resolved = |verdict: &Verdict| {
+            next_conditions(&[], verdict, Some(1), now)
+                .into_iter()
+                .find(|c| c.type_ == REFERENCES_RESOLVED)
+                .unwrap()
+                .status
+        };
+        assert_eq!(
+            resolved(&stalled("CredentialsRejected")),
+            ConditionStatus::True
+        );
+        assert_eq!(resolved(&stalled("SecretNotFound")), ConditionStatus::False);
     }
 }

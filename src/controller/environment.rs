@@ -439,7 +439,28 @@ impl Reconciled for Environment {
             ctx.metrics.sync().set_drifted(&self.key(), &[]);
             return Ok(());
         }
-        let snapshot = self.read_references(ctx).await?;
+        let snapshot = match self.read_references(ctx).await {
+            Ok(snapshot) => snapshot,
+            // Nothing was ever recorded as created: there is nothing to delete, and no
+            // credentials are needed to delete nothing.
+            Err(ReconcileError::ResolveReferences(_))
+                if !self.previous_objects().iter().any(|o| o.id.is_some()) =>
+            {
+                ctx.metrics.sync().set_drifted(&self.key(), &[]);
+                return Ok(());
+            }
+            Err(ReconcileError::ResolveReferences(missing)) => {
+                return Err(ReconcileError::CleanupBlocked(format!(
+                    "cannot delete the platform objects: {}; restore it, or set spec.deletionPolicy: Orphan to leave the objects on the platforms and let the Environment go",
+                    missing
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )));
+            }
+            Err(other) => return Err(other),
+        };
         let key = self.key();
         let request = sync::run::Request {
             environment: &key,

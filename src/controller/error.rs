@@ -36,6 +36,10 @@ pub enum ReconcileError {
     /// a value).
     #[error("failed to read a referenced Secret: {0}")]
     InvalidSecret(String),
+    /// Deleting the object's platform objects cannot proceed until a person acts (the
+    /// message says how).
+    #[error("{0}")]
+    CleanupBlocked(String),
     /// Writing status failed.
     #[error("failed to patch status: {0}")]
     PatchStatus(#[source] kube::Error),
@@ -84,6 +88,7 @@ impl ReconcileError {
                 .unwrap_or("ReferenceNotFound"),
             ReconcileError::ReadReference { .. } => "ReadReferenceFailed",
             ReconcileError::InvalidSecret(_) => "InvalidSecret",
+            ReconcileError::CleanupBlocked(_) => "CleanupBlocked",
             ReconcileError::PatchStatus(_) => "PatchStatusFailed",
             ReconcileError::AddFinalizer(_) => "AddFinalizerFailed",
             ReconcileError::RemoveFinalizer(_) => "RemoveFinalizerFailed",
@@ -102,6 +107,7 @@ impl ReconcileError {
             | ReconcileError::ResolveReferences(_)
             | ReconcileError::Unidentified
             | ReconcileError::InvalidSecret(_)
+            | ReconcileError::CleanupBlocked(_)
             | ReconcileError::Panicked(_) => true,
             ReconcileError::Platform { permanent, .. } => *permanent,
             ReconcileError::ReadReference { source, .. }

@@ -208,8 +208,28 @@ pub async fn reconcile<K: Reconciled>(
         match event {
             FinalizerEvent::Apply(obj) => apply(&api, &obj, &ctx).await,
             FinalizerEvent::Cleanup(obj) => {
-                if let Ok(object) = obj.object() {
-                    guarded(object.cleanup(&ctx)).await?;
+                if let Ok(object) = obj.object()
+                    && let Err(error) = guarded(object.cleanup(&ctx)).await
+                {
+                    if error.is_permanent() {
+                        // Say on the object why it is not going away (the finalizer stays
+                        // until cleanup succeeds).
+                        warn!(error = %error, error_kind = error.kind(), "cleanup stalled");
+                        let stalled = Report {
+                            verdict: Verdict::Stalled {
+                                reason: error.kind().to_string(),
+                                message: error.stall_message(),
+                            },
+                            status: kept_status(&obj),
+                            requeue_after: None,
+                            conditions: Vec::new(),
+                            events: Vec::new(),
+                        };
+                        write_status(&api, &obj, &stalled, &ctx).await?;
+                        ctx.metrics
+                            .set_stalled(kind_name::<K>(), &object_key(obj.as_ref()), true);
+                    }
+                    return Err(error);
                 }
                 ctx.metrics
                     .set_stalled(kind_name::<K>(), &object_key(obj.as_ref()), false);
@@ -294,7 +314,9 @@ async fn apply<K: Reconciled>(
                     reason: error.kind().to_string(),
                     message: error.stall_message(),
                 },
-                status: serde_json::Map::new(),
+                // What is known (platform ids, fingerprints of what was written) outlives
+                // the stall: status is applied whole, so fields left out would be removed.
+                status: kept_status(obj),
                 requeue_after: None,
                 conditions: Vec::new(),
                 events: Vec::new(),
@@ -316,6 +338,25 @@ async fn apply<K: Reconciled>(
     Ok(report
         .requeue_after
         .map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The kind-specific fields of the object's current status (all but `conditions` and
+/// `observedGeneration`, which every status write sets), to write back unchanged.
+fn kept_status<K: Reconciled>(obj: &Decoded<K>) -> serde_json::Map<String, serde_json::Value> {
+    let Ok(object) = obj.object() else {
+        return serde_json::Map::new();
+    };
+    let mut status = match serde_json::to_value(object) {
+        Ok(serde_json::Value::Object(mut value)) => match value.remove("status") {
+            Some(serde_json::Value::Object(status)) => status,
+            _ => serde_json::Map::new(),
+        },
+        _ => serde_json::Map::new(),
+    };
+    status.remove("conditions");
+    status.remove("observedGeneration");
+    status.retain(|_, v| !v.is_null());
+    status
 }
 
 async fn write_status<K: Reconciled>(

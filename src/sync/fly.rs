@@ -13,7 +13,9 @@
 //! - `machine`, named `<app>-<region>-<index>` (the Fly machine name), `count` per region:
 //!   scaling up creates the next indexes, scaling down deletes the highest. Fields are the
 //!   managed machine config (`image`, `guest.*`, `env.*`, `services.<i>.*`, `checks.<name>.*`,
-//!   `mounts.<path>`). Updates go through a lease with `current_version`; after a secrets
+//!   `mounts.<path>`). The image is compared only until the spec's image is rolled out (the
+//!   image last rolled out is kept in status): an image a Release deployed since is neither
+//!   drift nor reverted. Updates go through a lease with `current_version`; after a secrets
 //!   change every machine is updated with `min_secrets_version` so it sees the new values.
 //! - `volume`, named `<app>/<region>/<volume>`: one per region that runs a machine, mounted
 //!   into that region's first machine. Volumes are stateful: removed from the spec they are
@@ -120,6 +122,8 @@ struct Record {
     ready: bool,
     url: Option<String>,
     fingerprints: BTreeMap<String, String>,
+    /// The image this Environment has rolled out to it once its step is done (machines).
+    image: Option<String>,
     /// Existed before Tether managed it.
     adopted: bool,
     /// The step acting on it finished (objects with nothing to do start done).
@@ -640,6 +644,7 @@ fn plan_app(
                     } else {
                         fingerprints.clone()
                     },
+                    image: None,
                     adopted: previous_app.is_none(),
                     done: !secrets_change,
                 },
@@ -785,7 +790,7 @@ fn plan_app(
             let desired_mounts: BTreeMap<String, String> = mount
                 .map(|(_, path, vol)| BTreeMap::from([(path.clone(), vol.clone())]))
                 .unwrap_or_default();
-            let desired = machine_fields(&config, &desired_mounts);
+            let mut desired = machine_fields(&config, &desired_mounts);
             let planned_mount = mount.map(|(plan, path, _)| PlannedMount {
                 volume: *plan,
                 path: path.clone(),
@@ -802,7 +807,10 @@ fn plan_app(
                             created(&desired),
                             1,
                         ),
-                        Record::default(),
+                        Record {
+                            image: Some(config.image.clone()),
+                            ..Record::default()
+                        },
                     );
                     p.steps.push(Step::PutMachine {
                         plan,
@@ -830,9 +838,20 @@ fn plan_app(
                             (mt.path.clone(), volume.to_owned())
                         })
                         .collect();
-                    let observed_fields = machine_fields(&m.config, &observed_mounts);
+                    let mut observed_fields = machine_fields(&m.config, &observed_mounts);
+                    let rolled_out = previous.and_then(|p| p.image.as_deref());
+                    if rolled_out == Some(config.image.as_str()) {
+                        // The spec's image is rolled out; what runs now (a Release's deploy)
+                        // is not compared with it.
+                        desired.remove("image");
+                        observed_fields.remove("image");
+                    }
                     let mut changes =
                         diff(&desired, &observed_fields, previous, ctx.drift_possible);
+                    for change in changes.iter_mut().filter(|c| c.field == "image") {
+                        // The spec's own image, not yet rolled out: never drift.
+                        change.drift = false;
+                    }
                     let sections: BTreeSet<String> = changes
                         .iter()
                         .filter(|c| ctx.applies(c))
@@ -869,6 +888,11 @@ fn plan_app(
                             ready: machine_ready(m),
                             adopted: previous.is_none(),
                             done: !update,
+                            image: if sections.contains("image") || m.config.image == config.image {
+                                Some(config.image.clone())
+                            } else {
+                                rolled_out.map(str::to_owned)
+                            },
                             ..Record::default()
                         },
                     );
@@ -1288,6 +1312,13 @@ async fn act(input: &SyncInput<'_>, planned: Planned<FlyWork>) -> ActOutcome {
         object.ready = record.ready && record.done;
         object.url = record.url;
         object.secret_fingerprints = record.fingerprints;
+        object.image = if record.done {
+            record.image
+        } else {
+            input
+                .previous(&plan.kind, &plan.name)
+                .and_then(|p| p.image.clone())
+        };
         if record.done {
             // Drift that was reverted is gone; drift only reported stays listed.
             object.drift.retain(|f| {
@@ -1903,6 +1934,51 @@ mod tests {
             Action::InSync,
             "the app is untouched"
         );
+    }
+
+    #[test]
+    fn a_new_image_in_the_spec_is_rolled_out_and_a_releases_image_is_not_reverted() {
+        let mut f = Fixture::new(vec![spec_app(false)]);
+        let (mut observed, mut status) = converged(&f.apps);
+        for o in status.iter_mut().filter(|o| o.kind == MACHINE) {
+            o.image = Some("acme/web:1".into());
+        }
+        f.previous = status;
+        f.drift_possible = true;
+        // A Release deployed acme/web:9 since: with the spec unchanged, nothing to do.
+        for app in observed.apps.values_mut() {
+            for m in &mut app.machines {
+                m.config.image = "acme/web:9".into();
+            }
+        }
+        let planned = f.plan(&observed);
+        for m in planned.objects.iter().filter(|o| o.kind == MACHINE) {
+            assert_eq!(m.action, Action::InSync, "{m:?}");
+            assert!(m.drift.is_empty());
+        }
+        assert!(
+            planned
+                .work
+                .records
+                .iter()
+                .zip(&planned.objects)
+                .filter(|(_, o)| o.kind == MACHINE)
+                .all(|(r, _)| r.image.as_deref() == Some("acme/web:1")),
+            "the record of what the Environment rolled out stays"
+        );
+
+        // The spec's image changes: every machine is updated to it, not as drift.
+        f.apps[0].image = "acme/web:2".into();
+        let planned = f.plan(&observed);
+        for m in planned.objects.iter().filter(|o| o.kind == MACHINE) {
+            assert_eq!(m.action, Action::Update);
+            assert_eq!(m.changes.len(), 1);
+            assert_eq!(m.changes[0].to_string(), "image: acme/web:9 → acme/web:2");
+        }
+        let Some(Step::PutMachine { spec, .. }) = planned.work.steps.first() else {
+            panic!("{:?}", planned.work.steps);
+        };
+        assert_eq!(spec.config.image, "acme/web:2");
     }
 
     #[test]

@@ -12,8 +12,9 @@
 //! - optional settings left unset in the spec (instances, commands, health check path,
 //!   publish path, eviction policy, disk size, database name and user) are not managed: the
 //!   platform's value (or default) is left alone;
-//! - `image` is only used at creation: Releases deploy other images later, and the
-//!   Environment must not undo them;
+//! - `image` is deployed when the spec's image differs from the one this Environment last
+//!   rolled out (kept in status): a change of the spec is rolled out (a deploy of the new
+//!   image), an image a Release deployed since is not reverted and is not drift;
 //! - env vars and custom domains are owned as whole sets (extra ones are removed) when the
 //!   spec declares them (`[]` owns an empty set); a service whose spec leaves either out
 //!   keeps what it has, and that set is not read; a value
@@ -43,7 +44,9 @@ use crate::platform::render::{
     RenderPostgresSpec, RenderService, RenderServiceKind, RenderServicePatch, RenderServiceSpec,
     RenderServices,
 };
-use crate::platform::{Domain, EnvVar, Platform, PlatformError, PlatformResult, Token};
+use crate::platform::{
+    DeploySource, Deployments as _, Domain, EnvVar, Platform, PlatformError, PlatformResult, Token,
+};
 
 /// Kind of a Render service in status and plans.
 pub const SERVICE: &str = "service";
@@ -54,6 +57,8 @@ pub const POSTGRES: &str = "postgres";
 
 const ENV_PREFIX: &str = "envVars.";
 const DOMAIN_PREFIX: &str = "domains.";
+/// The image field of an image-backed service (see the module documentation).
+const IMAGE: &str = "image";
 /// The value of a custom-domain field: the domain is attached.
 const ATTACHED: &str = "attached";
 
@@ -108,6 +113,8 @@ struct Item {
     /// Field names of the applied changes, split into drift corrected and spec changes.
     drift_fields: Vec<String>,
     spec_fields: Vec<String>,
+    /// The image this Environment has rolled out once the op succeeded.
+    image: Option<String>,
 }
 
 /// The state shown in status.
@@ -129,6 +136,8 @@ enum Op {
         current: Box<RenderService>,
         patch: RenderServicePatch,
         scale: Option<i32>,
+        /// Deploy this image (the spec's image changed).
+        deploy_image: Option<String>,
         set_env: Vec<(String, Token)>,
         delete_env: Vec<String>,
         add_domains: Vec<String>,
@@ -652,6 +661,7 @@ impl Planner<'_, '_> {
             adopted: false,
             drift_fields: Vec::new(),
             spec_fields: Vec::new(),
+            image: None,
         }
     }
 
@@ -900,6 +910,9 @@ pub fn plan_render(input: &SyncInput<'_>, observed: &Observed) -> Planned<Render
                     domains,
                 };
                 planner.create(SERVICE, &s.name, &desired.fields, op, writes);
+                if let Some(item) = planner.items.last_mut() {
+                    item.image = s.image.clone();
+                }
             }
             Some(found) => {
                 let env = observed
@@ -912,13 +925,30 @@ pub fn plan_render(input: &SyncInput<'_>, observed: &Observed) -> Planned<Render
                     .get(&found.id)
                     .map(|v| v.as_slice())
                     .unwrap_or_default();
-                let fields = observed_service(input, found, env, domains, &desired);
+                let mut fields = observed_service(input, found, env, domains, &desired);
                 let previous = input.previous(SERVICE, &s.name);
+                let mut wanted = desired.fields.clone();
+                let rolled_out = previous.and_then(|p| p.image.as_deref());
+                if let Some(image) = &s.image
+                    && rolled_out != Some(image.as_str())
+                {
+                    // The spec's image is not yet rolled out by this Environment: compare it
+                    // with what runs (nothing recorded: as when adopting).
+                    wanted.insert(IMAGE.into(), value(image));
+                    if let Some(running) = &found.image {
+                        fields.insert(IMAGE.into(), value(running));
+                    }
+                }
+                let mut changes = diff(&wanted, &fields, previous, input.drift_possible);
+                for change in changes.iter_mut().filter(|c| c.field == IMAGE) {
+                    // The spec's own image, not yet rolled out: never drift.
+                    change.drift = false;
+                }
                 let step = ObjectStep {
                     kind: SERVICE,
                     name: &s.name,
                     id: Some(found.id.clone()),
-                    changes: diff(&desired.fields, &fields, previous, input.drift_possible),
+                    changes,
                 };
                 let fingerprints = secret_fingerprints(&desired.fields);
                 planner.existing(
@@ -928,6 +958,16 @@ pub fn plan_render(input: &SyncInput<'_>, observed: &Observed) -> Planned<Render
                     fingerprints,
                     None,
                 );
+                if let Some(item) = planner.items.last_mut() {
+                    item.image = match &item.op {
+                        Op::UpdateService {
+                            deploy_image: Some(image),
+                            ..
+                        } => Some(image.clone()),
+                        _ if s.image.is_some() && found.image == s.image => s.image.clone(),
+                        _ => rolled_out.map(str::to_owned),
+                    };
+                }
             }
         }
     }
@@ -990,6 +1030,7 @@ fn service_update(
 ) -> (Op, u32) {
     let mut patch = RenderServicePatch::default();
     let mut scale = None;
+    let mut deploy_image = None;
     let (mut set_env, mut delete_env) = (Vec::new(), Vec::new());
     let (mut add_domains, mut remove_domains) = (Vec::new(), Vec::new());
     for c in changes {
@@ -1025,16 +1066,19 @@ fn service_update(
             "schedule" => patch.schedule = new,
             "publishPath" => patch.publish_path = new,
             "autoDeploy" => patch.auto_deploy = Some(new.as_deref() == Some("yes")),
+            IMAGE => deploy_image = new,
             _ => {}
         }
     }
     let writes = u32::from(!patch.is_empty())
         + u32::from(scale.is_some())
+        + u32::from(deploy_image.is_some())
         + (set_env.len() + delete_env.len() + add_domains.len() + remove_domains.len()) as u32;
     let op = Op::UpdateService {
         current: Box::new(found.clone()),
         patch,
         scale,
+        deploy_image,
         set_env,
         delete_env,
         add_domains,
@@ -1215,6 +1259,7 @@ impl Driver for RenderDriver {
                 object.secret_fingerprints = previous
                     .map(|p| p.secret_fingerprints.clone())
                     .unwrap_or_default();
+                object.image = previous.and_then(|p| p.image.clone());
                 outcome.objects.push(object);
                 continue;
             }
@@ -1227,6 +1272,7 @@ impl Driver for RenderDriver {
                     let mut object = input.managed(plan);
                     apply_shown(&mut object, done.shown.as_ref().unwrap_or(&item.status));
                     object.secret_fingerprints = item.fingerprints.clone();
+                    object.image = item.image.clone();
                     outcome.objects.push(object);
                     if let Some(reason) = &item.refusal {
                         refusals.push((plan.kind.clone(), reason.clone()));
@@ -1238,6 +1284,7 @@ impl Driver for RenderDriver {
                     object.secret_fingerprints = previous
                         .map(|p| p.secret_fingerprints.clone())
                         .unwrap_or_default();
+                    object.image = previous.and_then(|p| p.image.clone());
                     outcome.objects.push(object);
                     outcome.error = Some(error);
                 }
@@ -1451,6 +1498,7 @@ async fn execute(
             current,
             patch,
             scale,
+            deploy_image,
             set_env,
             delete_env,
             add_domains,
@@ -1463,6 +1511,13 @@ async fn execute(
             if let Some(n) = scale {
                 client.scale_service(&service.id, *n).await?;
                 service.num_instances = Some(*n);
+            }
+            if let Some(image) = deploy_image {
+                // A deploy of an image also makes it the service's image.
+                client
+                    .deploy(&service.id, &DeploySource::Image(image.clone()))
+                    .await?;
+                service.image = Some(image.clone());
             }
             let shown = service_shown(&service);
             let id = service.id.clone();
@@ -1695,6 +1750,8 @@ mod tests {
             ..ManagedObject::default()
         };
         let mut web = object(SERVICE, "web", "srv-1");
+        // The spec's image was rolled out (a Release deployed acme/web:7 since).
+        web.image = Some("acme/web:1".into());
         web.secret_fingerprints.insert(
             "envVars.API_KEY".into(),
             fingerprint("envVars.API_KEY", api_key),
@@ -1780,6 +1837,50 @@ mod tests {
                 .iter()
                 .all(|i| matches!(i.op, Op::Nothing))
         );
+    }
+
+    #[test]
+    fn a_changed_image_in_the_spec_is_deployed_with_one_write_and_recorded() {
+        let mut spec = spec();
+        spec.render.as_mut().unwrap().services[0].image = Some("acme/web:2".into());
+        let planned = plan(
+            &spec,
+            &secrets("k1"),
+            &previous("k1"),
+            true,
+            &observed("k1"),
+        );
+        let (web, item) = find(&planned, "web");
+        assert_eq!(web.action, Action::Update);
+        assert_eq!(web.writes, 1);
+        assert_eq!(
+            web.changes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["image: acme/web:7 → acme/web:2"]
+        );
+        assert!(web.drift.is_empty(), "a spec change is not drift");
+        let Op::UpdateService {
+            deploy_image,
+            patch,
+            ..
+        } = &item.op
+        else {
+            panic!("a service update");
+        };
+        assert_eq!(deploy_image.as_deref(), Some("acme/web:2"));
+        assert!(patch.is_empty());
+        assert_eq!(item.image.as_deref(), Some("acme/web:2"));
+
+        // Recorded as rolled out: the same spec later, with a Release's image running, is
+        // in sync and keeps the record.
+        let mut after = previous("k1");
+        after[2].image = Some("acme/web:2".into());
+        let planned = plan(&spec, &secrets("k1"), &after, true, &observed("k1"));
+        let (web, item) = find(&planned, "web");
+        assert_eq!(web.action, Action::InSync);
+        assert_eq!(item.image.as_deref(), Some("acme/web:2"));
     }
 
     #[test]

@@ -423,7 +423,10 @@ pub fn plan_project(
     }
 
     let have = observed.fields(&wanted);
-    let changes = diff(&wanted, &have, previous, policy.drift_possible);
+    // Settings wait for the project to be healthy: until a reconcile has seen it ready, they
+    // were never applied, and a difference is the rest of the creation, not drift.
+    let settled = previous.is_some_and(|p| p.ready);
+    let changes = diff(&wanted, &have, previous, policy.drift_possible && settled);
     let applied: Vec<&FieldChange> = changes
         .iter()
         .filter(|c| !(c.drift && policy.drift == DriftPolicy::Report))
@@ -891,6 +894,7 @@ mod tests {
             name: "app".into(),
             id: Some("abcdefghijklmnopqrst".into()),
             secret_fingerprints: [(PASSWORD.to_string(), fp.to_string())].into(),
+            ready: true,
             ..ManagedObject::default()
         }
     }
@@ -1046,6 +1050,22 @@ mod tests {
             planned.objects[0].changes[0].to_string(),
             "databasePassword: (secret) → (secret)"
         );
+    }
+
+    #[test]
+    fn settings_applied_once_a_new_project_is_healthy_are_the_creation_not_drift() {
+        let d = desired();
+        let mut o = observed();
+        o.auth.as_mut().unwrap().site_url = Some("http://localhost:3000".into());
+        let mut p = policy();
+        p.drift_possible = true;
+        // The last reconcile saw the project still coming up.
+        let mut coming_up = previous("fp-1");
+        coming_up.ready = false;
+        let planned = plan_project(Some(&d), Some(&o), Some(&coming_up), &[], &p).unwrap();
+        assert!(planned.objects[0].drift.is_empty(), "not drift");
+        assert_eq!(planned.objects[0].action, Action::Update, "still applied");
+        assert!(planned.work.objects[0].corrected.is_empty());
     }
 
     #[test]

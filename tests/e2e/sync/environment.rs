@@ -240,3 +240,153 @@ async fn an_undecodable_secret_stalls_its_environment_naming_the_key_and_nothing
     }
     h.stop().await;
 }
+
+/// A referenced Secret deleted and restored: the Environment stalls meanwhile, its status
+/// keeps every object (ids, fingerprints), and nothing is written to the platform, neither
+/// during the stall nor after it (the restored value is the one already applied).
+#[tokio::test]
+async fn a_stall_on_a_deleted_secret_keeps_status_and_restoring_it_writes_nothing() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, DeleteParams};
+    let h = SyncHarness::start().await;
+    h.put_secret("app", &[("db", DB_URL)]).await;
+    h.apply(render_env("keep", "tether-sandbox-render", "keep-api"))
+        .await;
+    let ready = h.wait_ready("keep").await;
+    // What status knows of each object, without the time it was last read.
+    let known = |objects: &Value| -> Value {
+        let mut objects = objects.clone();
+        for o in objects.as_array_mut().into_iter().flatten() {
+            o.as_object_mut().map(|o| o.remove("lastSync"));
+        }
+        objects
+    };
+    let objects = known(&ready["status"]["objects"]);
+    assert!(objects.as_array().is_some_and(|o| !o.is_empty()), "{ready}");
+    let writes = || {
+        h.requests(Platform::Render)
+            .into_iter()
+            .filter(|r| !r.starts_with("GET "))
+            .collect::<Vec<_>>()
+    };
+    let before = writes();
+
+    Api::<Secret>::namespaced(h.client.clone(), "default")
+        .delete("app", &DeleteParams::default())
+        .await
+        .unwrap();
+    let stalled = h
+        .wait_for("keep", "stalled on the missing Secret", |e| {
+            condition_is(e, "Stalled", "True")
+        })
+        .await;
+    assert_eq!(
+        known(&stalled["status"]["objects"]),
+        objects,
+        "the stall kept status"
+    );
+
+    h.put_secret("app", &[("db", DB_URL)]).await;
+    h.wait_for("keep", "ready again", |e| {
+        condition_is(e, "Ready", "True") && condition_is(e, "Stalled", "False")
+    })
+    .await;
+    // A few resyncs (interval 1s) after the recovery.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let after = h.environments().get("keep").await.unwrap();
+    let after = serde_json::to_value(&after).unwrap();
+    assert_eq!(known(&after["status"]["objects"]), objects);
+    assert_eq!(writes(), before, "no platform write after the stall");
+    assert!(
+        !h.events("keep")
+            .await
+            .iter()
+            .any(|(_, reason, _)| reason == "Adopted"),
+        "nothing is adopted again"
+    );
+    h.stop().await;
+}
+
+/// Deleting an Environment whose credentials Secret is gone: with nothing created it goes at
+/// once; with platform objects it stays, `Stalled` (`CleanupBlocked`) saying how to let it go,
+/// and `deletionPolicy: Orphan` lets it go with the objects left in place.
+#[tokio::test]
+async fn an_environment_without_credentials_deletes_at_once_when_nothing_was_created() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, DeleteParams, Patch, PatchParams};
+    let h = SyncHarness::start().await;
+    h.put_secret("app", &[("db", DB_URL)]).await;
+
+    // Nothing created: the missing credentials cannot hold the deletion.
+    h.apply(render_env("never", "no-such-token", "never-api"))
+        .await;
+    h.wait_for("never", "stalled on the missing credentials", |e| {
+        condition_is(e, "Stalled", "True")
+    })
+    .await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), h.delete("never"))
+        .await
+        .expect("deleted at once");
+
+    // Objects created, then the credentials deleted: the Environment stays and says why.
+    let token = h.sandbox.token(Platform::Render).unwrap();
+    h.put_secret("render-token", &[("token", token.expose())])
+        .await;
+    h.apply(render_env("made", "render-token", "made-api"))
+        .await;
+    h.wait_ready("made").await;
+    Api::<Secret>::namespaced(h.client.clone(), "default")
+        .delete("render-token", &DeleteParams::default())
+        .await
+        .unwrap();
+    h.environments()
+        .delete("made", &DeleteParams::default())
+        .await
+        .unwrap();
+    let blocked = h
+        .wait_for("made", "cleanup blocked", |e| {
+            condition(e, "Stalled").is_some_and(|c| c["reason"] == "CleanupBlocked")
+        })
+        .await;
+    let message = condition(&blocked, "Stalled").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("\"render-token\"") && message.contains("deletionPolicy: Orphan"),
+        "{message}"
+    );
+    assert!(
+        blocked["status"]["objects"]
+            .as_array()
+            .is_some_and(|o| !o.is_empty()),
+        "status keeps the objects while blocked"
+    );
+
+    h.environments()
+        .patch(
+            "made",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"deletionPolicy": "Orphan"}})),
+        )
+        .await
+        .unwrap();
+    eventually(WAIT, || async {
+        h.environments()
+            .get_opt("made")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let services = RenderClient::new(h.http(Platform::Render))
+        .list_services("tea-e2e", None)
+        .await
+        .unwrap();
+    assert!(
+        services.iter().any(|s| s.name == "made-api"),
+        "orphaned, not deleted"
+    );
+    h.stop().await;
+}

@@ -383,6 +383,61 @@ async fn a_changed_field_is_the_only_thing_written() {
     l.env.check_contract(Platform::Render);
 }
 
+async fn running_image(l: &Loop) -> Option<String> {
+    l.client().list_services(OWNER, Some("web")).await.unwrap()[0]
+        .image
+        .clone()
+}
+
+#[tokio::test]
+async fn a_changed_image_is_deployed_and_a_releases_image_is_not_reverted() {
+    use tether::platform::{DeploySource, Deployments};
+    let mut l = Loop::start().await;
+    l.converge().await;
+    let web_id = l.object("service", "web").id.clone().unwrap();
+    assert_eq!(
+        l.object("service", "web").image.as_deref(),
+        Some("acme/web:1")
+    );
+
+    // The Environment's image changes: one deploy of the new image, recorded in status.
+    l.spec.render.as_mut().unwrap().services[0].image = Some("acme/web:2".into());
+    let synced = l.sync().await;
+    assert_eq!(
+        synced.plan("web").changes[0].to_string(),
+        "image: acme/web:1 → acme/web:2"
+    );
+    let writes = synced.writes();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(
+        (writes[0].method.as_str(), writes[0].path.clone()),
+        ("POST", format!("/services/{web_id}/deploys"))
+    );
+    assert_eq!(
+        writes[0].request_body,
+        Some(json!({"imageUrl": "acme/web:2"}))
+    );
+    assert_eq!(
+        l.object("service", "web").image.as_deref(),
+        Some("acme/web:2")
+    );
+    assert_eq!(running_image(&l).await.as_deref(), Some("acme/web:2"));
+
+    // A Release deploys another image: the unchanged spec neither reverts nor reports it.
+    l.client()
+        .deploy(&web_id, &DeploySource::Image("acme/web:3".into()))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let synced = l.sync().await;
+        assert!(synced.writes().is_empty(), "{:?}", synced.writes());
+        assert!(synced.plan("web").drift.is_empty());
+        assert_eq!(synced.plan("web").action, Action::InSync);
+    }
+    assert_eq!(running_image(&l).await.as_deref(), Some("acme/web:3"));
+    l.env.check_contract(Platform::Render);
+}
+
 #[tokio::test]
 async fn removed_objects_are_deleted_or_orphaned_per_policy() {
     let mut l = Loop::start().await;
