@@ -928,12 +928,16 @@ pub fn plan_render(input: &SyncInput<'_>, observed: &Observed) -> Planned<Render
                 let mut fields = observed_service(input, found, env, domains, &desired);
                 let previous = input.previous(SERVICE, &s.name);
                 let mut wanted = desired.fields.clone();
-                let rolled_out = previous.and_then(|p| p.image.as_deref());
+                // Nothing recorded (an adopted service, or status from an older Tether): the
+                // spec's image counts as rolled out, so adopting never redeploys.
+                let rolled_out = previous
+                    .and_then(|p| p.image.as_deref())
+                    .or(s.image.as_deref());
                 if let Some(image) = &s.image
                     && rolled_out != Some(image.as_str())
                 {
-                    // The spec's image is not yet rolled out by this Environment: compare it
-                    // with what runs (nothing recorded: as when adopting).
+                    // The spec's image changed since this Environment rolled one out:
+                    // compare it with what runs.
                     wanted.insert(IMAGE.into(), value(image));
                     if let Some(running) = &found.image {
                         fields.insert(IMAGE.into(), value(running));
