@@ -9,6 +9,7 @@
 //! rendered from the same [`resources`] table that routing uses; errors are [`status`] bodies.
 
 pub mod admission;
+pub mod auth;
 pub mod discovery;
 pub mod events;
 pub mod managedfields;

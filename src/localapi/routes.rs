@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::parse_field_validation;
+use super::auth;
 use super::discovery;
 use super::events;
 use super::patch::{self, PatchType};
@@ -55,6 +56,10 @@ type Query_ = HashMap<String, String>;
 /// The fallback handler for every request.
 pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    if let Err(refused) = auth::check(&parts.method, &parts.headers) {
+        tracing::debug!(method = %parts.method, path = %parts.uri.path(), code = refused.code, "local API request refused");
+        return refused.into_response();
+    }
     let query: Query_ = Query::<Query_>::try_from_uri(&parts.uri)
         .map(|q| q.0)
         .unwrap_or_default();
