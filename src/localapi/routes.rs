@@ -18,8 +18,8 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::access;
 use super::admission::parse_field_validation;
-use super::auth;
 use super::discovery;
 use super::events;
 use super::patch::{self, PatchType};
@@ -56,7 +56,7 @@ type Query_ = HashMap<String, String>;
 /// The fallback handler for every request.
 pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    if let Err(refused) = auth::check(&parts.method, &parts.headers) {
+    if let Err(refused) = access::check(&parts.method, &parts.headers) {
         tracing::debug!(method = %parts.method, path = %parts.uri.path(), code = refused.code, "local API request refused");
         return refused.into_response();
     }

@@ -126,7 +126,7 @@ impl FileStore {
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         options
             .open(path)
-            .and_then(|_| super::auth::restrict_to_owner(path, 0o600))
+            .and_then(|_| super::access::restrict_to_owner(path, 0o600))
             .map_err(|e| open_err(redb::Error::Io(e)))?;
         let db = redb::Database::create(path).map_err(|e| open_err(e.into()))?;
         // Make sure both tables exist, so that loading an empty file works.

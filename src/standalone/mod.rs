@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::localapi::auth::restrict_to_owner;
+use crate::localapi::access::restrict_to_owner;
 use crate::localapi::{LocalApiConfig, LocalApiError, StoreConfig};
 use progress::{Progress, Reporter};
 

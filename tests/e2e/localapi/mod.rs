@@ -1,6 +1,6 @@
 //! The embedded Kubernetes-compatible API.
 
-mod auth;
+mod access;
 mod builtin;
 mod crud;
 mod file;
