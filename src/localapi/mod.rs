@@ -8,6 +8,7 @@
 //! files) → the [`watch`] hub fans the change out to watchers. [`discovery`] documents are
 //! rendered from the same [`resources`] table that routing uses; errors are [`status`] bodies.
 
+pub mod access;
 pub mod admission;
 pub mod discovery;
 pub mod events;

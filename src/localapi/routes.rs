@@ -18,6 +18,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::access;
 use super::admission::parse_field_validation;
 use super::discovery;
 use super::events;
@@ -55,6 +56,10 @@ type Query_ = HashMap<String, String>;
 /// The fallback handler for every request.
 pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    if let Err(refused) = access::check(&parts.method, &parts.headers) {
+        tracing::debug!(method = %parts.method, path = %parts.uri.path(), code = refused.code, "local API request refused");
+        return refused.into_response();
+    }
     let query: Query_ = Query::<Query_>::try_from_uri(&parts.uri)
         .map(|q| q.0)
         .unwrap_or_default();

@@ -168,7 +168,12 @@ impl ApiError {
             .iter()
             .map(|c| format!("{}: {}", c.field, c.message))
             .collect();
-        let message = format!("{kind_group} \"{name}\" is invalid: {}", text.join(", "));
+        // As an aggregate of field errors prints: one alone, several in brackets.
+        let joined = match text.as_slice() {
+            [one] => one.clone(),
+            several => format!("[{}]", several.join(", ")),
+        };
+        let message = format!("{kind_group} \"{name}\" is invalid: {joined}");
         let causes_json: Vec<Value> = causes
             .iter()
             .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
@@ -182,6 +187,11 @@ impl ApiError {
     /// 400 for a malformed request.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
+    }
+
+    /// 403 for a request refused before authorization (Host, Origin).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(403, "Forbidden", message)
     }
 
     /// 405 for a verb the resource does not support.

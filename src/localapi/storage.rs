@@ -23,6 +23,7 @@ use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, StatusCause};
 use super::store::{Store, StoreError, StoreOp};
 use super::watch::{EventType, Hub, WatchEvent};
+use crate::schema::builtin;
 
 /// Who writes and how (from the request's query parameters).
 #[derive(Debug, Clone)]
@@ -182,6 +183,57 @@ pub fn present(def: &ResourceDef, obj: &Value) -> Value {
             }
         }
     }
+}
+
+/// The `apiVersion` and `kind` of a custom resource's create or update body (POST, PUT) as
+/// the real server checks them: another group/version is a 400 while decoding, another kind
+/// a 422 from the custom resource's validation. (Missing ones take the URL's.)
+fn check_body_type(def: &ResourceDef, body: &Value) -> Result<(), ApiError> {
+    if !def.custom {
+        return Ok(());
+    }
+    let expected = def.api_version();
+    if let Some(api_version) = body.get("apiVersion").and_then(Value::as_str)
+        && !api_version.is_empty()
+        && api_version != expected
+    {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({api_version}) does not match the expected API \
+             version ({expected})"
+        )));
+    }
+    if let Some(kind) = body.get("kind").and_then(Value::as_str)
+        && !kind.is_empty()
+        && kind != def.kind
+    {
+        let name = meta::meta_str(body, "name").unwrap_or_default();
+        return Err(ApiError::invalid(
+            kind,
+            &def.group,
+            name,
+            &[StatusCause {
+                reason: "FieldValueInvalid".into(),
+                field: "kind".into(),
+                message: format!("Invalid value: {kind:?}: must be {}", def.kind),
+            }],
+        ));
+    }
+    Ok(())
+}
+
+/// The `apiVersion` and `kind` of a server-side apply body: both must be the endpoint's
+/// (400 `invalid object type: <group>/<version>, Kind=<kind>` otherwise, from the real
+/// server's field manager).
+fn check_apply_type(def: &ResourceDef, config: &Value) -> Result<(), ApiError> {
+    let field = |name: &str| config.get(name).and_then(Value::as_str).unwrap_or_default();
+    let (api_version, kind) = (field("apiVersion"), field("kind"));
+    if api_version == def.api_version() && kind == def.kind {
+        return Ok(());
+    }
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    Err(ApiError::bad_request(format!(
+        "invalid object type: {group}/{version}, Kind={kind}"
+    )))
 }
 
 /// A request body in storage form (Events converted, apiVersion and kind set).
@@ -509,6 +561,7 @@ impl Storage {
         body: Value,
         ctx: &WriteCtx,
     ) -> Result<WriteOutcome, ApiError> {
+        check_body_type(def, &body)?;
         let mut obj = accept(def, body)?;
         if def.namespaced {
             let ns = namespace.ok_or_else(|| {
@@ -544,6 +597,7 @@ impl Storage {
         if def.read_only {
             return Err(read_only(def));
         }
+        check_decodes(def, &obj)?;
         let mut name = meta::meta_str(&obj, "name").unwrap_or_default().to_owned();
         if name.is_empty() {
             let prefix = meta::meta_str(&obj, "generateName")
@@ -688,6 +742,7 @@ impl Storage {
             if status {
                 return Err(not_found(def, name));
             }
+            check_apply_type(def, &config)?;
             let mut config = accept(def, config)?;
             check_identity(def, &config, namespace, name)?;
             identify(&mut config, namespace, name);
@@ -709,6 +764,7 @@ impl Storage {
         let mut applied = false;
         let mut new = match input {
             Input::Replace(body) => {
+                check_body_type(def, &body)?;
                 let body = accept(def, body)?;
                 check_identity(def, &body, namespace, name)?;
                 body
@@ -721,6 +777,7 @@ impl Storage {
                 patched
             }
             Input::Apply(config) => {
+                check_apply_type(def, &config)?;
                 let mut config = accept(def, config)?;
                 check_identity(def, &config, namespace, name)?;
                 check_rv(def, &old, &config, name)?;
@@ -738,6 +795,7 @@ impl Storage {
                 .map_err(|c| conflicts(def, name, c))?
             }
         };
+        check_decodes(def, &new)?;
         check_rv(def, &old, &new, name)?;
 
         if def.status_subresource {
@@ -1036,7 +1094,7 @@ impl Storage {
         ctx: &WriteCtx,
     ) -> Result<Vec<String>, ApiError> {
         if !def.custom {
-            return Ok(Vec::new());
+            return check_builtin(def, old, obj).map(|()| Vec::new());
         }
         self.admission
             .admit_custom_resource(def, old, obj, ctx.validation)
@@ -1311,11 +1369,45 @@ fn mark_deleting(obj: &mut Value) {
     }
 }
 
+/// Whether a core (`v1`) object's body decodes as kube-apiserver's Go types would decode it
+/// (Secrets, ConfigMaps): 400 otherwise, as the real server answers a decoding failure.
+fn check_decodes(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
+    if def.custom || !def.group.is_empty() {
+        return Ok(());
+    }
+    match builtin::decode_error(&def.kind, obj) {
+        Some(message) => Err(ApiError::bad_request(message)),
+        None => Ok(()),
+    }
+}
+
+/// The validation of core (`v1`) Secrets and ConfigMaps beyond `metadata` (as an update of
+/// `old` when given): 422 with the real server's causes.
+fn check_builtin(def: &ResourceDef, old: Option<&Value>, obj: &Value) -> Result<(), ApiError> {
+    if !def.group.is_empty() {
+        return Ok(());
+    }
+    let causes: Vec<StatusCause> = builtin::validate(&def.kind, obj, old)
+        .into_iter()
+        .map(|c| StatusCause {
+            reason: c.reason,
+            message: c.message,
+            field: c.field,
+        })
+        .collect();
+    if causes.is_empty() {
+        return Ok(());
+    }
+    let name = meta::meta_str(obj, "name").unwrap_or_default();
+    Err(ApiError::invalid(&def.kind, &def.group, name, &causes))
+}
+
 fn prepare_builtin(def: &ResourceDef, obj: &mut Value) {
     match (def.group.as_str(), def.plural.as_str()) {
         ("", "secrets") => {
             meta::fold_string_data(obj);
-            if obj.get("type").is_none() {
+            // `SetDefaults_Secret`: no type (or an empty one) is Opaque.
+            if obj.get("type").is_none_or(|t| t.is_null() || t == "") {
                 obj["type"] = json!("Opaque");
             }
         }

@@ -96,7 +96,8 @@ impl Store for MemoryStore {
     }
 }
 
-/// A redb file; each commit is durable (redb's default durability) before it returns.
+/// A redb file (mode 0600); each commit is durable (redb's default durability) before it
+/// returns.
 pub struct FileStore {
     db: redb::Database,
 }
@@ -117,6 +118,16 @@ impl FileStore {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| open_err(redb::Error::Io(e)))?;
         }
+        // The objects include Secrets: the file is readable by its owner only, from the
+        // moment it exists (an older, looser file is tightened).
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options
+            .open(path)
+            .and_then(|_| super::access::restrict_to_owner(path, 0o600))
+            .map_err(|e| open_err(redb::Error::Io(e)))?;
         let db = redb::Database::create(path).map_err(|e| open_err(e.into()))?;
         // Make sure both tables exist, so that loading an empty file works.
         let txn = db.begin_write().map_err(|e| open_err(e.into()))?;

@@ -9,6 +9,9 @@ use serde_json::{Value, json};
 /// `reason` of a strict-decoding problem (an unknown field under `fieldValidation=Strict`).
 pub(crate) const REASON_UNKNOWN: &str = "FieldValueUnknown";
 
+/// `reason` of a body that does not decode (the whole message is the API server's 400 text).
+const REASON_BAD_REQUEST: &str = "BadRequest";
+
 /// One cause of an invalid object, as in `Status.details.causes`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cause {
@@ -23,7 +26,7 @@ pub struct Cause {
 
 impl std::fmt::Display for Cause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.reason == REASON_UNKNOWN {
+        if self.reason == REASON_UNKNOWN || self.reason == REASON_BAD_REQUEST {
             f.write_str(&self.message)
         } else {
             write!(f, "{}: {}", self.field, self.message)
@@ -85,6 +88,11 @@ impl Cause {
             body.push_str(detail);
         }
         body
+    }
+
+    /// A body that does not decode: the API server's 400 message, with no field.
+    pub(crate) fn bad_request(message: &str) -> Self {
+        Self::new(REASON_BAD_REQUEST, "", message.to_string())
     }
 
     /// `field.Required`: `Required value[: detail]`.

@@ -12,8 +12,10 @@
 //! - [`table`]: the `meta.k8s.io/v1` `Table` for `kubectl get`.
 //! - [`openapi`]: the `/openapi/v3` documents for `kubectl explain` and kubectl's
 //!   server-side field validation check.
+//! - [`builtin`]: Secrets and ConfigMaps decoded and validated as kube-apiserver does.
 //! - [`validate`]: the `tether validate` command (offline admission of YAML files).
 
+pub mod builtin;
 mod cel;
 pub mod cost;
 mod errors;

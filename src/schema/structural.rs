@@ -280,6 +280,7 @@ pub(crate) fn admit(
         }
         _ => {}
     }
+    prune_nulls(Some(root), obj);
     default(root, obj);
 
     let mut errs = Vec::new();
@@ -349,8 +350,44 @@ fn prune(node: &Node, value: &mut Value, path: &str, unknown: &mut Vec<String>) 
     }
 }
 
+/// The schema of `key` in an object of `node`: its property, else `additionalProperties`
+/// (upstream `getSchemaForField`).
+fn field_schema<'a>(node: Option<&'a Node>, key: &str) -> Option<&'a Node> {
+    let node = node?;
+    node.properties.get(key).or(match &node.additional {
+        Additional::Schema(schema) => Some(schema),
+        Additional::None | Additional::Any => None,
+    })
+}
+
+/// Drops the `null`s of fields whose schema is not `nullable` and has no `default`, in
+/// properties, `additionalProperties` values and nested in lists (upstream
+/// `PruneNonNullableNullsWithoutDefaults`): a real API server does this before defaulting
+/// and validation, so `required` fields and CEL rules see such a field as absent. Nulls
+/// with a default are left for [`default`]; list items are not removed.
+fn prune_nulls(node: Option<&Node>, value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|key, v| {
+                !(v.is_null()
+                    && field_schema(node, key).is_some_and(|s| !s.nullable && s.default.is_none()))
+            });
+            for (key, v) in map.iter_mut() {
+                prune_nulls(field_schema(node, key), v);
+            }
+        }
+        Value::Array(items) => {
+            let item_node = node.and_then(|n| n.items.as_deref());
+            for item in items {
+                prune_nulls(item_node, item);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Applies `default`s: a missing (or non-nullable null) property with a default gets it,
-/// non-nullable nulls without one are dropped, and defaults nest into what exists.
+/// and defaults nest into what exists (upstream `Default`).
 fn default(node: &Node, value: &mut Value) {
     match value {
         Value::Object(map) => {
@@ -359,10 +396,7 @@ fn default(node: &Node, value: &mut Value) {
                     continue;
                 }
                 let is_null = map.get(key).is_some_and(Value::is_null);
-                if is_null && !prop.nullable {
-                    map.remove(key);
-                }
-                if !map.contains_key(key)
+                if ((is_null && !prop.nullable) || !map.contains_key(key))
                     && let Some(d) = &prop.default
                 {
                     map.insert(key.clone(), d.clone());
@@ -984,6 +1018,55 @@ mod tests {
         assert_eq!(
             errors(&node, obj(json!({"port": true})))[0],
             r#"spec.port: Invalid value: "boolean": spec.port in body must be of type integer or string: "boolean""#
+        );
+    }
+
+    #[test]
+    fn nulls_of_non_nullable_fields_without_defaults_are_pruned_before_validation() {
+        let node = root(
+            json!({"type": "object", "required": ["name"], "properties": {
+                "name": {"type": "string"},
+                "port": {"type": "integer", "default": 80},
+                "note": {"type": "string", "nullable": true},
+                "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                "items": {"type": "array", "items": {
+                    "type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}
+                }},
+            }}),
+        );
+        let mut value = obj(json!({"name": "n", "port": null, "note": null,
+                                   "env": {"A": "1", "B": null}, "items": [{"id": "x"}]}));
+        assert!(admit_with(&node, None, &mut value, FieldValidation::Strict).is_ok());
+        assert_eq!(
+            value["spec"],
+            json!({"name": "n", "port": 80, "note": null, "env": {"A": "1"}, "items": [{"id": "x"}]})
+        );
+        assert_eq!(
+            errors(&node, obj(json!({"name": null, "items": [{"id": null}]}))),
+            vec![
+                "spec.name: Required value",
+                "spec.items[0].id: Required value",
+                "<nil>: Invalid value: null: some validation rules were not checked because the \
+                 object was invalid; correct the existing errors to complete validation",
+            ]
+        );
+    }
+
+    #[test]
+    fn cel_rules_see_a_pruned_null_as_absent() {
+        let node = root(json!({"type": "object", "properties": {
+            "mode": {"type": "string"},
+            "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+        }, "x-kubernetes-validations": [
+            {"rule": "has(self.mode)", "message": "mode must be set"},
+            {"rule": "!has(self.tags) || !('b' in self.tags)", "message": "tag b is reserved"},
+        ]}));
+        assert_eq!(
+            errors(
+                &node,
+                obj(json!({"mode": null, "tags": {"a": "1", "b": null}}))
+            ),
+            vec!["spec: Invalid value: mode must be set"]
         );
     }
 

@@ -15,8 +15,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use serde_json::Value;
 
 use super::errors::{BadValue, Cause};
-use super::meta;
 use super::{FieldValidation, SchemaRegistry};
+use super::{builtin, meta};
 
 /// Why validation could not run at all (as opposed to finding problems).
 #[derive(Debug, thiserror::Error)]
@@ -243,11 +243,19 @@ pub fn admit_document_with_old(
     if group == "apiextensions.k8s.io" && kind == "CustomResourceDefinition" {
         return (object, check_crd(doc));
     }
-    if registry.crd(group, &kind).is_some() {
+    // Kinds are matched exactly, as kubectl maps them (plural or lower-case kinds are names
+    // of the resource, not kinds).
+    if registry
+        .crds()
+        .any(|c| c.spec.group == group && c.spec.names.kind == kind)
+    {
         let result = registry
             .admit(group, version, &kind, old, doc, FieldValidation::Strict)
             .map_err(|e| e.causes);
         return (object, result);
+    }
+    if let Some(causes) = misplaced_kind(registry, &api_version, &kind) {
+        return (object, Err(causes));
     }
     if registry.crds().any(|c| c.spec.group == group) {
         return (
@@ -272,17 +280,76 @@ pub fn admit_document_with_old(
             &[expected_version.to_string()],
         ));
     }
+    if api_version == "v1"
+        && let Some(message) = builtin::decode_error(&kind, doc)
+    {
+        return (object, Err(vec![Cause::bad_request(&message)]));
+    }
     meta::validate(doc.get("metadata"), "metadata", true, &mut causes);
-    if kind == "Secret" {
-        check_secret(doc, &mut causes);
-    } else if kind == "ConfigMap" {
-        check_string_map(doc.get("data"), "data", &mut causes);
+    if api_version == "v1" {
+        causes.extend(builtin::validate(&kind, doc, old));
     }
     if causes.is_empty() {
         (object, Ok(Vec::new()))
     } else {
         (object, Err(causes))
     }
+}
+
+/// A kind in the core group (`apiVersion: v1`) or a Tether group that is not served there:
+/// a Tether kind (or one of its names in another case, plural or short form) in the wrong
+/// group, or a built-in kind spelled in another case. The causes name what was expected;
+/// `None` when the document is not such a mix-up (kinds of other groups cannot be known
+/// here: they get the basic checks only).
+fn misplaced_kind(registry: &SchemaRegistry, api_version: &str, kind: &str) -> Option<Vec<Cause>> {
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    if !group.is_empty() && !registry.crds().any(|c| c.spec.group == group) {
+        return None;
+    }
+    let lower = kind.to_ascii_lowercase();
+    let crd = registry.crds().find(|c| {
+        let names = &c.spec.names;
+        names.kind.to_ascii_lowercase() == lower
+            || names.plural == lower
+            || names.singular.as_deref() == Some(lower.as_str())
+            || names
+                .short_names
+                .as_ref()
+                .is_some_and(|s| s.contains(&lower))
+    });
+    let (expected_versions, expected_kind) = match crd {
+        Some(crd) => (
+            crd.spec
+                .versions
+                .iter()
+                .filter(|v| v.served)
+                .map(|v| format!("{}/{}", crd.spec.group, v.name))
+                .collect::<Vec<_>>(),
+            crd.spec.names.kind.clone(),
+        ),
+        None => {
+            let (version, builtin) = BUILT_IN_KINDS
+                .iter()
+                .find(|(_, k)| k.to_ascii_lowercase() == lower && *k != kind)?;
+            (vec![version.to_string()], builtin.to_string())
+        }
+    };
+    let mut causes = Vec::new();
+    if !expected_versions.iter().any(|v| v == api_version) {
+        causes.push(Cause::not_supported(
+            "apiVersion",
+            &Value::String(api_version.to_string()),
+            &expected_versions,
+        ));
+    }
+    if kind != expected_kind {
+        causes.push(Cause::not_supported(
+            "kind",
+            &Value::String(kind.to_string()),
+            &[expected_kind],
+        ));
+    }
+    Some(causes)
 }
 
 /// A CRD as the API server checks it on create: it must decode, its CEL rules must be
@@ -305,61 +372,6 @@ fn check_crd(doc: &Value) -> Result<Vec<String>, Vec<Cause>> {
     SchemaRegistry::new(std::slice::from_ref(&crd))
         .map(|_| Vec::new())
         .map_err(|e| vec![Cause::invalid("spec", BadValue::Omit, &e.to_string())])
-}
-
-fn check_secret(doc: &Value, causes: &mut Vec<Cause>) {
-    check_string_map(doc.get("stringData"), "stringData", causes);
-    if let Some(Value::Object(data)) = doc.get("data") {
-        for (key, value) in data {
-            let field = format!("data[{key}]");
-            match value {
-                Value::String(s) if is_base64(s) => {}
-                Value::String(_) => causes.push(Cause::invalid(
-                    &field,
-                    BadValue::Str("<secret contents redacted>"),
-                    "illegal base64 data",
-                )),
-                other => causes.push(Cause::type_invalid(
-                    &field,
-                    BadValue::Str(meta::json_type(other)),
-                    "must be a base64-encoded string",
-                )),
-            }
-        }
-    }
-}
-
-fn check_string_map(value: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
-    match value {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(map)) => {
-            for (key, v) in map {
-                if !v.is_string() {
-                    causes.push(Cause::type_invalid(
-                        &format!("{path}[{key}]"),
-                        BadValue::Str(meta::json_type(v)),
-                        "must be a string",
-                    ));
-                }
-            }
-        }
-        Some(other) => causes.push(Cause::type_invalid(
-            path,
-            BadValue::Str(meta::json_type(other)),
-            "must be a map of strings",
-        )),
-    }
-}
-
-fn is_base64(s: &str) -> bool {
-    let compact: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    compact.len().is_multiple_of(4)
-        && compact.iter().enumerate().all(|(i, b)| {
-            b.is_ascii_alphanumeric()
-                || *b == b'+'
-                || *b == b'/'
-                || (*b == b'=' && i + 2 >= compact.len())
-        })
 }
 
 fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), ValidateError> {
@@ -492,8 +504,66 @@ apiVersion: tether.dev/v1alpha1\nkind: Environment\nmetadata:\n  name: web\nspec
                 "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\ndata:\n  k: 'not base64!'\n"
             ),
             vec![
-                r#"m.yaml:1: Secret/s: data[k]: Invalid value: "<secret contents redacted>": illegal base64 data"#
+                r#"m.yaml:1: Secret/s: Secret in version "v1" cannot be handled as a Secret: illegal base64 data at input byte 3"#
             ]
+        );
+        assert_eq!(
+            lines("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a/b: v\n"),
+            vec![
+                "m.yaml:1: ConfigMap/c: data[a/b]: Invalid value: \"a/b\": a valid config key must \
+                 consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or \
+                 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"
+            ]
+        );
+        assert_eq!(
+            lines("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata: [x]\n"),
+            vec![
+                "m.yaml:1: ConfigMap/c: ConfigMap in version \"v1\" cannot be handled as a \
+                 ConfigMap: json: cannot unmarshal array into Go struct field ConfigMap.data of \
+                 type map[string]string"
+            ]
+        );
+    }
+
+    #[test]
+    fn tether_kinds_under_another_api_version_or_name_are_problems_naming_the_expected_one() {
+        let doc = |api_version: &str, kind: &str| {
+            format!(
+                "apiVersion: {api_version}\nkind: {kind}\nmetadata:\n  name: web\nspec:\n  region: eu\n  kind: web\n"
+            )
+        };
+        assert_eq!(
+            lines(&doc("v1", "Environment")),
+            vec![
+                r#"m.yaml:1: Environment/web: apiVersion: Unsupported value: "v1": supported values: "tether.dev/v1alpha1""#
+            ]
+        );
+        assert_eq!(
+            lines(&doc("v1", "environment")),
+            vec![
+                r#"m.yaml:1: environment/web: apiVersion: Unsupported value: "v1": supported values: "tether.dev/v1alpha1""#,
+                r#"m.yaml:1: environment/web: kind: Unsupported value: "environment": supported values: "Environment""#,
+            ]
+        );
+        for kind in ["environment", "Environments", "env"] {
+            assert_eq!(
+                lines(&doc("tether.dev/v1alpha1", kind)),
+                vec![format!(
+                    r#"m.yaml:1: {kind}/web: kind: Unsupported value: "{kind}": supported values: "Environment""#
+                )]
+            );
+        }
+        assert_eq!(
+            lines("apiVersion: v1\nkind: secret\nmetadata:\n  name: s\n"),
+            vec![
+                r#"m.yaml:1: secret/s: kind: Unsupported value: "secret": supported values: "Secret""#
+            ]
+        );
+        // Kinds of groups Tether does not serve cannot be checked offline.
+        assert!(lines(&doc("example.com/v1", "Environment")).is_empty());
+        assert_eq!(
+            lines(&doc("tether.dev/v1alpha1", "Environment")),
+            Vec::<String>::new()
         );
     }
 

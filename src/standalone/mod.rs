@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::localapi::access::restrict_to_owner;
 use crate::localapi::{LocalApiConfig, LocalApiError, StoreConfig};
 use progress::{Progress, Reporter};
 
@@ -146,7 +147,7 @@ pub async fn serve(
     if !args.addr.ip().is_loopback() {
         return Err(RunError::NotLoopback(args.addr));
     }
-    std::fs::create_dir_all(&args.state_dir).map_err(|source| RunError::StateDir {
+    create_state_dir(&args.state_dir).map_err(|source| RunError::StateDir {
         path: args.state_dir.clone(),
         source,
     })?;
@@ -340,6 +341,17 @@ async fn sync_and_report(syncer: &mut sync::Syncer, reporter: &Reporter, dir: &P
     }
 }
 
+/// Creates the state directory readable by its owner only (0700), tightening an existing one:
+/// it holds the store (every Secret) and the kubeconfig.
+fn create_state_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
+    restrict_to_owner(dir, 0o700)
+}
+
 /// Writes `config` to `path` as YAML, readable by kubectl, replacing any older file
 /// atomically (write to a temporary file, then rename) and readable only by its owner.
 fn write_kubeconfig(path: &Path, config: &kube::config::Kubeconfig) -> Result<(), RunError> {
@@ -349,13 +361,22 @@ fn write_kubeconfig(path: &Path, config: &kube::config::Kubeconfig) -> Result<()
     };
     let yaml = serde_saphyr::to_string(config).map_err(|e| error(e.to_string()))?;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, yaml).map_err(|e| error(e.to_string()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| error(e.to_string()))?;
+    // Created 0600: never readable by others, not even briefly.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(error(e.to_string())),
+        _ => {}
     }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(&tmp)
+        .and_then(|mut file| {
+            use std::io::Write as _;
+            file.write_all(yaml.as_bytes())
+        })
+        .map_err(|e| error(e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| error(e.to_string()))
 }
 

@@ -620,3 +620,57 @@ fn line_with<'a>(all: &'a str, needle: &str) -> &'a str {
         .find(|l| l.contains(needle))
         .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{all}"))
 }
+
+/// The permission bits of `p`.
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
+}
+
+/// The server URL of the kubeconfig `tether run` wrote.
+fn server(ws: &Workspace) -> String {
+    let config = kube::config::Kubeconfig::read_from(ws.state().join("kubeconfig")).unwrap();
+    let server = config.clusters[0].cluster.as_ref().unwrap().server.clone();
+    server.unwrap()
+}
+
+/// The status code of a GET of `url` with these headers.
+fn get_code(url: &str, headers: &[(&str, &str)]) -> u16 {
+    use std::io::{Read, Write};
+    let authority = url.strip_prefix("http://").expect("http URL");
+    let mut stream = std::net::TcpStream::connect(authority).expect("connect");
+    let mut request = String::from("GET /api/v1/secrets HTTP/1.1\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    response[9..12].parse().expect("status code")
+}
+
+#[test]
+fn the_state_directory_is_private_and_only_loopback_host_names_are_answered() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = standard_workspace();
+    // A state directory and store from before: readable by everyone.
+    std::fs::create_dir(ws.state()).unwrap();
+    std::fs::set_permissions(ws.state(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = ws.state().join("store.redb");
+    std::fs::write(&store, "").unwrap();
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let mut run = ws.start();
+    run.wait_for("synced");
+    assert_eq!(mode(&ws.state()), 0o700);
+    for file in ["store.redb", "kubeconfig"] {
+        assert_eq!(mode(&ws.state().join(file)), 0o600, "{file}");
+    }
+    let server = server(&ws);
+    let host = server.trim_start_matches("http://").to_owned();
+    assert_eq!(get_code(&server, &[("Host", &host)]), 200);
+    assert_eq!(get_code(&server, &[("Host", "evil.example")]), 403);
+    run.kubectl_ok(&["get", "secret", "tokens", "-n", "staging"]);
+    assert!(run.terminate(), "SIGTERM stops tether run cleanly");
+}

@@ -1,5 +1,7 @@
 //! The embedded Kubernetes-compatible API.
 
+mod access;
+mod builtin;
 mod crud;
 mod file;
 mod http;

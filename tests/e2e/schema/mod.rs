@@ -5,4 +5,5 @@ mod crds;
 mod e2e;
 mod kubectl;
 mod messages;
+mod nulls;
 mod validate_cli;
