@@ -839,12 +839,8 @@ fn plan_app(
                         })
                         .collect();
                     let mut observed_fields = machine_fields(&m.config, &observed_mounts);
-                    // Nothing recorded (an adopted machine, or status from an older Tether):
-                    // the spec's image counts as rolled out, so adopting never redeploys.
-                    let rolled_out = previous
-                        .and_then(|p| p.image.as_deref())
-                        .unwrap_or(config.image.as_str());
-                    if rolled_out == config.image {
+                    let rolled_out = previous.and_then(|p| p.image.as_deref());
+                    if rolled_out == Some(config.image.as_str()) {
                         // The spec's image is rolled out; what runs now (a Release's deploy)
                         // is not compared with it.
                         desired.remove("image");
@@ -892,11 +888,11 @@ fn plan_app(
                             ready: machine_ready(m),
                             adopted: previous.is_none(),
                             done: !update,
-                            image: Some(if sections.contains("image") {
-                                config.image.clone()
+                            image: if sections.contains("image") || m.config.image == config.image {
+                                Some(config.image.clone())
                             } else {
-                                rolled_out.to_owned()
-                            }),
+                                rolled_out.map(str::to_owned)
+                            },
                             ..Record::default()
                         },
                     );

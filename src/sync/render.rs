@@ -928,16 +928,12 @@ pub fn plan_render(input: &SyncInput<'_>, observed: &Observed) -> Planned<Render
                 let mut fields = observed_service(input, found, env, domains, &desired);
                 let previous = input.previous(SERVICE, &s.name);
                 let mut wanted = desired.fields.clone();
-                // Nothing recorded (an adopted service, or status from an older Tether): the
-                // spec's image counts as rolled out, so adopting never redeploys.
-                let rolled_out = previous
-                    .and_then(|p| p.image.as_deref())
-                    .or(s.image.as_deref());
+                let rolled_out = previous.and_then(|p| p.image.as_deref());
                 if let Some(image) = &s.image
                     && rolled_out != Some(image.as_str())
                 {
-                    // The spec's image changed since this Environment rolled one out:
-                    // compare it with what runs.
+                    // The spec's image is not yet rolled out by this Environment: compare it
+                    // with what runs (nothing recorded: as when adopting).
                     wanted.insert(IMAGE.into(), value(image));
                     if let Some(running) = &found.image {
                         fields.insert(IMAGE.into(), value(running));
@@ -2042,7 +2038,10 @@ mod tests {
 
     #[test]
     fn objects_found_by_name_without_status_are_adopted_not_created() {
-        let planned = plan(&spec(), &secrets("k1"), &[], true, &observed("k1"));
+        let mut spec = spec();
+        // Adopted as running: the spec names the image the service runs.
+        spec.render.as_mut().unwrap().services[0].image = Some("acme/web:7".into());
+        let planned = plan(&spec, &secrets("k1"), &[], true, &observed("k1"));
         for object in &planned.objects {
             assert_eq!(object.action, Action::InSync, "{object:?}");
             assert!(object.drift.is_empty(), "adoption is not drift");
