@@ -280,11 +280,24 @@ impl MigrationSet {
         entries.sort();
         let mut migrations = Vec::new();
         let mut skipped = Vec::new();
-        for (i, (file, is_file)) in entries.into_iter().enumerate() {
-            if !file.ends_with(".sql") || !is_file {
+        let mut first = true;
+        for (file, is_file) in entries {
+            if !is_file {
                 continue;
             }
-            if i == 0 && is_legacy_init(&file) {
+            if !file.ends_with(".sql") {
+                if file.to_ascii_lowercase().ends_with(".sql") {
+                    // `X.SQL`: the CLI ignores it without a word; say so.
+                    skipped.push(Skipped {
+                        reason: "only files ending in lowercase .sql are migrations (as for the Supabase CLI); rename it to apply it".into(),
+                        file,
+                    });
+                }
+                continue;
+            }
+            let legacy = first && is_legacy_init(&file);
+            first = false;
+            if legacy {
                 skipped.push(Skipped {
                     reason: "a <timestamp>_init.sql older than 20211209000000 is not applied; replace \"init\" with a different file name to apply it".into(),
                     file,
@@ -436,6 +449,23 @@ mod tests {
         assert_eq!(set.migrations().len(), 1);
         assert_eq!(set.skipped()[0].file, "20211201000000_init.sql");
         assert!(!is_legacy_init("20211209000000_init.sql"));
+    }
+
+    #[test]
+    fn an_upper_case_sql_extension_is_skipped_with_a_warning_not_silently() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("20240101000000_a.SQL"), "select 1;").unwrap();
+        std::fs::write(dir.path().join("20240102000000_b.sql"), "select 1;").unwrap();
+        std::fs::write(dir.path().join("README.md"), "notes").unwrap();
+        let set = MigrationSet::from_dir(dir.path()).unwrap();
+        assert_eq!(set.migrations().len(), 1);
+        let skipped: Vec<String> = set.skipped().iter().map(ToString::to_string).collect();
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert!(
+            skipped[0]
+                .starts_with("skipped 20240101000000_a.SQL: only files ending in lowercase .sql"),
+            "{skipped:?}"
+        );
     }
 
     #[test]
