@@ -273,6 +273,31 @@ impl Token {
 }
 
 /// The statement's tokens, comments skipped.
+/// The text of a quoted string or identifier whose body starts at `start` (after the opening
+/// `quote`): a doubled quote stands for itself, and with `escapes` (`E'…'`) a backslash
+/// escapes the next character. Returns the text and the index after the closing quote.
+fn quoted(chars: &[char], start: usize, quote: char, escapes: bool) -> (String, usize) {
+    let (n, mut i) = (chars.len(), start);
+    let mut value = String::new();
+    while i < n {
+        if escapes && chars[i] == '\\' && i + 1 < n {
+            value.push(chars[i + 1]);
+            i += 2;
+        } else if chars[i] == quote {
+            if chars.get(i + 1) == Some(&quote) {
+                value.push(quote);
+                i += 2;
+            } else {
+                return (value, i + 1);
+            }
+        } else {
+            value.push(chars[i]);
+            i += 1;
+        }
+    }
+    (value, i)
+}
+
 fn tokens(text: &str) -> Vec<Token> {
     let chars: Vec<char> = text.chars().collect();
     let mut out = Vec::new();
@@ -304,43 +329,12 @@ fn tokens(text: &str) -> Vec<Token> {
             }
         } else if c == '\'' || ((c == 'e' || c == 'E') && chars.get(i + 1) == Some(&'\'')) {
             let escapes = c != '\'';
-            i += if escapes { 2 } else { 1 };
-            let mut value = String::new();
-            while i < n {
-                if escapes && chars[i] == '\\' && i + 1 < n {
-                    value.push(chars[i + 1]);
-                    i += 2;
-                } else if chars[i] == '\'' {
-                    if chars.get(i + 1) == Some(&'\'') {
-                        value.push('\'');
-                        i += 2;
-                    } else {
-                        i += 1;
-                        break;
-                    }
-                } else {
-                    value.push(chars[i]);
-                    i += 1;
-                }
-            }
+            let (value, next) = quoted(&chars, i + usize::from(escapes) + 1, '\'', escapes);
+            i = next;
             out.push(Token::String(value));
         } else if c == '"' {
-            i += 1;
-            let mut value = String::new();
-            while i < n {
-                if chars[i] == '"' {
-                    if chars.get(i + 1) == Some(&'"') {
-                        value.push('"');
-                        i += 2;
-                    } else {
-                        i += 1;
-                        break;
-                    }
-                } else {
-                    value.push(chars[i]);
-                    i += 1;
-                }
-            }
+            let (value, next) = quoted(&chars, i + 1, '"', false);
+            i = next;
             out.push(Token::Quoted(value));
         } else if c == '$' {
             // `$tag$ … $tag$` (a body) or `$1` (a parameter).
