@@ -837,7 +837,7 @@ fn hint_for(rule: &str) -> Option<&'static str> {
             "Tether runs a file wrapped in BEGIN; … COMMIT; in one transaction without sending the wrapper; any other transaction control makes the file run as written, statement by statement, so a failure part-way keeps what it committed"
         }
         "ban-concurrent-index-creation-in-transaction" => {
-            "CONCURRENTLY cannot run inside the migration's transaction; drop CONCURRENTLY or build the index outside Tether"
+            "Tether runs a file with CONCURRENTLY as written, outside a transaction; keep it out of a BEGIN … COMMIT block of the file's own, where Postgres refuses it"
         }
         "require-lock-timeout" | "require-statement-timeout" => {
             "Tether sets lock_timeout and statement_timeout for every migration; set them in the file too if other tools apply it"
