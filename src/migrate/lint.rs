@@ -53,6 +53,11 @@ pub const DESTRUCTIVE_RULES: &[&str] = &[
     BAN_TRUNCATE,
 ];
 
+/// Tether's rule for a statement that cannot run in a transaction block (`CREATE INDEX
+/// CONCURRENTLY`, `VACUUM`, …) inside a `BEGIN … COMMIT` the file opens itself: Postgres
+/// refuses it whatever runs the file, so it blocks (acknowledging it cannot help).
+pub const NO_TRANSACTION_IN_BLOCK: &str = "no-transaction-statement-in-transaction-block";
+
 /// squawk's rule for `BEGIN`/`COMMIT`/`ROLLBACK` in a file (a warning: such files run as
 /// written, see [`super::shape`]).
 pub const TRANSACTION_NESTING: &str = "transaction-nesting";
@@ -189,6 +194,18 @@ fn lint_one(
             ));
         }
     }
+    if let Some((index, what)) = migration.shape.no_transaction_inside_block()
+        && let Some(statement) = migration.statements.get(index)
+    {
+        raw.push((
+            statement.offset,
+            NO_TRANSACTION_IN_BLOCK.to_string(),
+            format!(
+                "{what} cannot run inside a transaction block, and this file opens one with BEGIN before it: Postgres refuses it (SQLSTATE 25001)."
+            ),
+            None,
+        ));
+    }
     raw.sort_by_key(|(offset, ..)| *offset);
     // What each destructive finding touches, judged against what exists at that statement.
     let mut verdicts: Vec<(Range<usize>, Option<Verdict>)> = Vec::new();
@@ -232,7 +249,8 @@ fn lint_one(
                 line: line_of(&migration.sql, offset),
                 version: migration.version.to_string(),
                 file: migration.file.clone(),
-                blocking: destructive && !acknowledged && !policy.allow_destructive && !no_data,
+                blocking: rule == NO_TRANSACTION_IN_BLOCK
+                    || (destructive && !acknowledged && !policy.allow_destructive && !no_data),
                 destructive,
                 acknowledged,
                 no_data,
@@ -836,6 +854,9 @@ fn hint_for(rule: &str) -> Option<&'static str> {
         TRANSACTION_NESTING | "ban-uncommitted-transaction" => {
             "Tether runs a file wrapped in BEGIN; … COMMIT; in one transaction without sending the wrapper; any other transaction control makes the file run as written, statement by statement, so a failure part-way keeps what it committed"
         }
+        NO_TRANSACTION_IN_BLOCK => {
+            "move the statement after the file's COMMIT (or into a file of its own): Tether runs it outside a transaction"
+        }
         "ban-concurrent-index-creation-in-transaction" => {
             "Tether runs a file with CONCURRENTLY as written, outside a transaction; keep it out of a BEGIN … COMMIT block of the file's own, where Postgres refuses it"
         }
@@ -936,6 +957,38 @@ mod tests {
             &policy,
         );
         assert!(other[0].blocking);
+    }
+
+    #[test]
+    fn concurrently_inside_the_files_own_transaction_blocks_and_outside_it_does_not() {
+        let sql =
+            "begin;\ncreate table t (c int);\ncreate index concurrently i on t (c);\ncommit;\n";
+        let findings = lint(sql, &LintPolicy::default());
+        let found = findings
+            .iter()
+            .find(|f| f.rule == NO_TRANSACTION_IN_BLOCK)
+            .expect("flagged");
+        assert!(found.blocking);
+        assert_eq!(found.line, 3);
+        assert!(
+            found
+                .message
+                .starts_with("CREATE INDEX CONCURRENTLY cannot run inside a transaction block"),
+            "{}",
+            found.message
+        );
+        let allowed = LintPolicy {
+            allow_destructive: true,
+            ..LintPolicy::default()
+        };
+        assert!(lint(sql, &allowed).iter().any(|f| f.blocking));
+
+        let outside = "create table t (c int);\ncreate index concurrently i on t (c);\n";
+        assert!(
+            lint(outside, &LintPolicy::default())
+                .iter()
+                .all(|f| f.rule != NO_TRANSACTION_IN_BLOCK && !f.blocking)
+        );
     }
 
     #[test]

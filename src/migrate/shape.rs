@@ -158,6 +158,22 @@ impl FileShape {
         }
     }
 
+    /// The first statement that cannot run in a transaction block yet sits inside one the
+    /// file opens itself (`BEGIN; … CREATE INDEX CONCURRENTLY …; COMMIT;`), with what it is:
+    /// Postgres refuses it however the file is run.
+    pub fn no_transaction_inside_block(&self) -> Option<(usize, &'static str)> {
+        let mut open = false;
+        for (i, kind) in self.kinds.iter().enumerate() {
+            match kind {
+                StatementKind::Begin { .. } => open = true,
+                StatementKind::Commit { .. } | StatementKind::Rollback => open = false,
+                StatementKind::NoTransaction(what) if open => return Some((i, what)),
+                _ => {}
+            }
+        }
+        None
+    }
+
     /// Whether statement `index` is sent when the file runs in Tether's transaction
     /// (a wrapped file's `BEGIN` and `COMMIT` are not).
     pub fn sent_in_transaction(&self, index: usize) -> bool {
