@@ -992,6 +992,14 @@ mod tests {
     }
 
     #[test]
+    fn a_rollback_to_a_savepoint_is_a_warning_not_a_block() {
+        let sql =
+            "begin;\nsavepoint s;\ncreate table t (c int);\nrollback to savepoint s;\ncommit;\n";
+        let findings = lint(sql, &LintPolicy::default());
+        assert!(findings.iter().all(|f| !f.blocking), "{findings:?}");
+    }
+
+    #[test]
     fn locking_hazards_are_warnings_with_hints() {
         let sql = "create index i on t (c);\nalter table t add column n int not null;\nalter table t add constraint fk foreign key (c) references u (id);\n";
         let findings = lint(sql, &LintPolicy::default());
