@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
+use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use http::{HeaderMap, Method};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
@@ -406,7 +407,10 @@ impl Limiters {
         }
     }
 
-    async fn acquire(&self, request: &ApiRequest) {
+    /// Waits until `request` may be sent: past a pause the platform asked for, then a token
+    /// of each of its limit classes. A wait long enough to matter is reported to the sync in
+    /// progress (its Environment's status says what it waits for and until when).
+    async fn acquire(&self, platform: Platform, request: &ApiRequest) {
         loop {
             let pause = *self
                 .paused_until
@@ -414,6 +418,11 @@ impl Limiters {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             match pause {
                 Some(until) if until > Instant::now() => {
+                    crate::sync::progress::waiting(
+                        platform,
+                        request.operation,
+                        until - Instant::now(),
+                    );
                     tokio::time::sleep_until(until.into()).await
                 }
                 _ => break,
@@ -426,7 +435,11 @@ impl Limiters {
                 } else {
                     String::new()
                 };
-                limiter.until_key_ready(&key).await;
+                if let Err(not_until) = limiter.check_key(&key) {
+                    let wait = not_until.wait_time_from(limiter.clock().now());
+                    crate::sync::progress::waiting(platform, request.operation, wait);
+                    limiter.until_key_ready(&key).await;
+                }
             }
         }
     }
@@ -484,11 +497,12 @@ pub enum HttpSetupError {
 enum Failure {
     /// Stop and return this error.
     Final(PlatformError),
-    /// Retry after at least this long (when retries allow).
+    /// Retry after at least `wait` (when retries allow); `None`: the platform gave no
+    /// hint, so the client backs off exponentially.
     Retry {
         error: PlatformError,
         rate_limited: bool,
-        wait: Duration,
+        wait: Option<Duration>,
     },
 }
 
@@ -559,11 +573,20 @@ impl PlatformHttp {
                     wait,
                 }) => (error, rate_limited, wait),
             };
+            let backoff_delay = backoff.next().unwrap_or(inner.config.max_backoff);
+            let delay = match (rate_limited, wait) {
+                // The limiter pause already waits `wait`; a little jitter spreads the herd.
+                (true, Some(_)) => backoff_delay.min(inner.config.min_backoff),
+                // A 429 without a hint (Fly sends none): exponential backoff with jitter,
+                // for every request of this client, not a flat retry per second.
+                (true, None) => backoff_delay,
+                (false, wait) => backoff_delay.max(wait.unwrap_or_default()),
+            };
             // A 429 means the platform did not act on the request, so every request may be
             // repeated after it; 5xx and timeouts may have been applied, so only idempotent
             // requests are repeated after those.
             let may_retry = if rate_limited {
-                started.elapsed() + wait <= inner.config.max_rate_limited_wait
+                started.elapsed() + wait.unwrap_or(delay) <= inner.config.max_rate_limited_wait
             } else {
                 request.idempotent && transient_retries < inner.config.max_retries
             };
@@ -573,13 +596,9 @@ impl PlatformHttp {
             if !rate_limited {
                 transient_retries += 1;
             }
-            let delay = backoff.next().unwrap_or(inner.config.max_backoff);
-            let delay = if rate_limited {
-                // The limiter pause already waits `wait`; a little jitter spreads the herd.
-                delay.min(inner.config.min_backoff)
-            } else {
-                delay.max(wait)
-            };
+            if rate_limited && wait.is_none() {
+                inner.limiters.pause_for(delay);
+            }
             tracing::debug!(
                 platform = %inner.platform,
                 operation = request.operation,
@@ -616,7 +635,7 @@ impl PlatformHttp {
         let inner = &self.inner;
         let platform = inner.platform;
         let operation = request.operation;
-        inner.limiters.acquire(request).await;
+        inner.limiters.acquire(platform, request).await;
         let mut builder = inner
             .client
             .request(request.method.clone(), self.url(request))
@@ -665,7 +684,7 @@ impl PlatformHttp {
                         reason,
                     },
                     rate_limited: false,
-                    wait: Duration::ZERO,
+                    wait: None,
                 });
             }
         };
@@ -702,14 +721,15 @@ impl PlatformHttp {
                 let wait = window
                     .retry_after
                     .or(window.reset)
-                    .or_else(|| vercel_body_reset(&body))
-                    .unwrap_or(inner.config.min_backoff);
-                inner.limiters.pause_for(wait);
+                    .or_else(|| vercel_body_reset(&body));
+                if let Some(wait) = wait {
+                    inner.limiters.pause_for(wait);
+                }
                 Err(Failure::Retry {
                     error: PlatformError::RateLimited {
                         platform,
                         operation,
-                        retry_after: wait,
+                        retry_after: wait.unwrap_or(inner.config.min_backoff),
                     },
                     rate_limited: true,
                     wait,
@@ -722,7 +742,7 @@ impl PlatformHttp {
                     reason: format!("HTTP {status}"),
                 },
                 rate_limited: false,
-                wait: window.retry_after.unwrap_or(Duration::ZERO),
+                wait: window.retry_after,
             }),
             401 | 403 => {
                 inner
@@ -752,7 +772,7 @@ impl PlatformHttp {
                     reason: "HTTP 408".into(),
                 },
                 rate_limited: false,
-                wait: Duration::ZERO,
+                wait: None,
             }),
             400..=499 => Err(Failure::Final(PlatformError::Invalid {
                 platform,

@@ -130,12 +130,27 @@ async fn apps_machines_secrets_and_certificates_go_through_their_lifecycles() {
         .await
         .unwrap();
     assert!(v2 > v1);
-    assert!(client.delete_secret("web", "API_KEY").await.unwrap());
+    assert!(
+        client
+            .delete_secret("web", "API_KEY")
+            .await
+            .unwrap()
+            .is_some()
+    );
     let secrets = client.list_secrets("web").await.unwrap();
     assert_eq!(secrets.len(), 1);
     assert!(secrets[0].secret && secrets[0].value.is_none());
-    assert!(client.delete_secret("web", "DATABASE_URL").await.unwrap());
-    assert!(!client.delete_secret("web", "DATABASE_URL").await.unwrap());
+    let before = client.delete_secret("web", "API_KEY").await.unwrap();
+    assert_eq!(before, None, "already gone");
+    let version = client.delete_secret("web", "DATABASE_URL").await.unwrap();
+    assert!(
+        version.is_some_and(|v| v > 0),
+        "a deletion gives the new secrets version"
+    );
+    assert_eq!(
+        client.delete_secret("web", "DATABASE_URL").await.unwrap(),
+        None
+    );
 
     assert!(
         client
@@ -745,4 +760,41 @@ async fn dashboard_edits_change_machine_config_app_secrets_and_volumes() {
         (v.id.as_str(), 5)
     );
     env.check_contract(Platform::Fly);
+}
+
+/// Fly's 429s carry no `Retry-After`: the client backs off exponentially (with jitter), not
+/// at a flat pace that keeps hammering an account already over its limit.
+#[tokio::test]
+async fn a_429_without_retry_after_is_retried_with_exponential_backoff() {
+    let env = harness::start(Platform::Fly, BUCKET_SCALE).await;
+    let client = FlyClient::new(env.http(Platform::Fly));
+    client.ensure_app(&app("b")).await.unwrap();
+    env.set_faults(
+        Platform::Fly,
+        Faults {
+            rate_limit_storm: true,
+            ..Faults::default()
+        },
+    );
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move { client.list_secrets("b").await })
+    };
+    // 1 s of storm: at BUCKET_SCALE the first backoff is 10 ms, so a flat pace would send
+    // about 100 requests; doubling delays (10, 20, 40, … ms) send fewer than 10.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.set_faults(Platform::Fly, Faults::default());
+    call.await
+        .unwrap()
+        .expect("the call succeeds once the storm is over");
+    let limited = env
+        .sandbox
+        .exchanges()
+        .iter()
+        .filter(|e| e.status == 429)
+        .count();
+    assert!(
+        (2..=10).contains(&limited),
+        "{limited} requests were answered 429 in 1 s: the client did not back off exponentially"
+    );
 }
