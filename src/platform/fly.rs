@@ -329,12 +329,13 @@ pub trait FlyApps: Deployments {
         app: &str,
         values: &BTreeMap<String, String>,
     ) -> impl Future<Output = PlatformResult<u64>> + Send;
-    /// Removes one secret; `Ok(false)` when it was not there.
+    /// Removes one secret; returns the new secrets version (which machines must be updated
+    /// with to lose the value), or `Ok(None)` when it was not there.
     fn delete_secret(
         &self,
         app: &str,
         name: &str,
-    ) -> impl Future<Output = PlatformResult<bool>> + Send;
+    ) -> impl Future<Output = PlatformResult<Option<u64>>> + Send;
     /// The app's certificates (custom domains).
     fn list_certificates(
         &self,
@@ -1171,14 +1172,22 @@ impl FlyApps for FlyClient {
             .ok_or_else(|| malformed("set_secrets", "response without `version`".into()))
     }
 
-    async fn delete_secret(&self, app: &str, name: &str) -> PlatformResult<bool> {
+    async fn delete_secret(&self, app: &str, name: &str) -> PlatformResult<Option<u64>> {
         let request = ApiRequest::new(
             Method::DELETE,
             "delete_secret",
             &["v1", "apps", app, "secrets", name],
         )
         .limited(ACTION, format!("delete_secret:{app}"));
-        gone_is_ok(self.http.send(&request).await)
+        match self.http.json::<ApiSecretsVersion>(&request).await {
+            Ok(version) => version
+                .version
+                .or(version.legacy_version)
+                .map(Some)
+                .ok_or_else(|| malformed("delete_secret", "response without `version`".into())),
+            Err(PlatformError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn list_certificates(&self, app: &str) -> PlatformResult<Vec<Domain>> {

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
     ActOutcome, Action, Driver, Field, FieldChange, Fields, ObjectPlan, Planned, SyncEvent,
-    SyncInput, diff,
+    SyncInput, diff, progress,
 };
 use crate::api::common::{DriftPolicy, SecretKeyRef};
 use crate::api::environment::{
@@ -106,6 +106,36 @@ enum Step {
         app: String,
         with: Vec<usize>,
     },
+}
+
+impl Step {
+    /// The plan (object) this step acts on.
+    fn plan(&self) -> usize {
+        match self {
+            Step::CreateApp { plan, .. }
+            | Step::SetSecrets { plan, .. }
+            | Step::CreateVolume { plan, .. }
+            | Step::ExtendVolume { plan, .. }
+            | Step::PutMachine { plan, .. }
+            | Step::DeleteMachine { plan, .. }
+            | Step::DeleteVolume { plan, .. }
+            | Step::DeleteApp { plan, .. } => *plan,
+        }
+    }
+
+    /// The app this step acts in.
+    fn app(&self) -> &str {
+        match self {
+            Step::CreateApp { app, .. }
+            | Step::SetSecrets { app, .. }
+            | Step::CreateVolume { app, .. }
+            | Step::ExtendVolume { app, .. }
+            | Step::PutMachine { app, .. }
+            | Step::DeleteMachine { app, .. }
+            | Step::DeleteVolume { app, .. }
+            | Step::DeleteApp { app, .. } => app,
+        }
+    }
 }
 
 /// A mount whose volume id is only known once the volume (plan `volume`) exists.
@@ -1257,7 +1287,9 @@ async fn act(input: &SyncInput<'_>, planned: Planned<FlyWork>) -> ActOutcome {
     let mut events = Vec::new();
     let mut error = None;
     let mut secrets_versions: BTreeMap<String, u64> = BTreeMap::new();
-    for step in steps {
+    let apps: Vec<String> = steps.iter().map(|s| s.app().to_owned()).collect();
+    for (at, step) in steps.into_iter().enumerate() {
+        let plan = step.plan();
         if let Err(e) = run(
             input,
             &client,
@@ -1271,6 +1303,22 @@ async fn act(input: &SyncInput<'_>, planned: Planned<FlyWork>) -> ActOutcome {
         {
             error = Some(e);
             break;
+        }
+        // Status learns each object as soon as its step is done, except an app whose new
+        // secrets its machines have yet to be updated with: recorded before those updates,
+        // a restart in between would take the secrets as applied and never update the
+        // machines. The app is reported with its last step.
+        let app_done = !apps[at + 1..].contains(&apps[at]);
+        if objects[plan].kind != APP || app_done {
+            report(input, &objects[plan], &records[plan]);
+        }
+        if app_done
+            && let Some(app_plan) = objects
+                .iter()
+                .position(|o| o.kind == APP && o.name == apps[at])
+            && app_plan != plan
+        {
+            report(input, &objects[app_plan], &records[app_plan]);
         }
     }
     let mut managed = Vec::new();
@@ -1306,33 +1354,48 @@ async fn act(input: &SyncInput<'_>, planned: Planned<FlyWork>) -> ActOutcome {
                 format!("Fly {} {} existed and is now managed", plan.kind, plan.name),
             ));
         }
-        let mut object = input.managed(plan);
-        object.id = record.id.or(object.id);
-        object.state = record.state;
-        object.ready = record.ready && record.done;
-        object.url = record.url;
-        object.secret_fingerprints = record.fingerprints;
-        object.image = if record.done {
-            record.image
-        } else {
-            input
-                .previous(&plan.kind, &plan.name)
-                .and_then(|p| p.image.clone())
-        };
-        if record.done {
-            // Drift that was reverted is gone; drift only reported stays listed.
-            object.drift.retain(|f| {
-                plan.changes
-                    .iter()
-                    .any(|c| &c.field == f && !input.applies(c))
-            });
-        }
-        managed.push(object);
+        managed.push(managed_object(input, plan, record));
     }
     ActOutcome {
         objects: managed,
         events,
         error,
+    }
+}
+
+/// The status entry of a kept object from its plan and what acting on it recorded.
+fn managed_object(input: &SyncInput<'_>, plan: &ObjectPlan, record: Record) -> ManagedObject {
+    let mut object = input.managed(plan);
+    object.id = record.id.or(object.id);
+    object.state = record.state;
+    object.ready = record.ready && record.done;
+    object.url = record.url;
+    object.secret_fingerprints = record.fingerprints;
+    object.image = if record.done {
+        record.image
+    } else {
+        input
+            .previous(&plan.kind, &plan.name)
+            .and_then(|p| p.image.clone())
+    };
+    if record.done {
+        // Drift that was reverted is gone; drift only reported stays listed.
+        object.drift.retain(|f| {
+            plan.changes
+                .iter()
+                .any(|c| &c.field == f && !input.applies(c))
+        });
+    }
+    object
+}
+
+/// Reports the object of a finished step to the sync in progress.
+fn report(input: &SyncInput<'_>, plan: &ObjectPlan, record: &Record) {
+    match plan.action {
+        Action::Delete | Action::Orphan if record.done => progress::removed(plan),
+        Action::Delete | Action::Orphan => {}
+        _ if record.done => progress::written(&managed_object(input, plan, record.clone())),
+        _ => {}
     }
 }
 
@@ -1457,7 +1520,10 @@ async fn run(
                 secrets_versions.insert(app.clone(), version);
             }
             for name in &unset {
-                client.delete_secret(&app, name).await?;
+                // Machines updated after this must not start with the deleted value.
+                if let Some(version) = client.delete_secret(&app, name).await? {
+                    secrets_versions.insert(app.clone(), version);
+                }
             }
             input
                 .cache
