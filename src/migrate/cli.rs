@@ -332,9 +332,12 @@ fn write_report(out: &mut String, report: &RunReport, dry_run: bool) {
         let _ = writeln!(out, "error: {error}");
     }
     let outcome = match report.phase {
-        Phase::Blocked => {
+        Phase::Blocked if report.blocking().all(|f| f.waivable()) => {
             "blocked by lint findings (use --allow-destructive or --acknowledge VERSION:rule)"
                 .to_string()
+        }
+        Phase::Blocked => {
+            "blocked by lint findings that no flag waives (fix the files named above)".to_string()
         }
         Phase::Pending if dry_run && report.error.is_none() => {
             "dry run succeeded, nothing applied".to_string()
@@ -353,6 +356,36 @@ fn write_report(out: &mut String, report: &RunReport, dry_run: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn blocked_by(files: &[(&str, &str)]) -> String {
+        let mut report = RunReport::new();
+        report.phase = Phase::Blocked;
+        report.findings = lint_all(
+            MigrationSet::from_inline(files.iter().copied())
+                .unwrap()
+                .migrations(),
+            &LintPolicy::default(),
+        );
+        let mut out = String::new();
+        write_report(&mut out, &report, false);
+        out.lines().last().unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn the_last_line_of_a_blocked_run_offers_a_waiver_only_when_one_exists() {
+        assert!(
+            blocked_by(&[("5_drop.sql", "drop table t;")])
+                .starts_with("blocked by lint findings (use --allow-destructive or --acknowledge")
+        );
+        let unfixable = blocked_by(&[(
+            "6_index.sql",
+            "begin;\ncreate index concurrently i on t (c);\ncommit;\n",
+        )]);
+        assert!(
+            unfixable.starts_with("blocked by lint findings that no flag waives (fix the files"),
+            "{unfixable}"
+        );
+    }
 
     #[test]
     fn acknowledgements_name_a_version_and_rules() {

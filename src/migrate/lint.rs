@@ -124,6 +124,15 @@ pub struct Finding {
     pub blocking: bool,
 }
 
+impl Finding {
+    /// Whether `allowDestructive` or an acknowledgement can let this finding through; a file
+    /// Postgres itself would refuse (a statement that cannot run in a transaction block,
+    /// inside the BEGIN the file opens) can only be fixed.
+    pub fn waivable(&self) -> bool {
+        self.rule != NO_TRANSACTION_IN_BLOCK
+    }
+}
+
 impl fmt::Display for Finding {
     /// `file:line rule: message (hint)`, one line, as a pull-request log shows it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -286,13 +286,15 @@ fn ready_condition(report: &RunReport) -> (ConditionStatus, &'static str, String
                 .blocking()
                 .map(|f| format!("{} in {}", f.rule, f.version))
                 .collect();
+            let remedy = if report.blocking().all(|f| f.waivable()) {
+                "set allowDestructive or acknowledge the rule"
+            } else {
+                "fix the migration file (Postgres would refuse it; no policy waives this)"
+            };
             (
                 ConditionStatus::False,
                 "MigrationBlocked",
-                format!(
-                    "blocked by {}: set allowDestructive or acknowledge the rule",
-                    rules.join(", ")
-                ),
+                format!("blocked by {}: {remedy}", rules.join(", ")),
                 true,
             )
         }
