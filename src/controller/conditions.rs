@@ -70,6 +70,14 @@ pub enum Verdict {
     },
     /// `spec.suspend` is true: nothing is done.
     Suspended,
+    /// Work is under way and not finished (written while a sync runs): `Reconciling=True`
+    /// says what, `Ready=Unknown` until the reconcile concludes.
+    Progressing {
+        /// PascalCase reason, e.g. `Progressing` or `RateLimited`.
+        reason: String,
+        /// What is being done or waited for; never a Secret value.
+        message: String,
+    },
 }
 
 impl Verdict {
@@ -129,8 +137,22 @@ pub fn next_conditions(
                 (ConditionStatus::Unknown, REASON_SUSPENDED, message),
             )
         }
+        Verdict::Progressing { reason, message } => (
+            (ConditionStatus::Unknown, reason.as_str(), message.clone()),
+            (ConditionStatus::False, REASON_NOT_STALLED, String::new()),
+            (
+                ConditionStatus::True,
+                REASON_REFERENCES_RESOLVED,
+                "Every referenced Secret, ConfigMap and object exists".to_string(),
+            ),
+        ),
     };
-    let reconciling = (ConditionStatus::False, REASON_RECONCILED, String::new());
+    let reconciling = match verdict {
+        Verdict::Progressing { reason, message } => {
+            (ConditionStatus::True, reason.as_str(), message.clone())
+        }
+        _ => (ConditionStatus::False, REASON_RECONCILED, String::new()),
+    };
     let owned = [
         (READY, ready),
         (RECONCILING, reconciling),
@@ -230,6 +252,33 @@ mod tests {
 
     fn find<'a>(conds: &'a [Condition], type_: &str) -> &'a Condition {
         conds.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn progress_is_reconciling_with_ready_unknown_and_keeps_other_conditions() {
+        let before = next_conditions(&[], &ready(), Some(1), "t0");
+        let mut with_domain = before.clone();
+        with_domain.push(Condition {
+            type_: "RenderSynced".into(),
+            status: ConditionStatus::True,
+            observed_generation: Some(1),
+            last_transition_time: "t0".into(),
+            reason: "Synced".into(),
+            message: String::new(),
+        });
+        let verdict = Verdict::Progressing {
+            reason: "RateLimited".into(),
+            message: "render: waiting for its rate limit".into(),
+        };
+        let next = next_conditions(&with_domain, &verdict, Some(2), "t1");
+        let reconciling = find(&next, RECONCILING);
+        assert_eq!(reconciling.status, ConditionStatus::True);
+        assert_eq!(reconciling.reason, "RateLimited");
+        assert_eq!(reconciling.message, "render: waiting for its rate limit");
+        assert_eq!(find(&next, READY).status, ConditionStatus::Unknown);
+        assert_eq!(find(&next, STALLED).status, ConditionStatus::False);
+        assert_eq!(find(&next, "RenderSynced").status, ConditionStatus::True);
+        assert_eq!(find(&next, READY).observed_generation, Some(2));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::api::{Condition, ConditionStatus, EnvVar, Environment};
 use crate::controller::conditions::{Verdict, is_stalled};
 use crate::controller::decoded::Decoded;
 use crate::controller::error::ReconcileError;
+use crate::controller::progress;
 use crate::controller::reconcile::{Context, Reconciled, Report, ReportEvent};
 use crate::controller::references::{RefKind, Reference, Snapshot};
 use crate::platform::Platform;
@@ -362,6 +363,30 @@ impl Environment {
         Ok(snapshot)
     }
 
+    /// What the progress writer starts from.
+    fn progress_start(&self, ctx: &Context) -> Result<progress::Start, ReconcileError> {
+        let namespace = self.namespace().ok_or(ReconcileError::Unidentified)?;
+        let mut status = match serde_json::to_value(&self.status) {
+            Ok(serde_json::Value::Object(status)) => status,
+            _ => serde_json::Map::new(),
+        };
+        status.remove("conditions");
+        status.remove("observedGeneration");
+        status.retain(|_, v| !v.is_null());
+        Ok(progress::Start {
+            api: kube::Api::namespaced(ctx.client.clone(), &namespace),
+            name: self.name_any(),
+            generation: self.metadata.generation,
+            status,
+            objects: self.previous_objects().to_vec(),
+            conditions: self
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default(),
+        })
+    }
+
     fn previous_objects(&self) -> &[ManagedObject] {
         self.status.as_ref().map_or(&[], |s| s.objects.as_slice())
     }
@@ -401,8 +426,16 @@ impl Reconciled for Environment {
             deleting: false,
             now: now.clone(),
         };
-        // Observe the platforms, plan, act.
-        let syncs = sync::run::sync(&ctx.platforms, &request, Mode::Apply).await;
+        // Observe the platforms, plan, act; status shows the progress meanwhile.
+        let (reports, received) = tokio::sync::mpsc::unbounded_channel();
+        let progress = progress::write(self.progress_start(ctx)?, received);
+        let (syncs, ()) = tokio::join!(
+            sync::progress::scoped(
+                reports,
+                sync::run::sync(&ctx.platforms, &request, Mode::Apply)
+            ),
+            progress
+        );
         // Report.
         let reported = report(
             &ReportInput {

@@ -23,6 +23,7 @@ pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod migration;
+pub mod progress;
 pub mod rbac;
 pub mod reconcile;
 pub mod references;

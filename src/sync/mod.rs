@@ -18,6 +18,7 @@ pub mod cache;
 pub mod fingerprint;
 pub mod fly;
 pub mod plan;
+pub mod progress;
 pub mod render;
 pub mod run;
 pub mod supabase;

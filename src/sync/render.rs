@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use super::{
     ActOutcome, Action, Driver, Field, FieldChange, Fields, ObjectPlan, Planned, SyncEvent,
-    SyncInput, diff,
+    SyncInput, diff, progress,
 };
 use crate::api::common::EnvVar as SpecEnvVar;
 use crate::api::environment::{
@@ -1267,12 +1267,16 @@ impl Driver for RenderDriver {
                 Ok(done) => {
                     events(&mut outcome.events, plan, &item, &done);
                     if done.gone {
+                        progress::removed(plan);
                         continue;
                     }
                     let mut object = input.managed(plan);
                     apply_shown(&mut object, done.shown.as_ref().unwrap_or(&item.status));
                     object.secret_fingerprints = item.fingerprints.clone();
                     object.image = item.image.clone();
+                    if plan.changes_anything() {
+                        progress::written(&object);
+                    }
                     outcome.objects.push(object);
                     if let Some(reason) = &item.refusal {
                         refusals.push((plan.kind.clone(), reason.clone()));

@@ -214,7 +214,17 @@ async fn drive<D: Driver>(driver: &D, input: &SyncInput<'_>, mode: Mode) -> Plat
     };
     let plans = planned.objects.clone();
     let outcome = match mode {
-        Mode::Apply => driver.act(input, planned).await,
+        Mode::Apply => {
+            let changes: Vec<ObjectPlan> = plans
+                .iter()
+                .filter(|p| p.changes_anything())
+                .cloned()
+                .collect();
+            if !changes.is_empty() {
+                super::progress::report(super::progress::Progress::Planned { platform, changes });
+            }
+            driver.act(input, planned).await
+        }
         Mode::Plan => ActOutcome {
             objects: plans
                 .iter()

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use super::{
     ActOutcome, Action, CacheKey, Driver, Field, FieldChange, Fields, ObjectPlan, ObserveCache,
-    Planned, SyncEvent, SyncInput, diff,
+    Planned, SyncEvent, SyncInput, diff, progress,
 };
 use crate::api::common::DriftPolicy;
 use crate::api::environment::{ManagedObject, SupabaseProject as ProjectSpec};
@@ -721,6 +721,17 @@ async fn act_object(
                         .secret_fingerprints
                         .insert(PASSWORD.into(), fp.clone());
                 }
+                if matches!(name, "create" | "password") {
+                    // Status records the project and the password just written before the
+                    // next step: a restart must neither create nor write them again.
+                    let mut now = managed.clone();
+                    if let Some(p) = &project {
+                        now.id = Some(p.id.clone());
+                        now.url = Some(format!("https://{}.supabase.co", p.id));
+                        now.state = Some(p.status.clone());
+                    }
+                    progress::written(&now);
+                }
             }
             Err(e) => {
                 result = Err(e);
@@ -751,6 +762,7 @@ async fn act_object(
                 )
             };
             outcome.events.push(event(reason, plan, note));
+            progress::removed(plan);
             return Ok(());
         }
         _ => {}
@@ -820,6 +832,9 @@ async fn act_object(
                 ),
             ));
         }
+    }
+    if plan.changes_anything() {
+        progress::written(&managed);
     }
     outcome.objects.push(managed);
     result

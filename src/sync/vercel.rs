@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use super::{
     ActOutcome, Action, Driver, Field, FieldChange, Fields, ObjectPlan, Planned, SyncEvent,
-    SyncInput, diff,
+    SyncInput, diff, progress,
 };
 use crate::api::common::DriftPolicy;
 use crate::api::environment::{ManagedObject, VercelProject as ProjectSpec, VercelTarget};
@@ -720,6 +720,7 @@ impl Driver for VercelDriver {
                         "Deleted",
                         format!("Deleted Vercel project {:?}", plan.name),
                     ));
+                    progress::removed(plan);
                     continue;
                 }
                 Action::Orphan => {
@@ -730,6 +731,7 @@ impl Driver for VercelDriver {
                             plan.name
                         ),
                     ));
+                    progress::removed(plan);
                     continue;
                 }
                 _ => {}
@@ -752,6 +754,9 @@ impl Driver for VercelDriver {
                     fingerprints(want, &unapplied, input.previous(KIND, &plan.name));
             }
             object.drift = unapplied;
+            if plan.changes_anything() {
+                progress::written(&object);
+            }
             outcome.objects.push(object);
         }
         outcome

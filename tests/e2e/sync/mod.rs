@@ -2,6 +2,7 @@
 
 mod environment;
 mod fly;
+mod progress;
 mod render;
 mod supabase;
 mod vercel;

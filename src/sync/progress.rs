@@ -1,0 +1,132 @@
+//! What a sync in progress tells its caller before it returns: each object as soon as it
+//! was written (its id and the fingerprints of the secrets just written, so a restart right
+//! after does not write them again), what each platform is about to change, and when a
+//! request waits for a platform's rate limit.
+//!
+//! The reporter is scoped to the sync's task ([`scoped`]): the platform clients are shared
+//! by every Environment of an account, so a rate-limit wait deep in a client reaches the
+//! Environment whose sync is waiting without threading a handle through every call. Outside
+//! a scope (`tether plan`, tests of a driver) reports go nowhere.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::ObjectPlan;
+use crate::api::environment::ManagedObject;
+use crate::platform::Platform;
+
+/// Rate-limit waits shorter than this are not reported (they are over before a status
+/// write would land).
+pub const REPORTED_WAIT: Duration = Duration::from_secs(1);
+
+/// One report of a sync in progress.
+#[derive(Clone, Debug)]
+pub enum Progress {
+    /// A platform was observed and planned: the objects it will change.
+    Planned {
+        /// Platform.
+        platform: Platform,
+        /// The plans that change something (create, update, delete).
+        changes: Vec<ObjectPlan>,
+    },
+    /// An object was written; its status entry as it is now.
+    Written(Box<ManagedObject>),
+    /// An object was deleted or orphaned: it leaves status.
+    Removed {
+        /// Platform.
+        platform: Platform,
+        /// Kind on the platform.
+        kind: String,
+        /// Name.
+        name: String,
+    },
+    /// A request waits for the platform's rate limit.
+    Waiting {
+        /// Platform.
+        platform: Platform,
+        /// The operation waiting (`create_service`).
+        operation: &'static str,
+        /// When it is sent.
+        until: SystemTime,
+    },
+}
+
+tokio::task_local! {
+    static SINK: UnboundedSender<Progress>;
+}
+
+/// Runs `work` with its progress reported to `sink`.
+pub async fn scoped<F: Future>(sink: UnboundedSender<Progress>, work: F) -> F::Output {
+    SINK.scope(sink, work).await
+}
+
+/// Reports `progress` to the current scope, if any.
+pub fn report(progress: Progress) {
+    let _ = SINK.try_with(|sink| {
+        // The receiver is gone only when the caller stopped listening: nothing to tell.
+        let _ = sink.send(progress);
+    });
+}
+
+/// Reports that `object` was written.
+pub fn written(object: &ManagedObject) {
+    report(Progress::Written(Box::new(object.clone())));
+}
+
+/// Reports that `plan`'s object left management (deleted or orphaned).
+pub fn removed(plan: &ObjectPlan) {
+    report(Progress::Removed {
+        platform: plan.platform,
+        kind: plan.kind.clone(),
+        name: plan.name.clone(),
+    });
+}
+
+/// Reports a rate-limit wait of `wait` before `operation` (only waits of at least
+/// [`REPORTED_WAIT`]).
+pub fn waiting(platform: Platform, operation: &'static str, wait: Duration) {
+    if wait >= REPORTED_WAIT {
+        report(Progress::Waiting {
+            platform,
+            operation,
+            until: SystemTime::now() + wait,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reports_reach_the_scope_of_the_task_and_go_nowhere_outside_it() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        // Outside a scope: dropped without a panic.
+        waiting(Platform::Render, "create_service", Duration::from_secs(5));
+        scoped(tx, async {
+            waiting(
+                Platform::Render,
+                "create_service",
+                Duration::from_millis(10),
+            );
+            waiting(Platform::Fly, "create_app", Duration::from_secs(3));
+            written(&ManagedObject {
+                name: "api".into(),
+                ..ManagedObject::default()
+            });
+        })
+        .await;
+        match rx.recv().await {
+            Some(Progress::Waiting {
+                platform,
+                operation,
+                ..
+            }) => assert_eq!((platform, operation), (Platform::Fly, "create_app")),
+            other => panic!("expected the 3 s wait (the 10 ms one is not reported): {other:?}"),
+        }
+        assert!(matches!(rx.recv().await, Some(Progress::Written(o)) if o.name == "api"));
+        assert!(rx.recv().await.is_none(), "the sender ends with the scope");
+    }
+}

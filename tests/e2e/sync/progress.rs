@@ -1,0 +1,154 @@
+//! Status while a sync runs: what is being done and what it waits for shows within seconds,
+//! each object is recorded as soon as it is written, and a controller restarted mid-sync
+//! neither creates nor writes anything again.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tether::platform::Platform;
+
+use crate::support::eventually;
+use crate::support::sync::{SyncHarness, WAIT, condition, condition_is, object};
+
+/// Render allows 20 service creates an hour; the client paces them (one, then one every
+/// 3600/19 s). At this scale an hour lasts 3 minutes, so the second create waits about 9.5 s.
+const SCALE: f64 = 20.0;
+const SERVICES: usize = 2;
+
+fn services() -> Vec<Value> {
+    (0..SERVICES)
+        .map(|i| json!({"name": format!("svc-{i:02}"), "type": "web", "image": "ghcr.io/acme/api:1"}))
+        .collect()
+}
+
+fn environment(name: &str, extra: Value) -> Value {
+    let mut spec = json!({
+        "credentials": {
+            "render": {"name": "tether-sandbox-render", "key": "token"},
+            "fly": {"name": "tether-sandbox-fly", "key": "token"},
+        },
+        "render": {"ownerId": "tea-e2e", "services": services()},
+        "interval": "1h",
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    json!({
+        "apiVersion": "tether.dev/v1alpha1",
+        "kind": "Environment",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    })
+}
+
+fn creates(h: &SyncHarness) -> usize {
+    h.requests(Platform::Render)
+        .iter()
+        .filter(|r| *r == "POST /services")
+        .count()
+}
+
+fn with_ids(env: &Value, platform: &str) -> usize {
+    env["status"]["objects"]
+        .as_array()
+        .map(|objects| {
+            objects
+                .iter()
+                .filter(|o| o["platform"] == platform && o["id"].is_string())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_sync_waiting_for_a_rate_limit_says_so_in_status_within_5_s() {
+    let h = SyncHarness::start_with(SCALE).await;
+    h.apply(environment("wide", json!({}))).await;
+    eventually(WAIT, || async { (creates(&h) >= 1).then_some(()) }).await;
+    let waiting_since = Instant::now();
+    let env = eventually(Duration::from_secs(5), || async {
+        let env = serde_json::to_value(h.environments().get("wide").await.ok()?).ok()?;
+        let reconciling = condition(&env, "Reconciling")?;
+        (reconciling["status"] == "True" && reconciling["reason"] == "RateLimited").then_some(env)
+    })
+    .await;
+    let shown_after = waiting_since.elapsed();
+    let message = condition(&env, "Reconciling").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("render is waiting for its API rate limit: create_service is sent at"),
+        "{message}"
+    );
+    assert!(
+        message.contains("render: 1 of 2 changes applied, next service \"svc-01\""),
+        "{message}"
+    );
+    assert!(condition_is(&env, "Ready", "Unknown"), "{env}");
+    assert_eq!(
+        env["status"]["observedGeneration"], env["metadata"]["generation"],
+        "kstatus reads Reconciling=True of the current generation as in progress"
+    );
+    assert_eq!(
+        with_ids(&env, "render"),
+        1,
+        "the service created so far is in status with its id"
+    );
+    eprintln!("the wait showed in status {shown_after:?} after it began");
+
+    let env = h.wait_ready("wide").await;
+    assert!(condition_is(&env, "Reconciling", "False"));
+    assert_eq!(with_ids(&env, "render"), SERVICES);
+    assert_eq!(creates(&h), SERVICES);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_controller_restarted_mid_sync_writes_no_secret_and_updates_no_machine_again() {
+    let mut h = SyncHarness::start_with(SCALE).await;
+    h.put_secret("app-secrets", &[("api-key", "sk_live_restart-test-value")])
+        .await;
+    let fly = json!({"org": "acme", "apps": [{
+        "name": "mid",
+        "image": "registry.fly.io/acme:1",
+        "regions": [{"region": "ams", "count": 2}],
+        "guest": {"cpuKind": "shared", "cpus": 1, "memoryMb": 256},
+        "secrets": [{"name": "API_KEY", "secretKeyRef": {"name": "app-secrets", "key": "api-key"}}]
+    }]});
+    h.apply(environment("mid", json!({ "fly": fly }))).await;
+    // Fly is done (its secrets set, its machines created) while Render waits for its create
+    // limit: the sync is still running, and status already holds what Fly wrote.
+    h.wait_for("mid", "Fly recorded while Render waits", |env| {
+        condition(env, "Reconciling").is_some_and(|c| c["reason"] == "RateLimited")
+            && object(env, "fly", "app", "mid")
+                .is_some_and(|o| o["secretFingerprints"]["secrets.API_KEY"].is_string())
+            && with_ids(env, "fly") == 3
+    })
+    .await;
+    h.kill_controllers();
+    let fly_writes = |h: &SyncHarness| {
+        h.requests(Platform::Fly)
+            .into_iter()
+            .filter(|r| r.starts_with("POST ") || r.starts_with("PUT ") || r.starts_with("DELETE "))
+            .collect::<Vec<_>>()
+    };
+    let before = fly_writes(&h);
+    assert_eq!(
+        before
+            .iter()
+            .filter(|r| *r == "POST /v1/apps/mid/secrets")
+            .count(),
+        1
+    );
+
+    h.start_controllers().await;
+    h.wait_ready("mid").await;
+    assert_eq!(
+        fly_writes(&h),
+        before,
+        "the restarted controller wrote nothing to Fly: no secret, no machine update"
+    );
+    assert_eq!(creates(&h), SERVICES, "no Render service was created twice");
+    h.stop().await;
+}
