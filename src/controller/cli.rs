@@ -198,6 +198,7 @@ pub async fn run_cli(args: ControllerArgs) -> Result<(), CliError> {
         async move {
             wait_for_signal().await;
             info!("shutdown requested");
+            crate::controller::exit_if_shutdown_overruns();
             shutdown.cancel();
         }
     });

@@ -51,10 +51,23 @@ use metrics::ControllerMetrics;
 use reconcile::{Context, Reconciled};
 pub use server::Health;
 
-/// How long controllers get to finish in-flight reconciles after shutdown is requested;
-/// a controller still waiting for its first list (API unreachable) would otherwise wait
-/// forever.
+/// How long shutdown may take from the signal to the exit, whatever hangs (the chart gives
+/// the pod more, but a 10 s budget keeps rollouts fast).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long in-flight reconciles get to finish after shutdown is requested (a reconcile in a
+/// slow platform call, or a controller waiting for its first list, would otherwise wait
+/// forever); the rest of [`SHUTDOWN_GRACE`] releases the lease and stops the servers.
+pub const RECONCILE_GRACE: Duration = Duration::from_secs(7);
+
+/// Ends the process if shutdown, requested now, is still running when [`SHUTDOWN_GRACE`]
+/// is nearly over: a last resort, so that no stuck component outlives the grace period.
+pub fn exit_if_shutdown_overruns() {
+    tokio::spawn(async {
+        tokio::time::sleep(SHUTDOWN_GRACE - Duration::from_millis(500)).await;
+        tracing::error!("shutdown did not finish within {SHUTDOWN_GRACE:?}; exiting now");
+        std::process::exit(1);
+    });
+}
 
 /// What the controllers watch and how they retry.
 #[derive(Clone, Debug)]
@@ -381,7 +394,7 @@ where
 }
 
 /// Runs one controller until `shutdown`, logging (never propagating) every error the
-/// runtime reports, and bounding the shutdown by [`SHUTDOWN_GRACE`].
+/// runtime reports, and bounding the shutdown by [`RECONCILE_GRACE`].
 fn spawn_controller<K: Reconciled>(
     controller: Controller<Decoded<K>>,
     ctx: Arc<Context>,
@@ -405,7 +418,7 @@ fn spawn_controller<K: Reconciled>(
             () = stream => {}
             () = async {
                 shutdown.cancelled().await;
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
+                tokio::time::sleep(RECONCILE_GRACE).await;
             } => warn!(controller = K::CONTROLLER, "shutdown grace period ran out"),
         }
     })

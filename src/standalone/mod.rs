@@ -30,8 +30,9 @@ use progress::{Progress, Reporter};
 const DEBOUNCE: Duration = Duration::from_millis(300);
 /// How long the start waits for the progress watchers' first list.
 const WATCHERS_LISTED: Duration = Duration::from_secs(5);
-/// How long shutdown waits for the API server and the controllers to stop.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the API server and the controllers to stop (within the 10 s
+/// grace period, [`crate::controller::SHUTDOWN_GRACE`]).
+const DRAIN: Duration = Duration::from_secs(9);
 /// The shortest poll of objects coming up on the sandbox, however fast its clock runs.
 const MIN_PENDING_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -126,6 +127,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = sigterm.recv() => {}
             }
+            crate::controller::exit_if_shutdown_overruns();
             on_signal.cancel();
         });
         serve(args, Reporter::stdout(), shutdown).await
@@ -296,8 +298,8 @@ pub async fn serve(
         }
         api.stopped().await;
     };
-    if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
-        tracing::warn!("components did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
+    if tokio::time::timeout(DRAIN, drained).await.is_err() {
+        tracing::warn!("components did not stop within {DRAIN:?}; exiting anyway");
     }
     Ok(())
 }

@@ -151,3 +151,110 @@ async fn reqwest_free_get(addr: std::net::SocketAddr, path: &str) -> Option<Stri
     stream.read_to_string(&mut response).await.ok()?;
     Some(response)
 }
+
+/// Kubernetes sends SIGKILL when the grace period is over: a reconcile stuck in a slow
+/// platform call must not keep the controller past it (nor its lease release).
+#[tokio::test]
+async fn a_controller_stuck_in_a_platform_call_exits_within_10_s_of_sigterm() {
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    use tether::platform::Platform;
+    use tether::sandbox::{Faults, SandboxConfig};
+
+    tether::install_crypto_provider();
+    let cluster = TestCluster::start().await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let sandbox = tether::sandbox::start(
+        SandboxConfig {
+            platforms: vec![Platform::Render],
+            ..SandboxConfig::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let _stop_sandbox = shutdown.drop_guard();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(cluster.client(), "default");
+    for (_, secret) in sandbox.credential_secrets("default") {
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+    // Every Render call hangs for a minute.
+    sandbox.set_faults(
+        Platform::Render,
+        Faults {
+            latency_ms: 60_000,
+            ..Faults::default()
+        },
+    );
+    let render_url = sandbox.url(Platform::Render).unwrap();
+    let mut child = Command::new(TETHER)
+        .args([
+            "controller",
+            "--leader-elect=true",
+            "--lease-namespace",
+            "default",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--render-url",
+            &render_url,
+        ])
+        .env("KUBECONFIG", cluster.kubeconfig_path())
+        .stderr(Stdio::inherit())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let envs: Api<tether::api::Environment> = Api::namespaced(cluster.client(), "default");
+    let manifest = serde_json::json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
+        "metadata": {"name": "slow", "namespace": "default"},
+        "spec": {
+            "credentials": {"render": {"name": "tether-sandbox-render", "key": "token"}},
+            "render": {"ownerId": "tea-e2e", "services": [
+                {"name": "slow-api", "type": "web", "image": "ghcr.io/acme/api:1"}]},
+        },
+    });
+    envs.patch(
+        "slow",
+        &PatchParams::apply("e2e-test").force(),
+        &Patch::Apply(&manifest),
+    )
+    .await
+    .unwrap();
+    // The finalizer is added just before the first apply, whose first Render call hangs.
+    eventually(Duration::from_secs(30), || async {
+        let env = envs.get("slow").await.ok()?;
+        (!env.metadata.finalizers.unwrap_or_default().is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the controller did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = started.elapsed();
+    eprintln!("exited {took:?} after SIGTERM with {status:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the controller took {took:?} to exit, past the 10 s grace period"
+    );
+    assert!(status.success(), "exit status {status:?}");
+}
