@@ -867,4 +867,9 @@ pub struct ManagedObject {
     /// image is rolled out again only when it differs from this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Fly secrets versions: on an app, the version its last secret change produced; on a
+    /// machine, the version it was last launched with. A machine older than its app is
+    /// updated, also when the controller restarted between the two writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_version: Option<u64>,
 }

@@ -122,20 +122,6 @@ impl Step {
             | Step::DeleteApp { plan, .. } => *plan,
         }
     }
-
-    /// The app this step acts in.
-    fn app(&self) -> &str {
-        match self {
-            Step::CreateApp { app, .. }
-            | Step::SetSecrets { app, .. }
-            | Step::CreateVolume { app, .. }
-            | Step::ExtendVolume { app, .. }
-            | Step::PutMachine { app, .. }
-            | Step::DeleteMachine { app, .. }
-            | Step::DeleteVolume { app, .. }
-            | Step::DeleteApp { app, .. } => app,
-        }
-    }
 }
 
 /// A mount whose volume id is only known once the volume (plan `volume`) exists.
@@ -154,6 +140,8 @@ struct Record {
     fingerprints: BTreeMap<String, String>,
     /// The image this Environment has rolled out to it once its step is done (machines).
     image: Option<String>,
+    /// Fly's secrets version: what the app's secrets are at, or what a machine runs with.
+    secrets_version: Option<u64>,
     /// Existed before Tether managed it.
     adopted: bool,
     /// The step acting on it finished (objects with nothing to do start done).
@@ -675,6 +663,7 @@ fn plan_app(
                         fingerprints.clone()
                     },
                     image: None,
+                    secrets_version: previous_app.and_then(|a| a.secrets_version),
                     adopted: previous_app.is_none(),
                     done: !secrets_change,
                 },
@@ -887,15 +876,22 @@ fn plan_app(
                         .filter(|c| ctx.applies(c))
                         .map(|c| section(&c.field))
                         .collect();
-                    if secrets_change {
+                    // Launched before the app's last secret change (the run that changed them
+                    // stopped before updating this machine).
+                    let launched = previous.and_then(|m| m.secrets_version);
+                    let stale = match (previous_app.and_then(|a| a.secrets_version), launched) {
+                        (Some(app), Some(machine)) => machine < app,
+                        _ => false,
+                    };
+                    if secrets_change || stale {
                         changes.push(FieldChange {
                             field: "secretsVersion".into(),
-                            from: Some("current".into()),
+                            from: Some(launched.map_or("current".into(), |v| v.to_string())),
                             to: Some("after the app's secrets change".into()),
                             drift: false,
                         });
                     }
-                    let update = !sections.is_empty() || secrets_change;
+                    let update = !sections.is_empty() || secrets_change || stale;
                     let action = if update {
                         Action::Update
                     } else if transient(&m.state) {
@@ -916,6 +912,7 @@ fn plan_app(
                             id: Some(m.id.clone()),
                             state: Some(m.state.clone()),
                             ready: machine_ready(m),
+                            secrets_version: launched,
                             adopted: previous.is_none(),
                             done: !update,
                             image: if sections.contains("image") || m.config.image == config.image {
@@ -1287,8 +1284,7 @@ async fn act(input: &SyncInput<'_>, planned: Planned<FlyWork>) -> ActOutcome {
     let mut events = Vec::new();
     let mut error = None;
     let mut secrets_versions: BTreeMap<String, u64> = BTreeMap::new();
-    let apps: Vec<String> = steps.iter().map(|s| s.app().to_owned()).collect();
-    for (at, step) in steps.into_iter().enumerate() {
+    for step in steps {
         let plan = step.plan();
         if let Err(e) = run(
             input,
@@ -1304,22 +1300,11 @@ async fn act(input: &SyncInput<'_>, planned: Planned<FlyWork>) -> ActOutcome {
             error = Some(e);
             break;
         }
-        // Status learns each object as soon as its step is done, except an app whose new
-        // secrets its machines have yet to be updated with: recorded before those updates,
-        // a restart in between would take the secrets as applied and never update the
-        // machines. The app is reported with its last step.
-        let app_done = !apps[at + 1..].contains(&apps[at]);
-        if objects[plan].kind != APP || app_done {
-            report(input, &objects[plan], &records[plan]);
-        }
-        if app_done
-            && let Some(app_plan) = objects
-                .iter()
-                .position(|o| o.kind == APP && o.name == apps[at])
-            && app_plan != plan
-        {
-            report(input, &objects[app_plan], &records[app_plan]);
-        }
+        // Status learns each object as soon as its step is done. An app's new secrets
+        // version is recorded with its fingerprints, and each machine's with the machine:
+        // after a restart between the two, the machines still older than the app are
+        // updated, and no secret is written again.
+        report(input, &objects[plan], &records[plan]);
     }
     let mut managed = Vec::new();
     for (plan, record) in objects.iter().zip(records) {
@@ -1371,6 +1356,7 @@ fn managed_object(input: &SyncInput<'_>, plan: &ObjectPlan, record: Record) -> M
     object.ready = record.ready && record.done;
     object.url = record.url;
     object.secret_fingerprints = record.fingerprints;
+    object.secrets_version = record.secrets_version;
     object.image = if record.done {
         record.image
     } else {
@@ -1387,6 +1373,14 @@ fn managed_object(input: &SyncInput<'_>, plan: &ObjectPlan, record: Record) -> M
         });
     }
     object
+}
+
+/// The secrets version of `app` as this run knows it (set now, or recorded before).
+fn app_secrets_version(plans: &[ObjectPlan], records: &[Record], app: &str) -> Option<u64> {
+    plans
+        .iter()
+        .position(|p| p.kind == APP && p.name == app)
+        .and_then(|i| records[i].secrets_version)
 }
 
 /// Reports the object of a finished step to the sync in progress.
@@ -1537,6 +1531,9 @@ async fn run(
                 });
             let r = &mut records[plan];
             r.fingerprints = fingerprints;
+            if let Some(version) = secrets_versions.get(&app) {
+                r.secrets_version = Some(*version);
+            }
             if plans[plan].action == Action::Update {
                 r.done = true;
                 update_events(input, &plans[plan], events);
@@ -1613,7 +1610,13 @@ async fn run(
                     path: mount.path,
                 }];
             }
-            spec.min_secrets_version = secrets_versions.get(&app).copied();
+            // The version set in this run, else the one status recorded for the app (set
+            // by a run that stopped before updating this machine).
+            spec.min_secrets_version = secrets_versions
+                .get(&app)
+                .copied()
+                .or_else(|| app_secrets_version(plans, records, &app));
+            records[plan].secrets_version = spec.min_secrets_version;
             let machine = match &id {
                 None => {
                     let ensured = client.ensure_machine(&app, &spec).await?;
@@ -2155,6 +2158,60 @@ mod tests {
                 .filter(|o| o.kind == MACHINE && o.action == Action::Update)
                 .count(),
             3
+        );
+    }
+
+    #[test]
+    fn machines_launched_before_the_apps_last_secret_change_are_updated_and_no_secret_is_set() {
+        // A run set the secrets (version 7, recorded on the app) and stopped after updating
+        // one machine: the next run updates the other two, and writes no secret.
+        let mut f = Fixture::new(vec![spec_app(false)]);
+        let (observed, mut status) = converged(&f.apps);
+        for entry in &mut status {
+            entry.secrets_version = match (entry.kind.as_str(), entry.name.as_str()) {
+                (APP, _) => Some(7),
+                (MACHINE, "web-ams-0") => Some(7),
+                (MACHINE, _) => Some(6),
+                _ => None,
+            };
+        }
+        f.previous = status;
+        f.drift_possible = true;
+        let planned = f.plan(&observed);
+        assert_eq!(
+            planned.objects[0].action,
+            Action::InSync,
+            "the app's secrets are set"
+        );
+        let updated: Vec<&str> = planned
+            .objects
+            .iter()
+            .filter(|o| o.kind == MACHINE && o.action == Action::Update)
+            .map(|o| o.name.as_str())
+            .collect();
+        assert_eq!(updated, ["web-ams-1", "web-iad-0"]);
+        assert!(
+            planned
+                .work
+                .steps
+                .iter()
+                .all(|s| !matches!(s, Step::SetSecrets { .. }))
+        );
+        let Some(Step::PutMachine { spec, .. }) = planned.work.steps.first() else {
+            panic!("{:?}", planned.work.steps)
+        };
+        assert_eq!(
+            spec.min_secrets_version, None,
+            "set when acting, from the app"
+        );
+        // Unknown versions (status from before they were recorded) force nothing.
+        let (observed, status) = converged(&f.apps);
+        f.previous = status;
+        assert!(
+            f.plan(&observed)
+                .objects
+                .iter()
+                .all(|o| o.action == Action::InSync)
         );
     }
 
