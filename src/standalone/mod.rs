@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::localapi::access::restrict_to_owner;
+use crate::localapi::access::{restrict_to_owner, write_owner_only};
 use crate::localapi::{LocalApiConfig, LocalApiError, StoreConfig};
 use progress::{Progress, Reporter};
 
@@ -164,6 +164,7 @@ pub async fn serve(
             addr: args.addr,
             store: StoreConfig::File(store.clone()),
             crds: crds.clone(),
+            security: None,
         },
         stop.clone(),
     )
@@ -360,24 +361,7 @@ fn write_kubeconfig(path: &Path, config: &kube::config::Kubeconfig) -> Result<()
         reason,
     };
     let yaml = serde_saphyr::to_string(config).map_err(|e| error(e.to_string()))?;
-    let tmp = path.with_extension("tmp");
-    // Created 0600: never readable by others, not even briefly.
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(error(e.to_string())),
-        _ => {}
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(&tmp)
-        .and_then(|mut file| {
-            use std::io::Write as _;
-            file.write_all(yaml.as_bytes())
-        })
-        .map_err(|e| error(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| error(e.to_string()))
+    write_owner_only(path, yaml.as_bytes()).map_err(|e| error(e.to_string()))
 }
 
 #[cfg(test)]
