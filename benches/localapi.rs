@@ -30,6 +30,7 @@ async fn server(store: StoreConfig) -> anyhow::Result<(LocalApiHandle, Cancellat
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             store,
             crds: Vec::new(),
+            security: None,
         },
         shutdown.clone(),
     )

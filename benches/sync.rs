@@ -566,6 +566,7 @@ async fn start_api(shutdown: &CancellationToken) -> LocalApiHandle {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             store: StoreConfig::Memory,
             crds: tether::api::crds(),
+            security: None,
         },
         shutdown.clone(),
     )

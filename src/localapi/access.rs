@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use http::{HeaderMap, Method, header};
+use http::{HeaderMap, Method, Uri, header};
 
 use super::status::ApiError;
 
@@ -35,14 +35,49 @@ pub fn restrict_to_owner(path: &Path, mode: u32) -> std::io::Result<()> {
     }
 }
 
+/// Writes `contents` to `path` readable only by its owner (mode 0600 from creation on,
+/// never briefly readable by others), replacing any older file atomically: written to
+/// `<path>.tmp`, then renamed.
+pub fn write_owner_only(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)
+}
+
 /// Checks a request's `Host`, `Origin` and (for writes) media type, in that order, before
-/// its body is read (a bodiless DELETE needs no media type).
-pub fn check(method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
-    let host = headers
+/// its body is read (a bodiless DELETE needs no media type). The host is the `Host` header
+/// and the authority of the request target (HTTP/2's `:authority`, or an absolute URI):
+/// at least one must be present, and every one present must be a loopback name.
+pub fn check(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
+    let header_host = headers
         .get(header::HOST)
-        .map(|h| h.to_str().unwrap_or("<not text>"))
-        .unwrap_or_default();
-    if !is_loopback_authority(host) {
+        .map(|h| h.to_str().unwrap_or("<not text>"));
+    let hosts: Vec<&str> = uri
+        .authority()
+        .map(|a| a.as_str())
+        .into_iter()
+        .chain(header_host)
+        .collect();
+    let refused = if hosts.is_empty() {
+        Some("")
+    } else {
+        hosts.into_iter().find(|h| !is_loopback_authority(h))
+    };
+    if let Some(host) = refused {
         return Err(ApiError::forbidden(format!(
             "host {host:?} is not allowed: the embedded API answers only requests addressed to \
              localhost, 127.0.0.1 or [::1] (protection against DNS rebinding)"
@@ -159,5 +194,25 @@ mod tests {
         assert!(!is_loopback_origin("null"));
         assert!(!is_loopback_origin("https://evil.example"));
         assert!(!is_loopback_origin("file://localhost"));
+    }
+
+    #[test]
+    fn the_authority_of_the_request_target_is_checked_like_the_host_header() {
+        let code = |uri: &str, host: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(host) = host {
+                headers.insert(header::HOST, host.parse().unwrap());
+            }
+            let uri: Uri = uri.parse().unwrap();
+            check(&Method::GET, &uri, &headers).map_or_else(|e| e.code, |()| 200)
+        };
+        // HTTP/2 carries the host as `:authority`, in the URI, with no Host header.
+        assert_eq!(code("https://127.0.0.1:6443/api", None), 200);
+        assert_eq!(code("https://evil.example/api", None), 403);
+        assert_eq!(code("/api", Some("localhost:6443")), 200);
+        // Both present: both must be loopback.
+        assert_eq!(code("https://evil.example/api", Some("localhost")), 403);
+        assert_eq!(code("https://localhost/api", Some("evil.example")), 403);
+        assert_eq!(code("/api", None), 403);
     }
 }

@@ -1,12 +1,14 @@
-//! A small Kubernetes-compatible API server that runs in process over plain HTTP on
-//! loopback, so the unchanged kube-rs controllers and kubectl work without a cluster
-//! (`tether run` and every end-to-end test).
+//! A small Kubernetes-compatible API server that runs in process on loopback, so the
+//! unchanged kube-rs controllers and kubectl work without a cluster (`tether run` and every
+//! end-to-end test). `tether run` serves it over HTTPS and requires a bearer token
+//! ([`security`]); the test harness serves it over plain HTTP without one.
 //!
 //! Request flow: [`routes`] parses the REST path and query → [`storage`] runs the verb under
 //! one lock (optimistic concurrency, generation, status subresource, [`managedfields`] for
 //! server-side apply, finalizers, [`admission`]) → the [`store`] persists the change (redb for
 //! files) → the [`watch`] hub fans the change out to watchers. [`discovery`] documents are
 //! rendered from the same [`resources`] table that routing uses; errors are [`status`] bodies.
+//! [`serve`] accepts the connections.
 
 pub mod access;
 pub mod admission;
@@ -18,7 +20,9 @@ pub mod patch;
 pub mod protobuf;
 pub mod resources;
 pub mod routes;
+pub mod security;
 pub mod selector;
+pub mod serve;
 pub mod status;
 pub mod storage;
 pub mod store;
@@ -38,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::admission::Admission;
 use self::resources::ResourceTable;
+use self::security::{ApiSecurity, SecurityError};
 use self::storage::Storage;
 use self::store::{FileStore, MemoryStore, Store};
 
@@ -59,6 +64,8 @@ pub struct LocalApiConfig {
     pub store: StoreConfig,
     /// The CustomResourceDefinitions whose kinds are served.
     pub crds: Vec<CustomResourceDefinition>,
+    /// HTTPS and a required bearer token; `None` serves plain HTTP to anyone (tests).
+    pub security: Option<ApiSecurity>,
 }
 
 /// Tuning knobs with defaults that suit both tests and `tether run`.
@@ -104,6 +111,9 @@ pub enum LocalApiError {
     /// The server's own URL does not parse.
     #[error("failed to parse the local API URL: {0}")]
     Url(#[source] http::uri::InvalidUri),
+    /// The serving certificate cannot be used.
+    #[error("failed to set up TLS for the local API: {0}")]
+    Tls(#[source] SecurityError),
     /// A CRD's schema or CEL rules do not compile.
     #[error(transparent)]
     Schema(#[from] crate::schema::SchemaError),
@@ -118,6 +128,7 @@ pub enum LocalApiError {
 /// A running local API server.
 pub struct LocalApiHandle {
     addr: SocketAddr,
+    security: Option<ApiSecurity>,
     client: kube::Client,
     task: JoinHandle<()>,
 }
@@ -126,6 +137,7 @@ impl std::fmt::Debug for LocalApiHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalApiHandle")
             .field("addr", &self.addr)
+            .field("secured", &self.security.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -136,19 +148,20 @@ impl LocalApiHandle {
         self.addr
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `https://127.0.0.1:<port>` when secured, else `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        url_for(self.addr, self.security.is_some())
     }
 
-    /// A client for the server (plain HTTP, no authentication).
+    /// A client for the server: trusting its CA and sending its token when secured.
     pub fn client(&self) -> kube::Client {
         self.client.clone()
     }
 
-    /// A kubeconfig whose current context `tether` points at the server.
+    /// A kubeconfig whose current context `tether` points at the server; when secured, it
+    /// holds the CA certificate and the token (never the serving key).
     pub fn kubeconfig(&self) -> Kubeconfig {
-        kubeconfig_for(&self.url())
+        kubeconfig_for(&self.url(), self.security.as_ref())
     }
 
     /// Resolves once the server has shut down (after the shutdown token fired).
@@ -159,19 +172,30 @@ impl LocalApiHandle {
     }
 }
 
-fn kubeconfig_for(url: &str) -> Kubeconfig {
+fn url_for(addr: SocketAddr, secured: bool) -> String {
+    let scheme = if secured { "https" } else { "http" };
+    format!("{scheme}://{addr}")
+}
+
+fn kubeconfig_for(url: &str, security: Option<&ApiSecurity>) -> Kubeconfig {
+    use base64::Engine as _;
     Kubeconfig {
         clusters: vec![NamedCluster {
             name: "tether".into(),
             cluster: Some(Cluster {
                 server: Some(url.to_owned()),
+                certificate_authority_data: security
+                    .map(|s| base64::engine::general_purpose::STANDARD.encode(s.tls.ca_pem())),
                 ..Cluster::default()
             }),
             other: Default::default(),
         }],
         auth_infos: vec![NamedAuthInfo {
             name: "tether".into(),
-            auth_info: Some(AuthInfo::default()),
+            auth_info: Some(AuthInfo {
+                token: security.map(|s| s.token.clone()),
+                ..AuthInfo::default()
+            }),
             other: Default::default(),
         }],
         contexts: vec![NamedContext {
@@ -274,7 +298,15 @@ pub async fn start_with(
             addr: config.addr,
             source,
         })?;
+    let tls = config
+        .security
+        .as_ref()
+        .map(|s| s.tls.server_config())
+        .transpose()
+        .map_err(LocalApiError::Tls)?
+        .map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
     let app = Arc::new(routes::App {
+        security: config.security.clone(),
         storage,
         shutdown: shutdown.clone(),
         address: addr.to_string(),
@@ -282,23 +314,26 @@ pub async fn start_with(
         openapi: crate::schema::openapi::OpenApi::new(&config.crds)?,
     });
     let router = axum::Router::new().fallback(routes::handle).with_state(app);
-    let url = format!("http://{addr}");
-    let client = client_for(&url)?;
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "local API server stopped with an error");
-        }
-    });
+    let url = url_for(addr, config.security.is_some());
+    let client = client_for(&url, config.security.as_ref())?;
+    let task = tokio::spawn(serve::serve(listener, tls, router, shutdown));
     tracing::info!(%url, "local Kubernetes API listening");
-    Ok(LocalApiHandle { addr, client, task })
+    Ok(LocalApiHandle {
+        addr,
+        security: config.security,
+        client,
+        task,
+    })
 }
 
-fn client_for(url: &str) -> Result<kube::Client, LocalApiError> {
+fn client_for(url: &str, security: Option<&ApiSecurity>) -> Result<kube::Client, LocalApiError> {
     let uri: http::Uri = url.parse().map_err(LocalApiError::Url)?;
     let mut config = kube::Config::new(uri);
     config.default_namespace = "default".into();
+    if let Some(security) = security {
+        let ca = security.tls.ca_der().map_err(LocalApiError::Tls)?;
+        config.root_cert = Some(vec![ca.to_vec()]);
+        config.auth_info.token = Some(security.token.clone());
+    }
     crate::client::named(config, "run").map_err(|e| LocalApiError::Client(Box::new(e)))
 }

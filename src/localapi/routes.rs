@@ -25,6 +25,7 @@ use super::events;
 use super::patch::{self, PatchType};
 use super::protobuf;
 use super::resources::{Representation, ResourceDef};
+use super::security::ApiSecurity;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
 use super::storage::{
@@ -39,6 +40,8 @@ const MAX_BODY: usize = 3 * 1024 * 1024;
 
 /// Shared state of the HTTP handlers.
 pub struct App {
+    /// The token required of every request but the health checks (`None`: no token).
+    pub security: Option<ApiSecurity>,
     /// The objects.
     pub storage: Arc<Storage>,
     /// Ends watch streams on shutdown.
@@ -56,7 +59,15 @@ type Query_ = HashMap<String, String>;
 /// The fallback handler for every request.
 pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    if let Err(refused) = access::check(&parts.method, &parts.headers) {
+    // Authentication first, as on a real API server; the token is never logged.
+    if let Some(security) = &app.security
+        && !ApiSecurity::is_public(parts.uri.path())
+        && !security.authenticates(&parts.headers)
+    {
+        tracing::debug!(method = %parts.method, path = %parts.uri.path(), "local API request without a valid token");
+        return ApiError::unauthorized().into_response();
+    }
+    if let Err(refused) = access::check(&parts.method, &parts.uri, &parts.headers) {
         tracing::debug!(method = %parts.method, path = %parts.uri.path(), code = refused.code, "local API request refused");
         return refused.into_response();
     }

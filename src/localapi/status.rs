@@ -194,6 +194,11 @@ impl ApiError {
         Self::new(403, "Forbidden", message)
     }
 
+    /// 401 for a request without a valid token, with the real server's text.
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
     /// 405 for a verb the resource does not support.
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(405, "MethodNotAllowed", message)

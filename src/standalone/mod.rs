@@ -1,7 +1,9 @@
 //! `tether run`: standalone mode, no cluster needed.
 //!
 //! Starts the embedded Kubernetes API ([`crate::localapi`]) with its store in
-//! `<state-dir>/store.redb`, writes `<state-dir>/kubeconfig` for kubectl, applies every
+//! `<state-dir>/store.redb`, over HTTPS and requiring a bearer token (both kept in the state
+//! directory, [`crate::localapi::security`]), writes `<state-dir>/kubeconfig` for kubectl
+//! (with the CA certificate and the token), applies every
 //! manifest under `--manifests` as `kubectl apply --server-side` would, prunes what was
 //! removed, keeps watching the directory, runs the controllers, and prints progress lines.
 //!
@@ -22,7 +24,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::localapi::access::restrict_to_owner;
+use crate::localapi::access::{restrict_to_owner, write_owner_only};
+use crate::localapi::security::{ApiSecurity, SecurityError};
 use crate::localapi::{LocalApiConfig, LocalApiError, StoreConfig};
 use progress::{Progress, Reporter};
 
@@ -78,8 +81,8 @@ pub enum RunError {
     },
     /// `--addr` is not a loopback address.
     #[error(
-        "failed to use --addr {0}: the embedded API server has no authentication and serves \
-         Secrets, so it only listens on a loopback address (127.0.0.1 or ::1)"
+        "failed to use --addr {0}: the embedded API server serves Secrets and is meant for \
+         this machine only, so it only listens on a loopback address (127.0.0.1 or ::1)"
     )]
     NotLoopback(SocketAddr),
     /// The state directory could not be created.
@@ -90,6 +93,9 @@ pub enum RunError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The API token or the TLS certificate could not be loaded or created.
+    #[error("failed to set up the embedded API server's token and certificate: {0}")]
+    Security(#[from] SecurityError),
     /// The embedded API server did not start.
     #[error("failed to start the embedded API server: {0}")]
     StartApi(#[from] LocalApiError),
@@ -155,6 +161,7 @@ pub async fn serve(
     })?;
     let store = args.state_dir.join("store.redb");
     let crds = crate::api::crds();
+    let security = ApiSecurity::load_or_create(&args.state_dir)?;
 
     // Everything started below stops with `stop`; `shutdown` only triggers it, so the
     // order of stopping stays ours (sync loop first, then controllers, then the API).
@@ -166,6 +173,7 @@ pub async fn serve(
             addr: args.addr,
             store: StoreConfig::File(store.clone()),
             crds: crds.clone(),
+            security: Some(security),
         },
         stop.clone(),
     )
@@ -344,7 +352,7 @@ async fn sync_and_report(syncer: &mut sync::Syncer, reporter: &Reporter, dir: &P
 }
 
 /// Creates the state directory readable by its owner only (0700), tightening an existing one:
-/// it holds the store (every Secret) and the kubeconfig.
+/// it holds the store (every Secret), the API token, the TLS key and the kubeconfig.
 fn create_state_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -362,24 +370,7 @@ fn write_kubeconfig(path: &Path, config: &kube::config::Kubeconfig) -> Result<()
         reason,
     };
     let yaml = serde_saphyr::to_string(config).map_err(|e| error(e.to_string()))?;
-    let tmp = path.with_extension("tmp");
-    // Created 0600: never readable by others, not even briefly.
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(error(e.to_string())),
-        _ => {}
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(&tmp)
-        .and_then(|mut file| {
-            use std::io::Write as _;
-            file.write_all(yaml.as_bytes())
-        })
-        .map_err(|e| error(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| error(e.to_string()))
+    write_owner_only(path, yaml.as_bytes()).map_err(|e| error(e.to_string()))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use tether::localapi::security::ApiSecurity;
 use tether::localapi::{self, LocalApiConfig, LocalApiHandle, ServerOptions, StoreConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +23,7 @@ pub struct TestClusterBuilder {
     store: StoreConfig,
     options: ServerOptions,
     addr: SocketAddr,
+    security: Option<ApiSecurity>,
 }
 
 impl TestClusterBuilder {
@@ -55,6 +57,12 @@ impl TestClusterBuilder {
         self
     }
 
+    /// Serves HTTPS and requires a token, as `tether run` does (a new token and certificate).
+    pub fn secured(mut self) -> Self {
+        self.security = Some(ApiSecurity::generate().expect("a token and a certificate"));
+        self
+    }
+
     /// Starts the server and writes the kubeconfig.
     pub async fn start(self) -> TestCluster {
         tether::install_crypto_provider();
@@ -64,6 +72,7 @@ impl TestClusterBuilder {
                 addr: self.addr,
                 store: self.store,
                 crds: self.crds,
+                security: self.security.clone(),
             },
             self.options,
             shutdown.clone(),
@@ -79,6 +88,7 @@ impl TestClusterBuilder {
             shutdown,
             _dir: dir,
             kubeconfig_path,
+            security: self.security,
         }
     }
 }
@@ -89,6 +99,7 @@ pub struct TestCluster {
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
     kubeconfig_path: PathBuf,
+    security: Option<ApiSecurity>,
 }
 
 /// What a `kubectl` run printed.
@@ -110,6 +121,7 @@ impl TestCluster {
             store: StoreConfig::Memory,
             options: ServerOptions::default(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            security: None,
         }
     }
 
@@ -132,9 +144,14 @@ impl TestCluster {
         self.handle().addr()
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` (`https://` when secured).
     pub fn url(&self) -> String {
         self.handle().url()
+    }
+
+    /// The token and certificate of a secured cluster.
+    pub fn security(&self) -> Option<&ApiSecurity> {
+        self.security.as_ref()
     }
 
     /// A kubeconfig file pointing at the cluster.

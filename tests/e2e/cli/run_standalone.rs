@@ -627,31 +627,86 @@ fn mode(p: &std::path::Path) -> u32 {
     std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
 }
 
-/// The server URL of the kubeconfig `tether run` wrote.
-fn server(ws: &Workspace) -> String {
-    let config = kube::config::Kubeconfig::read_from(ws.state().join("kubeconfig")).unwrap();
-    let server = config.clusters[0].cluster.as_ref().unwrap().server.clone();
-    server.unwrap()
+/// The kubeconfig `tether run` wrote.
+fn kubeconfig(ws: &Workspace) -> kube::config::Kubeconfig {
+    kube::config::Kubeconfig::read_from(ws.state().join("kubeconfig")).unwrap()
 }
 
-/// The status code of a GET of `url` with these headers.
-fn get_code(url: &str, headers: &[(&str, &str)]) -> u16 {
+/// The server URL, the CA certificate (PEM) and the token of the kubeconfig `tether run`
+/// wrote.
+fn credentials(ws: &Workspace) -> (String, Vec<u8>, String) {
+    use base64::Engine as _;
+    use secrecy::ExposeSecret as _;
+    let config = kubeconfig(ws);
+    let cluster = config.clusters[0].cluster.clone().unwrap();
+    let ca = base64::engine::general_purpose::STANDARD
+        .decode(cluster.certificate_authority_data.unwrap())
+        .unwrap();
+    let auth = config.auth_infos[0].auth_info.clone().unwrap();
+    let token = auth.token.unwrap().expose_secret().to_owned();
+    (cluster.server.unwrap(), ca, token)
+}
+
+/// The status code and body of a GET of `path` over TLS (trusting only `ca`, a PEM
+/// certificate) at `url` (`https://127.0.0.1:<port>`), with these headers.
+fn get_tls(url: &str, ca: &[u8], path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use rustls::pki_types::pem::PemObject as _;
     use std::io::{Read, Write};
-    let authority = url.strip_prefix("http://").expect("http URL");
-    let mut stream = std::net::TcpStream::connect(authority).expect("connect");
-    let mut request = String::from("GET /api/v1/secrets HTTP/1.1\r\nConnection: close\r\n");
+    let authority = url.strip_prefix("https://").expect("https URL");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca).expect("CA PEM"))
+        .expect("CA certificate");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let ip: std::net::IpAddr = authority
+        .rsplit_once(':')
+        .expect("host:port")
+        .0
+        .parse()
+        .expect("an IP address");
+    let connection =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), ip.into()).expect("TLS");
+    let tcp = std::net::TcpStream::connect(authority).expect("connect");
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    let mut request = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
     stream.write_all(request.as_bytes()).expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    response[9..12].parse().expect("status code")
+    let mut response = Vec::new();
+    // The server may close without a TLS close_notify: what was read is kept.
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8(response).expect("text");
+    let (_, body) = response.split_once("\r\n\r\n").expect("a response");
+    (
+        response[9..12].parse().expect("status code"),
+        body.to_owned(),
+    )
 }
 
+/// What answers plain HTTP on the address of `url`.
+fn plain_http_answer(url: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let authority = url.strip_prefix("https://").expect("https URL");
+    let mut stream = std::net::TcpStream::connect(authority).expect("connect");
+    let request = format!("GET /api HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    response
+}
+
+/// The files of the state directory that must not change across restarts.
+const KEPT_FILES: [&str; 4] = ["api-token", "api-ca.crt", "api-tls.crt", "api-tls.key"];
+
 #[test]
-fn the_state_directory_is_private_and_only_loopback_host_names_are_answered() {
+fn the_state_directory_is_private_and_the_api_answers_only_https_with_the_token() {
     use std::os::unix::fs::PermissionsExt;
     let ws = standard_workspace();
     // A state directory and store from before: readable by everyone.
@@ -664,13 +719,68 @@ fn the_state_directory_is_private_and_only_loopback_host_names_are_answered() {
     let mut run = ws.start();
     run.wait_for("synced");
     assert_eq!(mode(&ws.state()), 0o700);
-    for file in ["store.redb", "kubeconfig"] {
+    for file in ["store.redb", "kubeconfig", "api-token", "api-tls.key"] {
         assert_eq!(mode(&ws.state().join(file)), 0o600, "{file}");
     }
-    let server = server(&ws);
-    let host = server.trim_start_matches("http://").to_owned();
-    assert_eq!(get_code(&server, &[("Host", &host)]), 200);
-    assert_eq!(get_code(&server, &[("Host", "evil.example")]), 403);
+    let written = std::fs::read_to_string(ws.state().join("kubeconfig")).unwrap();
+    assert!(
+        !written.contains("PRIVATE KEY") && !written.contains("client-key"),
+        "the kubeconfig holds no key:\n{written}"
+    );
+    let (server, ca, token) = credentials(&ws);
+    assert!(server.starts_with("https://127.0.0.1:"), "{server}");
+    assert_eq!(
+        token,
+        std::fs::read_to_string(ws.state().join("api-token"))
+            .unwrap()
+            .trim()
+    );
+    let host = server.trim_start_matches("https://").to_owned();
+    let bearer = format!("Bearer {token}");
+    let path = "/api/v1/secrets";
+    let auth = ("Authorization", bearer.as_str());
+    assert_eq!(get_tls(&server, &ca, path, &[("Host", &host), auth]).0, 200);
+    let (code, body) = get_tls(&server, &ca, path, &[("Host", &host)]);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains(r#""reason":"Unauthorized""#), "{body}");
+    let wrong = ("Authorization", "Bearer not-the-token");
+    assert_eq!(
+        get_tls(&server, &ca, path, &[("Host", &host), wrong]).0,
+        401
+    );
+    assert_eq!(get_tls(&server, &ca, "/readyz", &[("Host", &host)]).0, 200);
+    assert_eq!(
+        get_tls(&server, &ca, path, &[("Host", "evil.example"), auth]).0,
+        403
+    );
+    let plain = plain_http_answer(&server);
+    assert!(
+        !plain.starts_with(b"HTTP/"),
+        "plain HTTP is answered: {}",
+        String::from_utf8_lossy(&plain)
+    );
     run.kubectl_ok(&["get", "secret", "tokens", "-n", "staging"]);
+    let envs = run.kubectl_ok(&["get", "env", "-n", "staging", "-o", "name"]);
+    assert!(envs.contains("environment.tether.dev/web"), "{envs}");
+    let kept: Vec<Vec<u8>> = KEPT_FILES
+        .iter()
+        .map(|f| std::fs::read(ws.state().join(f)).unwrap())
+        .collect();
     assert!(run.terminate(), "SIGTERM stops tether run cleanly");
+
+    // Restarted: the same token and certificate, so earlier kubeconfigs stay valid.
+    let run = ws.start();
+    for (file, before) in KEPT_FILES.iter().zip(&kept) {
+        assert_eq!(
+            &std::fs::read(ws.state().join(file)).unwrap(),
+            before,
+            "{file}"
+        );
+    }
+    for file in ["api-token", "api-tls.key"] {
+        assert_eq!(mode(&ws.state().join(file)), 0o600, "{file}");
+    }
+    let (_, ca_after, token_after) = credentials(&ws);
+    assert_eq!((ca_after, token_after), (ca, token));
+    run.kubectl_ok(&["get", "env", "-n", "staging"]);
 }

@@ -35,6 +35,7 @@ impl Cluster {
             addr: "127.0.0.1:0".parse().expect("addr"),
             store: StoreConfig::Memory,
             crds: tether::api::crds(),
+            security: None,
         };
         let api = tether::localapi::start(config, shutdown.clone())
             .await

@@ -8,4 +8,5 @@ mod http;
 mod kubectl;
 mod kubectl_must_show;
 mod runtime;
+mod secured;
 mod watch;
