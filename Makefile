@@ -3,7 +3,7 @@ SHELL := bash
 CARGO ?= cargo
 TETHER_BIN = $(or $(CARGO_TARGET_DIR),target)/debug/tether
 
-.PHONY: help build run test test-rust crds lint bench clean-stale
+.PHONY: help build run test test-rust crds lint chaos bench clean-stale
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ crds: build ## Regenerate crds/ (and the chart's copy) from the Rust types
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+chaos: ## Kill the controllers 500 times while Environments are created (TETHER_CHAOS_KILLS, TETHER_CHAOS_SEED)
+	TETHER_CHAOS_KILLS=$${TETHER_CHAOS_KILLS:-500} $(CARGO) nextest run --locked --no-capture -E 'test(/^sync::chaos::/)'
 
 bench: ## Run the benchmarks and print their numbers
 	$(CARGO) bench --locked

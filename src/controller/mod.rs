@@ -40,6 +40,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 
 use crate::api::{Environment, Migration, Release};
@@ -289,7 +290,7 @@ pub(crate) async fn run_registered(
             ),
         );
 
-    let readiness = tokio::spawn({
+    let readiness = AbortOnDropHandle::new(tokio::spawn({
         let health = health.clone();
         async move {
             let synced = futures::future::join3(
@@ -303,7 +304,7 @@ pub(crate) async fn run_registered(
                 health.set_ready(true);
             }
         }
-    });
+    }));
 
     // The three loops share one fate: if one stops before shutdown, the others are stopped
     // too and the process reports it, instead of serving half its objects while healthy.
@@ -394,12 +395,14 @@ where
 }
 
 /// Runs one controller until `shutdown`, logging (never propagating) every error the
-/// runtime reports, and bounding the shutdown by [`RECONCILE_GRACE`].
+/// runtime reports, and bounding the shutdown by [`RECONCILE_GRACE`]. The task is aborted
+/// when its handle is dropped: a caller that stops (or is killed) takes its controllers
+/// with it.
 fn spawn_controller<K: Reconciled>(
     controller: Controller<Decoded<K>>,
     ctx: Arc<Context>,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+) -> AbortOnDropHandle<()> {
     let stop = shutdown.clone();
     let stream = controller
         .graceful_shutdown_on(async move { stop.cancelled().await })
@@ -413,7 +416,7 @@ fn spawn_controller<K: Reconciled>(
                 Err(error) => warn!(controller = K::CONTROLLER, %error, "controller stream error"),
             }
         });
-    tokio::spawn(async move {
+    AbortOnDropHandle::new(tokio::spawn(async move {
         tokio::select! {
             () = stream => {}
             () = async {
@@ -421,7 +424,7 @@ fn spawn_controller<K: Reconciled>(
                 tokio::time::sleep(RECONCILE_GRACE).await;
             } => warn!(controller = K::CONTROLLER, "shutdown grace period ran out"),
         }
-    })
+    }))
 }
 
 #[cfg(test)]

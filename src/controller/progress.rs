@@ -23,7 +23,7 @@ use crate::controller::conditions::{Verdict, next_conditions};
 use crate::controller::decoded::Decoded;
 use crate::controller::reconcile::FIELD_MANAGER;
 use crate::platform::Platform;
-use crate::sync::progress::Progress;
+use crate::sync::progress::{Progress, Report};
 
 /// What the writer starts from: the object as the reconcile read it.
 pub struct Start {
@@ -179,41 +179,56 @@ fn later_by(a: SystemTime, b: SystemTime) -> Duration {
     a.duration_since(b).unwrap_or_default()
 }
 
-/// Writes status from the reports on `reports` until the sync drops its end.
-pub async fn write(start: Start, mut reports: UnboundedReceiver<Progress>) {
+/// Writes status from the reports on `reports` until the sync drops its end; a write's
+/// report is answered once status holds it.
+pub async fn write(start: Start, mut reports: UnboundedReceiver<Report>) {
     let mut tracker = Tracker::new(start.objects.clone());
     let mut written: Option<serde_json::Value> = None;
     while let Some(first) = reports.recv().await {
-        let mut show = tracker.fold(first);
+        let mut waiting = Vec::new();
+        let mut show = fold(&mut tracker, first, &mut waiting);
         // Reports that arrived while the last write was in flight go into this one.
         while let Ok(next) = reports.try_recv() {
-            show |= tracker.fold(next);
-        }
-        if !show {
-            continue;
+            show |= fold(&mut tracker, next, &mut waiting);
         }
         let status = status_of(&start, &tracker, SystemTime::now());
-        if written.as_ref() == Some(&status) {
-            continue;
+        if show && written.as_ref() != Some(&status) {
+            patch(&start, &status).await;
+            written = Some(status);
         }
-        let patch = serde_json::json!({
-            "apiVersion": <Environment as kube::Resource>::api_version(&()),
-            "kind": <Environment as kube::Resource>::kind(&()),
-            "status": status,
-        });
-        let applied = start
-            .api
-            .patch_status(
-                &start.name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await;
-        match applied {
-            Ok(_) => written = Some(patch["status"].clone()),
-            // Progress is informative: the reconcile's own status write follows.
-            Err(error) => warn!(error = %error, "failed to write progress to status"),
+        for recorded in waiting {
+            let _ = recorded.send(());
         }
+    }
+}
+
+fn fold(
+    tracker: &mut Tracker,
+    report: Report,
+    waiting: &mut Vec<tokio::sync::oneshot::Sender<()>>,
+) -> bool {
+    waiting.extend(report.recorded);
+    tracker.fold(report.progress)
+}
+
+async fn patch(start: &Start, status: &serde_json::Value) {
+    let patch = serde_json::json!({
+        "apiVersion": <Environment as kube::Resource>::api_version(&()),
+        "kind": <Environment as kube::Resource>::kind(&()),
+        "status": status,
+    });
+    let applied = start
+        .api
+        .patch_status(
+            &start.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await;
+    if let Err(error) = applied {
+        // The reconcile's own status write follows; until then a restart would redo
+        // (idempotently) what this write would have recorded.
+        warn!(error = %error, "failed to write progress to status");
     }
 }
 

@@ -144,9 +144,48 @@ pub(crate) struct Common {
     /// 429s sent because a documented limit was exceeded (not the storm fault).
     limit_rejections: std::sync::atomic::AtomicU64,
     recorder: Option<Mutex<Vec<Exchange>>>,
+    /// The crash point shared by every platform of this sandbox.
+    crash: Arc<CrashPoint>,
     /// Prefix of the base URL's path (`/v1` for Render).
     prefix: &'static str,
     apps: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+/// A crash point for chaos tests, shared by every platform of one sandbox: the n-th request
+/// received after it is armed is held, never applied and never answered, as if its client
+/// died just before sending it; releasing answers the held requests 503 (their client is
+/// gone by then).
+#[derive(Default)]
+struct CrashPoint {
+    /// Requests left before the one that is held (`None`: disarmed).
+    countdown: Mutex<Option<u64>>,
+    /// Counts trips.
+    tripped: tokio::sync::watch::Sender<u64>,
+    /// Counts releases.
+    released: tokio::sync::watch::Sender<u64>,
+}
+
+impl CrashPoint {
+    /// Counts a request; returns what to wait for when it is the one to hold.
+    fn hold(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let mut countdown = self
+            .countdown
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match *countdown {
+            Some(n) if n <= 1 => {
+                *countdown = None;
+                let release = self.released.subscribe();
+                self.tripped.send_modify(|trips| *trips += 1);
+                Some(release)
+            }
+            Some(n) => {
+                *countdown = Some(n - 1);
+                None
+            }
+            None => None,
+        }
+    }
 }
 
 /// A rate-limit class and the object key it is counted for.
@@ -372,6 +411,7 @@ pub(crate) trait Imitation: Send + Sync + 'static {
 pub struct SandboxHandle {
     servers: Vec<(Platform, String, Token, Arc<Common>)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    crash: Arc<CrashPoint>,
 }
 
 impl SandboxHandle {
@@ -449,6 +489,29 @@ impl SandboxHandle {
             "{}/_sandbox",
             url.strip_suffix(common.prefix).unwrap_or(&url)
         ))
+    }
+
+    /// Arms the crash point: the `n`-th request (`n` ≥ 1, counted over every platform) from
+    /// now on is held, neither applied nor answered. The receiver changes when it trips.
+    pub fn crash_before(&self, n: u64) -> tokio::sync::watch::Receiver<u64> {
+        let tripped = self.crash.tripped.subscribe();
+        *self
+            .crash
+            .countdown
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(n.max(1));
+        tripped
+    }
+
+    /// Disarms the crash point and answers every held request 503; call it once the client
+    /// that sent them is gone.
+    pub fn release_held(&self) {
+        *self
+            .crash
+            .countdown
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        self.crash.released.send_modify(|releases| *releases += 1);
     }
 
     /// Replaces the faults of `platform` (the same as `PUT /_sandbox/faults`).
@@ -562,9 +625,11 @@ pub async fn start(
     } else {
         1.0
     };
+    let crash = Arc::new(CrashPoint::default());
     let mut handle = SandboxHandle {
         servers: Vec::new(),
         tasks: Vec::new(),
+        crash: crash.clone(),
     };
     for platform in config.platforms.iter().copied() {
         let limits = config
@@ -597,6 +662,7 @@ pub async fn start(
             counters: Mutex::new(Counters::default()),
             limit_rejections: std::sync::atomic::AtomicU64::new(0),
             recorder: config.record.then(|| Mutex::new(Vec::new())),
+            crash: crash.clone(),
             prefix,
             apps: Mutex::new(HashMap::new()),
         });
@@ -688,6 +754,16 @@ async fn pipeline_layer(
     next: Next,
 ) -> Response {
     let common = &pipeline.common;
+    if let Some(mut release) = common.crash.hold() {
+        // The client "dies" before this request reaches the platform: nothing is applied
+        // or recorded.
+        let _ = release.changed().await;
+        return common.error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "crash_point",
+            "held by the sandbox's crash point",
+        );
+    }
     let method = request.method().as_str().to_owned();
     let full_path = request.uri().path().to_owned();
     let path = full_path

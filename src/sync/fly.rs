@@ -1304,7 +1304,7 @@ async fn act(input: &SyncInput<'_>, planned: Planned<FlyWork>) -> ActOutcome {
         // version is recorded with its fingerprints, and each machine's with the machine:
         // after a restart between the two, the machines still older than the app are
         // updated, and no secret is written again.
-        report(input, &objects[plan], &records[plan]);
+        report(input, &objects[plan], &records[plan]).await;
     }
     let mut managed = Vec::new();
     for (plan, record) in objects.iter().zip(records) {
@@ -1384,11 +1384,13 @@ fn app_secrets_version(plans: &[ObjectPlan], records: &[Record], app: &str) -> O
 }
 
 /// Reports the object of a finished step to the sync in progress.
-fn report(input: &SyncInput<'_>, plan: &ObjectPlan, record: &Record) {
+async fn report(input: &SyncInput<'_>, plan: &ObjectPlan, record: &Record) {
     match plan.action {
-        Action::Delete | Action::Orphan if record.done => progress::removed(plan),
+        Action::Delete | Action::Orphan if record.done => progress::removed(plan).await,
         Action::Delete | Action::Orphan => {}
-        _ if record.done => progress::written(&managed_object(input, plan, record.clone())),
+        _ if record.done => {
+            progress::written(&managed_object(input, plan, record.clone())).await;
+        }
         _ => {}
     }
 }

@@ -3,6 +3,9 @@
 //! after does not write them again), what each platform is about to change, and when a
 //! request waits for a platform's rate limit.
 //!
+//! A write is reported and then awaited until status holds it ([`written`], [`removed`]), so
+//! the sync sends its next platform request only once the last one is recorded.
+//!
 //! The reporter is scoped to the sync's task ([`scoped`]): the platform clients are shared
 //! by every Environment of an account, so a rate-limit wait deep in a client reaches the
 //! Environment whose sync is waiting without threading a handle through every call. Outside
@@ -12,6 +15,7 @@ use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 
 use super::ObjectPlan;
 use crate::api::environment::ManagedObject;
@@ -21,7 +25,16 @@ use crate::platform::Platform;
 /// write would land).
 pub const REPORTED_WAIT: Duration = Duration::from_secs(1);
 
-/// One report of a sync in progress.
+/// One report of a sync in progress, and for a write, who waits until status records it.
+#[derive(Debug)]
+pub struct Report {
+    /// What happened.
+    pub progress: Progress,
+    /// Answered once status holds it (or writing it failed).
+    pub recorded: Option<oneshot::Sender<()>>,
+}
+
+/// What a sync in progress reports.
 #[derive(Clone, Debug)]
 pub enum Progress {
     /// A platform was observed and planned: the objects it will change.
@@ -54,11 +67,11 @@ pub enum Progress {
 }
 
 tokio::task_local! {
-    static SINK: UnboundedSender<Progress>;
+    static SINK: UnboundedSender<Report>;
 }
 
 /// Runs `work` with its progress reported to `sink`.
-pub async fn scoped<F: Future>(sink: UnboundedSender<Progress>, work: F) -> F::Output {
+pub async fn scoped<F: Future>(sink: UnboundedSender<Report>, work: F) -> F::Output {
     SINK.scope(sink, work).await
 }
 
@@ -66,22 +79,43 @@ pub async fn scoped<F: Future>(sink: UnboundedSender<Progress>, work: F) -> F::O
 pub fn report(progress: Progress) {
     let _ = SINK.try_with(|sink| {
         // The receiver is gone only when the caller stopped listening: nothing to tell.
-        let _ = sink.send(progress);
+        let _ = sink.send(Report {
+            progress,
+            recorded: None,
+        });
     });
 }
 
-/// Reports that `object` was written.
-pub fn written(object: &ManagedObject) {
-    report(Progress::Written(Box::new(object.clone())));
+/// Reports `progress` and waits until status records it (at once outside a scope).
+async fn record(progress: Progress) {
+    let (recorded, done) = oneshot::channel();
+    let sent = SINK.try_with(|sink| {
+        sink.send(Report {
+            progress,
+            recorded: Some(recorded),
+        })
+        .is_ok()
+    });
+    if sent == Ok(true) {
+        // A dropped sender (the writer stopped) also ends the wait.
+        let _ = done.await;
+    }
 }
 
-/// Reports that `plan`'s object left management (deleted or orphaned).
-pub fn removed(plan: &ObjectPlan) {
-    report(Progress::Removed {
+/// Reports that `object` was written, and waits until status holds it.
+pub async fn written(object: &ManagedObject) {
+    record(Progress::Written(Box::new(object.clone()))).await;
+}
+
+/// Reports that `plan`'s object left management (deleted or orphaned), and waits until
+/// status no longer lists it.
+pub async fn removed(plan: &ObjectPlan) {
+    record(Progress::Removed {
         platform: plan.platform,
         kind: plan.kind.clone(),
         name: plan.name.clone(),
-    });
+    })
+    .await;
 }
 
 /// Reports a rate-limit wait of `wait` before `operation` (only waits of at least
@@ -101,11 +135,12 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn reports_reach_the_scope_of_the_task_and_go_nowhere_outside_it() {
+    async fn reports_reach_the_scope_of_the_task_and_a_write_waits_until_it_is_recorded() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        // Outside a scope: dropped without a panic.
+        // Outside a scope: dropped without a panic, and a write is not waited for.
         waiting(Platform::Render, "create_service", Duration::from_secs(5));
-        scoped(tx, async {
+        written(&ManagedObject::default()).await;
+        let sync = scoped(tx, async {
             waiting(
                 Platform::Render,
                 "create_service",
@@ -115,18 +150,27 @@ mod tests {
             written(&ManagedObject {
                 name: "api".into(),
                 ..ManagedObject::default()
-            });
-        })
-        .await;
-        match rx.recv().await {
-            Some(Progress::Waiting {
-                platform,
-                operation,
-                ..
-            }) => assert_eq!((platform, operation), (Platform::Fly, "create_app")),
-            other => panic!("expected the 3 s wait (the 10 ms one is not reported): {other:?}"),
-        }
-        assert!(matches!(rx.recv().await, Some(Progress::Written(o)) if o.name == "api"));
-        assert!(rx.recv().await.is_none(), "the sender ends with the scope");
+            })
+            .await;
+            "written and recorded"
+        });
+        let writer = async {
+            match rx.recv().await.map(|r| r.progress) {
+                Some(Progress::Waiting {
+                    platform,
+                    operation,
+                    ..
+                }) => assert_eq!((platform, operation), (Platform::Fly, "create_app")),
+                other => panic!("expected the 3 s wait (the 10 ms one is not reported): {other:?}"),
+            }
+            let report = rx.recv().await.expect("the write");
+            assert!(matches!(&report.progress, Progress::Written(o) if o.name == "api"));
+            // The sync waits until the write is recorded.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            report.recorded.expect("awaited").send(()).unwrap();
+            assert!(rx.recv().await.is_none(), "the sender ends with the scope");
+        };
+        let (outcome, ()) = tokio::join!(sync, writer);
+        assert_eq!(outcome, "written and recorded");
     }
 }

@@ -1267,7 +1267,7 @@ impl Driver for RenderDriver {
                 Ok(done) => {
                     events(&mut outcome.events, plan, &item, &done);
                     if done.gone {
-                        progress::removed(plan);
+                        progress::removed(plan).await;
                         continue;
                     }
                     let mut object = input.managed(plan);
@@ -1275,7 +1275,7 @@ impl Driver for RenderDriver {
                     object.secret_fingerprints = item.fingerprints.clone();
                     object.image = item.image.clone();
                     if plan.changes_anything() {
-                        progress::written(&object);
+                        progress::written(&object).await;
                     }
                     outcome.objects.push(object);
                     if let Some(reason) = &item.refusal {

@@ -730,7 +730,7 @@ async fn act_object(
                         now.url = Some(format!("https://{}.supabase.co", p.id));
                         now.state = Some(p.status.clone());
                     }
-                    progress::written(&now);
+                    progress::written(&now).await;
                 }
             }
             Err(e) => {
@@ -762,7 +762,7 @@ async fn act_object(
                 )
             };
             outcome.events.push(event(reason, plan, note));
-            progress::removed(plan);
+            progress::removed(plan).await;
             return Ok(());
         }
         _ => {}
@@ -834,7 +834,7 @@ async fn act_object(
         }
     }
     if plan.changes_anything() {
-        progress::written(&managed);
+        progress::written(&managed).await;
     }
     outcome.objects.push(managed);
     result

@@ -720,7 +720,7 @@ impl Driver for VercelDriver {
                         "Deleted",
                         format!("Deleted Vercel project {:?}", plan.name),
                     ));
-                    progress::removed(plan);
+                    progress::removed(plan).await;
                     continue;
                 }
                 Action::Orphan => {
@@ -731,7 +731,7 @@ impl Driver for VercelDriver {
                             plan.name
                         ),
                     ));
-                    progress::removed(plan);
+                    progress::removed(plan).await;
                     continue;
                 }
                 _ => {}
@@ -755,7 +755,7 @@ impl Driver for VercelDriver {
             }
             object.drift = unapplied;
             if plan.changes_anything() {
-                progress::written(&object);
+                progress::written(&object).await;
             }
             outcome.objects.push(object);
         }

@@ -214,11 +214,16 @@ impl SyncHarness {
         }
     }
 
-    /// Kills the controllers at once (no graceful shutdown: a crash).
+    /// Kills the controllers at once (no graceful shutdown: a crash). Aborting the task drops
+    /// the controllers' own tasks with it; their token is cancelled only afterwards (to stop
+    /// the metrics server), so no graceful shutdown runs.
     pub fn kill_controllers(&mut self) {
         if let Some(c) = self.controllers.take() {
             c.task.abort();
-            c.shutdown.cancel();
+            tokio::spawn(async move {
+                let _ = c.task.await;
+                c.shutdown.cancel();
+            });
         }
     }
 
