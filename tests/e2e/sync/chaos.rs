@@ -337,3 +337,102 @@ async fn killed_at_random_moments_the_controllers_create_nothing_twice_and_write
     assert_eq!(names, ["cs-db"], "seed {seed}: Supabase");
     h.stop().await;
 }
+
+/// A fault storm: 30 % of platform calls fail with a 5xx, every call is slow, and every
+/// platform answers only 429 for 250 ms out of every 500. Every Environment still converges,
+/// is created and then has its secret rotated, the clients never exceed a documented limit,
+/// and a 429 burst is waited out instead of hammered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_fault_storm_every_environment_converges_and_the_request_rate_stays_bounded() {
+    let h = SyncHarness::start().await;
+    let (envs, targets) = environments();
+    for t in &targets {
+        h.put_secret(&t.secret, &[("value", &t.value)]).await;
+    }
+    let storm = |limited: bool| Faults {
+        latency_ms: 10,
+        error_share: 0.3,
+        rate_limit_storm: limited,
+        // Simulated seconds: 40 s at the harness's 200x is 0.2 s.
+        storm_retry_after_secs: 40.0,
+        ..Faults::default()
+    };
+    for platform in Platform::ALL {
+        h.sandbox.set_faults(platform, storm(false));
+    }
+    let bursts = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            for platform in Platform::ALL {
+                h.sandbox.set_faults(platform, storm(true));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            for platform in Platform::ALL {
+                h.sandbox.set_faults(platform, storm(false));
+            }
+        }
+    };
+    let converge = async {
+        let started = std::time::Instant::now();
+        for (_, manifest) in &envs {
+            h.apply(manifest.clone()).await;
+        }
+        for (name, _) in &envs {
+            h.wait_ready(name).await;
+        }
+        let mut fingerprints = Vec::new();
+        for t in &targets {
+            let env = h.wait_ready(&t.environment).await;
+            fingerprints.push(env["status"]["objects"].to_string());
+            h.put_secret(&t.secret, &[("value", &format!("{}-rotated", t.value))])
+                .await;
+        }
+        for (t, before) in targets.iter().zip(fingerprints) {
+            h.wait_for(&t.environment, "the rotated secret applied", |env| {
+                condition_is(env, "Ready", "True") && env["status"]["objects"].to_string() != before
+            })
+            .await;
+        }
+        started.elapsed()
+    };
+    let took = tokio::select! {
+        took = converge => took,
+        () = bursts => unreachable!("the bursts never end"),
+    };
+    let bursts_seen = (took.as_millis() / 500 + 1) as usize;
+    let exchanges = h.sandbox.exchanges();
+    for platform in Platform::ALL {
+        let of = |status: u16| {
+            exchanges
+                .iter()
+                .filter(|e| e.platform == platform && e.status == status)
+                .count()
+        };
+        let total = exchanges.iter().filter(|e| e.platform == platform).count();
+        let limited = exchanges
+            .iter()
+            .filter(|e| e.platform == platform && e.status == 429)
+            .count();
+        eprintln!(
+            "storm: {platform}: {total} requests in {took:?}, {limited} answered 429, {} 500, {} 503",
+            of(500),
+            of(503)
+        );
+        assert_eq!(
+            h.sandbox.limit_rejections(platform),
+            0,
+            "{platform}: the clients exceeded a documented limit"
+        );
+        // A 250 ms burst costs each call in flight a few attempts: it waits out Retry-After,
+        // or backs off exponentially on Fly (1, 2, 4, … ms at this scale: at most 9 attempts
+        // per burst; `platform::fly` checks the backoff itself), never one every millisecond.
+        assert!(
+            limited <= 10 * bursts_seen,
+            "{platform}: {limited} requests answered 429 over {bursts_seen} bursts"
+        );
+    }
+    for t in &targets {
+        assert!(writes_of(&h, &format!("{}-rotated", t.value)) >= 1);
+    }
+    h.stop().await;
+}
