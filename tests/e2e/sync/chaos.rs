@@ -383,13 +383,13 @@ async fn under_a_fault_storm_every_environment_converges_and_the_request_rate_st
         let mut fingerprints = Vec::new();
         for t in &targets {
             let env = h.wait_ready(&t.environment).await;
-            fingerprints.push(env["status"]["objects"].to_string());
+            fingerprints.push(env["status"]["objects"].clone());
             h.put_secret(&t.secret, &[("value", &format!("{}-rotated", t.value))])
                 .await;
         }
         for (t, before) in targets.iter().zip(fingerprints) {
             h.wait_for(&t.environment, "the rotated secret applied", |env| {
-                condition_is(env, "Ready", "True") && env["status"]["objects"].to_string() != before
+                condition_is(env, "Ready", "True") && env["status"]["objects"] != before
             })
             .await;
         }
