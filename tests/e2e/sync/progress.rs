@@ -152,3 +152,62 @@ async fn a_controller_restarted_mid_sync_writes_no_secret_and_updates_no_machine
     assert_eq!(creates(&h), SERVICES, "no Render service was created twice");
     h.stop().await;
 }
+
+/// The sample Environment at the sandbox's real-time limits (Render: 20 service creates an
+/// hour, paced one every 3 minutes): within 5 s of applying it, status lists the first
+/// objects and `Reconciling` names the wait and its time.
+#[tokio::test]
+async fn at_real_time_limits_the_sample_environment_shows_its_first_objects_and_the_wait_within_5_s()
+ {
+    use kube::api::{Api, Patch, PatchParams};
+
+    let mut h = SyncHarness::start_with(1.0).await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let secrets = std::fs::read_to_string(format!("{root}/config/samples/00-secrets.yaml"))
+        .expect("sample secrets");
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(h.client.clone(), "default");
+    for mut doc in tether::schema::validate::parse_stream(&secrets).expect("valid YAML") {
+        let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
+        if name == "platform-tokens" {
+            // The sample's tokens are those `tether run --sandbox` configures; this sandbox
+            // has its own.
+            for platform in Platform::ALL {
+                let token = h.sandbox.token(platform).unwrap();
+                doc["stringData"][platform.as_str()] = token.expose().into();
+            }
+        }
+        api.patch(
+            &name,
+            &PatchParams::apply("e2e-test").force(),
+            &Patch::Apply(&doc),
+        )
+        .await
+        .unwrap();
+    }
+    let sample =
+        std::fs::read_to_string(format!("{root}/config/samples/10-environment-staging.yaml"))
+            .expect("sample Environment");
+    let sample = tether::schema::validate::parse_stream(&sample)
+        .unwrap()
+        .remove(0);
+    let applied = Instant::now();
+    h.apply(sample).await;
+    let env = eventually(Duration::from_secs(5), || async {
+        let env = serde_json::to_value(h.environments().get("staging").await.ok()?).ok()?;
+        let reconciling = condition(&env, "Reconciling")?;
+        (reconciling["reason"] == "RateLimited" && with_ids(&env, "render") >= 1).then_some(env)
+    })
+    .await;
+    eprintln!("shown {:?} after the apply", applied.elapsed());
+    let message = condition(&env, "Reconciling").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("render is waiting for its API rate limit: create_service is sent at"),
+        "{message}"
+    );
+    // Nothing more to see: the next create is minutes away.
+    h.kill_controllers();
+    h.stop().await;
+}
