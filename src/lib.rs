@@ -37,6 +37,18 @@ pub mod standalone;
 pub mod sync;
 pub mod telemetry;
 
+/// Writes a command's output to stdout. A reader that went away (`tether crds | head`) is not
+/// an error: the output is simply no longer wanted, so the command ends normally instead of
+/// panicking on a broken pipe as `println!` does.
+pub fn print_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
 /// Installs the process-wide rustls crypto provider (ring).
 ///
 /// kube and reqwest both use rustls; with no provider chosen explicitly the first TLS

@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
             if out_dirs.is_empty() {
-                print_to_stdout(&tether::api::crds_yaml()?)?;
+                tether::print_stdout(&tether::api::crds_yaml()?)?;
             }
             for dir in out_dirs {
                 tether::api::write_crds(&dir)?;
@@ -80,11 +80,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::MetricsNames => {
-            print!("{}", tether::controller::cli::metric_names()?);
+            tether::print_stdout(&tether::controller::cli::metric_names()?)?;
             Ok(())
         }
         Command::Rbac => {
-            println!("{}", tether::controller::rbac::to_json());
+            tether::print_stdout(&format!("{}\n", tether::controller::rbac::to_json()))?;
             Ok(())
         }
         Command::Validate { paths } => {
@@ -99,15 +99,5 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(tether::sandbox::cli::serve(args))?;
             Ok(())
         }
-    }
-}
-
-/// Writes `text` to stdout; a reader that went away (`tether crds | head`) ends the output
-/// quietly, as with any Unix filter.
-fn print_to_stdout(text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other,
     }
 }

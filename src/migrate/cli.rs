@@ -153,7 +153,7 @@ pub fn main(command: MigrateCommand) -> anyhow::Result<i32> {
         .build()?;
     runtime.block_on(async {
         let (text, code) = execute(command).await?;
-        print!("{text}");
+        crate::print_stdout(&text)?;
         Ok(code)
     })
 }

@@ -32,6 +32,9 @@ pub enum ValidateError {
     /// The CRDs could not be compiled.
     #[error("failed to compile the Tether CRDs: {0}")]
     Schema(#[from] super::SchemaError),
+    /// Stdout could not be written.
+    #[error("failed to write the problems to stdout: {0}")]
+    Output(#[source] std::io::Error),
 }
 
 /// A YAML stream that does not parse.
@@ -412,9 +415,8 @@ pub fn run(paths: &[PathBuf]) -> Result<bool, ValidateError> {
     for warning in &report.warnings {
         eprintln!("warning: {warning}");
     }
-    for problem in &report.problems {
-        println!("{problem}");
-    }
+    let lines: String = report.problems.iter().map(|p| format!("{p}\n")).collect();
+    crate::print_stdout(&lines).map_err(ValidateError::Output)?;
     eprintln!(
         "{} document(s) checked, {} problem(s)",
         report.documents,

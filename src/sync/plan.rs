@@ -138,6 +138,9 @@ pub enum PlanError {
     /// The async runtime could not be built.
     #[error("failed to start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    /// Stdout could not be written.
+    #[error("failed to write the plan to stdout: {0}")]
+    Output(#[source] std::io::Error),
 }
 
 fn lines<T: fmt::Display>(items: &[T]) -> String {
@@ -794,10 +797,11 @@ pub fn main(args: PlanArgs) -> Result<i32, PlanError> {
         }
         Ok::<_, PlanError>(report)
     })?;
-    match args.output {
-        OutputFormat::Text => println!("{report}"),
-        OutputFormat::Json => println!("{:#}", report.to_json()),
-    }
+    let text = match args.output {
+        OutputFormat::Text => format!("{report}\n"),
+        OutputFormat::Json => format!("{:#}\n", report.to_json()),
+    };
+    crate::print_stdout(&text).map_err(PlanError::Output)?;
     for (environment, failure) in report.failures() {
         eprintln!(
             "error: failed to plan {} of Environment {environment}: {}",

@@ -1,5 +1,6 @@
 //! `tether plan` and `tether run` as a user runs them.
 
+mod closed_pipe;
 mod plan;
 mod run_harness;
 mod run_standalone;
