@@ -670,12 +670,20 @@ impl PlatformHttp {
                     .requests
                     .with_label_values(&[platform.as_str(), operation, code])
                     .inc();
+                // The host (never the path or query, which may name objects) tells a person
+                // which endpoint is unreachable.
+                let host = inner.base.host_str().map_or_else(String::new, |h| {
+                    inner
+                        .base
+                        .port()
+                        .map_or_else(|| h.to_owned(), |port| format!("{h}:{port}"))
+                });
                 let reason = if e.is_timeout() {
-                    "timed out".to_owned()
+                    format!("no answer from {host} in time")
                 } else if e.is_connect() {
-                    "connection failed".to_owned()
+                    format!("cannot connect to {host}")
                 } else {
-                    "transport error".to_owned()
+                    format!("transport error talking to {host}")
                 };
                 return Err(Failure::Retry {
                     error: PlatformError::Transient {

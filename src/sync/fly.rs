@@ -569,6 +569,9 @@ fn plan_app(
 
     // The app and its secrets.
     let secrets_change;
+    // The secrets could not be compared (write-only, nothing recorded): writing them is a
+    // precaution, and so is relaunching the machines.
+    let mut secrets_unknown = false;
     match observed {
         None => {
             let org = ctx.org.unwrap_or_default().to_owned();
@@ -634,6 +637,7 @@ fn plan_app(
                 .filter_map(|c| c.field.strip_prefix("secrets.").map(str::to_owned))
                 .collect();
             secrets_change = !set.is_empty() || !unset.is_empty();
+            secrets_unknown = secrets_change && applied.iter().all(|c| c.unknown);
             let writes = u32::from(!set.is_empty()) + unset.len() as u32;
             let action = if secrets_change {
                 Action::Update
@@ -889,6 +893,7 @@ fn plan_app(
                             from: Some(launched.map_or("current".into(), |v| v.to_string())),
                             to: Some("after the app's secrets change".into()),
                             drift: false,
+                            unknown: secrets_unknown && !stale,
                         });
                     }
                     let update = !sections.is_empty() || secrets_change || stale;
@@ -1989,6 +1994,7 @@ mod tests {
                     from: Some("512".into()),
                     to: Some("1024".into()),
                     drift: false,
+                    unknown: false,
                 }]
             );
         }

@@ -83,6 +83,10 @@ pub struct FieldChange {
     pub to: Option<String>,
     /// The platform changed out of band (the spec did not change since it last matched).
     pub drift: bool,
+    /// The two sides cannot be compared: the platform does not show the value (a write-only
+    /// secret) and no fingerprint of an applied value is known. Acting writes it to be sure;
+    /// `tether plan` shows it as unknown.
+    pub unknown: bool,
 }
 
 impl fmt::Display for FieldChange {
@@ -94,7 +98,13 @@ impl fmt::Display for FieldChange {
             self.field,
             show(&self.from),
             show(&self.to),
-            if self.drift { " (drift)" } else { "" }
+            if self.unknown {
+                " (unknown: the platform does not show it and no applied value is recorded)"
+            } else if self.drift {
+                " (drift)"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -122,19 +132,19 @@ pub fn diff(
     let applied = |name: &str| previous.and_then(|p| p.secret_fingerprints.get(name));
     for (name, want) in desired {
         let have = observed.get(name);
-        let (differs, rotated) = match (want, have) {
-            (_, None) => (true, false),
-            (Field::Value(w), Some(Field::Value(h))) => (w != h, false),
+        let (differs, rotated, unknown) = match (want, have) {
+            (_, None) => (true, false, false),
+            (Field::Value(w), Some(Field::Value(h))) => (w != h, false, false),
             (Field::Secret { fingerprint: w }, Some(Field::Secret { fingerprint: h })) => {
-                (w != h, applied(name).is_some_and(|a| a != w))
+                (w != h, applied(name).is_some_and(|a| a != w), false)
             }
             (Field::Secret { fingerprint: w }, Some(Field::Present)) => {
                 // Unreadable: the last applied fingerprint is all there is to compare.
                 let moved = applied(name).is_none_or(|a| a != w);
-                (moved, moved)
+                (moved, moved, applied(name).is_none())
             }
             (Field::Present, _) | (Field::Value(_), Some(_)) | (Field::Secret { .. }, _) => {
-                (true, false)
+                (true, false, false)
             }
         };
         if differs {
@@ -142,7 +152,8 @@ pub fn diff(
                 field: name.clone(),
                 from: have.map(shown),
                 to: Some(shown(want)),
-                drift: drift_possible && !rotated && previous.is_some(),
+                drift: drift_possible && !rotated && previous.is_some() && !unknown,
+                unknown,
             });
         }
     }
@@ -153,6 +164,7 @@ pub fn diff(
                 from: Some(shown(have)),
                 to: None,
                 drift: drift_possible && previous.is_some(),
+                unknown: false,
             });
         }
     }
@@ -218,6 +230,15 @@ impl ObjectPlan {
             self.action,
             Action::Create | Action::Update | Action::Delete
         )
+    }
+
+    /// Whether acting is known to change something: not an update whose every change is a
+    /// comparison that could not be made ([`FieldChange::unknown`]).
+    pub fn changes_something_known(&self) -> bool {
+        self.changes_anything()
+            && !(self.action == Action::Update
+                && !self.changes.is_empty()
+                && self.changes.iter().all(|c| c.unknown))
     }
 }
 
@@ -639,6 +660,7 @@ mod tests {
                 from: Some("starter".into()),
                 to: Some("pro".into()),
                 drift: false,
+                unknown: false,
             }]
         );
         let drift = diff(&desired, &observed, Some(&prev), true);

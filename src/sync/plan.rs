@@ -11,8 +11,13 @@
 //!   environment (`TETHER_SECRET_<SECRET>_<KEY>`), then the `--secrets` files, then the
 //!   Secret manifests of the directory ([`SecretSource`]); a missing one stops here, named by
 //!   Secret, key and field.
-//! - *plan*: each Environment is synced in [`Mode::Plan`] (observe and plan, no writes), as if
-//!   it had never been reconciled (no previous status).
+//! - *plan*: each Environment is synced in [`Mode::Plan`] (observe and plan, no writes),
+//!   against the last applied state when one is given ([`State`]: the Environments and their
+//!   status, read from the cluster with `--from-cluster` or from a `kubectl get env -o yaml`
+//!   export with `--state`): fingerprints of applied secrets make unchanged write-only secrets
+//!   compare equal, objects removed from the manifests show as deletes or orphans, and
+//!   Environments removed from the manifests show their cleanup. Without a state it plans as if
+//!   nothing had been applied; a comparison that needs the state is shown as unknown.
 //! - *print*: a [`PlanReport`], per Environment and per object, with the field-level
 //!   changes (secret values are masked by [`super::diff`]) and a summary line; exit code 0
 //!   when nothing would change, 2 when something would, 1 on any error.
@@ -60,6 +65,17 @@ pub struct PlanArgs {
     /// empty, so everything is to be created).
     #[arg(long)]
     pub sandbox: bool,
+    /// Compare with the last applied state in the cluster: the Environments and their status,
+    /// read with `--kubeconfig`, `$KUBECONFIG`, `~/.kube/config` or the in-cluster account.
+    #[arg(long, conflicts_with = "state")]
+    pub from_cluster: bool,
+    /// The kubeconfig of `--from-cluster`.
+    #[arg(long, value_name = "FILE", requires = "from_cluster")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Compare with an exported state: the output of `kubectl get env -A -o yaml` (a List, or
+    /// Environment documents).
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -81,8 +97,11 @@ pub struct PlanArgs {
 }
 
 impl PlanArgs {
-    /// The platform settings of the endpoint flags.
+    /// The platform settings of the endpoint flags. A plan is a command a person (or a CI
+    /// job) waits for: an unreachable platform fails it within seconds (two retries), where
+    /// the controller keeps retrying for minutes.
     pub fn platforms_config(&self) -> PlatformsConfig {
+        let defaults = PlatformsConfig::default();
         PlatformsConfig {
             endpoints: [
                 (Platform::Render, self.render_url.clone()),
@@ -91,7 +110,21 @@ impl PlanArgs {
                 (Platform::Supabase, self.supabase_url.clone()),
             ]
             .into(),
-            ..PlatformsConfig::default()
+            http: defaults
+                .http
+                .into_iter()
+                .map(|(platform, http)| {
+                    (
+                        platform,
+                        crate::platform::HttpConfig {
+                            max_retries: 2,
+                            max_backoff: std::time::Duration::from_secs(1),
+                            ..http
+                        },
+                    )
+                })
+                .collect(),
+            ..defaults
         }
     }
 }
@@ -138,6 +171,14 @@ pub enum PlanError {
     /// The async runtime could not be built.
     #[error("failed to start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    /// The last applied state could not be read.
+    #[error("failed to read the last applied state from {source_name}: {reason}")]
+    State {
+        /// The file, or `the cluster`.
+        source_name: String,
+        /// Why.
+        reason: String,
+    },
     /// Stdout could not be written.
     #[error("failed to write the plan to stdout: {0}")]
     Output(#[source] std::io::Error),
@@ -458,6 +499,9 @@ pub struct EnvironmentPlan {
     pub environment: String,
     /// `spec.suspend`: the controller would do nothing.
     pub suspended: bool,
+    /// In the state but no longer in the manifests: it would be deleted, its objects removed
+    /// per `deletionPolicy`.
+    pub removed: bool,
     /// One entry per platform the Environment uses.
     pub platforms: Vec<PlatformSync>,
 }
@@ -486,6 +530,8 @@ pub struct Summary {
     pub orphan: usize,
     /// Objects waiting for the platform.
     pub wait: usize,
+    /// Updates whose every change is a comparison that could not be made.
+    pub unknown: usize,
     /// Platform requests made to plan.
     pub reads: u64,
     /// Write requests acting on the plan would cost.
@@ -501,6 +547,13 @@ impl fmt::Display for Summary {
         )?;
         if self.wait > 0 {
             write!(f, ", {} waiting", self.wait)?;
+        }
+        if self.unknown > 0 {
+            write!(
+                f,
+                ", {} unknown (write-only values with no applied state to compare: --from-cluster or --state)",
+                self.unknown
+            )?;
         }
         write!(
             f,
@@ -538,6 +591,7 @@ impl PlanReport {
         for plan in self.objects() {
             summary.writes += u64::from(plan.writes);
             match plan.action {
+                Action::Update if !plan.changes_something_known() => summary.unknown += 1,
                 Action::Create => summary.create += 1,
                 Action::Update => summary.update += 1,
                 Action::Delete => summary.delete += 1,
@@ -550,11 +604,11 @@ impl PlanReport {
     }
 
     /// 1 when a platform could not be planned, 2 when acting would change something on a
-    /// platform, 0 otherwise.
+    /// platform (a comparison that could not be made does not count), 0 otherwise.
     pub fn exit_code(&self) -> i32 {
         if self.failures().next().is_some() {
             1
-        } else if self.objects().any(ObjectPlan::changes_anything) {
+        } else if self.objects().any(ObjectPlan::changes_something_known) {
             2
         } else {
             0
@@ -587,6 +641,7 @@ impl PlanReport {
                                 "from": c.from,
                                 "to": c.to,
                                 "drift": c.drift,
+                                "unknown": c.unknown,
                             })).collect::<Vec<_>>(),
                             "drift": o.drift,
                             "writes": o.writes,
@@ -608,6 +663,7 @@ impl PlanReport {
                 json!({
                     "environment": e.environment,
                     "suspended": e.suspended,
+                    "removed": e.removed,
                     "objects": objects,
                     "failures": failures,
                 })
@@ -623,6 +679,7 @@ impl PlanReport {
                 "inSync": s.in_sync,
                 "orphan": s.orphan,
                 "wait": s.wait,
+                "unknown": s.unknown,
                 "reads": s.reads,
                 "writes": s.writes,
                 "requests": s.reads + s.writes,
@@ -660,6 +717,12 @@ impl fmt::Display for PlanReport {
             + 2;
         for env in &self.environments {
             writeln!(f, "environment {}", env.environment)?;
+            if env.removed {
+                writeln!(
+                    f,
+                    "  (not in the manifests any more: deleted, its objects removed per deletionPolicy)"
+                )?;
+            }
             if env.suspended {
                 writeln!(f, "  (suspended: nothing would be done)")?;
             } else if env.platforms.is_empty() {
@@ -695,14 +758,65 @@ impl fmt::Display for PlanReport {
         if !self.environments.is_empty() {
             writeln!(f)?;
         }
+        let failed = self.failures().count();
+        if failed > 0 {
+            // A partial plan summed up would read as the whole one.
+            return write!(
+                f,
+                "No plan: {failed} platform(s) could not be planned (the errors above say why)"
+            );
+        }
         write!(f, "{}", self.summary())
     }
 }
 
-/// Plans every Environment of `loaded` against `platforms` (reads only), recording the
-/// requests into `registry`.
+/// What to plan: every Environment of the manifests, with its last applied status from the
+/// state, then every Environment of the state the manifests no longer have (to be deleted).
+pub fn targets(loaded: &Loaded, state: &[Environment]) -> Vec<Target> {
+    let applied = |k: &str| state.iter().find(|s| key(s) == k);
+    let mut targets: Vec<Target> = loaded
+        .environments
+        .iter()
+        .map(|env| Target {
+            environment: env.clone(),
+            previous: applied(&key(env))
+                .and_then(|s| s.status.as_ref())
+                .map(|s| s.objects.clone())
+                .unwrap_or_default(),
+            removed: false,
+        })
+        .collect();
+    for gone in state {
+        if !loaded.environments.iter().any(|e| key(e) == key(gone)) {
+            targets.push(Target {
+                environment: gone.clone(),
+                previous: gone
+                    .status
+                    .as_ref()
+                    .map(|s| s.objects.clone())
+                    .unwrap_or_default(),
+                removed: true,
+            });
+        }
+    }
+    targets
+}
+
+/// One Environment to plan.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Its manifest (or, when removed, its last applied object).
+    pub environment: Environment,
+    /// `status.objects` of the last applied state (empty without one).
+    pub previous: Vec<crate::api::environment::ManagedObject>,
+    /// No longer in the manifests.
+    pub removed: bool,
+}
+
+/// Plans every target against `platforms` (reads only), recording the requests into
+/// `registry`.
 pub async fn plan(
-    loaded: &Loaded,
+    targets: &[Target],
     values: &[SecretValues],
     platforms: &Platforms,
     registry: &MetricsRegistry,
@@ -712,30 +826,93 @@ pub async fn plan(
         .round(jiff::Unit::Second)
         .unwrap_or_else(|_| jiff::Timestamp::now())
         .to_string();
-    for (env, secrets) in loaded.environments.iter().zip(values) {
+    for (target, secrets) in targets.iter().zip(values) {
+        let env = &target.environment;
         let environment = key(env);
-        let platforms = if env.spec.suspend {
+        let suspended = env.spec.suspend && !target.removed;
+        let platforms = if suspended {
             Vec::new()
         } else {
             let request = Request {
                 environment: &environment,
                 spec: &env.spec,
                 secrets,
-                previous: &[],
+                previous: &target.previous,
                 drift_possible: false,
-                deleting: false,
+                deleting: target.removed,
                 now: now.clone(),
             };
             sync(platforms, &request, Mode::Plan).await
         };
         report.environments.push(EnvironmentPlan {
             environment,
-            suspended: env.spec.suspend,
+            suspended,
+            removed: target.removed,
             platforms,
         });
     }
     report.reads = registry.counter_total(REQUESTS_METRIC);
     report
+}
+
+/// Reads the last applied state `args` names: none, the cluster's Environments, or an
+/// exported file.
+async fn read_state(args: &PlanArgs) -> Result<Vec<Environment>, PlanError> {
+    if let Some(path) = &args.state {
+        let failed = |reason: String| PlanError::State {
+            source_name: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+        let documents =
+            crate::schema::validate::parse_stream(&text).map_err(|e| failed(e.to_string()))?;
+        let mut environments = Vec::new();
+        for document in documents {
+            let items = match document["kind"].as_str() {
+                Some("List" | "EnvironmentList") => {
+                    document["items"].as_array().cloned().unwrap_or_default()
+                }
+                _ => vec![document],
+            };
+            for item in items.into_iter().filter(|i| i["kind"] == "Environment") {
+                let name = item["metadata"]["name"].as_str().unwrap_or("?").to_owned();
+                environments.push(
+                    serde_json::from_value::<Environment>(item)
+                        .map_err(|e| failed(format!("Environment {name}: {e}")))?,
+                );
+            }
+        }
+        return Ok(environments);
+    }
+    if !args.from_cluster {
+        return Ok(Vec::new());
+    }
+    let failed = |reason: String| PlanError::State {
+        source_name: "the cluster".into(),
+        reason,
+    };
+    let client = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| failed(format!("kubeconfig {}: {e}", path.display())))?;
+            let config = kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .map_err(|e| failed(format!("kubeconfig {}: {e}", path.display())))?;
+            crate::client::named(config, "plan").map_err(|e| failed(e.to_string()))?
+        }
+        None => crate::client::infer("plan")
+            .await
+            .map_err(|e| failed(e.to_string()))?,
+    };
+    let api: kube::Api<Environment> = kube::Api::all(client);
+    let list = api
+        .list(&kube::api::ListParams::default())
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(list.items)
 }
 
 /// Runs `tether plan`: prints the plan to stdout (failures also to stderr) and returns the
@@ -744,10 +921,28 @@ pub async fn plan(
 pub fn main(args: PlanArgs) -> Result<i32, PlanError> {
     init_tracing(&args.log_level, LogFormat::Text);
     let loaded = load(&args.manifests, &args.secrets)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(PlanError::Runtime)?;
+    let state = runtime.block_on(read_state(&args))?;
+    if args.from_cluster || args.state.is_some() {
+        let recorded: usize = state
+            .iter()
+            .filter_map(|e| e.status.as_ref())
+            .map(|s| s.objects.len())
+            .sum();
+        eprintln!(
+            "comparing with the last applied state: {} Environment(s), {recorded} platform object(s) recorded",
+            state.len()
+        );
+    }
+    let targets = targets(&loaded, &state);
     let env = |name: &str| std::env::var(name).ok();
     let mut values = Vec::new();
     let mut missing = Vec::new();
-    for environment in &loaded.environments {
+    for target in &targets {
+        let environment = &target.environment;
         let namespace = environment
             .metadata
             .namespace
@@ -764,10 +959,6 @@ pub fn main(args: PlanArgs) -> Result<i32, PlanError> {
     if !missing.is_empty() {
         return Err(PlanError::ResolveSecrets(missing));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(PlanError::Runtime)?;
     let report = runtime.block_on(async {
         let stop = CancellationToken::new();
         let _stop_on_return = stop.clone().drop_guard();
@@ -790,7 +981,7 @@ pub fn main(args: PlanArgs) -> Result<i32, PlanError> {
         };
         let registry = MetricsRegistry::new();
         let platforms = Platforms::new(config, PlatformMetrics::register(&registry)?);
-        let report = plan(&loaded, &values, &platforms, &registry).await;
+        let report = plan(&targets, &values, &platforms, &registry).await;
         stop.cancel();
         if let Some(sandbox) = sandbox {
             sandbox.stopped().await;
@@ -953,12 +1144,14 @@ mod tests {
                 from: None,
                 to: Some("starter".into()),
                 drift: false,
+                unknown: false,
             },
             FieldChange {
                 field: "envVars.KEY".into(),
                 from: None,
                 to: Some("(secret)".into()),
                 drift: false,
+                unknown: false,
             },
         ];
         let mut update = object(Platform::Vercel, "project", "web", Action::Update);
@@ -968,11 +1161,13 @@ mod tests {
             from: Some("npm run build".into()),
             to: Some("pnpm build".into()),
             drift: false,
+            unknown: false,
         }];
         PlanReport {
             environments: vec![EnvironmentPlan {
                 environment: "default/staging".into(),
                 suspended: false,
+                removed: false,
                 platforms: vec![
                     synced(Platform::Render, vec![create]),
                     synced(Platform::Vercel, vec![update]),

@@ -1908,6 +1908,7 @@ mod tests {
                 from: Some("starter".into()),
                 to: Some("pro".into()),
                 drift: false,
+                unknown: false,
             }]
         );
         assert_eq!(web.writes, 1);

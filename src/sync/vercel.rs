@@ -421,6 +421,7 @@ pub fn plan_projects(
                         _ => "(secret)".into(),
                     }),
                     drift: false,
+                    unknown: false,
                 })
                 .collect();
             let domains: Vec<VercelDomainSpec> = want.domains.values().cloned().collect();

@@ -399,3 +399,172 @@ async fn a_sandbox_already_holding_the_objects_plans_nothing_and_exits_0_until_t
     stop.cancel();
     sandbox.stopped().await;
 }
+
+/// An Environment the controller reconciled, planned against the cluster's state: unchanged
+/// (write-only secret included) it exits 0; an app removed from the manifests is a delete; an
+/// Environment removed from them shows its cleanup. Without the state the secret cannot be
+/// compared: it is shown as unknown and does not make the exit code 2.
+#[tokio::test(flavor = "multi_thread")]
+async fn planned_against_the_clusters_state_an_unchanged_environment_exits_0_and_removals_show() {
+    use crate::support::sync::SyncHarness;
+
+    let h = SyncHarness::start().await;
+    h.put_secret("app-secrets", &[("stripe-key", STRIPE_KEY)])
+        .await;
+    let token = h.sandbox.token(Platform::Fly).unwrap();
+    let environment = |apps: &[&str]| {
+        let apps: String = apps
+            .iter()
+            .map(|app| {
+                format!(
+                    "      - name: {app}\n        image: {IMAGE_1}\n        regions: [{{ region: ams, count: 1 }}]\n\
+                     \x20       secrets:\n          - name: STRIPE_KEY\n            \
+                     secretKeyRef: {{ name: app-secrets, key: stripe-key }}\n"
+                )
+            })
+            .collect();
+        format!(
+            "apiVersion: tether.dev/v1alpha1\nkind: Environment\nmetadata:\n  name: staging\n  namespace: default\n\
+             spec:\n  credentials:\n    fly: {{ name: tether-sandbox-fly, key: token }}\n\
+             \x20 fly:\n    org: acme\n    apps:\n{apps}"
+        )
+    };
+    let both = environment(&["acme-edge", "acme-jobs"]);
+    let docs = tether::schema::validate::parse_stream(&both).unwrap();
+    h.apply(docs[0].clone()).await;
+    h.wait_ready("staging").await;
+
+    let secrets = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: tether-sandbox-fly\n  namespace: default\n\
+         stringData:\n  token: {}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata:\n  name: app-secrets\n  namespace: default\n\
+         stringData:\n  stripe-key: {STRIPE_KEY}\n",
+        token.expose()
+    );
+    let dir = manifests(&[("secrets.yaml", &secrets), ("staging.yaml", &both)]);
+    let fly_url = h.sandbox.url(Platform::Fly).unwrap();
+    let kubeconfig = h.cluster.kubeconfig_path().display().to_string();
+    let run = |args: Vec<String>| {
+        let dir = dir.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            plan(&dir, &args, &[])
+        })
+    };
+    let from_cluster: Vec<String> = [
+        "--fly-url",
+        &fly_url,
+        "--from-cluster",
+        "--kubeconfig",
+        &kubeconfig,
+    ]
+    .map(String::from)
+    .to_vec();
+
+    // Unchanged, with the cluster's state: everything in sync.
+    let out = run(from_cluster.clone()).await.unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        object_line(&stdout, APP).starts_with("  = "),
+        "{stdout}\n{stderr}"
+    );
+    assert!(!stdout.contains("unknown"), "{stdout}");
+
+    // Without a state the write-only secret cannot be compared: unknown, still exit 0.
+    let out = run(vec!["--fly-url".into(), fly_url.clone()])
+        .await
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("secrets.STRIPE_KEY: (secret) → (secret) (unknown: "),
+        "{stdout}"
+    );
+    // Two apps, and their machines relaunched only because of those secrets.
+    assert!(stdout.contains(", 4 unknown ("), "{stdout}");
+
+    // The same state exported with kubectl's List format.
+    let listed = h
+        .environments()
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
+    let export = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": listed});
+    let exported = tempfile::tempdir().unwrap();
+    let state = exported.path().join("state.json");
+    std::fs::write(&state, export.to_string()).unwrap();
+    let out = run(vec![
+        "--fly-url".into(),
+        fly_url.clone(),
+        "--state".into(),
+        state.display().to_string(),
+    ])
+    .await
+    .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("unknown"), "{stdout}");
+
+    // An app removed from the manifests: its deletion, and its machine's.
+    std::fs::write(dir.path().join("staging.yaml"), environment(&["acme-edge"])).unwrap();
+    let out = run(from_cluster.clone()).await.unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    let removed = object_line(&stdout, r#"fly app "acme-jobs""#);
+    assert!(
+        removed.starts_with("  - ") && removed.trim_end().ends_with("delete"),
+        "{stdout}"
+    );
+    assert!(object_line(&stdout, APP).starts_with("  = "), "{stdout}");
+
+    // The whole Environment removed: its cleanup.
+    std::fs::remove_file(dir.path().join("staging.yaml")).unwrap();
+    let out = run(from_cluster).await.unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("environment default/staging\n  (not in the manifests any more"),
+        "{stdout}"
+    );
+    assert!(object_line(&stdout, APP).starts_with("  - "), "{stdout}");
+    assert_no_secret(&out, &[STRIPE_KEY, token.expose()]);
+    h.stop().await;
+}
+
+#[test]
+fn an_unreachable_platform_fails_the_plan_within_seconds_naming_the_host_and_with_no_summary() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = manifests(&[
+        ("00-secrets.yaml", &secrets_yaml()),
+        ("staging.yaml", &fly_env("staging", IMAGE_1, false)),
+    ]);
+    let url = format!("http://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    let out = plan(dir.path(), &["--fly-url", &url], &[]);
+    let took = started.elapsed();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "took {took:?} to give up"
+    );
+    assert!(
+        stderr.contains(&format!("cannot connect to 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(
+        !stdout.contains("Plan:"),
+        "no summary of a partial plan:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("No plan: 1 platform(s) could not be planned"),
+        "{stdout}"
+    );
+}
