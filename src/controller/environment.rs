@@ -417,6 +417,7 @@ impl Reconciled for Environment {
             .is_some_and(|s| s.observed_generation == generation && !is_stalled(&s.conditions));
         let now = now();
         let key = self.key();
+        let owners = ctx.owners_except(&key);
         let request = sync::run::Request {
             environment: &key,
             spec: &self.spec,
@@ -425,6 +426,7 @@ impl Reconciled for Environment {
             drift_possible,
             deleting: false,
             now: now.clone(),
+            owners: &owners,
         };
         // Observe the platforms, plan, act; status shows the progress meanwhile.
         let (reports, received) = tokio::sync::mpsc::unbounded_channel();
@@ -503,6 +505,8 @@ impl Reconciled for Environment {
             drift_possible: false,
             deleting: true,
             now: now(),
+            // Deleting removes only what this Environment recorded.
+            owners: &sync::run::Owners::default(),
         };
         let syncs = sync::run::sync(&ctx.platforms, &request, Mode::Apply).await;
         match syncs.into_iter().find_map(|s| s.failure) {

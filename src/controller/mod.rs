@@ -177,14 +177,18 @@ pub(crate) async fn run_registered(
         max: config.max_retry,
     };
     let platforms = Platforms::new(config.platforms.clone(), metrics.platform().clone());
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics,
-        backoff,
-        platforms,
-        config.pending_interval,
-        config.supabase_database_url.clone(),
-    ));
+    let (env_store, env_writer) = reflector::store();
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            metrics,
+            backoff,
+            platforms,
+            config.pending_interval,
+            config.supabase_database_url.clone(),
+        )
+        .with_environments(env_store.clone()),
+    );
     let watch = match &config.selector {
         Some(selector) => watcher::Config::default().labels(selector),
         None => watcher::Config::default(),
@@ -194,7 +198,6 @@ pub(crate) async fn run_registered(
 
     // An Environment's own status writes do not trigger it again: the resync interval and
     // the requeues schedule those reconciles (see `environment::changed`).
-    let (env_store, env_writer) = reflector::store();
     let env_changes = watcher::watcher(api::<Decoded<Environment>>(&client, ns), watch.clone())
         .reflect(env_writer)
         .applied_objects()

@@ -34,12 +34,15 @@ use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
 use crate::api::Condition;
+use crate::api::Environment;
 use crate::controller::conditions::{self, Verdict};
 use crate::controller::decoded::Decoded;
 use crate::controller::error::{Backoff, ReconcileError};
 use crate::controller::metrics::{ControllerMetrics, ReconcileResult};
 use crate::controller::migration::MigrationRuns;
 use crate::sync::Platforms;
+use crate::sync::run::Owners;
+use kube::runtime::reflector::Store;
 
 /// The finalizer every reconciled object carries until its cleanup has run.
 pub const FINALIZER: &str = "tether.dev/finalizer";
@@ -65,6 +68,9 @@ pub struct Context {
     pub pending_interval: Duration,
     /// Template of a Supabase project's database URL (`{ref}` = the project ref).
     pub supabase_database_url: String,
+    /// The Environments the controller watches, with their status (one owner per platform
+    /// object is checked against them).
+    environments: Option<Store<Decoded<Environment>>>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -93,8 +99,32 @@ impl Context {
             platforms,
             pending_interval,
             supabase_database_url,
+            environments: None,
             failures: Mutex::default(),
         }
+    }
+
+    /// The context with the store of the watched Environments.
+    pub fn with_environments(mut self, store: Store<Decoded<Environment>>) -> Self {
+        self.environments = Some(store);
+        self
+    }
+
+    /// The platform objects the watched Environments other than `except`
+    /// (`namespace/name`) manage.
+    pub fn owners_except(&self, except: &str) -> Owners {
+        let Some(store) = &self.environments else {
+            return Owners::default();
+        };
+        let environments = store.state();
+        Owners::of(
+            environments.iter().filter_map(|env| {
+                let object = env.object().ok()?;
+                let objects = object.status.as_ref()?.objects.as_slice();
+                Some((object_key(object), objects))
+            }),
+            except,
+        )
     }
 
     fn record_failure(&self, key: &str) -> u32 {

@@ -833,6 +833,7 @@ pub async fn plan(
         let platforms = if suspended {
             Vec::new()
         } else {
+            let owners = super::run::Owners::default();
             let request = Request {
                 environment: &environment,
                 spec: &env.spec,
@@ -841,6 +842,7 @@ pub async fn plan(
                 drift_possible: false,
                 deleting: target.removed,
                 now: now.clone(),
+                owners: &owners,
             };
             sync(platforms, &request, Mode::Plan).await
         };

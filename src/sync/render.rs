@@ -802,11 +802,12 @@ pub fn plan_render(input: &SyncInput<'_>, observed: &Observed) -> Planned<Render
 
     // Datastores first: services may depend on them.
     for k in spec.map(|r| r.key_values.as_slice()).unwrap_or_default() {
-        in_spec.insert((KEY_VALUE, k.name.clone()));
         if deleting {
-            removals.push((KEY_VALUE, k.name.clone()));
+            // What goes is what this Environment recorded (below): an object of the same
+            // name it never recorded belongs to someone else.
             continue;
         }
+        in_spec.insert((KEY_VALUE, k.name.clone()));
         let (desired, create) = desired_key_value(owner, k);
         match observed.key_values.iter().find(|o| o.name == k.name) {
             None => planner.create(KEY_VALUE, &k.name, &desired, Op::CreateKeyValue(create), 1),
@@ -848,11 +849,12 @@ pub fn plan_render(input: &SyncInput<'_>, observed: &Observed) -> Planned<Render
         }
     }
     for p in spec.map(|r| r.postgres.as_slice()).unwrap_or_default() {
-        in_spec.insert((POSTGRES, p.name.clone()));
         if deleting {
-            removals.push((POSTGRES, p.name.clone()));
+            // What goes is what this Environment recorded (below): an object of the same
+            // name it never recorded belongs to someone else.
             continue;
         }
+        in_spec.insert((POSTGRES, p.name.clone()));
         let (desired, create) = desired_postgres(owner, p);
         match observed.postgres.iter().find(|o| o.name == p.name) {
             None => planner.create(POSTGRES, &p.name, &desired, Op::CreatePostgres(create), 1),
@@ -895,11 +897,12 @@ pub fn plan_render(input: &SyncInput<'_>, observed: &Observed) -> Planned<Render
         }
     }
     for s in spec.map(|r| r.services.as_slice()).unwrap_or_default() {
-        in_spec.insert((SERVICE, s.name.clone()));
         if deleting {
-            removals.push((SERVICE, s.name.clone()));
+            // What goes is what this Environment recorded (below): an object of the same
+            // name it never recorded belongs to someone else.
             continue;
         }
+        in_spec.insert((SERVICE, s.name.clone()));
         let desired = desired_service(input, owner, s);
         match observed.services.iter().find(|o| o.name == s.name) {
             None => {
@@ -2117,6 +2120,21 @@ mod tests {
                 ("db", &Action::Delete)
             ]
         );
+        // Objects of the spec's names that this Environment never recorded are someone
+        // else's: deleting it leaves them.
+        let untouched = with_input(&spec, &secrets("k1"), &[], true, |input| {
+            let input = SyncInput {
+                deleting: true,
+                http: input.http.clone(),
+                cache: input.cache.clone(),
+                account: input.account.clone(),
+                fingerprints: input.fingerprints.clone(),
+                now: input.now.clone(),
+                ..*input
+            };
+            plan_render(&input, &observed("k1"))
+        });
+        assert!(untouched.objects.is_empty(), "{:?}", untouched.objects);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! platform depends on another's objects), each observe → plan → act through its driver.
 //! Used by the Environment controller (apply and cleanup) and by `tether plan` (plan only).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use futures::future::join_all;
 
@@ -38,6 +38,42 @@ pub struct Request<'a> {
     pub deleting: bool,
     /// RFC 3339 time of this sync.
     pub now: String,
+    /// Platform objects other Environments manage.
+    pub owners: &'a Owners,
+}
+
+/// Platform objects other Environments manage, by platform and id: an object has one owner,
+/// so an Environment whose plan finds one of them is refused instead of adopting it.
+#[derive(Clone, Debug, Default)]
+pub struct Owners(HashMap<(String, String), String>);
+
+impl Owners {
+    /// The objects recorded in the status of `environments` (`namespace/name` and
+    /// `status.objects`), except those of `except`.
+    pub fn of<'o>(
+        environments: impl IntoIterator<Item = (String, &'o [ManagedObject])>,
+        except: &str,
+    ) -> Self {
+        let mut owners = HashMap::new();
+        for (environment, objects) in environments {
+            if environment == except {
+                continue;
+            }
+            for object in objects {
+                if let Some(id) = &object.id {
+                    owners.insert((object.platform.clone(), id.clone()), environment.clone());
+                }
+            }
+        }
+        Self(owners)
+    }
+
+    /// The Environment managing the object `id` of `platform`, if another does.
+    pub fn owner(&self, platform: Platform, id: &str) -> Option<&str> {
+        self.0
+            .get(&(platform.as_str().to_string(), id.to_string()))
+            .map(String::as_str)
+    }
 }
 
 /// Why one platform could not be synced; the message names the platform and, for
@@ -178,11 +214,12 @@ async fn sync_platform(
         cache: platforms.cache().clone(),
         now: request.now.clone(),
     };
+    let owners = request.owners;
     let mut result = match platform {
-        Platform::Render => drive(&super::render::RenderDriver, &input, mode).await,
-        Platform::Vercel => drive(&super::vercel::VercelDriver, &input, mode).await,
-        Platform::Fly => drive(&super::fly::FlyDriver, &input, mode).await,
-        Platform::Supabase => drive(&super::supabase::SupabaseDriver, &input, mode).await,
+        Platform::Render => drive(&super::render::RenderDriver, &input, mode, owners).await,
+        Platform::Vercel => drive(&super::vercel::VercelDriver, &input, mode, owners).await,
+        Platform::Fly => drive(&super::fly::FlyDriver, &input, mode, owners).await,
+        Platform::Supabase => drive(&super::supabase::SupabaseDriver, &input, mode, owners).await,
     };
     if result.failure.is_some() && result.plans.is_empty() {
         result.objects = kept();
@@ -198,7 +235,12 @@ async fn sync_platform(
     result
 }
 
-async fn drive<D: Driver>(driver: &D, input: &SyncInput<'_>, mode: Mode) -> PlatformSync {
+async fn drive<D: Driver>(
+    driver: &D,
+    input: &SyncInput<'_>,
+    mode: Mode,
+    owners: &Owners,
+) -> PlatformSync {
     let platform = D::PLATFORM;
     let planned = match driver.plan(input).await {
         Ok(planned) => planned,
@@ -212,6 +254,32 @@ async fn drive<D: Driver>(driver: &D, input: &SyncInput<'_>, mode: Mode) -> Plat
             };
         }
     };
+    // An object another Environment manages is never adopted: nothing is done on this
+    // platform until one of the two lets it go.
+    let taken = planned.objects.iter().find_map(|p| {
+        let id = p.id.as_deref()?;
+        let owner = owners.owner(platform, id)?;
+        (input.previous(&p.kind, &p.name).is_none()).then_some((p, id, owner))
+    });
+    if let Some((plan, id, owner)) = taken
+        && !input.deleting
+    {
+        return PlatformSync {
+            platform,
+            plans: Vec::new(),
+            objects: Vec::new(),
+            events: Vec::new(),
+            failure: Some(Failure {
+                platform,
+                reason: "ObjectManagedElsewhere",
+                message: format!(
+                    "{platform} {} {:?} ({id}) is managed by Environment {owner}: a platform object has one owner; remove it from one of the two (deleting this Environment leaves it in place)",
+                    plan.kind, plan.name
+                ),
+                permanent: true,
+            }),
+        };
+    }
     let plans = planned.objects.clone();
     let outcome = match mode {
         Mode::Apply => {

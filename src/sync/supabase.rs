@@ -347,7 +347,9 @@ pub fn plan_project(
         let id = observed
             .map(|o| o.project.id.clone())
             .or_else(|| previous.and_then(|p| p.id.clone()));
-        if id.is_some() || previous.is_some() {
+        // Only a project this Environment recorded goes: one of the same name it never
+        // recorded belongs to someone else.
+        if previous.is_some() {
             let org = Some(desired.organization.clone());
             remove(&mut objects, &mut work, policy, &desired.name, id, org);
         }
@@ -1171,5 +1173,8 @@ mod tests {
         assert_eq!(planned.objects.len(), 1);
         assert_eq!(planned.objects[0].action, Action::Delete);
         assert_eq!(steps(&planned), ["delete abcdefghijklmnopqrst"]);
+        // A project of that name this Environment never recorded is someone else's.
+        let untouched = plan_project(Some(&d), Some(&observed()), None, &[], &p).unwrap();
+        assert!(untouched.objects.is_empty() && untouched.work.objects.is_empty());
     }
 }

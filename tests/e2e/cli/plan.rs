@@ -305,6 +305,7 @@ async fn apply(dir: &Path, platforms: &Platforms) {
             drift_possible: false,
             deleting: false,
             now: "2026-11-22T08:00:00Z".into(),
+            owners: &Default::default(),
         };
         for synced in sync(platforms, &request, Mode::Apply).await {
             assert!(synced.failure.is_none(), "{:?}", synced.failure);

@@ -390,3 +390,58 @@ async fn an_environment_without_credentials_deletes_at_once_when_nothing_was_cre
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_second_environment_naming_a_managed_object_stalls_naming_the_first_and_its_deletion_leaves_it()
+ {
+    let h = SyncHarness::start().await;
+    h.put_secret("app", &[("db", DB_URL)]).await;
+    h.apply(render_env("first", "tether-sandbox-render", "shared-api"))
+        .await;
+    h.wait_ready("first").await;
+    let writes = |h: &SyncHarness| {
+        h.requests(Platform::Render)
+            .into_iter()
+            .filter(|r| !r.starts_with("GET "))
+            .count()
+    };
+    let before = writes(&h);
+
+    h.apply(render_env("second", "tether-sandbox-render", "shared-api"))
+        .await;
+    let env = h
+        .wait_for("second", "Stalled=True", |e| {
+            condition_is(e, "Stalled", "True")
+        })
+        .await;
+    let stalled = condition(&env, "Stalled").unwrap();
+    assert_eq!(stalled["reason"], "ObjectManagedElsewhere");
+    let message = stalled["message"].as_str().unwrap();
+    assert!(
+        message.contains(r#"render service "shared-api""#)
+            && message.contains("managed by Environment default/first"),
+        "{message}"
+    );
+    assert!(
+        env["status"]["objects"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "nothing adopted: {env}"
+    );
+    assert_eq!(writes(&h), before, "the second Environment wrote nothing");
+
+    h.delete("second").await;
+    let services = RenderClient::new(h.http(Platform::Render))
+        .list_services("tea-e2e", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        services.iter().filter(|s| s.name == "shared-api").count(),
+        1,
+        "deleting the second Environment left the first's service"
+    );
+    assert_eq!(writes(&h), before);
+    let first = h.wait_ready("first").await;
+    assert_eq!(first["status"]["summary"], "1/1");
+    h.stop().await;
+}
