@@ -63,6 +63,18 @@ pub struct RunArgs {
     /// up this many times faster; rate-limit windows pass as fast).
     #[arg(long, default_value_t = 10.0, requires = "sandbox")]
     pub sandbox_time_scale: f64,
+    /// Render API base URL, as for `tether controller` (ignored with `--sandbox`).
+    #[arg(long, env = "TETHER_RENDER_URL", default_value = crate::sync::default_endpoint(crate::platform::Platform::Render))]
+    pub render_url: String,
+    /// Vercel API base URL (ignored with `--sandbox`).
+    #[arg(long, env = "TETHER_VERCEL_URL", default_value = crate::sync::default_endpoint(crate::platform::Platform::Vercel))]
+    pub vercel_url: String,
+    /// Fly.io Machines API base URL (ignored with `--sandbox`).
+    #[arg(long, env = "TETHER_FLY_URL", default_value = crate::sync::default_endpoint(crate::platform::Platform::Fly))]
+    pub fly_url: String,
+    /// Supabase Management API base URL (ignored with `--sandbox`).
+    #[arg(long, env = "TETHER_SUPABASE_URL", default_value = crate::sync::default_endpoint(crate::platform::Platform::Supabase))]
+    pub supabase_url: String,
 }
 
 /// Why `tether run` could not start or stopped with an error.
@@ -201,7 +213,7 @@ pub async fn serve(
         listed.clone(),
         stop.clone(),
     ));
-    tasks.spawn(progress::watch_warnings(
+    tasks.spawn(progress::watch_events(
         client.clone(),
         reporter.clone(),
         listed,
@@ -248,6 +260,14 @@ pub async fn serve(
             .max(MIN_PENDING_INTERVAL);
         Some(handle)
     } else {
+        use crate::platform::Platform;
+        config.platforms.endpoints = [
+            (Platform::Render, args.render_url.clone()),
+            (Platform::Vercel, args.vercel_url.clone()),
+            (Platform::Fly, args.fly_url.clone()),
+            (Platform::Supabase, args.supabase_url.clone()),
+        ]
+        .into();
         None
     };
     tasks.spawn(run_controllers(

@@ -1,10 +1,12 @@
 //! What `tether run` tells the person at the terminal: one line per applied or pruned object,
-//! per bad manifest, per condition transition of a Tether object and per Warning event.
+//! per bad manifest, per condition transition of a Tether object (a rate-limit wait shows as
+//! `Reconciling=True RateLimited`), per change made on a platform and per Warning event.
 //!
 //! Lines go to stdout (logs go to stderr), so `tether run | grep ...` works. Each line is a
 //! [`Progress`] value whose `Display` is the line, so the wording is tested as data.
 //! The watchers here run beside the sync loop: one per Tether kind (conditions) and one on
-//! `events.k8s.io/v1` Events (Warnings). Objects and events that already exist when a
+//! `events.k8s.io/v1` Events (platform changes and Warnings). Objects and events that already
+//! exist when a
 //! watcher starts are a silent baseline; only changes after that are printed.
 
 use std::collections::HashMap;
@@ -89,6 +91,15 @@ pub enum Progress {
         /// The object.
         id: ObjectId,
     },
+    /// Something was changed on a platform (a Normal event of the Environment controller).
+    Changed {
+        /// The object the event is about (`environment staging/web`).
+        regarding: String,
+        /// The event's reason (`Created`, `Updated`, `DriftCorrected`, …).
+        reason: String,
+        /// The event's note.
+        note: String,
+    },
     /// A Warning event was recorded.
     Warning {
         /// The object the event is about (`environment staging/web`).
@@ -148,6 +159,11 @@ impl fmt::Display for Progress {
             }
             Progress::Condition { id, condition } => write!(f, "{id}  {condition}"),
             Progress::Deleted { id } => write!(f, "{id}  deleted"),
+            Progress::Changed {
+                regarding,
+                reason,
+                note,
+            } => write!(f, "platform {regarding}  {reason}: {note}"),
             Progress::Warning {
                 regarding,
                 reason,
@@ -353,9 +369,21 @@ fn dynamic_id(gvk: &GroupVersionKind, obj: &DynamicObject) -> ObjectId {
     }
 }
 
-/// The line for a Warning event, `None` for any other event.
-pub fn warning(event: &Event) -> Option<Progress> {
-    if event.type_.as_deref() != Some("Warning") {
+/// Reasons of the Normal events that record a change made on a platform.
+const PLATFORM_CHANGES: [&str; 6] = [
+    "Created",
+    "Updated",
+    "Deleted",
+    "Orphaned",
+    "Adopted",
+    "DriftCorrected",
+];
+
+/// The line for a Warning event or a platform change, `None` for any other event.
+pub fn event_line(event: &Event) -> Option<Progress> {
+    let warning = event.type_.as_deref() == Some("Warning");
+    let reason = event.reason.clone().unwrap_or_default();
+    if !warning && !PLATFORM_CHANGES.contains(&reason.as_str()) {
         return None;
     }
     let regarding = event
@@ -370,10 +398,19 @@ pub fn warning(event: &Event) -> Option<Progress> {
             }
         })
         .unwrap_or_else(|| "object".into());
-    Some(Progress::Warning {
-        regarding,
-        reason: event.reason.clone().unwrap_or_default(),
-        note: event.note.clone().unwrap_or_default(),
+    let note = event.note.clone().unwrap_or_default();
+    Some(if warning {
+        Progress::Warning {
+            regarding,
+            reason,
+            note,
+        }
+    } else {
+        Progress::Changed {
+            regarding,
+            reason,
+            note,
+        }
     })
 }
 
@@ -387,9 +424,10 @@ fn occurrences(event: &Event) -> i32 {
         .unwrap_or(1)
 }
 
-/// Prints every new Warning event (events.k8s.io/v1, what kube's event recorder writes)
+/// Prints every new Warning event and platform change (events.k8s.io/v1, what kube's
+/// event recorder writes)
 /// until `shutdown`. Sends one message on `listed` once the first list is done.
-pub async fn watch_warnings(
+pub async fn watch_events(
     client: kube::Client,
     reporter: Reporter,
     listed: mpsc::Sender<()>,
@@ -429,7 +467,7 @@ pub async fn watch_warnings(
                 if baseline || before.is_some_and(|b| b >= count) {
                     continue;
                 }
-                if let Some(line) = warning(&ev) {
+                if let Some(line) = event_line(&ev) {
                     reporter.print(line);
                 }
             }
@@ -519,7 +557,7 @@ mod tests {
     }
 
     #[test]
-    fn only_warning_events_print_and_they_name_the_object() {
+    fn warnings_and_platform_changes_print_and_name_the_object() {
         let mut event = Event {
             type_: Some("Warning".into()),
             reason: Some("DeployFailed".into()),
@@ -533,11 +571,20 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            warning(&event).unwrap().to_string(),
+            event_line(&event).unwrap().to_string(),
             "warning  environment default/staging  DeployFailed: deployment dep-1 failed"
         );
         event.type_ = Some("Normal".into());
-        assert!(warning(&event).is_none());
+        assert!(
+            event_line(&event).is_none(),
+            "a Normal event of another kind"
+        );
+        event.reason = Some("Created".into());
+        event.note = Some("Created Vercel project \"staging-web\"".into());
+        assert_eq!(
+            event_line(&event).unwrap().to_string(),
+            "platform environment default/staging  Created: Created Vercel project \"staging-web\""
+        );
     }
 
     #[test]

@@ -3,5 +3,6 @@
 mod closed_pipe;
 mod plan;
 mod run_harness;
+mod run_platforms;
 mod run_standalone;
 mod walkthrough;

@@ -73,14 +73,23 @@ pub struct TetherRun {
 impl TetherRun {
     /// Spawns the binary and waits until its first sync pass is done.
     pub fn start(manifests: &Path, state: &Path) -> Self {
+        // The platforms of the test manifests are the built-in sandbox's, sped up.
+        Self::start_with(
+            manifests,
+            state,
+            &["--sandbox", "--sandbox-time-scale", "100"],
+        )
+    }
+
+    /// Spawns the binary with `args` and waits until its first sync pass is done.
+    pub fn start_with(manifests: &Path, state: &Path, args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
             .arg("run")
             .arg("--manifests")
             .arg(manifests)
             .arg("--state-dir")
             .arg(state)
-            // The platforms of the test manifests are the built-in sandbox's, sped up.
-            .args(["--sandbox", "--sandbox-time-scale", "100"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
