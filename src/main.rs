@@ -39,7 +39,8 @@ enum Command {
     Rbac,
     /// Check manifests offline as the API server would admit them: every Tether object
     /// against the CRD schemas and CEL rules, other kinds for apiVersion/kind/metadata.
-    /// Prints `file:document: Kind/name: field: message` per problem; exits 1 if any.
+    /// Prints `file:line:column: Kind/name: field: message` per problem (at the offending
+    /// field); exits 1 if any.
     Validate {
         /// Files or directories of YAML manifests (multi-document streams).
         #[arg(required = true)]

@@ -22,6 +22,7 @@ mod errors;
 mod jsonpath;
 mod meta;
 pub mod openapi;
+pub mod positions;
 mod structural;
 pub mod table;
 pub mod validate;

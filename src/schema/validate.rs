@@ -68,9 +68,10 @@ pub fn parse_stream(text: &str) -> Result<Vec<Value>, YamlError> {
 /// Where in a file a problem is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Position {
-    /// The 1-based index of a document in the stream.
+    /// The 1-based index of a document in the stream (when no line is known).
     Document(usize),
-    /// A line and column (for YAML that does not parse).
+    /// A line and column: of the offending field (or its nearest parent in the document), or
+    /// of the YAML that does not parse.
     Line {
         /// 1-based line.
         line: u64,
@@ -82,8 +83,8 @@ pub enum Position {
 impl std::fmt::Display for Position {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Position::Document(n) => write!(f, "{n}"),
-            Position::Line { line, column } => write!(f, " line {line}, column {column}"),
+            Position::Document(n) => write!(f, "document {n}"),
+            Position::Line { line, column } => write!(f, "{line}:{column}"),
         }
     }
 }
@@ -164,11 +165,21 @@ pub fn validate_text(file: &Path, text: &str, registry: &SchemaRegistry, report:
             return;
         }
     };
+    let fields = super::positions::positions(text);
     for (i, mut doc) in documents.into_iter().enumerate() {
         report.documents += 1;
-        let problem = |object: &str, message: String| Problem {
+        let position = |field: &str| {
+            fields
+                .get(i)
+                .and_then(|f| f.find(field))
+                .map_or(Position::Document(i + 1), |at| Position::Line {
+                    line: at.line as u64,
+                    column: at.column as u64,
+                })
+        };
+        let problem = |object: &str, field: &str, message: String| Problem {
             file: file.to_path_buf(),
-            position: Position::Document(i + 1),
+            position: position(field),
             object: object.to_string(),
             message,
         };
@@ -176,10 +187,19 @@ pub fn validate_text(file: &Path, text: &str, registry: &SchemaRegistry, report:
         match result {
             Ok(warnings) => report
                 .warnings
-                .extend(warnings.into_iter().map(|w| problem(&object, w))),
-            Err(causes) => report
-                .problems
-                .extend(causes.iter().map(|c| problem(&object, c.to_string()))),
+                .extend(warnings.into_iter().map(|w| problem(&object, "", w))),
+            Err(causes) => {
+                for cause in causes {
+                    let line = problem(&object, &cause.field, cause.to_string());
+                    // "Some rules were not checked": a note on the problems above, not one
+                    // more problem.
+                    if cause == Cause::cel_skipped() {
+                        report.warnings.push(line);
+                    } else {
+                        report.problems.push(line);
+                    }
+                }
+            }
         }
     }
 }
@@ -441,6 +461,29 @@ mod tests {
     }
 
     #[test]
+    fn a_type_error_is_one_problem_at_its_field_and_skipped_rules_are_a_note() {
+        let text = "# an Environment\napiVersion: tether.dev/v1alpha1\nkind: Environment\nmetadata:\n  name: web\nspec:\n  interval: 5\n";
+        let mut report = Report::default();
+        let registry = SchemaRegistry::new(&crate::api::crds()).unwrap_or_else(|e| panic!("{e}"));
+        validate_text(Path::new("m.yaml"), text, &registry, &mut report);
+        let problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                r#"m.yaml:7:3: Environment/web: spec.interval: Invalid value: "integer": spec.interval in body must be of type string: "integer""#
+            ]
+        );
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.message.contains("some validation rules were not checked")),
+            "{:?}",
+            report.warnings
+        );
+    }
+
+    #[test]
     fn multi_document_streams_are_read_in_order() {
         let docs = parse_stream("a: 1\n---\nb: [x, z]\n---\n").unwrap_or_default();
         assert_eq!(docs, vec![json!({"a": 1}), json!({"b": ["x", "z"]})]);
@@ -460,10 +503,7 @@ mod tests {
         assert!(err.as_ref().is_some_and(|e| e.line >= 2), "{err:?}");
         let problems = lines("a: 1\nb: [unclosed\n");
         assert_eq!(problems.len(), 1);
-        assert!(
-            problems[0].starts_with("m.yaml: line 2, column"),
-            "{problems:?}"
-        );
+        assert!(problems[0].starts_with("m.yaml:2:"), "{problems:?}");
         assert!(problems[0].contains("invalid YAML"), "{problems:?}");
     }
 
@@ -473,13 +513,13 @@ mod tests {
 apiVersion: tether.dev/v1alpha1\nkind: Environment\nmetadata:\n  name: web\nspec:\n  kind: cron\n  foo: 1\n";
         assert_eq!(
             lines(text),
-            vec![r#"m.yaml:2: Environment/web: unknown field "spec.foo""#.to_string(),]
+            vec![r#"m.yaml:12:3: Environment/web: unknown field "spec.foo""#.to_string(),]
         );
         let text = "apiVersion: tether.dev/v1alpha1\nkind: Environment\nmetadata:\n  name: web\nspec:\n  region: eu\n  kind: cron\n";
         assert_eq!(
             lines(text),
             vec![
-                r#"m.yaml:1: Environment/web: spec: Invalid value: cron services need a schedule"#
+                r#"m.yaml:5:1: Environment/web: spec: Invalid value: cron services need a schedule"#
                     .to_string()
             ]
         );
@@ -494,25 +534,25 @@ apiVersion: tether.dev/v1alpha1\nkind: Environment\nmetadata:\n  name: web\nspec
         assert_eq!(
             lines("apiVersion: v1\nkind: Secret\nmetadata: {}\n"),
             vec![
-                "m.yaml:1: Secret/: metadata.name: Required value: name or generateName is required"
+                "m.yaml:3:1: Secret/: metadata.name: Required value: name or generateName is required"
             ]
         );
         assert_eq!(
             lines("kind: Namespace\nmetadata:\n  name: x\n"),
-            vec!["m.yaml:1: Namespace/x: apiVersion: Required value"]
+            vec!["m.yaml:1:1: Namespace/x: apiVersion: Required value"]
         );
         assert_eq!(
             lines(
                 "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\ndata:\n  k: 'not base64!'\n"
             ),
             vec![
-                r#"m.yaml:1: Secret/s: Secret in version "v1" cannot be handled as a Secret: illegal base64 data at input byte 3"#
+                r#"m.yaml:1:1: Secret/s: Secret in version "v1" cannot be handled as a Secret: illegal base64 data at input byte 3"#
             ]
         );
         assert_eq!(
             lines("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a/b: v\n"),
             vec![
-                "m.yaml:1: ConfigMap/c: data[a/b]: Invalid value: \"a/b\": a valid config key must \
+                "m.yaml:5:1: ConfigMap/c: data[a/b]: Invalid value: \"a/b\": a valid config key must \
                  consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or \
                  'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"
             ]
@@ -520,7 +560,7 @@ apiVersion: tether.dev/v1alpha1\nkind: Environment\nmetadata:\n  name: web\nspec
         assert_eq!(
             lines("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata: [x]\n"),
             vec![
-                "m.yaml:1: ConfigMap/c: ConfigMap in version \"v1\" cannot be handled as a \
+                "m.yaml:1:1: ConfigMap/c: ConfigMap in version \"v1\" cannot be handled as a \
                  ConfigMap: json: cannot unmarshal array into Go struct field ConfigMap.data of \
                  type map[string]string"
             ]
@@ -537,28 +577,28 @@ apiVersion: tether.dev/v1alpha1\nkind: Environment\nmetadata:\n  name: web\nspec
         assert_eq!(
             lines(&doc("v1", "Environment")),
             vec![
-                r#"m.yaml:1: Environment/web: apiVersion: Unsupported value: "v1": supported values: "tether.dev/v1alpha1""#
+                r#"m.yaml:1:1: Environment/web: apiVersion: Unsupported value: "v1": supported values: "tether.dev/v1alpha1""#
             ]
         );
         assert_eq!(
             lines(&doc("v1", "environment")),
             vec![
-                r#"m.yaml:1: environment/web: apiVersion: Unsupported value: "v1": supported values: "tether.dev/v1alpha1""#,
-                r#"m.yaml:1: environment/web: kind: Unsupported value: "environment": supported values: "Environment""#,
+                r#"m.yaml:1:1: environment/web: apiVersion: Unsupported value: "v1": supported values: "tether.dev/v1alpha1""#,
+                r#"m.yaml:2:1: environment/web: kind: Unsupported value: "environment": supported values: "Environment""#,
             ]
         );
         for kind in ["environment", "Environments", "env"] {
             assert_eq!(
                 lines(&doc("tether.dev/v1alpha1", kind)),
                 vec![format!(
-                    r#"m.yaml:1: {kind}/web: kind: Unsupported value: "{kind}": supported values: "Environment""#
+                    r#"m.yaml:2:1: {kind}/web: kind: Unsupported value: "{kind}": supported values: "Environment""#
                 )]
             );
         }
         assert_eq!(
             lines("apiVersion: v1\nkind: secret\nmetadata:\n  name: s\n"),
             vec![
-                r#"m.yaml:1: secret/s: kind: Unsupported value: "secret": supported values: "Secret""#
+                r#"m.yaml:2:1: secret/s: kind: Unsupported value: "secret": supported values: "Secret""#
             ]
         );
         // Kinds of groups Tether does not serve cannot be checked offline.
@@ -574,7 +614,7 @@ apiVersion: tether.dev/v1alpha1\nkind: Environment\nmetadata:\n  name: web\nspec
         assert_eq!(
             lines("apiVersion: tether.dev/v1alpha1\nkind: Nope\nmetadata:\n  name: x\n"),
             vec![
-                r#"m.yaml:1: Nope/x: kind: Unsupported value: "Nope": supported values: "Environment""#
+                r#"m.yaml:2:1: Nope/x: kind: Unsupported value: "Nope": supported values: "Environment""#
             ]
         );
     }
@@ -598,7 +638,7 @@ apiVersion: tether.dev/v1alpha1\nkind: Environment\nmetadata:\n  name: web\nspec
         assert!(
             report.problems[0]
                 .to_string()
-                .contains("a.yaml:1: ConfigMap/Bad_Name: metadata.name: Invalid value")
+                .contains("a.yaml:4:3: ConfigMap/Bad_Name: metadata.name: Invalid value")
         );
     }
 }

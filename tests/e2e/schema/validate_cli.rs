@@ -26,13 +26,13 @@ fn the_samples_validate_cleanly() {
 }
 
 #[test]
-fn a_violating_manifest_prints_file_document_object_field_and_message_and_fails() {
+fn a_violating_manifest_prints_file_line_column_object_field_and_message_and_fails() {
     let (code, out, _) =
         tether_validate(&["tests/fixtures/invalid/render-cron-without-schedule.yaml"]);
     assert_eq!(code, 1);
     assert_eq!(
         out.trim(),
-        r#"tests/fixtures/invalid/render-cron-without-schedule.yaml:1: Environment/bad: spec.render.services[0]: Invalid value: schedule is required for cron services and not allowed for other types"#
+        r#"tests/fixtures/invalid/render-cron-without-schedule.yaml:24:7: Environment/bad: spec.render.services[0]: Invalid value: schedule is required for cron services and not allowed for other types"#
     );
 }
 
@@ -48,7 +48,7 @@ fn yaml_syntax_errors_name_the_file_and_line() {
     let path = file.display().to_string();
     let (code, out, _) = tether_validate(&[&path]);
     assert_eq!(code, 1);
-    assert!(out.starts_with(&format!("{path}: line ")), "{out}");
+    assert!(out.starts_with(&format!("{path}:3:18: ")), "{out}");
     assert!(out.contains("invalid YAML"), "{out}");
 }
 
@@ -65,7 +65,7 @@ fn crds_are_checked_against_the_api_servers_cel_cost_budget() {
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, _) = tether_validate(&["tests/fixtures/crds/environments-over-budget.yaml"]);
     assert_eq!(code, 1);
-    let prefix = "tests/fixtures/crds/environments-over-budget.yaml:1: CustomResourceDefinition/environments.tether.dev: ";
+    let prefix = "tests/fixtures/crds/environments-over-budget.yaml:6:1: CustomResourceDefinition/environments.tether.dev: ";
     assert!(
         out.lines().any(|l| l == format!(
             "{prefix}spec.validation.openAPIV3Schema.properties[spec].properties[render].properties[services].items.properties[envVars].x-kubernetes-validations[0].rule: Forbidden: estimated rule cost exceeds budget by factor of 21.8x (try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)"
