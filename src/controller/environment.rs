@@ -261,6 +261,7 @@ pub fn report(input: &ReportInput<'_>, syncs: Vec<PlatformSync>) -> Reported {
             )
         })
         .collect();
+    let parked_until = failures.iter().filter_map(|f| f.retry_after).min();
     let (verdict, requeue) = match failures.iter().find(|f| f.permanent).or(failures.first()) {
         Some(failure) if failure.permanent => (
             Verdict::Stalled {
@@ -268,6 +269,19 @@ pub fn report(input: &ReportInput<'_>, syncs: Vec<PlatformSync>) -> Reported {
                 message: failure.message.clone(),
             },
             None,
+        ),
+        // Every failure is a wait for a rate limit: work in progress, resumed when the
+        // earliest limit allows (the worker is free meanwhile).
+        Some(_) if failures.iter().all(|f| f.retry_after.is_some()) => (
+            Verdict::Progressing {
+                reason: "RateLimited".into(),
+                message: failures
+                    .iter()
+                    .map(|f| f.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            },
+            parked_until,
         ),
         Some(failure) => (
             Verdict::NotReady {
@@ -745,6 +759,7 @@ mod tests {
             reason: "CredentialsRejected",
             message: "render rejected the token in Secret \"tokens\" key \"render\"".into(),
             permanent: true,
+            retry_after: None,
         });
         let syncs = vec![
             render,

@@ -409,8 +409,10 @@ impl Limiters {
 
     /// Waits until `request` may be sent: past a pause the platform asked for, then a token
     /// of each of its limit classes. A wait long enough to matter is reported to the sync in
-    /// progress (its Environment's status says what it waits for and until when).
-    async fn acquire(&self, platform: Platform, request: &ApiRequest) {
+    /// progress (its Environment's status says what it waits for and until when); inside a
+    /// controller's sync it is not waited out but returned (`Err(wait)`: the sync parks).
+    async fn acquire(&self, platform: Platform, request: &ApiRequest) -> Result<(), Duration> {
+        use crate::sync::progress;
         loop {
             let pause = *self
                 .paused_until
@@ -418,11 +420,11 @@ impl Limiters {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             match pause {
                 Some(until) if until > Instant::now() => {
-                    crate::sync::progress::waiting(
-                        platform,
-                        request.operation,
-                        until - Instant::now(),
-                    );
+                    let wait = until - Instant::now();
+                    progress::waiting(platform, request.operation, wait);
+                    if progress::parks(wait) {
+                        return Err(wait);
+                    }
                     tokio::time::sleep_until(until.into()).await
                 }
                 _ => break,
@@ -437,11 +439,15 @@ impl Limiters {
                 };
                 if let Err(not_until) = limiter.check_key(&key) {
                     let wait = not_until.wait_time_from(limiter.clock().now());
-                    crate::sync::progress::waiting(platform, request.operation, wait);
+                    progress::waiting(platform, request.operation, wait);
+                    if progress::parks(wait) {
+                        return Err(wait);
+                    }
                     limiter.until_key_ready(&key).await;
                 }
             }
         }
+        Ok(())
     }
 
     fn pause_for(&self, wait: Duration) {
@@ -635,7 +641,13 @@ impl PlatformHttp {
         let inner = &self.inner;
         let platform = inner.platform;
         let operation = request.operation;
-        inner.limiters.acquire(platform, request).await;
+        if let Err(wait) = inner.limiters.acquire(platform, request).await {
+            return Err(Failure::Final(PlatformError::RateLimited {
+                platform,
+                operation,
+                retry_after: wait,
+            }));
+        }
         let mut builder = inner
             .client
             .request(request.method.clone(), self.url(request))

@@ -1231,6 +1231,7 @@ mod tests {
             reason: "CredentialsRejected",
             message: "vercel rejected the token".into(),
             permanent: true,
+            retry_after: None,
         });
         assert_eq!(failed.exit_code(), 1);
         assert!(

@@ -75,6 +75,17 @@ pub async fn scoped<F: Future>(sink: UnboundedSender<Report>, work: F) -> F::Out
     SINK.scope(sink, work).await
 }
 
+/// Rate-limit waits at least this long are not waited out inside a controller's sync: the
+/// request fails with `RateLimited`, the sync stops there (what it did is recorded), and the
+/// Environment is reconciled again when the limit allows, so no worker is held by a wait.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// Whether a wait of `wait` is parked instead of waited out: only inside a scope (a
+/// controller's sync); `tether plan` and direct client calls wait.
+pub fn parks(wait: Duration) -> bool {
+    wait >= PARK_AFTER && SINK.try_with(|_| ()).is_ok()
+}
+
 /// Reports `progress` to the current scope, if any.
 pub fn report(progress: Progress) {
     let _ = SINK.try_with(|sink| {

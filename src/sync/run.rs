@@ -88,6 +88,8 @@ pub struct Failure {
     pub message: String,
     /// Retrying will not help until the spec or a Secret changes.
     pub permanent: bool,
+    /// When to try again, when the platform's rate limit says (a parked wait).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 /// One platform's result.
@@ -171,6 +173,7 @@ async fn sync_platform(
                 "spec.credentials.{platform} is not set, but {platform} objects are still managed"
             ),
             permanent: true,
+            retry_after: None,
         });
     };
     let key_ref = SecretKeyRef {
@@ -186,6 +189,7 @@ async fn sync_platform(
                 reference.name, reference.key
             ),
             permanent: true,
+            retry_after: None,
         });
     };
     // A trailing newline from `kubectl create secret --from-file` is not part of a token.
@@ -198,6 +202,7 @@ async fn sync_platform(
                 reason: "PlatformClientInvalid",
                 message: error.to_string(),
                 permanent: true,
+                retry_after: None,
             });
         }
     };
@@ -277,6 +282,7 @@ async fn drive<D: Driver>(
                     plan.kind, plan.name
                 ),
                 permanent: true,
+                retry_after: None,
             }),
         };
     }
@@ -321,11 +327,36 @@ pub fn failure(error: &PlatformError) -> Failure {
         PlatformError::NotFound { .. } => "PlatformObjectNotFound",
         PlatformError::Transient { .. } | PlatformError::Malformed { .. } => "PlatformUnavailable",
     };
+    if let PlatformError::RateLimited {
+        platform,
+        operation,
+        retry_after,
+    } = error
+    {
+        // A wait for the platform's rate limit: the sync stopped there (parked) and goes on
+        // when the limit allows, from what status recorded.
+        let at = jiff::Timestamp::try_from(std::time::SystemTime::now() + *retry_after)
+            .ok()
+            .and_then(|t| t.round(jiff::Unit::Second).ok())
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        return Failure {
+            platform: *platform,
+            reason: "RateLimited",
+            message: format!(
+                "{platform} is waiting for its API rate limit: {operation} is sent at {at} (in {}s)",
+                retry_after.as_secs()
+            ),
+            permanent: false,
+            retry_after: Some(*retry_after),
+        };
+    }
     Failure {
         platform: error.platform(),
         reason,
         message: error.to_string(),
         permanent: error.is_permanent(),
+        retry_after: None,
     }
 }
 
