@@ -12,13 +12,15 @@ use kube::ResourceExt;
 use crate::api::Environment;
 use crate::api::Release;
 use crate::api::release::{ComponentPlatform, ReleasePhase, ReleaseSpec, StepStatus};
-use crate::controller::conditions::{REASON_REFERENCES_RESOLVED, Verdict};
+use crate::controller::conditions::Verdict;
 use crate::controller::error::ReconcileError;
 use crate::controller::reconcile::{Context, Reconciled, Report};
 use crate::controller::references::{RefKind, Reference, Snapshot};
 
 /// How often a resolved Release is checked again (a Release has no `interval` field).
 pub const RESYNC: Duration = Duration::from_secs(600);
+/// Reason of a resolved and planned Release, which this version does not deploy.
+pub const REASON_NOT_DEPLOYED: &str = "DeploymentNotImplemented";
 
 /// Every object a Release names.
 pub fn references(spec: &ReleaseSpec) -> Vec<Reference> {
@@ -161,11 +163,13 @@ pub fn report(plan: &ReleasePlan) -> Report {
     let mut status = serde_json::Map::new();
     status.insert("phase".into(), serde_json::json!(ReleasePhase::Pending));
     status.insert("steps".into(), serde_json::json!(steps));
+    // Ready would claim the version is live: it is not, since this Tether does not deploy.
+    // Stalled says so (nothing the user changes will make progress) without a false success.
     Report {
-        verdict: Verdict::Ready {
-            reason: REASON_REFERENCES_RESOLVED.into(),
+        verdict: Verdict::Stalled {
+            reason: REASON_NOT_DEPLOYED.into(),
             message: format!(
-                "All references resolved; {} artifact(s) planned in {} step(s) (deployment not yet enabled)",
+                "All references resolved and {} artifact(s) planned in {} step(s), but this version of Tether does not deploy Releases yet: nothing was deployed",
                 steps.len(),
                 plan.steps.len()
             ),
@@ -293,5 +297,17 @@ mod tests {
         let report = report(&plan);
         assert_eq!(report.status["phase"], "Pending");
         assert_eq!(report.status["steps"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_planned_release_is_never_ready_since_nothing_is_deployed() {
+        let report = report(&plan(&spec(serde_json::json!([]))));
+        match &report.verdict {
+            Verdict::Stalled { reason, message } => {
+                assert_eq!(reason, REASON_NOT_DEPLOYED);
+                assert!(message.contains("nothing was deployed"), "{message}");
+            }
+            other => panic!("a Release that deployed nothing must not be Ready: {other:?}"),
+        }
     }
 }

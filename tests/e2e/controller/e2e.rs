@@ -350,7 +350,14 @@ async fn a_release_stalls_until_its_environment_exists_and_rejects_unknown_compo
     )
     .await
     .unwrap();
-    let ready = wait_for_condition(&releases, "v1", "Ready", "True").await;
+    // Resolved and planned, but not deployed (this version does not deploy): never Ready.
+    let ready = wait_for_condition(&releases, "v1", "ReferencesResolved", "True").await;
+    let stall = condition(&ready["status"], "Stalled").unwrap();
+    assert_eq!(stall["reason"], "DeploymentNotImplemented");
+    assert_eq!(
+        condition(&ready["status"], "Ready").unwrap()["status"],
+        "False"
+    );
     assert_eq!(ready["status"]["phase"], "Pending");
     assert_eq!(ready["status"]["steps"][0]["component"], "api");
     assert_eq!(
