@@ -7,6 +7,10 @@
 //! Tether's own writes (so a create is visible to the next reconcile without a re-list).
 //! Out-of-band changes are therefore seen at most one max age late, which is what a resync
 //! interval means anyway.
+//!
+//! Memory does not grow with history: entries unused for [`EVICT_AFTER_AGES`] max ages (the
+//! sub-lists of objects deleted long ago, accounts no longer used) are dropped by a sweep that
+//! runs at most once per max age.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -36,11 +40,16 @@ struct Entry {
     fetching: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// Entries older than this many max ages are dropped (nobody read them again in that time).
+pub const EVICT_AFTER_AGES: u32 = 4;
+
 /// The shared cache. Cheap to clone.
 #[derive(Clone)]
 pub struct ObserveCache {
     max_age: Duration,
     entries: Arc<Mutex<HashMap<CacheKey, Entry>>>,
+    /// When the last sweep ran.
+    swept: Arc<Mutex<Instant>>,
 }
 
 impl std::fmt::Debug for ObserveCache {
@@ -57,7 +66,35 @@ impl ObserveCache {
         Self {
             max_age,
             entries: Arc::default(),
+            swept: Arc::new(Mutex::new(Instant::now())),
         }
+    }
+
+    /// How many entries the cache holds (values, or fetches in flight).
+    pub fn entries(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Drops entries no fetch is using whose value is older than [`EVICT_AFTER_AGES`] max
+    /// ages (or gone), at most once per max age.
+    fn sweep(&self) {
+        {
+            let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+            if swept.elapsed() < self.max_age {
+                return;
+            }
+            *swept = Instant::now();
+        }
+        let horizon = self.max_age * EVICT_AFTER_AGES;
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|_, entry| {
+            // A fetch in flight holds a second reference to its gate.
+            Arc::strong_count(&entry.fetching) > 1
+                || entry
+                    .value
+                    .as_ref()
+                    .is_some_and(|(at, _)| at.elapsed() <= horizon)
+        });
     }
 
     /// How old an entry may be before it is fetched again.
@@ -85,6 +122,7 @@ impl ObserveCache {
         if let Some(hit) = self.fresh(key) {
             return Ok(hit);
         }
+        self.sweep();
         let gate = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             entries
@@ -190,6 +228,26 @@ mod tests {
         assert!(err.is_err());
         let v2: Arc<u32> = cache.get_or_fetch(&key, || async { Ok(2) }).await.unwrap();
         assert_eq!(*v2, 2);
+    }
+
+    #[tokio::test]
+    async fn entries_nobody_reads_any_more_are_dropped() {
+        let cache = ObserveCache::new(Duration::from_millis(100));
+        for i in 0..1000 {
+            let key = CacheKey::new("render", "acct", &format!("srv-{i}"), "env-vars");
+            cache.get_or_fetch(&key, || async { Ok(i) }).await.unwrap();
+        }
+        assert!(
+            cache.entries() >= 990,
+            "the sweep runs at most once per max age"
+        );
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        let kept = CacheKey::new("render", "acct", "tea-1", "services");
+        cache
+            .get_or_fetch(&kept, || async { Ok(1u32) })
+            .await
+            .unwrap();
+        assert_eq!(cache.entries(), 1, "only the entry read now is left");
     }
 
     #[tokio::test]
