@@ -220,16 +220,13 @@ async fn connection(
         crate::platform::credentials::read_secret(&ctx.client, namespace, &secret_ref.name)
             .await
             .map_err(|e| ReconcileError::from_secret_read(&secret_ref.name, e))?
-            .ok_or_else(|| ReconcileError::ReadReference {
-                what: format!("Secret {:?}", secret_ref.name),
-                source: kube::Error::Api(
-                    kube::core::Status::failure(
-                        &format!("secrets {:?} not found", secret_ref.name),
-                        "NotFound",
-                    )
-                    .with_code(404)
-                    .boxed(),
-                ),
+            .ok_or_else(|| {
+                ReconcileError::ResolveReferences(vec![crate::controller::references::Missing {
+                    kind: crate::controller::references::RefKind::Secret,
+                    name: secret_ref.name.clone(),
+                    key: None,
+                    field: field.to_string(),
+                }])
             })?;
     let from_data = secret
         .data
