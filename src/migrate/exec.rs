@@ -32,6 +32,9 @@ use super::db::{
 use super::shape::{Shape, StatementKind};
 use super::source::Migration;
 
+/// A query parameter (the history and checksum rows bind four each).
+type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+
 /// How a transaction ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum End {
@@ -152,21 +155,13 @@ impl<'a> Session<'a> {
         let texts: Vec<Vec<String>> = files.iter().map(|m| m.statement_texts()).collect();
         let digests: Vec<String> = texts.iter().map(|t| db::statements_digest(t)).collect();
         let versions: Vec<&str> = files.iter().map(|m| m.version.as_str()).collect();
-        let history_params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 4]> = (0..files.len())
-            .map(|i| {
-                [
-                    &versions[i] as &(dyn tokio_postgres::types::ToSql + Sync),
-                    &files[i].name,
-                    &texts[i],
-                    &txid,
-                ]
-            })
+        let history_params: Vec<[Param<'_>; 4]> = (0..files.len())
+            .map(|i| [&versions[i] as Param<'_>, &files[i].name, &texts[i], &txid])
             .collect();
-        let checksum_params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 4]> = (0..files
-            .len())
+        let checksum_params: Vec<[Param<'_>; 4]> = (0..files.len())
             .map(|i| {
                 [
-                    &versions[i] as &(dyn tokio_postgres::types::ToSql + Sync),
+                    &versions[i] as Param<'_>,
                     &files[i].checksum,
                     &digests[i],
                     &txid,
@@ -301,10 +296,8 @@ impl<'a> Session<'a> {
         let digest = db::statements_digest(&texts);
         let version = migration.version.as_str();
         let recorder = self.recorder.as_ref().expect("prepared in begin");
-        let history_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&version, &migration.name, &texts, &txid];
-        let checksum_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&version, &migration.checksum, &digest, &txid];
+        let history_params: [Param<'_>; 4] = [&version, &migration.name, &texts, &txid];
+        let checksum_params: [Param<'_>; 4] = [&version, &migration.checksum, &digest, &txid];
         let (history, checksum, committed) = futures::join!(
             self.client.execute(&recorder.history, &history_params),
             self.client.query_opt(&recorder.checksum, &checksum_params),
