@@ -1,5 +1,6 @@
 //! The CRDs, their structural and CEL validation, and `tether validate`.
 
+mod admission_properties;
 mod cel_rules;
 mod crds;
 mod e2e;
