@@ -3,7 +3,7 @@ SHELL := bash
 CARGO ?= cargo
 TETHER_BIN = $(or $(CARGO_TARGET_DIR),target)/debug/tether
 
-.PHONY: help build run test test-rust crds lint chaos bench clean-stale
+.PHONY: help build run test test-rust crds lint chaos bench fuzz clean-stale
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,23 @@ chaos: ## Kill the controllers 500 times while Environments are created (TETHER_
 
 bench: ## Run the benchmarks and print their numbers
 	$(CARGO) bench --locked
+
+# cargo-fuzz targets (fuzz/): each runs FUZZ_SECONDS on the committed seeds (fuzz/corpus/, read
+# only) plus what earlier runs found (fuzz/target/corpus/). cargo-fuzz passes nightly flags
+# (-Zsanitizer=address): RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them. The fuzz crate
+# builds into fuzz/target (instrumented: never in the main crate's CARGO_TARGET_DIR).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS = manifest_stream admit_json admit_mutated
+FUZZ = env -u CARGO_TARGET_DIR RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
+
+fuzz: ## Fuzz each target for FUZZ_SECONDS (default 60); a crash fails and is saved in fuzz/artifacts/
+	$(FUZZ) build
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  mkdir -p fuzz/target/corpus/$$t fuzz/corpus/$$t && \
+	  $(FUZZ) run $$t $(CURDIR)/fuzz/target/corpus/$$t $(CURDIR)/fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=30 -print_final_stats=1 || exit 1; \
+	done
 
 clean-stale: ## Remove build output the current build no longer uses (old test executables, stale caches)
 	CARGO=$(CARGO) tools/clean-stale

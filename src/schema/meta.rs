@@ -5,6 +5,7 @@
 
 use std::sync::LazyLock;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use regex::Regex;
 use serde_json::{Map, Value};
 
@@ -82,6 +83,7 @@ pub(crate) fn validate(
             return;
         }
     };
+    let errors_before = errs.len();
     let name = string_field(map, "name", path, errs);
     let generate_name = string_field(map, "generateName", path, errs);
     let name_path = format!("{path}.name");
@@ -136,6 +138,16 @@ pub(crate) fn validate(
                 TOTAL_ANNOTATION_SIZE_LIMIT as u64,
             ));
         }
+    }
+    // The API server decodes `metadata` into ObjectMeta (`objectmeta.Coerce`): a field of
+    // the wrong type (`namespace: {}`, `finalizers: "x"`, a timestamp that is not one) is
+    // `metadata: Invalid value`, never stored. Reported only when the checks above found
+    // nothing, which already name the field.
+    if errs.len() == errors_before
+        && let Some(meta) = meta
+        && let Err(e) = serde_json::from_value::<ObjectMeta>(meta.clone())
+    {
+        errs.push(Cause::invalid(path, BadValue::Json(meta), &e.to_string()));
     }
 }
 
@@ -339,6 +351,22 @@ mod tests {
                 r#"metadata.labels.n: Invalid value: "integer": metadata.labels.n in body must be of type string: "integer""#
             ]
         );
+    }
+
+    #[test]
+    fn fields_that_do_not_decode_as_object_meta_are_invalid() {
+        for meta in [
+            json!({"name": "a", "namespace": {"x": true}}),
+            json!({"name": "a", "finalizers": "x"}),
+            json!({"name": "a", "generation": "1"}),
+            json!({"name": "a", "creationTimestamp": "yesterday"}),
+            json!({"name": "a", "ownerReferences": [1]}),
+        ] {
+            let errs = errors_of(meta.clone());
+            assert_eq!(errs.len(), 1, "{meta}: {errs:?}");
+            assert!(errs[0].starts_with("metadata: Invalid value: "), "{errs:?}");
+        }
+        assert!(errors_of(json!({"name": "a", "namespace": "ns", "generation": 2})).is_empty());
     }
 
     #[test]
