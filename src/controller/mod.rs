@@ -28,6 +28,7 @@ pub mod rbac;
 pub mod reconcile;
 pub mod references;
 pub mod release;
+pub mod rollout;
 pub mod server;
 
 use std::sync::Arc;

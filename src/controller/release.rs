@@ -14,12 +14,12 @@ use crate::api::Release;
 use crate::api::release::{ComponentPlatform, ReleasePhase, ReleaseSpec, StepStatus};
 use crate::controller::conditions::Verdict;
 use crate::controller::error::ReconcileError;
-use crate::controller::reconcile::{Context, Reconciled, Report};
+use crate::controller::reconcile::{Context, Reconciled, Report, ReportEvent};
 use crate::controller::references::{RefKind, Reference, Snapshot};
+use crate::controller::rollout;
 
-/// How often a resolved Release is checked again (a Release has no `interval` field).
-pub const RESYNC: Duration = Duration::from_secs(600);
-/// Reason of a resolved and planned Release, which this version does not deploy.
+/// Reason of a Release stopped before anything is deployed because it asks for what this
+/// version does not do yet (approval and promotion gates).
 pub const REASON_NOT_DEPLOYED: &str = "DeploymentNotImplemented";
 
 /// Every object a Release names.
@@ -147,10 +147,9 @@ pub fn plan(spec: &ReleaseSpec) -> ReleasePlan {
     }
 }
 
-/// The status fields of a resolved Release (pure).
-pub fn report(plan: &ReleasePlan) -> Report {
-    let steps: Vec<StepStatus> = plan
-        .steps
+/// One `Pending` step entry per component, in rollout order (pure).
+pub fn planned_steps(plan: &ReleasePlan) -> Vec<StepStatus> {
+    plan.steps
         .iter()
         .flatten()
         .map(|(platform, component)| StepStatus {
@@ -159,25 +158,341 @@ pub fn report(plan: &ReleasePlan) -> Report {
             state: Some("Pending".into()),
             ..StepStatus::default()
         })
-        .collect();
+        .collect()
+}
+
+/// How often a rollout in progress is looked at again.
+const ROLLOUT_POLL: Duration = Duration::from_secs(2);
+
+fn now() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string()
+}
+
+/// A report of the rollout as it stands: `phase`, the step entries and the times.
+fn rollout_report(
+    phase: ReleasePhase,
+    steps: &[StepStatus],
+    started: Option<&str>,
+    finished: Option<&str>,
+    verdict: Verdict,
+    requeue_after: Option<Duration>,
+    events: Vec<ReportEvent>,
+) -> Report {
     let mut status = serde_json::Map::new();
-    status.insert("phase".into(), serde_json::json!(ReleasePhase::Pending));
+    status.insert("phase".into(), serde_json::json!(phase));
     status.insert("steps".into(), serde_json::json!(steps));
-    // Ready would claim the version is live: it is not, since this Tether does not deploy.
-    // Stalled says so (nothing the user changes will make progress) without a false success.
+    if let Some(started) = started {
+        status.insert("startedAt".into(), serde_json::json!(started));
+    }
+    if let Some(finished) = finished {
+        status.insert("finishedAt".into(), serde_json::json!(finished));
+    }
     Report {
-        verdict: Verdict::Stalled {
-            reason: REASON_NOT_DEPLOYED.into(),
-            message: format!(
-                "All references resolved and {} artifact(s) planned in {} step(s), but this version of Tether does not deploy Releases yet: nothing was deployed",
-                steps.len(),
-                plan.steps.len()
-            ),
-        },
+        verdict,
         status,
-        requeue_after: Some(RESYNC),
+        requeue_after,
         conditions: Vec::new(),
-        events: Vec::new(),
+        events,
+    }
+}
+
+impl Release {
+    /// Moves the rollout one reconcile forward, from what status recorded.
+    async fn roll_out(
+        &self,
+        ctx: &Context,
+        namespace: &str,
+        plan: &ReleasePlan,
+        environment: &Environment,
+    ) -> Result<Report, ReconcileError> {
+        let previous = self.status.clone().unwrap_or_default();
+        let mut steps: Vec<StepStatus> = planned_steps(plan)
+            .into_iter()
+            .map(|planned| {
+                previous
+                    .steps
+                    .iter()
+                    .find(|s| s.component == planned.component)
+                    .cloned()
+                    .unwrap_or(planned)
+            })
+            .collect();
+        let now = now();
+        let started = previous.started_at.clone().unwrap_or_else(|| now.clone());
+        let stalled = |reason: &str, message: String, phase: ReleasePhase, steps: &[StepStatus]| {
+            rollout_report(
+                phase,
+                steps,
+                Some(&started),
+                None,
+                Verdict::Stalled {
+                    reason: reason.into(),
+                    message,
+                },
+                None,
+                Vec::new(),
+            )
+        };
+        // A finished rollout stays as it ended.
+        match previous.phase {
+            Some(ReleasePhase::Succeeded) => {
+                return Ok(rollout_report(
+                    ReleasePhase::Succeeded,
+                    &steps,
+                    Some(&started),
+                    previous.finished_at.as_deref(),
+                    succeeded(&steps),
+                    None,
+                    Vec::new(),
+                ));
+            }
+            Some(ReleasePhase::Failed) => {
+                return Ok(stalled(
+                    "DeployFailed",
+                    failed_message(&steps),
+                    ReleasePhase::Failed,
+                    &steps,
+                ));
+            }
+            _ => {}
+        }
+        // Gates come in Release part 2: never deploy past a gate that is not checked.
+        if self.spec.approval.as_ref().is_some_and(|a| a.required) || self.spec.promotion.is_some()
+        {
+            return Ok(stalled(
+                REASON_NOT_DEPLOYED,
+                "approval and promotion gates are not implemented yet, so nothing is deployed: remove spec.approval and spec.promotion to roll out without them".into(),
+                ReleasePhase::Pending,
+                &steps,
+            ));
+        }
+        // Migrations first.
+        let migrations: kube::Api<crate::api::Migration> =
+            kube::Api::namespaced(ctx.client.clone(), namespace);
+        for name in &plan.migrations {
+            let migration =
+                migrations
+                    .get_opt(name)
+                    .await
+                    .map_err(|source| ReconcileError::ReadReference {
+                        what: format!("Migration {name:?}"),
+                        source,
+                    })?;
+            let phase = migration
+                .and_then(|m| m.status)
+                .and_then(|s| s.phase)
+                .unwrap_or_default();
+            if phase != crate::api::migration::MigrationPhase::Applied {
+                return Ok(rollout_report(
+                    ReleasePhase::Migrating,
+                    &steps,
+                    Some(&started),
+                    None,
+                    Verdict::Progressing {
+                        reason: "WaitingForMigrations".into(),
+                        message: format!(
+                            "waiting for Migration {name:?} to be Applied (phase {phase:?}) before deploying"
+                        ),
+                    },
+                    Some(ROLLOUT_POLL),
+                    Vec::new(),
+                ));
+            }
+        }
+        // The Environment's objects, and its credentials.
+        let credentials = rollout::credentials(&self.spec, environment);
+        let refs: Vec<Reference> = credentials
+            .iter()
+            .map(|r| Reference::secret(&r.name, &r.key, "the Environment's spec.credentials"))
+            .collect();
+        let secrets = Snapshot::read(&ctx.client, namespace, &refs).await?;
+        let missing = secrets.missing(&refs);
+        if !missing.is_empty() {
+            return Err(ReconcileError::ResolveReferences(missing));
+        }
+        let targets =
+            match rollout::targets(&self.spec, environment, &secrets.values, &ctx.platforms) {
+                Ok(targets) => targets,
+                Err(rollout::Unready::NotCreated(message)) => {
+                    return Ok(rollout_report(
+                        ReleasePhase::Pending,
+                        &steps,
+                        Some(&started),
+                        None,
+                        Verdict::Progressing {
+                            reason: "WaitingForEnvironment".into(),
+                            message,
+                        },
+                        Some(ROLLOUT_POLL),
+                        Vec::new(),
+                    ));
+                }
+                Err(
+                    rollout::Unready::Unsupported(message)
+                    | rollout::Unready::NoCredentials(message),
+                ) => {
+                    return Ok(stalled(
+                        "CannotDeploy",
+                        message,
+                        ReleasePhase::Pending,
+                        &steps,
+                    ));
+                }
+            };
+        // The first step not yet live moves forward; the ones after it wait.
+        let mut events = Vec::new();
+        for (index, step) in plan.steps.iter().enumerate() {
+            let names: Vec<&str> = step.iter().map(|(_, c)| c.as_str()).collect();
+            let entries: Vec<StepStatus> = steps
+                .iter()
+                .filter(|s| names.contains(&s.component.as_str()))
+                .cloned()
+                .collect();
+            if entries.iter().all(|e| e.state.as_deref() == Some("Live")) {
+                continue;
+            }
+            let advanced = rollout::advance_step(&targets, entries.clone(), &now).await;
+            for (before, after) in entries.iter().zip(&advanced) {
+                if before.deployment_id.is_none() && after.deployment_id.is_some() {
+                    events.push(step_event(false, "DeployStarted", after, index, plan));
+                }
+                if before.state.as_deref() != Some("Live") && after.state.as_deref() == Some("Live")
+                {
+                    events.push(step_event(false, "DeploySucceeded", after, index, plan));
+                }
+                if matches!(after.state.as_deref(), Some("Failed" | "Canceled")) {
+                    events.push(step_event(true, "DeployFailed", after, index, plan));
+                }
+            }
+            for entry in advanced {
+                if let Some(slot) = steps.iter_mut().find(|s| s.component == entry.component) {
+                    *slot = entry;
+                }
+            }
+            if steps
+                .iter()
+                .any(|s| matches!(s.state.as_deref(), Some("Failed" | "Canceled")))
+            {
+                let mut report = stalled(
+                    "DeployFailed",
+                    failed_message(&steps),
+                    ReleasePhase::Failed,
+                    &steps,
+                );
+                report
+                    .status
+                    .insert("finishedAt".into(), serde_json::json!(now));
+                report.events = events;
+                return Ok(report);
+            }
+            let live = steps
+                .iter()
+                .filter(|s| names.contains(&s.component.as_str()))
+                .all(|s| s.state.as_deref() == Some("Live"));
+            if !live {
+                let deploying: Vec<String> = steps
+                    .iter()
+                    .filter(|s| names.contains(&s.component.as_str()))
+                    .filter(|s| s.state.as_deref() != Some("Live"))
+                    .map(|s| {
+                        format!(
+                            "{} ({}, {})",
+                            s.component,
+                            platform_name(s.platform),
+                            s.state.as_deref().unwrap_or("starting")
+                        )
+                    })
+                    .collect();
+                return Ok(rollout_report(
+                    ReleasePhase::Deploying,
+                    &steps,
+                    Some(&started),
+                    None,
+                    Verdict::Progressing {
+                        reason: "Deploying".into(),
+                        message: format!(
+                            "step {}/{}: deploying {}",
+                            index + 1,
+                            plan.steps.len(),
+                            deploying.join(", ")
+                        ),
+                    },
+                    Some(ROLLOUT_POLL),
+                    events,
+                ));
+            }
+        }
+        // Every step is live. Verification comes with health checks and analysis: a Release
+        // that asks for them is not called Succeeded without them.
+        if !self.spec.health_checks.is_empty() || self.spec.analysis.is_some() {
+            let mut report = stalled(
+                "VerificationNotImplemented",
+                "every component is deployed and live, but health checks and analysis are not implemented yet, so the Release is not verified".into(),
+                ReleasePhase::Verifying,
+                &steps,
+            );
+            report.events = events;
+            return Ok(report);
+        }
+        Ok(rollout_report(
+            ReleasePhase::Succeeded,
+            &steps,
+            Some(&started),
+            Some(&now),
+            succeeded(&steps),
+            None,
+            events,
+        ))
+    }
+}
+
+fn succeeded(steps: &[StepStatus]) -> Verdict {
+    Verdict::Ready {
+        reason: "Succeeded".into(),
+        message: format!("{} component(s) deployed and live", steps.len()),
+    }
+}
+
+fn failed_message(steps: &[StepStatus]) -> String {
+    let failed: Vec<String> = steps
+        .iter()
+        .filter(|s| matches!(s.state.as_deref(), Some("Failed" | "Canceled")))
+        .map(|s| {
+            format!(
+                "{} ({}): {}",
+                s.component,
+                platform_name(s.platform),
+                s.message.as_deref().unwrap_or("failed")
+            )
+        })
+        .collect();
+    format!("deployment failed: {}", failed.join("; "))
+}
+
+fn step_event(
+    warning: bool,
+    reason: &str,
+    entry: &StepStatus,
+    index: usize,
+    plan: &ReleasePlan,
+) -> ReportEvent {
+    ReportEvent {
+        warning,
+        reason: reason.into(),
+        note: format!(
+            "step {}/{}: {} ({}) deployment {}: {}",
+            index + 1,
+            plan.steps.len(),
+            entry.component,
+            platform_name(entry.platform),
+            entry.deployment_id.as_deref().unwrap_or("?"),
+            entry.message.as_deref().unwrap_or_default()
+        ),
+        always: true,
+        action: format!("{reason} {}", entry.component),
     }
 }
 
@@ -192,13 +507,13 @@ impl Reconciled for Release {
         if !missing.is_empty() {
             return Err(ReconcileError::ResolveReferences(missing));
         }
-        if let Some(environment) = snapshot.environment(&self.spec.environment_ref.name) {
-            validate_components(&self.spec, environment)?;
-        }
-        // Plan (pure). Act: the rollout (gates, deploys, checks) plugs in here.
+        let Some(environment) = snapshot.environment(&self.spec.environment_ref.name) else {
+            return Err(ReconcileError::Unidentified);
+        };
+        validate_components(&self.spec, environment)?;
         let plan = plan(&self.spec);
         tracing::debug!(%plan, "planned");
-        Ok(report(&plan))
+        self.roll_out(ctx, &namespace, &plan, environment).await
     }
 
     async fn cleanup(&self, _ctx: &Context) -> Result<(), ReconcileError> {
@@ -294,20 +609,9 @@ mod tests {
                 (ComponentPlatform::Render, "api".to_string()),
             ]
         );
-        let report = report(&plan);
-        assert_eq!(report.status["phase"], "Pending");
-        assert_eq!(report.status["steps"].as_array().unwrap().len(), 3);
-    }
-
-    #[test]
-    fn a_planned_release_is_never_ready_since_nothing_is_deployed() {
-        let report = report(&plan(&spec(serde_json::json!([]))));
-        match &report.verdict {
-            Verdict::Stalled { reason, message } => {
-                assert_eq!(reason, REASON_NOT_DEPLOYED);
-                assert!(message.contains("nothing was deployed"), "{message}");
-            }
-            other => panic!("a Release that deployed nothing must not be Ready: {other:?}"),
-        }
+        let steps = planned_steps(&plan);
+        let order: Vec<&str> = steps.iter().map(|s| s.component.as_str()).collect();
+        assert_eq!(order, ["edge", "api", "web"]);
+        assert!(steps.iter().all(|s| s.state.as_deref() == Some("Pending")));
     }
 }

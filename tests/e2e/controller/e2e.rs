@@ -350,13 +350,14 @@ async fn a_release_stalls_until_its_environment_exists_and_rejects_unknown_compo
     )
     .await
     .unwrap();
-    // Resolved and planned, but not deployed (this version does not deploy): never Ready.
-    let ready = wait_for_condition(&releases, "v1", "ReferencesResolved", "True").await;
-    let stall = condition(&ready["status"], "Stalled").unwrap();
-    assert_eq!(stall["reason"], "DeploymentNotImplemented");
+    // Resolved and planned; the Environment has not created the service (no platform is
+    // reachable here), so the rollout waits for it, and is not Ready.
+    let ready = wait_for_condition(&releases, "v1", "Reconciling", "True").await;
+    let waiting = condition(&ready["status"], "Reconciling").unwrap();
+    assert_eq!(waiting["reason"], "WaitingForEnvironment");
     assert_eq!(
         condition(&ready["status"], "Ready").unwrap()["status"],
-        "False"
+        "Unknown"
     );
     assert_eq!(ready["status"]["phase"], "Pending");
     assert_eq!(ready["status"]["steps"][0]["component"], "api");

@@ -4,6 +4,7 @@ mod chaos;
 mod environment;
 mod fly;
 mod progress;
+mod release;
 mod render;
 mod supabase;
 mod vercel;

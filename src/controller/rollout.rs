@@ -1,0 +1,301 @@
+//! A Release's rollout, one reconcile at a time and resumable from status: migrations first
+//! (every named Migration `Applied`), then the steps in order, the components of a step in
+//! parallel, each through its platform's [`Deployments`] client. A deployment's id is in
+//! status before Tether waits on it: a restart polls the same deployment, never starts a
+//! second one (a deploy whose id was lost in a crash is found again by its source).
+//!
+//! Not yet here (Release part 2 and the rest of part 1): approval and promotion gates (a
+//! Release asking for them is refused before anything is deployed), health checks and metric
+//! analysis (a Release declaring them stops in `Verifying`, never `Succeeded`), rollback.
+
+use std::collections::BTreeMap;
+
+use futures::future::join_all;
+
+use crate::api::Environment;
+use crate::api::common::SecretKeyRef;
+use crate::api::release::{ComponentPlatform, ReleaseSpec, StepStatus};
+use crate::platform::{
+    DeploySource, Deployment, DeploymentState, Deployments, FlyClient, Platform, PlatformResult,
+    RenderClient, Token, VercelClient,
+};
+use crate::sync::{Platforms, SecretValues};
+
+/// Where one component is deployed: its platform object and the client to reach it.
+pub struct Target {
+    /// Platform.
+    pub platform: ComponentPlatform,
+    /// How the platform addresses the deployable object: the id of the Render service or
+    /// Vercel project, the name of the Fly app.
+    pub id: String,
+    /// What to deploy.
+    pub source: DeploySource,
+    client: Client,
+}
+
+enum Client {
+    Render(RenderClient),
+    Vercel(VercelClient),
+    Fly(FlyClient),
+}
+
+impl Client {
+    async fn deploy(&self, target: &str, source: &DeploySource) -> PlatformResult<Deployment> {
+        match self {
+            Client::Render(c) => c.deploy(target, source).await,
+            Client::Vercel(c) => c.deploy(target, source).await,
+            Client::Fly(c) => c.deploy(target, source).await,
+        }
+    }
+
+    async fn deployment(&self, target: &str, id: &str) -> PlatformResult<Deployment> {
+        match self {
+            Client::Render(c) => c.deployment(target, id).await,
+            Client::Vercel(c) => c.deployment(target, id).await,
+            Client::Fly(c) => c.deployment(target, id).await,
+        }
+    }
+
+    async fn list(&self, target: &str) -> PlatformResult<Vec<Deployment>> {
+        match self {
+            Client::Render(c) => c.list_deployments(target).await,
+            Client::Vercel(c) => c.list_deployments(target).await,
+            Client::Fly(c) => c.list_deployments(target).await,
+        }
+    }
+}
+
+/// The platform of a component platform.
+pub fn platform_of(platform: ComponentPlatform) -> Platform {
+    match platform {
+        ComponentPlatform::Render => Platform::Render,
+        ComponentPlatform::Vercel => Platform::Vercel,
+        ComponentPlatform::Fly => Platform::Fly,
+    }
+}
+
+/// The status kind of a component's object in the Environment.
+fn object_kind(platform: ComponentPlatform) -> &'static str {
+    match platform {
+        ComponentPlatform::Render => "service",
+        ComponentPlatform::Vercel => "project",
+        ComponentPlatform::Fly => "app",
+    }
+}
+
+/// The credentials Secret keys the Environment names for the Release's platforms.
+pub fn credentials(spec: &ReleaseSpec, environment: &Environment) -> Vec<SecretKeyRef> {
+    let mut refs: Vec<SecretKeyRef> = Vec::new();
+    for artifact in &spec.artifacts {
+        let c = &environment.spec.credentials;
+        let reference = match artifact.platform {
+            ComponentPlatform::Render => c.render.as_ref(),
+            ComponentPlatform::Vercel => c.vercel.as_ref(),
+            ComponentPlatform::Fly => c.fly.as_ref(),
+        };
+        if let Some(r) = reference {
+            let key = SecretKeyRef {
+                name: r.name.clone(),
+                key: r.key.clone(),
+            };
+            if !refs.contains(&key) {
+                refs.push(key);
+            }
+        }
+    }
+    refs
+}
+
+/// Why a component cannot be deployed yet, or at all.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unready {
+    /// The Environment has not created (or recorded) the component's object yet.
+    NotCreated(String),
+    /// Nothing Tether can deploy (no image, no git ref) or a source it cannot deploy yet.
+    Unsupported(String),
+    /// The Environment names no credentials for the platform, or the Secret lacks the key.
+    NoCredentials(String),
+}
+
+/// The deployment target of every artifact: its object's id from the Environment's status,
+/// its source, and a client with the Environment's token.
+pub fn targets(
+    spec: &ReleaseSpec,
+    environment: &Environment,
+    secrets: &SecretValues,
+    platforms: &Platforms,
+) -> Result<BTreeMap<String, Target>, Unready> {
+    let objects = environment
+        .status
+        .as_ref()
+        .map(|s| s.objects.as_slice())
+        .unwrap_or_default();
+    let mut targets = BTreeMap::new();
+    for artifact in &spec.artifacts {
+        let platform = platform_of(artifact.platform);
+        let id = objects
+            .iter()
+            .find(|o| {
+                o.platform == platform.as_str()
+                    && o.kind == object_kind(artifact.platform)
+                    && o.name == artifact.component
+            })
+            .and_then(|o| o.id.clone())
+            // Fly's Machines API addresses an app by its name.
+            .map(|id| match artifact.platform {
+                ComponentPlatform::Fly => artifact.component.clone(),
+                _ => id,
+            })
+            .ok_or_else(|| {
+                Unready::NotCreated(format!(
+                    "{platform} {} {:?} is not created by its Environment yet",
+                    object_kind(artifact.platform),
+                    artifact.component
+                ))
+            })?;
+        let source = match (&artifact.image, &artifact.git_ref, &artifact.deployment_id) {
+            (Some(image), _, _) => DeploySource::Image(image.clone()),
+            (None, Some(git), _) => DeploySource::Git(git.clone()),
+            _ => {
+                return Err(Unready::Unsupported(format!(
+                    "component {:?}: promoting an existing deployment id is not supported yet; give an image or a gitRef",
+                    artifact.component
+                )));
+            }
+        };
+        let reference = credentials(
+            &ReleaseSpec {
+                artifacts: vec![artifact.clone()],
+                ..spec.clone()
+            },
+            environment,
+        )
+        .pop()
+        .ok_or_else(|| {
+            Unready::NoCredentials(format!(
+                "Environment names no {platform} credentials (spec.credentials.{platform})"
+            ))
+        })?;
+        let token = secrets.get(&reference).ok_or_else(|| {
+            Unready::NoCredentials(format!(
+                "Secret {:?} has no key {:?} (the Environment's spec.credentials.{platform})",
+                reference.name, reference.key
+            ))
+        })?;
+        let token = Token::new(token.expose().trim());
+        let (http, _) = platforms
+            .client(platform, &token)
+            .map_err(|e| Unready::NoCredentials(e.to_string()))?;
+        let client = match artifact.platform {
+            ComponentPlatform::Render => Client::Render(RenderClient::new(http)),
+            ComponentPlatform::Vercel => {
+                let team = environment
+                    .spec
+                    .vercel
+                    .as_ref()
+                    .and_then(|v| v.team_id.clone());
+                Client::Vercel(VercelClient::new(http, team))
+            }
+            ComponentPlatform::Fly => Client::Fly(FlyClient::new(http)),
+        };
+        targets.insert(
+            artifact.component.clone(),
+            Target {
+                platform: artifact.platform,
+                id,
+                source,
+                client,
+            },
+        );
+    }
+    Ok(targets)
+}
+
+fn source_text(source: &DeploySource) -> Option<&str> {
+    match source {
+        DeploySource::Image(s) | DeploySource::Git(s) => Some(s),
+        DeploySource::Current => None,
+    }
+}
+
+/// The state name a step entry shows.
+pub fn state_name(state: DeploymentState) -> &'static str {
+    match state {
+        DeploymentState::Queued => "Queued",
+        DeploymentState::Building => "Building",
+        DeploymentState::Deploying => "Deploying",
+        DeploymentState::Live => "Live",
+        DeploymentState::Failed => "Failed",
+        DeploymentState::Canceled => "Canceled",
+        DeploymentState::Superseded => "Superseded",
+    }
+}
+
+/// Moves one component's deployment forward: starts it (recording its id) when it has none
+/// — adopting a deployment of the same source already on the platform, which a crash right
+/// after the deploy call leaves behind — or reads its state. Returns the updated entry.
+pub async fn advance(target: &Target, mut entry: StepStatus, now: &str) -> StepStatus {
+    let result = match &entry.deployment_id {
+        Some(id) => target.client.deployment(&target.id, id).await,
+        None => {
+            let adopted = match target.client.list(&target.id).await {
+                Ok(list) => list.into_iter().find(|d| {
+                    d.source.as_deref() == source_text(&target.source)
+                        && !matches!(
+                            d.state,
+                            DeploymentState::Failed
+                                | DeploymentState::Canceled
+                                | DeploymentState::Superseded
+                        )
+                }),
+                Err(_) => None,
+            };
+            match adopted {
+                Some(deployment) => Ok(deployment),
+                None => {
+                    entry.started_at = Some(now.to_string());
+                    target.client.deploy(&target.id, &target.source).await
+                }
+            }
+        }
+    };
+    match result {
+        Ok(deployment) => {
+            entry.deployment_id = Some(deployment.id.clone());
+            entry.started_at.get_or_insert_with(|| now.to_string());
+            entry.state = Some(state_name(deployment.state).to_string());
+            match deployment.state {
+                DeploymentState::Live => {
+                    entry.finished_at.get_or_insert_with(|| now.to_string());
+                    entry.message = Some(format!("live ({})", deployment.platform_state));
+                }
+                DeploymentState::Failed | DeploymentState::Canceled => {
+                    entry.finished_at.get_or_insert_with(|| now.to_string());
+                    entry.message = Some(format!(
+                        "deployment {} ended {}",
+                        deployment.id, deployment.platform_state
+                    ));
+                }
+                _ => entry.message = Some(deployment.platform_state.clone()),
+            }
+        }
+        // A transient failure leaves the entry as it was; the next reconcile tries again.
+        Err(error) => entry.message = Some(error.to_string()),
+    }
+    entry
+}
+
+/// Advances every component of one step in parallel.
+pub async fn advance_step(
+    targets: &BTreeMap<String, Target>,
+    entries: Vec<StepStatus>,
+    now: &str,
+) -> Vec<StepStatus> {
+    join_all(entries.into_iter().map(|entry| async move {
+        match targets.get(&entry.component) {
+            Some(target) => advance(target, entry, now).await,
+            None => entry,
+        }
+    }))
+    .await
+}
