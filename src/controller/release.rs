@@ -199,9 +199,45 @@ fn rollout_report(
     }
 }
 
+/// `live/total` steps of `plan`, from the step entries.
+pub fn progress(plan: &ReleasePlan, steps: &[StepStatus]) -> String {
+    let live = plan
+        .steps
+        .iter()
+        .filter(|step| {
+            step.iter().all(|(_, component)| {
+                steps
+                    .iter()
+                    .any(|s| &s.component == component && s.state.as_deref() == Some("Live"))
+            })
+        })
+        .count();
+    format!("{live}/{}", plan.steps.len())
+}
+
 impl Release {
-    /// Moves the rollout one reconcile forward, from what status recorded.
+    /// Moves the rollout one reconcile forward, from what status recorded, and reports the
+    /// step progress (`kubectl get rel` shows it).
     async fn roll_out(
+        &self,
+        ctx: &Context,
+        namespace: &str,
+        plan: &ReleasePlan,
+        environment: &Environment,
+    ) -> Result<Report, ReconcileError> {
+        let mut report = self.advance(ctx, namespace, plan, environment).await?;
+        let steps: Vec<StepStatus> = report
+            .status
+            .get("steps")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .unwrap_or_default();
+        report
+            .status
+            .insert("progress".into(), serde_json::json!(progress(plan, &steps)));
+        Ok(report)
+    }
+
+    async fn advance(
         &self,
         ctx: &Context,
         namespace: &str,
@@ -609,9 +645,18 @@ mod tests {
                 (ComponentPlatform::Render, "api".to_string()),
             ]
         );
-        let steps = planned_steps(&plan);
+        let mut steps = planned_steps(&plan);
         let order: Vec<&str> = steps.iter().map(|s| s.component.as_str()).collect();
         assert_eq!(order, ["edge", "api", "web"]);
         assert!(steps.iter().all(|s| s.state.as_deref() == Some("Pending")));
+        assert_eq!(progress(&plan, &steps), "0/2");
+        steps[0].state = Some("Live".into());
+        assert_eq!(
+            progress(&plan, &steps),
+            "0/2",
+            "a step is done when all of it is live"
+        );
+        steps[1].state = Some("Live".into());
+        assert_eq!(progress(&plan, &steps), "1/2");
     }
 }

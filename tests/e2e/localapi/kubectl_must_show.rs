@@ -182,6 +182,7 @@ async fn kubectl_applies_the_samples_and_gets_them_with_their_printer_columns() 
             "ENVIRONMENT",
             "VERSION",
             "PHASE",
+            "STEPS",
             "READY",
             "AGE"
         ]),

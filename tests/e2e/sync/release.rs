@@ -76,6 +76,7 @@ async fn a_release_deploys_its_image_and_is_ready_only_once_it_is_live() {
     apply_release(&h, release("v2", "ghcr.io/acme/api:2")).await;
     let rel = wait_release(&h, "v2", |r| condition_is(r, "Ready", "True")).await;
     assert_eq!(rel["status"]["phase"], "Succeeded", "{rel}");
+    assert_eq!(rel["status"]["progress"], "1/1");
     let step = &rel["status"]["steps"][0];
     assert_eq!(step["component"], "shop-api");
     assert_eq!(step["state"], "Live");
