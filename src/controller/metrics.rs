@@ -49,7 +49,15 @@ pub struct ControllerMetrics {
     migration: MigrationMetrics,
     platform: PlatformMetrics,
     sync: SyncMetrics,
+    releases: IntCounterVec,
+    release_duration: prometheus::Histogram,
+    release_step_duration: HistogramVec,
 }
+
+/// Buckets of rollout durations: seconds to an hour.
+const ROLLOUT_BUCKETS: [f64; 10] = [
+    5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+];
 
 impl ControllerMetrics {
     /// Creates the metrics and registers them into `registry`.
@@ -85,11 +93,36 @@ impl ControllerMetrics {
             ),
             &["kind"],
         )?)?;
+        let releases = registry.register(IntCounterVec::new(
+            Opts::new(
+                "tether_release_total",
+                "Releases that finished, by result (succeeded, failed)",
+            ),
+            &["result"],
+        )?)?;
+        let release_duration = registry.register(prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "tether_release_duration_seconds",
+                "Time from a Release's start to its end (succeeded or failed)",
+            )
+            .buckets(ROLLOUT_BUCKETS.to_vec()),
+        )?)?;
+        let release_step_duration = registry.register(HistogramVec::new(
+            HistogramOpts::new(
+                "tether_release_step_duration_seconds",
+                "Time from a component's deployment start until it is live, per platform",
+            )
+            .buckets(ROLLOUT_BUCKETS.to_vec()),
+            &["platform"],
+        )?)?;
         Ok(Self {
             reconciles,
             errors,
             duration,
             stalled,
+            releases,
+            release_duration,
+            release_step_duration,
             stalled_objects: Arc::default(),
             migration: MigrationMetrics::register(registry)?,
             platform: PlatformMetrics::register(registry)?,
@@ -110,6 +143,19 @@ impl ControllerMetrics {
     /// The Environment sync's drift metrics (`tether_drift_*`).
     pub fn sync(&self) -> &SyncMetrics {
         &self.sync
+    }
+
+    /// Records a Release that finished with `result` (`succeeded`, `failed`) after `took`.
+    pub fn release_finished(&self, result: &str, took: Duration) {
+        self.releases.with_label_values(&[result]).inc();
+        self.release_duration.observe(took.as_secs_f64());
+    }
+
+    /// Records a component of `platform` that went live `took` after its deployment started.
+    pub fn release_step_live(&self, platform: &str, took: Duration) {
+        self.release_step_duration
+            .with_label_values(&[platform])
+            .observe(took.as_secs_f64());
     }
 
     /// Records one reconcile of `controller` (the kind's lower-case name).
@@ -170,6 +216,9 @@ mod tests {
                 "tether_platform_request_duration_seconds",
                 "tether_platform_requests_total",
                 "tether_reconcile_stalled",
+                "tether_release_duration_seconds",
+                "tether_release_step_duration_seconds",
+                "tether_release_total",
             ]
         );
     }

@@ -199,6 +199,18 @@ fn rollout_report(
     }
 }
 
+/// The time between two RFC 3339 instants (zero when either is missing or unreadable).
+fn between(start: Option<&str>, end: Option<&str>) -> Duration {
+    let parse = |t: Option<&str>| t.and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    match (parse(start), parse(end)) {
+        (Some(start), Some(end)) => end
+            .duration_since(start)
+            .try_into()
+            .unwrap_or(Duration::ZERO),
+        _ => Duration::ZERO,
+    }
+}
+
 /// `live/total` steps of `plan`, from the step entries.
 pub fn progress(plan: &ReleasePlan, steps: &[StepStatus]) -> String {
     let live = plan
@@ -234,6 +246,37 @@ impl Release {
         report
             .status
             .insert("progress".into(), serde_json::json!(progress(plan, &steps)));
+        // Delivery metrics: counted once, by the reconcile that ends the rollout.
+        let was = self.status.as_ref().and_then(|s| s.phase);
+        let now = report
+            .status
+            .get("phase")
+            .and_then(|p| serde_json::from_value::<ReleasePhase>(p.clone()).ok());
+        let ended = |phase: Option<ReleasePhase>| {
+            matches!(phase, Some(ReleasePhase::Succeeded | ReleasePhase::Failed))
+        };
+        if !ended(was) && ended(now) {
+            let field = |name: &str| report.status.get(name).and_then(|v| v.as_str());
+            let took = between(field("startedAt"), field("finishedAt"));
+            let result = if now == Some(ReleasePhase::Succeeded) {
+                "succeeded"
+            } else {
+                "failed"
+            };
+            ctx.metrics.release_finished(result, took);
+        }
+        let before = self.status.as_ref().map_or(&[][..], |s| s.steps.as_slice());
+        for step in &steps {
+            let was_live = before
+                .iter()
+                .any(|b| b.component == step.component && b.state.as_deref() == Some("Live"));
+            if !was_live && step.state.as_deref() == Some("Live") {
+                ctx.metrics.release_step_live(
+                    platform_name(step.platform),
+                    between(step.started_at.as_deref(), step.finished_at.as_deref()),
+                );
+            }
+        }
         Ok(report)
     }
 

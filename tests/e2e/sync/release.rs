@@ -90,6 +90,14 @@ async fn a_release_deploys_its_image_and_is_ready_only_once_it_is_live() {
             .any(|(_, reason, _)| reason == "DeploySucceeded"),
         "{events:?}"
     );
+    let metrics = h.metrics().await;
+    for line in [
+        "tether_release_total{result=\"succeeded\"} 1",
+        "tether_release_duration_seconds_count 1",
+        "tether_release_step_duration_seconds_count{platform=\"render\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
     // The Environment does not revert what the Release deployed.
     let env = h.wait_ready("shop").await;
     assert!(condition_is(&env, "DriftDetected", "False"), "{env}");
