@@ -156,3 +156,43 @@ async fn a_controller_restarted_mid_rollout_resumes_the_same_deployment() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_release_deploys_nothing_until_its_migrations_are_applied() {
+    let h = SyncHarness::start().await;
+    h.apply(environment()).await;
+    h.wait_ready("shop").await;
+    // A Migration that cannot run (its database Secret does not exist).
+    let migration = json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Migration",
+        "metadata": {"name": "schema", "namespace": "default"},
+        "spec": {"database": {"connectionSecretRef": {"name": "no-such-db", "key": "url"}},
+            "source": {"inline": [{"version": "1", "name": "init", "sql": "select 1;"}]}},
+    });
+    let migrations: kube::Api<tether::api::Migration> =
+        kube::Api::namespaced(h.client.clone(), "default");
+    migrations
+        .patch(
+            "schema",
+            &kube::api::PatchParams::apply("e2e-test").force(),
+            &kube::api::Patch::Apply(&migration),
+        )
+        .await
+        .unwrap();
+    let mut rel = release("v4", "ghcr.io/acme/api:4");
+    rel["spec"]["migrations"] = json!(["schema"]);
+    apply_release(&h, rel).await;
+    let rel = wait_release(&h, "v4", |r| r["status"]["phase"] == "Migrating").await;
+    let reconciling = condition(&rel, "Reconciling").unwrap();
+    assert_eq!(reconciling["reason"], "WaitingForMigrations");
+    assert!(
+        reconciling["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"Migration "schema" to be Applied"#),
+        "{reconciling}"
+    );
+    assert!(!condition_is(&rel, "Ready", "True"));
+    assert_eq!(deploys_of(&h, "ghcr.io/acme/api:4"), 0, "nothing deployed");
+    h.stop().await;
+}
