@@ -1,8 +1,8 @@
 //! The Release reconciler: observe (the Environment, the promotion source Environment and
 //! the Migrations the Release names) → validate what the schema cannot (each artifact names
 //! a component of the referenced Environment on its platform) → plan (the ordered rollout
-//! steps, a pure value) → act (deploying comes in a later issue; nothing is deployed today)
-//! → report (phase `Pending`, one step entry per component).
+//! steps, a pure value) → act (one reconcile of the rollout, [`crate::controller::rollout`])
+//! → report (phase, one step entry per component, progress).
 
 use std::fmt;
 use std::time::Duration;
@@ -587,7 +587,8 @@ impl Reconciled for Release {
             return Err(ReconcileError::ResolveReferences(missing));
         }
         let Some(environment) = snapshot.environment(&self.spec.environment_ref.name) else {
-            return Err(ReconcileError::Unidentified);
+            // Checked just above: a missing Environment is a missing reference.
+            return Err(ReconcileError::ResolveReferences(snapshot.missing(&refs)));
         };
         validate_components(&self.spec, environment)?;
         let plan = plan(&self.spec);
