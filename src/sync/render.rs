@@ -2089,6 +2089,19 @@ mod tests {
         assert!(planned.objects.iter().all(|o| o.name != "web"));
     }
 
+    /// `input` for an Environment being deleted.
+    fn deleting<'a>(input: &SyncInput<'a>) -> SyncInput<'a> {
+        SyncInput {
+            deleting: true,
+            http: input.http.clone(),
+            cache: input.cache.clone(),
+            account: input.account.clone(),
+            fingerprints: input.fingerprints.clone(),
+            now: input.now.clone(),
+            ..*input
+        }
+    }
+
     #[test]
     fn deleting_the_environment_removes_services_before_datastores() {
         let spec = EnvironmentSpec {
@@ -2096,16 +2109,7 @@ mod tests {
             ..spec()
         };
         let planned = with_input(&spec, &secrets("k1"), &previous("k1"), true, |input| {
-            let input = SyncInput {
-                deleting: true,
-                http: input.http.clone(),
-                cache: input.cache.clone(),
-                account: input.account.clone(),
-                fingerprints: input.fingerprints.clone(),
-                now: input.now.clone(),
-                ..*input
-            };
-            plan_render(&input, &observed("k1"))
+            plan_render(&deleting(input), &observed("k1"))
         });
         let order: Vec<(&str, &Action)> = planned
             .objects
@@ -2123,16 +2127,7 @@ mod tests {
         // Objects of the spec's names that this Environment never recorded are someone
         // else's: deleting it leaves them.
         let untouched = with_input(&spec, &secrets("k1"), &[], true, |input| {
-            let input = SyncInput {
-                deleting: true,
-                http: input.http.clone(),
-                cache: input.cache.clone(),
-                account: input.account.clone(),
-                fingerprints: input.fingerprints.clone(),
-                now: input.now.clone(),
-                ..*input
-            };
-            plan_render(&input, &observed("k1"))
+            plan_render(&deleting(input), &observed("k1"))
         });
         assert!(untouched.objects.is_empty(), "{:?}", untouched.objects);
     }
