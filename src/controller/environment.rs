@@ -268,7 +268,9 @@ pub fn report(input: &ReportInput<'_>, syncs: Vec<PlatformSync>) -> Reported {
                 reason: failure.reason.to_string(),
                 message: failure.message.clone(),
             },
-            None,
+            // Only a change fixes a stall, except an object another Environment manages: it
+            // is free once that one lets go, which no watch of this one sees.
+            (failure.reason == "ObjectManagedElsewhere").then_some(input.interval),
         ),
         // Every failure is a wait for a rate limit: work in progress, resumed when the
         // earliest limit allows (the worker is free meanwhile).

@@ -445,3 +445,30 @@ async fn a_second_environment_naming_a_managed_object_stalls_naming_the_first_an
     assert_eq!(first["status"]["summary"], "1/1");
     h.stop().await;
 }
+
+#[tokio::test]
+async fn an_object_another_environment_lets_go_is_adopted_at_the_next_interval() {
+    let h = SyncHarness::start().await;
+    h.put_secret("app", &[("db", DB_URL)]).await;
+    let mut first = render_env("first", "tether-sandbox-render", "moving-api");
+    first["spec"]["deletionPolicy"] = json!("Orphan");
+    h.apply(first).await;
+    h.wait_ready("first").await;
+    h.apply(render_env("second", "tether-sandbox-render", "moving-api"))
+        .await;
+    h.wait_for("second", "Stalled=True", |e| {
+        condition(e, "Stalled").is_some_and(|c| c["reason"] == "ObjectManagedElsewhere")
+    })
+    .await;
+    // The first Environment goes and leaves the service (Orphan): the second takes it over.
+    h.delete("first").await;
+    let env = h.wait_ready("second").await;
+    assert_eq!(env["status"]["summary"], "1/1");
+    let creates = h
+        .requests(Platform::Render)
+        .iter()
+        .filter(|r| *r == "POST /services")
+        .count();
+    assert_eq!(creates, 1, "adopted, not created again");
+    h.stop().await;
+}
