@@ -8,10 +8,9 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 use serde_json::{Map, Value};
-use tether::localapi::admission::{Admission, FieldValidation};
-use tether::localapi::resources::{ResourceDef, ResourceTable};
-use tether::schema::SchemaRegistry;
-use tether::schema::validate::{admit_document, parse_stream};
+use tether::schema::validate::parse_stream;
+
+use super::fuzz_targets::admit_every_way;
 
 /// The sample objects of the three Tether kinds.
 fn samples() -> Vec<Value> {
@@ -191,58 +190,8 @@ impl Mutation {
     }
 }
 
-struct Paths {
-    samples: Vec<Value>,
-    registry: SchemaRegistry,
-    admission: Admission,
-    table: ResourceTable,
-}
-
-impl Paths {
-    fn new() -> Self {
-        let crds = tether::api::crds();
-        Paths {
-            samples: samples(),
-            registry: SchemaRegistry::new(&crds).unwrap(),
-            admission: Admission::new(&crds).unwrap(),
-            table: ResourceTable::new(&crds).unwrap(),
-        }
-    }
-
-    /// The served resource of a Tether kind.
-    fn def(&self, kind: &str) -> Option<&ResourceDef> {
-        self.table
-            .all()
-            .iter()
-            .find(|d| d.custom && d.kind == kind)
-            .map(|d| &**d)
-    }
-}
-
-/// `admitted`'s JSON text, admitted again, gives the same object.
-fn assert_round_trips(admitted: &Value, admit: impl Fn(&mut Value) -> bool) {
-    let text = serde_json::to_string(admitted).unwrap();
-    let mut again: Value = serde_json::from_str(&text).unwrap();
-    assert!(admit(&mut again), "admitted, then refused: {text}");
-    assert_eq!(&again, admitted, "admitting again changed {text}");
-}
-
-fn assert_deserializes(kind: &str, admitted: &Value) {
-    let typed = match kind {
-        "Environment" => {
-            serde_json::from_value::<tether::api::Environment>(admitted.clone()).map(drop)
-        }
-        "Release" => serde_json::from_value::<tether::api::Release>(admitted.clone()).map(drop),
-        "Migration" => serde_json::from_value::<tether::api::Migration>(admitted.clone()).map(drop),
-        other => panic!("not a Tether kind: {other}"),
-    };
-    if let Err(e) = typed {
-        panic!("admitted {kind} does not deserialize: {e}: {admitted}");
-    }
-}
-
 proptest! {
-    // 1000 cases: about 1.5 s in the debug build `make test` runs (`PROPTEST_CASES` overrides).
+    // 1000 cases: a second or two in the debug build `make test` runs (`PROPTEST_CASES` overrides).
     #![proptest_config(ProptestConfig::with_cases(1000))]
 
     #[test]
@@ -250,32 +199,14 @@ proptest! {
         sample in 0..3usize,
         mutations in vec(mutation(), 1..6),
     ) {
-        thread_local!(static PATHS: Paths = Paths::new());
-        PATHS.with(|paths| {
-            let mut doc = paths.samples[sample].clone();
+        thread_local!(static SAMPLES: Vec<Value> = samples());
+        SAMPLES.with(|samples| {
+            let mut doc = samples[sample].clone();
             for m in &mutations {
                 m.apply(&mut doc);
             }
-            let Some(kind) = doc["kind"].as_str() else {
-                return;
-            };
-            if let Some(def) = paths.def(kind) {
-                for mode in [FieldValidation::Ignore, FieldValidation::Warn, FieldValidation::Strict] {
-                    let mut admitted = doc.clone();
-                    if paths.admission.admit_custom_resource(def, None, &mut admitted, mode).is_ok() {
-                        assert_round_trips(&admitted, |again| {
-                            paths.admission.admit_custom_resource(def, None, again, mode).is_ok()
-                        });
-                        assert_deserializes(kind, &admitted);
-                    }
-                }
-            }
-            let mut admitted = doc.clone();
-            if admit_document(&paths.registry, &mut admitted).1.is_ok() {
-                assert_round_trips(&admitted, |again| {
-                    admit_document(&paths.registry, again).1.is_ok()
-                });
-            }
+            // The same paths and checks as the fuzz targets: round trip, typed decoding.
+            admit_every_way(&doc, None);
         });
     }
 }

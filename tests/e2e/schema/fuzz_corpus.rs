@@ -4,9 +4,7 @@
 
 use std::path::Path;
 
-#[path = "../../../fuzz/src/lib.rs"]
-#[allow(dead_code, unreachable_pub)]
-mod targets;
+use super::fuzz_targets as targets;
 
 /// A fuzz target's body.
 type Target = fn(&[u8]);
