@@ -83,24 +83,28 @@ fn object_kind(platform: ComponentPlatform) -> &'static str {
     }
 }
 
+/// The credentials Secret key the Environment names for `platform`.
+fn credential(platform: ComponentPlatform, environment: &Environment) -> Option<SecretKeyRef> {
+    let c = &environment.spec.credentials;
+    let reference = match platform {
+        ComponentPlatform::Render => c.render.as_ref(),
+        ComponentPlatform::Vercel => c.vercel.as_ref(),
+        ComponentPlatform::Fly => c.fly.as_ref(),
+    }?;
+    Some(SecretKeyRef {
+        name: reference.name.clone(),
+        key: reference.key.clone(),
+    })
+}
+
 /// The credentials Secret keys the Environment names for the Release's platforms.
 pub fn credentials(spec: &ReleaseSpec, environment: &Environment) -> Vec<SecretKeyRef> {
     let mut refs: Vec<SecretKeyRef> = Vec::new();
     for artifact in &spec.artifacts {
-        let c = &environment.spec.credentials;
-        let reference = match artifact.platform {
-            ComponentPlatform::Render => c.render.as_ref(),
-            ComponentPlatform::Vercel => c.vercel.as_ref(),
-            ComponentPlatform::Fly => c.fly.as_ref(),
-        };
-        if let Some(r) = reference {
-            let key = SecretKeyRef {
-                name: r.name.clone(),
-                key: r.key.clone(),
-            };
-            if !refs.contains(&key) {
-                refs.push(key);
-            }
+        if let Some(key) = credential(artifact.platform, environment)
+            && !refs.contains(&key)
+        {
+            refs.push(key);
         }
     }
     refs
@@ -163,15 +167,7 @@ pub fn targets(
                 )));
             }
         };
-        let reference = credentials(
-            &ReleaseSpec {
-                artifacts: vec![artifact.clone()],
-                ..spec.clone()
-            },
-            environment,
-        )
-        .pop()
-        .ok_or_else(|| {
+        let reference = credential(artifact.platform, environment).ok_or_else(|| {
             Unready::NoCredentials(format!(
                 "Environment names no {platform} credentials (spec.credentials.{platform})"
             ))
