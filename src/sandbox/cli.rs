@@ -40,6 +40,9 @@ pub struct SandboxArgs {
     /// Port of the Supabase Management API (0: a free port).
     #[arg(long, default_value_t = 0)]
     pub supabase_port: u16,
+    /// Port of the app edge, where every app answers by its host name (0: a free port).
+    #[arg(long, default_value_t = 0)]
+    pub edge_port: u16,
     /// Accept the fixed tokens `sandbox-<platform>-token` (those of `tether run --sandbox`
     /// and config/samples) instead of random ones made up at start.
     #[arg(long)]
@@ -80,6 +83,7 @@ impl SandboxArgs {
             addr: self.addr,
             ports,
             tokens,
+            edge_port: self.edge_port,
             ..SandboxConfig::default()
         }
     }
@@ -95,6 +99,9 @@ pub async fn serve(args: SandboxArgs) -> Result<(), SandboxError> {
             args.addr
         );
     }
+    // Listening for the signals before anything is printed: whoever reads the addresses
+    // may stop the sandbox right away.
+    let stopped = stop_signal();
     let handle = start(args.config(), shutdown.clone()).await?;
     let mut out = std::io::stdout().lock();
     for (platform, url, token) in handle.endpoints() {
@@ -102,25 +109,30 @@ pub async fn serve(args: SandboxArgs) -> Result<(), SandboxError> {
         // published sample token), and printing it is how a user points clients at it.
         let _ = writeln!(out, "{platform} {url} {}", token.expose());
     }
+    let _ = writeln!(out, "edge {}", handle.edge_url());
     let _ = out.flush();
     drop(out);
-    stop_signal().await;
+    stopped.await;
     shutdown.cancel();
     handle.stopped().await;
     Ok(())
 }
 
-/// Waits for Ctrl-C or SIGTERM.
-async fn stop_signal() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut sigterm) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = sigterm.recv() => {}
+/// Listens for Ctrl-C and SIGTERM from now on; the future ends at the first of them.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    let sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    let interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+    async move {
+        match (sigterm, interrupt) {
+            (Ok(mut sigterm), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = sigterm.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

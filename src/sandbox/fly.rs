@@ -1,7 +1,8 @@
 //! Fly.io Machines imitation: apps (with `idempotency_key`), machines (`created → starting →
 //! started`, `stopping → stopped`, `failed` for a failing image; leases with nonces;
 //! updates guarded by `current_version`; the full config kept as given, `guest` defaulted;
-//! check results `passing` once started; `min_secrets_version` refused while the app's
+//! check results `passing` once started — `critical` for a version that does not start
+//! (`Faults::crashing_sources`), whose machines then stop; `min_secrets_version` refused while the app's
 //! secrets are older), volumes (created in a region, attached through a machine's
 //! `mounts` to one machine of that region, extended, destroyed once detached), app secrets
 //! with versions, ACME certificates, and `fly-next-cursor` paging of machine and volume
@@ -29,6 +30,9 @@ use super::{Common, Imitation, set_field, timestamp};
 
 /// Simulated length of a transition (`starting`, `stopping`, …).
 const STEP: Duration = Duration::from_secs(2);
+/// How long (simulated) the machine of a crashing version runs, its checks critical, before
+/// it stops for good.
+const CRASHED_AFTER: Duration = Duration::from_secs(20);
 
 #[derive(Clone)]
 struct Fly {
@@ -130,11 +134,22 @@ impl Fly {
 
     fn machine_state(&self, m: &Machine) -> &'static str {
         let (transient, settled, at) = m.phase;
-        if self.common.sim_elapsed(at) < STEP {
+        let elapsed = self.common.sim_elapsed(at);
+        if elapsed < STEP {
             transient
+        } else if settled == "started" && self.crashes(m) && elapsed >= CRASHED_AFTER {
+            // Its restarts exhausted, the machine of a version that does not start stops.
+            "stopped"
         } else {
             settled
         }
+    }
+
+    /// Whether the machine runs a version that starts but never passes its checks.
+    fn crashes(&self, m: &Machine) -> bool {
+        m.json["config"]["image"]
+            .as_str()
+            .is_some_and(|image| self.common.source_crashes(image))
     }
 
     fn machine_json(&self, m: &Machine) -> Value {
@@ -142,18 +157,26 @@ impl Fly {
         let state = self.machine_state(m);
         json["state"] = json!(state);
         // Checks report once the machine runs; Fly fills `checks` with their results.
-        let checks: Vec<Value> = match (state, m.json["config"]["checks"].as_object()) {
-            ("started", Some(checks)) => checks
-                .keys()
-                .map(|name| {
-                    json!({
-                        "name": name,
-                        "status": "passing",
-                        "output": "Success",
-                        "updated_at": m.json["updated_at"],
+        let running = state == "started" || (state == "stopped" && self.crashes(m));
+        let checks: Vec<Value> = match (running, m.json["config"]["checks"].as_object()) {
+            (true, Some(checks)) => {
+                let (status, output) = if self.crashes(m) {
+                    ("critical", "dial tcp: connection refused")
+                } else {
+                    ("passing", "Success")
+                };
+                checks
+                    .keys()
+                    .map(|name| {
+                        json!({
+                            "name": name,
+                            "status": status,
+                            "output": output,
+                            "updated_at": m.json["updated_at"],
+                        })
                     })
-                })
-                .collect(),
+                    .collect()
+            }
             _ => Vec::new(),
         };
         json["checks"] = json!(checks);
@@ -246,6 +269,20 @@ impl Imitation for Fly {
             }),
             _ => false,
         }
+    }
+
+    fn app_for_host(&self, host: &str) -> Option<String> {
+        let state = self.lock();
+        if let Some(app) = host.strip_suffix(".fly.dev")
+            && state.apps.contains_key(app)
+        {
+            return Some(app.to_owned());
+        }
+        state
+            .apps
+            .iter()
+            .find(|(_, a)| a.certificates.contains_key(host))
+            .map(|(name, _)| name.clone())
     }
 
     fn live_source(&self, name: &str) -> Option<String> {

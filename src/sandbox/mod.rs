@@ -13,9 +13,17 @@
 //! - `GET|PUT /_sandbox/faults` — read or replace the [`Faults`] (JSON).
 //! - `POST /_sandbox/edit` — an out-of-band "dashboard edit": `{"object": "service",
 //!   "name": "web", "field": "serviceDetails.plan", "value": "pro"}`.
-//! - `GET /_sandbox/apps/{name}` — the deployed app's endpoint (200, or 500 when its live
-//!   source is listed in `Faults::unhealthy_sources`); `GET /_sandbox/metrics` — Prometheus
-//!   text with per-app request and error counts.
+//! - `GET /_sandbox/metrics` — Prometheus text with each app's requests by version and
+//!   status code.
+//!
+//! The **app edge** ([`SandboxHandle::edge_url`], one more listener) serves every Render
+//! service, Vercel project and Fly app the sandbox runs, chosen by the `Host` header as a
+//! platform's edge chooses by name: `<slug>.onrender.com`, `<project>.vercel.app`,
+//! `<app>.fly.dev` and every custom domain or certificate added through the APIs. An app
+//! answers according to the version live on it: `200 <name> <version> ok`, `500` for a
+//! version in `Faults::unhealthy_sources`, the same after `Faults::slow_ms` for one in
+//! `Faults::slow_sources`, `503` while nothing is live. Health checks reach it with
+//! `tether controller --health-check-via <edge URL>` (`tether run --sandbox` sets it).
 
 pub mod cli;
 pub mod fly;
@@ -23,7 +31,7 @@ pub mod render;
 pub mod supabase;
 pub mod vercel;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -61,6 +69,8 @@ pub struct SandboxConfig {
     pub addr: IpAddr,
     /// The port each platform listens on; a platform not listed (or 0) gets a free port.
     pub ports: HashMap<Platform, u16>,
+    /// The app edge's port (0: a free port).
+    pub edge_port: u16,
 }
 
 impl Default for SandboxConfig {
@@ -73,6 +83,7 @@ impl Default for SandboxConfig {
             tokens: HashMap::new(),
             addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             ports: HashMap::new(),
+            edge_port: 0,
         }
     }
 }
@@ -89,10 +100,18 @@ pub struct Faults {
     pub storm_retry_after_secs: f64,
     /// Share (0–1) of requests answered with a 5xx.
     pub error_share: f64,
-    /// Deployments of these images/refs fail (build or start).
+    /// Deployments of these images/refs fail: the build on Render and Vercel, the machine
+    /// launch on Fly (`failed`), the project on Supabase.
     pub failing_sources: Vec<String>,
-    /// Apps whose live source is listed here answer their health endpoint with 500.
+    /// Versions that build but do not start: Render deploys end `update_failed`; Fly
+    /// machines start with every check `critical`, then stop.
+    pub crashing_sources: Vec<String>,
+    /// Apps running a version listed here answer every request with 500.
     pub unhealthy_sources: Vec<String>,
+    /// Apps running a version listed here answer after [`Faults::slow_ms`].
+    pub slow_sources: Vec<String>,
+    /// How long a slow version takes to answer, in milliseconds (wall time).
+    pub slow_ms: u64,
 }
 
 /// One request/response pair seen by the sandbox.
@@ -119,6 +138,15 @@ pub struct Exchange {
 /// Why the sandbox failed to start.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// Binding the app edge's listen address failed.
+    #[error("failed to bind {addr} for the sandbox's app edge")]
+    BindEdge {
+        /// The address (port 0: any free port).
+        addr: SocketAddr,
+        /// IO error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Binding the platform's listen address failed.
     #[error("failed to bind {addr} for the {platform} sandbox")]
     Bind {
@@ -148,7 +176,8 @@ pub(crate) struct Common {
     crash: Arc<CrashPoint>,
     /// Prefix of the base URL's path (`/v1` for Render).
     prefix: &'static str,
-    apps: Mutex<HashMap<String, (u64, u64)>>,
+    /// Requests each app answered: (app, version, status code) → count.
+    apps: Mutex<BTreeMap<(String, String, u16), u64>>,
 }
 
 /// A crash point for chaos tests, shared by every platform of one sandbox: the n-th request
@@ -215,6 +244,15 @@ impl Common {
 
     pub(crate) fn source_fails(&self, source: &str) -> bool {
         self.faults().failing_sources.iter().any(|s| s == source)
+    }
+
+    pub(crate) fn source_crashes(&self, source: &str) -> bool {
+        self.faults
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .crashing_sources
+            .iter()
+            .any(|s| s == source)
     }
 
     fn wall(&self, simulated: Duration) -> Duration {
@@ -383,17 +421,14 @@ impl Common {
         response
     }
 
-    /// Records one app hit for the per-app metrics.
-    fn app_hit(&self, app: &str, error: bool) {
-        let mut apps = self
+    /// Counts one request an app answered, for the per-app metrics.
+    fn app_hit(&self, app: &str, version: &str, code: StatusCode) {
+        *self
             .apps
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let entry = apps.entry(app.to_owned()).or_default();
-        entry.0 += 1;
-        if error {
-            entry.1 += 1;
-        }
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry((app.to_owned(), version.to_owned(), code.as_u16()))
+            .or_default() += 1;
     }
 }
 
@@ -405,16 +440,34 @@ pub(crate) trait Imitation: Send + Sync + 'static {
     fn edit(&self, object: &str, name: &str, field: &str, value: Value) -> bool;
     /// The source (image/ref) live for the app called `name`, if any.
     fn live_source(&self, name: &str) -> Option<String>;
+    /// The name of the app the platform's edge serves `host` with, if any.
+    fn app_for_host(&self, _host: &str) -> Option<String> {
+        None
+    }
+}
+
+/// The host of an absolute URL (`https://web-x.onrender.com/...` → `web-x.onrender.com`).
+pub(crate) fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    Some(authority.rsplit_once('@').map_or(authority, |(_, h)| h))
 }
 
 /// A running sandbox.
 pub struct SandboxHandle {
     servers: Vec<(Platform, String, Token, Arc<Common>)>,
+    edge: String,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     crash: Arc<CrashPoint>,
 }
 
 impl SandboxHandle {
+    /// The app edge's base URL (`http://127.0.0.1:PORT`): every app answers there, chosen
+    /// by the `Host` header.
+    pub fn edge_url(&self) -> &str {
+        &self.edge
+    }
+
     /// Platforms served, each with its base URL and token.
     pub fn endpoints(&self) -> Vec<(Platform, String, Token)> {
         self.servers
@@ -626,8 +679,10 @@ pub async fn start(
         1.0
     };
     let crash = Arc::new(CrashPoint::default());
+    let mut apps: Vec<Pipeline> = Vec::new();
     let mut handle = SandboxHandle {
         servers: Vec::new(),
+        edge: String::new(),
         tasks: Vec::new(),
         crash: crash.clone(),
     };
@@ -664,7 +719,7 @@ pub async fn start(
             recorder: config.record.then(|| Mutex::new(Vec::new())),
             crash: crash.clone(),
             prefix,
-            apps: Mutex::new(HashMap::new()),
+            apps: Mutex::new(BTreeMap::new()),
         });
         let (api, imitation): (Router, Arc<dyn Imitation>) = match platform {
             Platform::Render => render::router(common.clone()),
@@ -692,6 +747,7 @@ pub async fn start(
             common: common.clone(),
             imitation: imitation.clone(),
         };
+        apps.push(pipeline.clone());
         let api = if prefix.is_empty() {
             api
         } else {
@@ -719,7 +775,78 @@ pub async fn start(
             common,
         ));
     }
+    let wanted = SocketAddr::new(config.addr, config.edge_port);
+    let listener = tokio::net::TcpListener::bind(wanted)
+        .await
+        .map_err(|source| SandboxError::BindEdge {
+            addr: wanted,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| SandboxError::BindEdge {
+            addr: wanted,
+            source,
+        })?;
+    handle.edge = format!("http://{addr}");
+    let edge = Router::new().fallback(serve_app).with_state(Arc::new(apps));
+    handle.tasks.push(tokio::spawn(async move {
+        let served = axum::serve(listener, edge)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "sandbox app edge failed");
+        }
+    }));
     Ok(handle)
+}
+
+/// The app edge: the app whose platform serves the request's `Host` answers it, according to
+/// the version live on it.
+async fn serve_app(State(platforms): State<Arc<Vec<Pipeline>>>, request: Request) -> Response {
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().host())
+        .unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let Some((p, name)) = platforms
+        .iter()
+        .find_map(|p| p.imitation.app_for_host(host).map(|name| (p, name)))
+    else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no app answers for {host}\n"),
+        )
+            .into_response();
+    };
+    let Some(version) = p.imitation.live_source(&name) else {
+        p.common.app_hit(&name, "", StatusCode::SERVICE_UNAVAILABLE);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{name}: no live deployment\n"),
+        )
+            .into_response();
+    };
+    let faults = p.common.faults();
+    if faults.slow_sources.contains(&version) {
+        tokio::time::sleep(Duration::from_millis(faults.slow_ms)).await;
+    }
+    let code = if faults.unhealthy_sources.contains(&version) {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    p.common.app_hit(&name, &version, code);
+    let word = if code.is_success() { "ok" } else { "failing" };
+    (code, format!("{name} {version} {word}\n")).into_response()
 }
 
 #[derive(Clone)]
@@ -874,7 +1001,6 @@ fn admin_router(pipeline: Pipeline) -> Router {
     Router::new()
         .route("/_sandbox/faults", get(get_faults).put(put_faults))
         .route("/_sandbox/edit", post(post_edit))
-        .route("/_sandbox/apps/{name}", get(get_app))
         .route("/_sandbox/metrics", get(get_metrics))
         .with_state(pipeline)
 }
@@ -918,26 +1044,6 @@ async fn post_edit(
     }
 }
 
-async fn get_app(
-    State(p): State<Pipeline>,
-    axum::extract::Path(name): axum::extract::Path<String>,
-) -> Response {
-    let Some(source) = p.imitation.live_source(&name) else {
-        return (StatusCode::NOT_FOUND, "no live deployment").into_response();
-    };
-    let unhealthy = p.common.faults().unhealthy_sources.contains(&source);
-    p.common.app_hit(&name, unhealthy);
-    if unhealthy {
-        (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{name} {source} failing"),
-        )
-            .into_response()
-    } else {
-        (StatusCode::OK, format!("{name} {source} ok")).into_response()
-    }
-}
-
 async fn get_metrics(State(p): State<Pipeline>) -> Response {
     let apps = p
         .common
@@ -945,25 +1051,25 @@ async fn get_metrics(State(p): State<Pipeline>) -> Response {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .clone();
-    let mut names: Vec<_> = apps.keys().cloned().collect();
-    names.sort();
     let mut text = String::from(
-        "# HELP sandbox_app_requests_total Requests served by the app.\n# TYPE sandbox_app_requests_total counter\n",
+        "# HELP sandbox_app_requests_total Requests the app answered, by version and status code.\n# TYPE sandbox_app_requests_total counter\n",
     );
-    for name in &names {
+    for ((app, version, code), count) in &apps {
         text.push_str(&format!(
-            "sandbox_app_requests_total{{app=\"{name}\"}} {}\n",
-            apps[name].0
-        ));
-    }
-    text.push_str("# HELP sandbox_app_errors_total Requests the app answered with 5xx.\n# TYPE sandbox_app_errors_total counter\n");
-    for name in &names {
-        text.push_str(&format!(
-            "sandbox_app_errors_total{{app=\"{name}\"}} {}\n",
-            apps[name].1
+            "sandbox_app_requests_total{{app=\"{}\",version=\"{}\",code=\"{code}\"}} {count}\n",
+            label(app),
+            label(version)
         ));
     }
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// A Prometheus label value, escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Sets a dotted `field` (`serviceDetails.plan`) inside a stored JSON object.

@@ -1,6 +1,7 @@
 //! Render imitation: services of every kind (with their `serviceDetails`, scaling), env vars,
 //! custom domains, deploys (with their state machine `created → build_in_progress →
-//! update_in_progress → live`, or `build_failed`; a deploy triggered while another runs
+//! update_in_progress → live`, or `build_failed`, or `update_failed` for a version that
+//! builds but does not start (`Faults::crashing_sources`); a deploy triggered while another runs
 //! answers 202 and waits `queued`), rollback, key-value stores and Postgres databases (each
 //! `creating → available`), and `cursor` pagination, with the shapes of
 //! `render/openapi.json`. Dashboard edits (`/_sandbox/edit`) reach objects `service`,
@@ -17,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 
-use super::{Common, Imitation, set_field, timestamp};
+use super::{Common, Imitation, set_field, timestamp, url_host};
 
 /// Simulated phase lengths of a deploy.
 const CREATED: Duration = Duration::from_secs(1);
@@ -74,7 +75,17 @@ struct Deploy {
     created_at: String,
     /// Wall instant the build starts (later than creation when queued behind another).
     start: Instant,
+    /// The build fails (`build_failed`).
     fails: bool,
+    /// The build succeeds, the new instance never becomes healthy (`update_failed`).
+    crashes: bool,
+}
+
+impl Deploy {
+    /// Whether the deploy ends with something running.
+    fn succeeds(&self) -> bool {
+        !self.fails && !self.crashes
+    }
 }
 
 impl RenderState {
@@ -173,9 +184,12 @@ impl Render {
         if t < CREATED + BUILD + UPDATE {
             return "update_in_progress";
         }
+        if deploy.crashes {
+            return "update_failed";
+        }
         let superseded = later
             .iter()
-            .any(|d| !d.fails && now >= d.start + self.wall(CREATED + BUILD + UPDATE));
+            .any(|d| d.succeeds() && now >= d.start + self.wall(CREATED + BUILD + UPDATE));
         if superseded { "deactivated" } else { "live" }
     }
 
@@ -208,7 +222,10 @@ impl Render {
         if status != "queued" {
             out["startedAt"] = json!(deploy.created_at);
         }
-        if matches!(status, "live" | "deactivated" | "build_failed") {
+        if matches!(
+            status,
+            "live" | "deactivated" | "build_failed" | "update_failed"
+        ) {
             out["finishedAt"] = json!(timestamp());
         }
         out
@@ -231,10 +248,15 @@ impl Render {
             .map(|d| self.end(d))
             .max()
             .filter(|end| *end > now);
-        let fails = [image.as_deref(), commit.as_deref()]
+        let sources = [image.as_deref(), commit.as_deref()];
+        let fails = sources
             .into_iter()
             .flatten()
             .any(|s| self.common.source_fails(s));
+        let crashes = sources
+            .into_iter()
+            .flatten()
+            .any(|s| self.common.source_crashes(s));
         let service = state.services.get_mut(id)?;
         service.deploys.push(Deploy {
             id: deploy_id,
@@ -244,6 +266,7 @@ impl Render {
             created_at: timestamp(),
             start: busy_until.unwrap_or(now),
             fails,
+            crashes,
         });
         Some((service.deploys.len() - 1, busy_until.is_some()))
     }
@@ -328,6 +351,18 @@ impl Imitation for Render {
             }
             _ => false,
         }
+    }
+
+    fn app_for_host(&self, host: &str) -> Option<String> {
+        let state = self.lock();
+        state
+            .services
+            .values()
+            .find(|s| {
+                s.json["serviceDetails"]["url"].as_str().and_then(url_host) == Some(host)
+                    || s.domains.values().any(|d| d["name"] == host)
+            })
+            .and_then(|s| s.json["name"].as_str().map(str::to_owned))
     }
 
     fn live_source(&self, name: &str) -> Option<String> {
@@ -909,7 +944,7 @@ async fn rollback(
     let Some(old) = service.deploys.iter().find(|d| d.id == target) else {
         return r.not_found();
     };
-    if old.fails {
+    if !old.succeeds() {
         return r.bad_request("cannot roll back to a failed deploy");
     }
     let (image, commit) = (old.image.clone(), old.commit.clone());

@@ -280,6 +280,19 @@ impl Imitation for Vercel {
         }
     }
 
+    fn app_for_host(&self, host: &str) -> Option<String> {
+        let state = self.lock();
+        let default = host.strip_suffix(".vercel.app");
+        state
+            .projects
+            .values()
+            .find(|p| {
+                default.is_some_and(|name| p.json["name"] == name)
+                    || p.domains.iter().any(|(_, d)| d["name"] == host)
+            })
+            .and_then(|p| p.json["name"].as_str().map(str::to_owned))
+    }
+
     fn live_source(&self, name: &str) -> Option<String> {
         let mut state = self.lock();
         let project = Vercel::find_project(&mut state, name)?;

@@ -212,6 +212,28 @@ impl Drop for TestCluster {
     }
 }
 
+/// What the sandbox app serving `host` answers to `GET /healthz` on the sandbox's app edge
+/// (`edge`, [`tether::sandbox::SandboxHandle::edge_url`]): status and body.
+pub async fn app_answer(edge: &str, host: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .get(format!("{edge}/healthz"))
+        .header("host", host)
+        .send()
+        .await
+        .expect("the sandbox's app edge answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+/// The host of an absolute URL (`https://api-x.onrender.com/` → `api-x.onrender.com`).
+pub fn host_of(url: &str) -> &str {
+    url.split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default()
+}
+
 /// Polls `check` until it returns Some, failing the test after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
 where

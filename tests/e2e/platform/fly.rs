@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::contract::harness::{self, eventually};
+use crate::support::app_answer;
 use tether::platform::{
     Autostop, DeploySource, DeploymentState, Deployments, FlyAppSpec, FlyApps, FlyClient,
     FlyMachineConfig, FlyMachineSpec, FlyVolumeSpec, MachineCheck, MachineGuest, MachineMount,
@@ -235,13 +236,7 @@ async fn a_rollout_goes_live_a_failing_image_fails_and_rollback_restores_it() {
     );
     let old = client.deployment("api", "acme/api:2").await.unwrap();
     assert_eq!(old.state, DeploymentState::Superseded);
-    let admin = env.sandbox.admin_url(Platform::Fly).unwrap();
-    let body = reqwest::get(format!("{admin}/apps/api"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, body) = app_answer(env.sandbox.edge_url(), "api.fly.dev").await;
     assert!(body.contains("acme/api:1 ok"), "{body}");
     env.check_contract(Platform::Fly);
 }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::contract::harness::{self, eventually};
+use crate::support::{app_answer, host_of};
 use tether::platform::{
     DatastoreStatus, DeploySource, DeploymentState, Deployments, EnvVar, Platform, PlatformError,
     RenderCidr, RenderClient, RenderDatastores, RenderKeyValuePatch, RenderKeyValueSpec,
@@ -224,11 +225,8 @@ async fn a_deploy_goes_live_a_failing_image_fails_and_rollback_restores_the_old_
             .iter()
             .any(|d| d.id == bad.id && d.state == DeploymentState::Failed)
     );
-    let url = format!(
-        "{}/apps/api",
-        env.sandbox.admin_url(Platform::Render).unwrap()
-    );
-    let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let host = host_of(service.url.as_deref().unwrap());
+    let (_, body) = app_answer(env.sandbox.edge_url(), host).await;
     assert!(body.contains("acme/api:1 ok"), "{body}");
     env.check_contract(Platform::Render);
 }
@@ -491,14 +489,13 @@ async fn the_admin_endpoint_switches_faults_and_applies_dashboard_edits_at_run_t
         "latency fault applies"
     );
 
-    // The deployed app answers its health endpoint with 500 and the metrics count it.
+    // The deployed app answers with 500 and the metrics count it.
+    let host = host_of(service.url.as_deref().unwrap()).to_owned();
+    let edge = env.sandbox.edge_url().to_owned();
     eventually(
         "first deploy to go live",
         Duration::from_secs(10),
-        || async {
-            let r = reqwest::get(format!("{admin}/apps/dash")).await.unwrap();
-            (r.status() == 500).then_some(())
-        },
+        || async { (app_answer(&edge, &host).await.0 == 500).then_some(()) },
     )
     .await;
     let metrics = reqwest::get(format!("{admin}/metrics"))
@@ -508,11 +505,9 @@ async fn the_admin_endpoint_switches_faults_and_applies_dashboard_edits_at_run_t
         .await
         .unwrap();
     assert!(
-        metrics.contains("sandbox_app_errors_total{app=\"dash\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("sandbox_app_requests_total{app=\"dash\"} 1"),
+        metrics.contains(
+            "sandbox_app_requests_total{app=\"dash\",version=\"acme/d:1\",code=\"500\"} 1"
+        ),
         "{metrics}"
     );
     env.check_contract(Platform::Render);

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::contract::harness::{self, eventually};
+use crate::support::app_answer;
 use serde_json::{Value, json};
 use tether::api::environment::VercelTarget::{self, Development, Preview, Production};
 use tether::platform::{
@@ -502,23 +503,12 @@ async fn a_deployment_goes_ready_a_failing_ref_errors_and_promotion_rolls_back()
         finished(&client, &project.id, &newer.id).await,
         DeploymentState::Live
     );
-    let admin = env.sandbox.admin_url(Platform::Vercel).unwrap();
-    let body = reqwest::get(format!("{admin}/apps/web"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, body) = app_answer(env.sandbox.edge_url(), "web.vercel.app").await;
     assert!(body.contains("v3 ok"), "{body}");
 
     let back = client.rollback(&project.id, &good.id).await.unwrap();
     assert_eq!(back.id, good.id);
-    let body = reqwest::get(format!("{admin}/apps/web"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, body) = app_answer(env.sandbox.edge_url(), "web.vercel.app").await;
     assert!(body.contains("v1 ok"), "{body}");
 
     let history = client.list_deployments(&project.id).await.unwrap();
