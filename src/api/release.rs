@@ -57,9 +57,10 @@ pub struct ReleaseSpec {
     #[schemars(length(max = 50), inner(length(min = 1, max = 253)))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub migrations: Vec<String>,
-    /// HTTP checks that must pass after each step.
+    /// HTTP checks of the deployed components (at most 20, a list keyed by `name`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub health_checks: Vec<HealthCheck>,
     /// A Prometheus query that must stay within its threshold after the rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,6 +104,7 @@ pub enum ComponentPlatform {
 #[x_kube(validation = Rule::new("[has(self.image), has(self.gitRef), has(self.deploymentId)].filter(x, x).size() == 1").message("set exactly one of image, gitRef or deploymentId"))]
 #[x_kube(validation = Rule::new("!has(self.image) || self.platform != 'vercel'").message("Vercel components deploy a gitRef or a deploymentId, not an image"))]
 #[x_kube(validation = Rule::new("self.platform == 'vercel' || !(has(self.gitRef) || has(self.deploymentId))").message("Render and Fly components deploy a container image"))]
+#[x_kube(validation = Rule::new("self.platform == 'fly' || !(has(self.strategy) || has(self.maxUnavailable))").message("strategy and maxUnavailable are for Fly components"))]
 pub struct Artifact {
     /// The component: the name of a Render service, Vercel project or Fly app in the
     /// Environment.
@@ -122,6 +124,28 @@ pub struct Artifact {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^dpl_[A-Za-z0-9]+$"))]
     pub deployment_id: Option<String>,
+    /// How a Fly app's machines take the new image: `rolling` (default), `immediate` or
+    /// `canary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<FlyStrategy>,
+    /// Fly machines updating (not yet healthy on the new image) at once, for `rolling` and
+    /// after the canary. Default: a third of the app's machines, at least one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_unavailable: Option<i32>,
+}
+
+/// How a Fly app's machines take a new image, as `fly deploy --strategy` names it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FlyStrategy {
+    /// In batches of `maxUnavailable` machines, each batch healthy before the next.
+    #[default]
+    Rolling,
+    /// Every machine at once.
+    Immediate,
+    /// One machine first; once it is healthy, the rest as `rolling`.
+    Canary,
 }
 
 /// One step of a rollout.
@@ -135,34 +159,61 @@ pub struct ReleaseStep {
     pub components: Vec<String>,
 }
 
-/// An HTTP health check.
+/// An HTTP health check: `GET` a component's URL (from its Environment's status) plus a
+/// path, or an absolute URL. It runs once the step deploying its component is live (a check
+/// with an absolute URL, or on a component this Release does not deploy, after the last
+/// step) and passes after `successThreshold` healthy answers in a row; more than `retries`
+/// unhealthy answers fail the Release.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.url) != has(self.component)").message("set exactly one of url or component"))]
+#[x_kube(validation = Rule::new("!has(self.path) || has(self.component)").message("path is only for a component's URL; put it in url"))]
 pub struct HealthCheck {
-    /// Check name, used in status and events.
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    /// Check name, unique in the Release, used in status and events.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
-    /// URL requested with GET.
-    #[schemars(regex(pattern = r"^https?://"))]
-    pub url: String,
+    /// Absolute URL requested with GET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://[^/?#\s]+"))]
+    pub url: Option<String>,
+    /// A component of the Environment whose public URL (its `status.objects[].url`) is
+    /// requested, with `path` appended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub component: Option<String>,
+    /// Path requested on the component's URL. Default `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024), regex(pattern = r"^/"))]
+    pub path: Option<String>,
     /// HTTP status that counts as healthy.
     #[serde(default = "default_expected_status")]
     #[schemars(range(min = 100, max = 599))]
     pub expected_status: i32,
-    /// The slowest acceptable response. Between 1ms and 1h.
+    /// The slowest acceptable response: a slower one counts as unhealthy. Between 1ms and 1h.
     #[serde(default = "default_latency_budget")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1ms') && duration(self) <= duration('1h')").message("must be between 1ms and 1h"))]
     pub latency_budget: String,
-    /// Attempts before the check fails.
+    /// Unhealthy answers tolerated: one more fails the check.
     #[serde(default = "default_retries")]
     #[schemars(range(min = 0, max = 100))]
     pub retries: i32,
+    /// Healthy answers in a row that pass the check.
+    #[serde(default = "default_success_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub success_threshold: i32,
     /// Time between attempts. Between 1s and 1h.
     #[serde(default = "default_check_interval")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('1h')").message("must be between 1s and 1h"))]
     pub interval: String,
+}
+
+fn default_success_threshold() -> i32 {
+    1
 }
 
 fn default_expected_status() -> i32 {
@@ -315,6 +366,34 @@ pub struct ReleaseStatus {
     /// Steps whose every component is live, of all steps, e.g. `1/2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,
+    /// One entry per health check that has started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckStatus>,
+}
+
+/// Where one health check stands.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckStatus {
+    /// The check's name.
+    pub name: String,
+    /// `Running`, `Passed` or `Failed`.
+    pub state: String,
+    /// The URL requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Healthy answers in a row so far.
+    #[serde(default)]
+    pub successes: i32,
+    /// Unhealthy answers so far.
+    #[serde(default)]
+    pub failures: i32,
+    /// When the last attempt was made (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe_at: Option<String>,
+    /// What the last attempt saw, for a person (status code and latency, or the error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The deployment of one component.

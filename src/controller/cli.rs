@@ -73,6 +73,10 @@ pub struct ControllerArgs {
     /// `{ref}` stands for the project ref; the password comes from the Environment.
     #[arg(long, default_value = crate::controller::DEFAULT_SUPABASE_DATABASE_URL)]
     pub supabase_database_url: String,
+    /// Send every Release health check to this base URL instead, keeping the checked URL's
+    /// host in the `Host` header: the sandbox's app edge (`tether sandbox` prints it).
+    #[arg(long, env = "TETHER_HEALTH_CHECK_VIA")]
+    pub health_check_via: Option<reqwest::Url>,
     /// Render API base URL.
     #[arg(long, env = "TETHER_RENDER_URL", default_value = default_endpoint(Platform::Render))]
     pub render_url: String,
@@ -155,6 +159,7 @@ impl ControllerArgs {
             concurrency: self.concurrency,
             pending_interval: self.pending_interval,
             supabase_database_url: self.supabase_database_url.clone(),
+            health_check_via: self.health_check_via.clone(),
             platforms: PlatformsConfig {
                 endpoints: [
                     (Platform::Render, self.render_url.clone()),

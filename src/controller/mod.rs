@@ -20,6 +20,7 @@ pub mod conditions;
 pub mod decoded;
 pub mod environment;
 pub mod error;
+pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod migration;
@@ -92,6 +93,9 @@ pub struct ControllerConfig {
     /// Template of a Supabase project's database URL for Migrations that name an
     /// Environment (`{ref}` = the project ref; the password comes from the Environment).
     pub supabase_database_url: String,
+    /// Send every Release health check to this base URL, with the checked URL's host in
+    /// the `Host` header (the sandbox's app edge); `None`: to the checked URL itself.
+    pub health_check_via: Option<reqwest::Url>,
 }
 
 /// Where a Supabase project's database listens (direct connection, TLS required).
@@ -109,6 +113,7 @@ impl Default for ControllerConfig {
             platforms: PlatformsConfig::default(),
             pending_interval: Duration::from_secs(15),
             supabase_database_url: DEFAULT_SUPABASE_DATABASE_URL.to_string(),
+            health_check_via: None,
         }
     }
 }
@@ -188,7 +193,8 @@ pub(crate) async fn run_registered(
             config.pending_interval,
             config.supabase_database_url.clone(),
         )
-        .with_environments(env_store.clone()),
+        .with_environments(env_store.clone())
+        .with_prober(health::Prober::new(config.health_check_via.clone())),
     );
     let watch = match &config.selector {
         Some(selector) => watcher::Config::default().labels(selector),

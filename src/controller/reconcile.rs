@@ -68,6 +68,8 @@ pub struct Context {
     pub pending_interval: Duration,
     /// Template of a Supabase project's database URL (`{ref}` = the project ref).
     pub supabase_database_url: String,
+    /// Sends the Releases' health-check requests.
+    pub prober: crate::controller::health::Prober,
     /// The Environments the controller watches, with their status (one owner per platform
     /// object is checked against them).
     environments: Option<Store<Decoded<Environment>>>,
@@ -99,9 +101,16 @@ impl Context {
             platforms,
             pending_interval,
             supabase_database_url,
+            prober: crate::controller::health::Prober::default(),
             environments: None,
             failures: Mutex::default(),
         }
+    }
+
+    /// The context sending health checks with `prober`.
+    pub fn with_prober(mut self, prober: crate::controller::health::Prober) -> Self {
+        self.prober = prober;
+        self
     }
 
     /// The context with the store of the watched Environments.

@@ -11,12 +11,16 @@ use kube::ResourceExt;
 
 use crate::api::Environment;
 use crate::api::Release;
-use crate::api::release::{ComponentPlatform, ReleasePhase, ReleaseSpec, StepStatus};
+use crate::api::common::parse_duration;
+use crate::api::release::{
+    CheckStatus, ComponentPlatform, HealthCheck, ReleasePhase, ReleaseSpec, StepStatus,
+};
 use crate::controller::conditions::Verdict;
 use crate::controller::error::ReconcileError;
 use crate::controller::reconcile::{Context, Reconciled, Report, ReportEvent};
 use crate::controller::references::{RefKind, Reference, Snapshot};
-use crate::controller::rollout;
+use crate::controller::{health, rollout};
+use futures::future::join_all;
 
 /// Reason of a Release stopped before anything is deployed because it asks for what this
 /// version does not do yet (approval and promotion gates).
@@ -84,6 +88,32 @@ pub fn validate_components(
                     artifact.component,
                     environment.name_any(),
                     platform_name(artifact.platform),
+                ),
+            });
+        }
+    }
+    for (i, check) in spec.health_checks.iter().enumerate() {
+        let Some(component) = check.component.as_deref() else {
+            continue;
+        };
+        let exists = env
+            .render
+            .as_ref()
+            .is_some_and(|r| r.services.iter().any(|s| s.name == component))
+            || env
+                .vercel
+                .as_ref()
+                .is_some_and(|v| v.projects.iter().any(|p| p.name == component))
+            || env
+                .fly
+                .as_ref()
+                .is_some_and(|f| f.apps.iter().any(|a| a.name == component));
+        if !exists {
+            return Err(ReconcileError::ValidateSpec {
+                reason: "UnknownComponent",
+                message: format!(
+                    "spec.healthChecks[{i}].component {component:?}: Environment {:?} declares no Render service, Vercel project or Fly app of that name",
+                    environment.name_any(),
                 ),
             });
         }
@@ -161,7 +191,8 @@ pub fn planned_steps(plan: &ReleasePlan) -> Vec<StepStatus> {
         .collect()
 }
 
-/// How often a rollout in progress is looked at again.
+/// How often a rollout in progress is looked at again, at most (sooner with a shorter
+/// `--pending-interval`).
 const ROLLOUT_POLL: Duration = Duration::from_secs(2);
 
 fn now() -> String {
@@ -237,7 +268,19 @@ impl Release {
         plan: &ReleasePlan,
         environment: &Environment,
     ) -> Result<Report, ReconcileError> {
-        let mut report = self.advance(ctx, namespace, plan, environment).await?;
+        let mut checks = self
+            .status
+            .as_ref()
+            .map(|s| s.checks.clone())
+            .unwrap_or_default();
+        let mut report = self
+            .advance(ctx, namespace, plan, environment, &mut checks)
+            .await?;
+        if !checks.is_empty() {
+            report
+                .status
+                .insert("checks".into(), serde_json::json!(checks));
+        }
         let steps: Vec<StepStatus> = report
             .status
             .get("steps")
@@ -286,6 +329,7 @@ impl Release {
         namespace: &str,
         plan: &ReleasePlan,
         environment: &Environment,
+        checks: &mut Vec<CheckStatus>,
     ) -> Result<Report, ReconcileError> {
         let previous = self.status.clone().unwrap_or_default();
         let mut steps: Vec<StepStatus> = planned_steps(plan)
@@ -329,14 +373,48 @@ impl Release {
                 ));
             }
             Some(ReleasePhase::Failed) => {
-                return Ok(stalled(
-                    "DeployFailed",
-                    failed_message(&steps),
-                    ReleasePhase::Failed,
-                    &steps,
-                ));
+                // It stays failed for the reason it failed with.
+                let (reason, message) = previous
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == crate::api::common::condition_types::READY)
+                    .filter(|c| c.status == crate::api::common::ConditionStatus::False)
+                    .map(|c| (c.reason.clone(), c.message.clone()))
+                    .unwrap_or_else(|| ("DeployFailed".into(), failed_message(&steps)));
+                let mut report = stalled(&reason, message, ReleasePhase::Failed, &steps);
+                if let Some(finished) = &previous.finished_at {
+                    report
+                        .status
+                        .insert("finishedAt".into(), serde_json::json!(finished));
+                }
+                return Ok(report);
             }
             _ => {}
+        }
+        // The whole rollout has `spec.timeout`.
+        let timeout = parse_duration(&self.spec.timeout).unwrap_or(Duration::from_secs(1800));
+        if between(Some(&started), Some(&now)) > timeout {
+            let phase = previous.phase.unwrap_or_default();
+            let mut report = stalled(
+                "TimedOut",
+                format!(
+                    "the rollout did not finish within its timeout of {} (it was {phase:?})",
+                    self.spec.timeout
+                ),
+                ReleasePhase::Failed,
+                &steps,
+            );
+            report
+                .status
+                .insert("finishedAt".into(), serde_json::json!(now));
+            report.events.push(ReportEvent {
+                warning: true,
+                reason: "TimedOut".into(),
+                note: format!("the rollout did not finish within {}", self.spec.timeout),
+                always: true,
+                action: "TimedOut".into(),
+            });
+            return Ok(report);
         }
         // Gates come in Release part 2: never deploy past a gate that is not checked.
         if self.spec.approval.as_ref().is_some_and(|a| a.required) || self.spec.promotion.is_some()
@@ -376,7 +454,7 @@ impl Release {
                             "waiting for Migration {name:?} to be Applied (phase {phase:?}) before deploying"
                         ),
                     },
-                    Some(ROLLOUT_POLL),
+                    Some(ctx.pending_interval.min(ROLLOUT_POLL)),
                     Vec::new(),
                 ));
             }
@@ -405,7 +483,7 @@ impl Release {
                             reason: "WaitingForEnvironment".into(),
                             message,
                         },
-                        Some(ROLLOUT_POLL),
+                        Some(ctx.pending_interval.min(ROLLOUT_POLL)),
                         Vec::new(),
                     ));
                 }
@@ -430,86 +508,122 @@ impl Release {
                 .filter(|s| names.contains(&s.component.as_str()))
                 .cloned()
                 .collect();
-            if entries.iter().all(|e| e.state.as_deref() == Some("Live")) {
-                continue;
-            }
-            let advanced = rollout::advance_step(&targets, entries.clone(), &now).await;
-            for (before, after) in entries.iter().zip(&advanced) {
-                if before.deployment_id.is_none() && after.deployment_id.is_some() {
-                    events.push(step_event(false, "DeployStarted", after, index, plan));
+            if !entries.iter().all(|e| e.state.as_deref() == Some("Live")) {
+                let advanced = rollout::advance_step(&targets, entries.clone(), &now).await;
+                for (before, after) in entries.iter().zip(&advanced) {
+                    if before.deployment_id.is_none() && after.deployment_id.is_some() {
+                        events.push(step_event(false, "DeployStarted", after, index, plan));
+                    }
+                    if before.state.as_deref() != Some("Live")
+                        && after.state.as_deref() == Some("Live")
+                    {
+                        events.push(step_event(false, "DeploySucceeded", after, index, plan));
+                    }
+                    if matches!(after.state.as_deref(), Some("Failed" | "Canceled")) {
+                        events.push(step_event(true, "DeployFailed", after, index, plan));
+                    }
                 }
-                if before.state.as_deref() != Some("Live") && after.state.as_deref() == Some("Live")
+                for entry in advanced {
+                    if let Some(slot) = steps.iter_mut().find(|s| s.component == entry.component) {
+                        *slot = entry;
+                    }
+                }
+                if steps
+                    .iter()
+                    .any(|s| matches!(s.state.as_deref(), Some("Failed" | "Canceled")))
                 {
-                    events.push(step_event(false, "DeploySucceeded", after, index, plan));
+                    let mut report = stalled(
+                        "DeployFailed",
+                        failed_message(&steps),
+                        ReleasePhase::Failed,
+                        &steps,
+                    );
+                    report
+                        .status
+                        .insert("finishedAt".into(), serde_json::json!(now));
+                    report.events = events;
+                    return Ok(report);
                 }
-                if matches!(after.state.as_deref(), Some("Failed" | "Canceled")) {
-                    events.push(step_event(true, "DeployFailed", after, index, plan));
-                }
-            }
-            for entry in advanced {
-                if let Some(slot) = steps.iter_mut().find(|s| s.component == entry.component) {
-                    *slot = entry;
-                }
-            }
-            if steps
-                .iter()
-                .any(|s| matches!(s.state.as_deref(), Some("Failed" | "Canceled")))
-            {
-                let mut report = stalled(
-                    "DeployFailed",
-                    failed_message(&steps),
-                    ReleasePhase::Failed,
-                    &steps,
-                );
-                report
-                    .status
-                    .insert("finishedAt".into(), serde_json::json!(now));
-                report.events = events;
-                return Ok(report);
-            }
-            let live = steps
-                .iter()
-                .filter(|s| names.contains(&s.component.as_str()))
-                .all(|s| s.state.as_deref() == Some("Live"));
-            if !live {
-                let deploying: Vec<String> = steps
+                let live = steps
                     .iter()
                     .filter(|s| names.contains(&s.component.as_str()))
-                    .filter(|s| s.state.as_deref() != Some("Live"))
-                    .map(|s| {
-                        format!(
-                            "{} ({}, {})",
-                            s.component,
-                            platform_name(s.platform),
-                            s.state.as_deref().unwrap_or("starting")
-                        )
-                    })
-                    .collect();
-                return Ok(rollout_report(
-                    ReleasePhase::Deploying,
-                    &steps,
-                    Some(&started),
-                    None,
-                    Verdict::Progressing {
-                        reason: "Deploying".into(),
-                        message: format!(
-                            "step {}/{}: deploying {}",
-                            index + 1,
-                            plan.steps.len(),
-                            deploying.join(", ")
-                        ),
-                    },
-                    Some(ROLLOUT_POLL),
-                    events,
-                ));
+                    .all(|s| s.state.as_deref() == Some("Live"));
+                if !live {
+                    let deploying: Vec<String> = steps
+                        .iter()
+                        .filter(|s| names.contains(&s.component.as_str()))
+                        .filter(|s| s.state.as_deref() != Some("Live"))
+                        .map(|s| {
+                            format!(
+                                "{} ({}, {})",
+                                s.component,
+                                platform_name(s.platform),
+                                s.message
+                                    .as_deref()
+                                    .or(s.state.as_deref())
+                                    .unwrap_or("starting")
+                            )
+                        })
+                        .collect();
+                    return Ok(rollout_report(
+                        ReleasePhase::Deploying,
+                        &steps,
+                        Some(&started),
+                        None,
+                        Verdict::Progressing {
+                            reason: "Deploying".into(),
+                            message: format!(
+                                "step {}/{}: deploying {}",
+                                index + 1,
+                                plan.steps.len(),
+                                deploying.join(", ")
+                            ),
+                        },
+                        Some(ctx.pending_interval.min(ROLLOUT_POLL)),
+                        events,
+                    ));
+                }
+            }
+            // The step is live: its components' health checks, before the next step.
+            let due: Vec<&HealthCheck> = self
+                .spec
+                .health_checks
+                .iter()
+                .filter(|c| c.component.as_deref().is_some_and(|c| names.contains(&c)))
+                .collect();
+            let at = format!("step {}/{}", index + 1, plan.steps.len());
+            let checked = self
+                .verify(ctx, environment, &due, checks, &mut events, &at)
+                .await;
+            if let Some(report) = checked.report(&steps, &started, &now, &mut events) {
+                return Ok(report);
             }
         }
-        // Every step is live. Verification comes with health checks and analysis: a Release
-        // that asks for them is not called Succeeded without them.
-        if !self.spec.health_checks.is_empty() || self.spec.analysis.is_some() {
+        // Every step is live: the checks of no step (absolute URLs, components this Release
+        // does not deploy) run now.
+        let in_steps = |c: &HealthCheck| {
+            c.component
+                .as_deref()
+                .is_some_and(|c| plan.steps.iter().flatten().any(|(_, n)| n == c))
+        };
+        let last: Vec<&HealthCheck> = self
+            .spec
+            .health_checks
+            .iter()
+            .filter(|c| !in_steps(c))
+            .collect();
+        let checked = self
+            .verify(ctx, environment, &last, checks, &mut events, "verifying")
+            .await;
+        if let Some(report) = checked.report(&steps, &started, &now, &mut events) {
+            return Ok(report);
+        }
+        // Metric analysis comes with Release part 2: a Release that asks for it is not
+        // called Succeeded without it.
+        if self.spec.analysis.is_some() {
             let mut report = stalled(
                 "VerificationNotImplemented",
-                "every component is deployed and live, but health checks and analysis are not implemented yet, so the Release is not verified".into(),
+                "every component is deployed, live and healthy, but metric analysis is not implemented yet, so the Release is not verified".into(),
                 ReleasePhase::Verifying,
                 &steps,
             );
@@ -525,6 +639,193 @@ impl Release {
             None,
             events,
         ))
+    }
+}
+
+/// Where the health checks of one point of the rollout stand.
+enum Checked {
+    /// Every check passed (or there are none).
+    Passed,
+    /// Attempts go on: what to show, and when the next one is due.
+    Running { message: String, wait: Duration },
+    /// A check failed: why.
+    Failed(String),
+}
+
+impl Checked {
+    /// The report of a rollout stopped at its health checks: still `Verifying`, or
+    /// `Failed`; `None` once they passed.
+    fn report(
+        self,
+        steps: &[StepStatus],
+        started: &str,
+        now: &str,
+        events: &mut Vec<ReportEvent>,
+    ) -> Option<Report> {
+        match self {
+            Checked::Passed => None,
+            Checked::Running { message, wait } => Some(rollout_report(
+                ReleasePhase::Verifying,
+                steps,
+                Some(started),
+                None,
+                Verdict::Progressing {
+                    reason: "HealthChecking".into(),
+                    message,
+                },
+                Some(wait),
+                std::mem::take(events),
+            )),
+            Checked::Failed(message) => Some(rollout_report(
+                ReleasePhase::Failed,
+                steps,
+                Some(started),
+                Some(now),
+                Verdict::Stalled {
+                    reason: "HealthCheckFailed".into(),
+                    message,
+                },
+                None,
+                std::mem::take(events),
+            )),
+        }
+    }
+}
+
+impl Release {
+    /// Makes the attempts of `due` checks that are due now (in parallel), records them in
+    /// `checks`, and says where they stand.
+    async fn verify(
+        &self,
+        ctx: &Context,
+        environment: &Environment,
+        due: &[&HealthCheck],
+        checks: &mut Vec<CheckStatus>,
+        events: &mut Vec<ReportEvent>,
+        at: &str,
+    ) -> Checked {
+        if due.is_empty() {
+            return Checked::Passed;
+        }
+        let now = jiff::Timestamp::now();
+        let stamp = now
+            .round(jiff::Unit::Millisecond)
+            .unwrap_or(now)
+            .to_string();
+        let attempts = due.iter().map(|check| {
+            let status = checks
+                .iter()
+                .find(|s| s.name == check.name)
+                .cloned()
+                .unwrap_or_else(|| CheckStatus {
+                    name: check.name.clone(),
+                    state: health::RUNNING.into(),
+                    ..CheckStatus::default()
+                });
+            let stamp = stamp.clone();
+            async move {
+                if status.state != health::RUNNING || !health::due_in(check, &status, now).is_zero()
+                {
+                    return status;
+                }
+                let url = match health::url_of(check, environment) {
+                    Ok(url) => url,
+                    Err(message) => {
+                        return CheckStatus {
+                            state: health::FAILED.into(),
+                            message: Some(message),
+                            last_probe_at: Some(stamp),
+                            ..status
+                        };
+                    }
+                };
+                let (budget, _) = health::timings(check);
+                let probe = ctx.prober.probe(&url, budget).await;
+                let mut status = health::record(check, status, &probe, &stamp);
+                status.url = Some(url);
+                status
+            }
+        });
+        let results = join_all(attempts).await;
+        for result in results {
+            let was = checks.iter().position(|s| s.name == result.name);
+            let before = was.map(|i| checks[i].state.clone());
+            if before.as_deref() != Some(result.state.as_str()) {
+                let note = format!(
+                    "{at}: health check {} {}: {}",
+                    result.name,
+                    result.url.as_deref().unwrap_or_default(),
+                    result.message.as_deref().unwrap_or_default()
+                );
+                match result.state.as_str() {
+                    health::PASSED => {
+                        events.push(check_event(false, "HealthCheckPassed", &result.name, note))
+                    }
+                    health::FAILED => {
+                        events.push(check_event(true, "HealthCheckFailed", &result.name, note))
+                    }
+                    _ => {}
+                }
+            }
+            match was {
+                Some(i) => checks[i] = result,
+                None => checks.push(result),
+            }
+        }
+        let states: Vec<&CheckStatus> = due
+            .iter()
+            .filter_map(|c| checks.iter().find(|s| s.name == c.name))
+            .collect();
+        if let Some(failed) = states.iter().find(|s| s.state == health::FAILED) {
+            return Checked::Failed(format!(
+                "{at}: health check {} failed after {} unhealthy answer(s): {}",
+                failed.name,
+                failed.failures,
+                failed.message.as_deref().unwrap_or("failed")
+            ));
+        }
+        if states.iter().all(|s| s.state == health::PASSED) {
+            return Checked::Passed;
+        }
+        let running: Vec<String> = due
+            .iter()
+            .filter_map(|c| checks.iter().find(|s| s.name == c.name).map(|s| (c, s)))
+            .filter(|(_, s)| s.state == health::RUNNING)
+            .map(|(c, s)| {
+                format!(
+                    "{} {}/{} healthy ({})",
+                    c.name,
+                    s.successes,
+                    c.success_threshold.max(1),
+                    s.message.as_deref().unwrap_or("waiting")
+                )
+            })
+            .collect();
+        let wait = due
+            .iter()
+            .filter_map(|c| {
+                checks
+                    .iter()
+                    .find(|s| s.name == c.name && s.state == health::RUNNING)
+                    .map(|s| health::due_in(c, s, jiff::Timestamp::now()))
+            })
+            .min()
+            .unwrap_or(ROLLOUT_POLL)
+            .max(Duration::from_millis(100));
+        Checked::Running {
+            message: format!("{at}: health checks: {}", running.join(", ")),
+            wait,
+        }
+    }
+}
+
+fn check_event(warning: bool, reason: &str, name: &str, note: String) -> ReportEvent {
+    ReportEvent {
+        warning,
+        reason: reason.into(),
+        note,
+        always: true,
+        action: format!("{reason} {name}"),
     }
 }
 

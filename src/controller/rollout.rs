@@ -14,10 +14,10 @@ use futures::future::join_all;
 
 use crate::api::Environment;
 use crate::api::common::SecretKeyRef;
-use crate::api::release::{ComponentPlatform, ReleaseSpec, StepStatus};
+use crate::api::release::{Artifact, ComponentPlatform, ReleaseSpec, StepStatus};
 use crate::platform::{
-    DeploySource, Deployment, DeploymentState, Deployments, FlyClient, Platform, PlatformResult,
-    RenderClient, Token, VercelClient,
+    DeploySource, Deployment, DeploymentState, Deployments, FlyClient, FlyStrategy, Platform,
+    PlatformResult, RenderClient, Token, VercelClient,
 };
 use crate::sync::{Platforms, SecretValues};
 
@@ -30,7 +30,19 @@ pub struct Target {
     pub id: String,
     /// What to deploy.
     pub source: DeploySource,
+    /// How: a new deployment, a Vercel deployment promoted, or Fly machines updated.
+    how: How,
     client: Client,
+}
+
+/// How a component's deployment is made.
+enum How {
+    /// A deployment of the source (Render, Vercel), found again by its source after a crash.
+    Deploy,
+    /// An existing Vercel deployment (the artifact's `deploymentId`) promoted to production.
+    Promote(String),
+    /// The Fly app's machines updated to the image, as the strategy says.
+    Roll(FlyStrategy),
 }
 
 enum Client {
@@ -157,15 +169,20 @@ pub fn targets(
                     artifact.component
                 ))
             })?;
-        let source = match (&artifact.image, &artifact.git_ref, &artifact.deployment_id) {
-            (Some(image), _, _) => DeploySource::Image(image.clone()),
-            (None, Some(git), _) => DeploySource::Git(git.clone()),
-            _ => {
+        let (source, how) = match (&artifact.image, &artifact.git_ref, &artifact.deployment_id) {
+            (Some(image), _, _) => (DeploySource::Image(image.clone()), How::Deploy),
+            (None, Some(git), _) => (DeploySource::Git(git.clone()), How::Deploy),
+            (None, None, Some(id)) => (DeploySource::Current, How::Promote(id.clone())),
+            (None, None, None) => {
                 return Err(Unready::Unsupported(format!(
-                    "component {:?}: promoting an existing deployment id is not supported yet; give an image or a gitRef",
+                    "component {:?}: nothing to deploy (give an image, a gitRef or a deploymentId)",
                     artifact.component
                 )));
             }
+        };
+        let how = match (artifact.platform, how) {
+            (ComponentPlatform::Fly, _) => How::Roll(fly_strategy(artifact, environment)),
+            (_, how) => how,
         };
         let reference = credential(artifact.platform, environment).ok_or_else(|| {
             Unready::NoCredentials(format!(
@@ -200,6 +217,7 @@ pub fn targets(
                 platform: artifact.platform,
                 id,
                 source,
+                how,
                 client,
             },
         );
@@ -227,13 +245,47 @@ pub fn state_name(state: DeploymentState) -> &'static str {
     }
 }
 
+/// The Fly strategy of `artifact`: its own, with `maxUnavailable` or a third of the
+/// machines the Environment declares for the app (at least one).
+fn fly_strategy(artifact: &Artifact, environment: &Environment) -> FlyStrategy {
+    let machines: usize = environment
+        .spec
+        .fly
+        .as_ref()
+        .and_then(|f| f.apps.iter().find(|a| a.name == artifact.component))
+        .map(|a| a.regions.iter().map(|r| r.count.max(0) as usize).sum())
+        .unwrap_or(1);
+    let max_unavailable = artifact
+        .max_unavailable
+        .map(|n| n.max(1) as usize)
+        .unwrap_or_else(|| machines.div_ceil(3).max(1));
+    match artifact.strategy.unwrap_or_default() {
+        crate::api::release::FlyStrategy::Rolling => FlyStrategy::Rolling { max_unavailable },
+        crate::api::release::FlyStrategy::Immediate => FlyStrategy::Immediate,
+        crate::api::release::FlyStrategy::Canary => FlyStrategy::Canary { max_unavailable },
+    }
+}
+
 /// Moves one component's deployment forward: starts it (recording its id) when it has none
 /// — adopting a deployment of the same source already on the platform, which a crash right
-/// after the deploy call leaves behind — or reads its state. Returns the updated entry.
+/// after the deploy call leaves behind — or reads its state. A Fly rollout moves its
+/// machines one batch further each time; a Vercel promotion is recorded under the promoted
+/// deployment's id. Returns the updated entry.
 pub async fn advance(target: &Target, mut entry: StepStatus, now: &str) -> StepStatus {
-    let result = match &entry.deployment_id {
-        Some(id) => target.client.deployment(&target.id, id).await,
-        None => {
+    let result = match (&target.how, &target.client, &entry.deployment_id) {
+        (How::Roll(strategy), Client::Fly(c), _) => {
+            let DeploySource::Image(image) = &target.source else {
+                return entry;
+            };
+            entry.started_at.get_or_insert_with(|| now.to_string());
+            c.roll(&target.id, image, *strategy).await
+        }
+        (How::Promote(id), Client::Vercel(c), None) => {
+            entry.started_at = Some(now.to_string());
+            c.rollback(&target.id, id).await
+        }
+        (_, _, Some(id)) => target.client.deployment(&target.id, id).await,
+        (_, _, None) => {
             let adopted = match target.client.list(&target.id).await {
                 Ok(list) => list.into_iter().find(|d| {
                     d.source.as_deref() == source_text(&target.source)

@@ -866,7 +866,29 @@ fn machine_body(spec: &FlyMachineSpec, base: Value) -> Value {
     body
 }
 
-/// Tether's reading of the machines running (or meant to run) `image`.
+/// Why a machine on the new image will not come up: it failed to launch, or it stopped
+/// with a check critical (its process does not start).
+fn machine_failure(m: &FlyMachine) -> Option<String> {
+    if m.state == "failed" {
+        return Some(format!("machine {} failed to launch", m.name));
+    }
+    let critical: Vec<&str> = m
+        .checks
+        .iter()
+        .filter(|(_, status)| *status == "critical")
+        .map(|(name, _)| name.as_str())
+        .collect();
+    (m.state == "stopped" && !critical.is_empty()).then(|| {
+        format!(
+            "machine {} stopped with check(s) {} critical",
+            m.name,
+            critical.join(", ")
+        )
+    })
+}
+
+/// Tether's reading of the machines running (or meant to run) `image`: live once every
+/// machine runs it started with every check passing.
 fn rollout_state(machines: &[FlyMachine], image: &str) -> (DeploymentState, String) {
     let on_image: Vec<&FlyMachine> = machines
         .iter()
@@ -875,18 +897,123 @@ fn rollout_state(machines: &[FlyMachine], image: &str) -> (DeploymentState, Stri
     if on_image.is_empty() {
         return (DeploymentState::Superseded, "replaced".into());
     }
-    if let Some(failed) = on_image.iter().find(|m| m.state == "failed") {
-        return (DeploymentState::Failed, failed.state.clone());
+    if let Some(failure) = on_image.iter().find_map(|m| machine_failure(m)) {
+        return (DeploymentState::Failed, failure);
     }
-    if on_image.len() == machines.len() && on_image.iter().all(|m| m.state == "started") {
-        return (DeploymentState::Live, "started".into());
+    if on_image.len() == machines.len() && on_image.iter().all(|m| m.is_healthy()) {
+        return (DeploymentState::Live, "started, checks passing".into());
     }
     let pending = on_image
         .iter()
-        .find(|m| m.state != "started")
-        .map(|m| m.state.clone())
+        .find(|m| !m.is_healthy())
+        .map(|m| {
+            if m.state == "started" {
+                format!("machine {} waits for its checks", m.name)
+            } else {
+                format!("machine {} {}", m.name, m.state)
+            }
+        })
         .unwrap_or_else(|| "replacing".into());
     (DeploymentState::Deploying, pending)
+}
+
+/// How a new image reaches an app's machines, as `fly deploy --strategy` does it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlyStrategy {
+    /// Machines are updated in batches of at most `max_unavailable` not yet healthy.
+    Rolling {
+        /// Machines updating (not yet healthy on the new image) at once.
+        max_unavailable: usize,
+    },
+    /// Every machine is updated at once.
+    Immediate,
+    /// One machine first; once it is healthy, the rest as `Rolling`.
+    Canary {
+        /// Machines updating at once after the canary.
+        max_unavailable: usize,
+    },
+}
+
+impl FlyClient {
+    /// Moves the rollout of `image` over `app`'s machines one step (resumable: the machines
+    /// are the state): updates the next machines `strategy` allows — each under its lease
+    /// and with its `current_version` — and reports where the rollout stands (`canary 1/3`,
+    /// `rolling 2/5`). A machine of the new image that fails to launch, or stops with a
+    /// critical check, fails it.
+    pub async fn roll(
+        &self,
+        app: &str,
+        image: &str,
+        strategy: FlyStrategy,
+    ) -> PlatformResult<Deployment> {
+        let mut machines = self.list_machines(app).await?;
+        if machines.is_empty() {
+            return Err(PlatformError::Invalid {
+                platform: Platform::Fly,
+                operation: "deploy",
+                status: None,
+                reason: "the app has no machines to deploy to".into(),
+            });
+        }
+        machines.sort_by(|a, b| a.id.cmp(&b.id));
+        let total = machines.len();
+        let on: Vec<&FlyMachine> = machines
+            .iter()
+            .filter(|m| m.config.image == image)
+            .collect();
+        let failure = on.iter().find_map(|m| machine_failure(m));
+        let healthy = on.iter().filter(|m| m.is_healthy()).count();
+        let updating = on.len() - healthy;
+        let rest: Vec<&FlyMachine> = machines
+            .iter()
+            .filter(|m| m.config.image != image)
+            .collect();
+        let deployment = |state, platform_state: String| Deployment {
+            id: image.to_owned(),
+            state,
+            platform_state,
+            source: Some(image.to_owned()),
+        };
+        if let Some(failure) = failure {
+            return Ok(deployment(DeploymentState::Failed, failure));
+        }
+        if rest.is_empty() && updating == 0 {
+            return Ok(deployment(
+                DeploymentState::Live,
+                format!("{total}/{total} machines started, checks passing"),
+            ));
+        }
+        let (allowed, label) = match strategy {
+            FlyStrategy::Immediate => (rest.len(), "immediate"),
+            FlyStrategy::Rolling { max_unavailable } => {
+                (max_unavailable.max(1).saturating_sub(updating), "rolling")
+            }
+            FlyStrategy::Canary { .. } if on.is_empty() => (1, "canary"),
+            FlyStrategy::Canary { .. } if healthy == 0 => (0, "canary"),
+            FlyStrategy::Canary { max_unavailable } => {
+                (max_unavailable.max(1).saturating_sub(updating), "rolling")
+            }
+        };
+        let mut started = 0;
+        for machine in rest.iter().take(allowed) {
+            let spec = FlyMachineSpec {
+                name: machine.name.clone(),
+                region: machine.region.clone(),
+                config: FlyMachineConfig {
+                    image: image.to_owned(),
+                    ..machine.config.clone()
+                },
+                min_secrets_version: None,
+            };
+            self.update_machine(app, &machine.id, &spec).await?;
+            started += 1;
+        }
+        let on_image = on.len() + started;
+        Ok(deployment(
+            DeploymentState::Deploying,
+            format!("{label} {on_image}/{total}"),
+        ))
+    }
 }
 
 impl FlyApps for FlyClient {
@@ -1355,5 +1482,31 @@ mod tests {
         let failed = [machine("a:2", "failed"), machine("a:2", "started")];
         assert_eq!(rollout_state(&failed, "a:2").0, DeploymentState::Failed);
         assert_eq!(rollout_state(&half, "a:0").0, DeploymentState::Superseded);
+    }
+
+    #[test]
+    fn a_machine_waits_for_its_checks_and_one_stopped_with_a_critical_check_fails() {
+        let mut checked = machine("a:2", "started");
+        checked.config.checks.insert(
+            "alive".into(),
+            MachineCheck {
+                kind: "http".into(),
+                port: 8080,
+                path: Some("/healthz".into()),
+                interval: None,
+                timeout: None,
+            },
+        );
+        checked.checks.insert("alive".into(), "critical".into());
+        let (state, why) = rollout_state(std::slice::from_ref(&checked), "a:2");
+        assert_eq!(state, DeploymentState::Deploying);
+        assert_eq!(why, "machine m waits for its checks");
+        checked.state = "stopped".into();
+        let (state, why) = rollout_state(std::slice::from_ref(&checked), "a:2");
+        assert_eq!(state, DeploymentState::Failed);
+        assert_eq!(why, "machine m stopped with check(s) alive critical");
+        checked.state = "started".into();
+        checked.checks.insert("alive".into(), "passing".into());
+        assert_eq!(rollout_state(&[checked], "a:2").0, DeploymentState::Live);
     }
 }

@@ -311,7 +311,7 @@ pub trait Deployments: Send + Sync {
 
 pub use fly::{
     Autostop, FlyApp, FlyAppSpec, FlyApps, FlyClient, FlyMachine, FlyMachineConfig, FlyMachineSpec,
-    FlyVolume, FlyVolumeSpec, MachineCheck, MachineGuest, MachineMount, MachinePort,
+    FlyStrategy, FlyVolume, FlyVolumeSpec, MachineCheck, MachineGuest, MachineMount, MachinePort,
     MachineService,
 };
 pub use render::{

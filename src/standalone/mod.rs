@@ -251,7 +251,12 @@ pub async fn serve(
                 url,
             });
         }
+        reporter.print(Progress::AppEdge {
+            url: handle.edge_url().to_string(),
+        });
         config.platforms = handle.platforms_config(args.sandbox_time_scale);
+        // Health checks reach the sandbox's apps through its edge.
+        config.health_check_via = handle.edge_url().parse().ok();
         // Objects coming up are polled every 15 simulated seconds, as on the real platforms:
         // the sandbox's clock runs `time_scale` times faster than the wall clock.
         config.pending_interval = config

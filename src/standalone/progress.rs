@@ -116,6 +116,11 @@ pub enum Progress {
         /// Its base URL.
         url: String,
     },
+    /// The sandbox's app edge: every app answers there by its host name.
+    AppEdge {
+        /// Its base URL.
+        url: String,
+    },
     /// Shutting down.
     Stopping,
 }
@@ -172,6 +177,10 @@ impl fmt::Display for Progress {
             Progress::Sandbox { platform, url } => write!(
                 f,
                 "tether run: sandbox {platform} at {url} (token sandbox-{platform}-token)"
+            ),
+            Progress::AppEdge { url } => write!(
+                f,
+                "tether run: sandbox apps answer at {url} by host name (curl -H 'Host: <host of an app URL>' {url}/)"
             ),
             Progress::Stopping => write!(f, "tether run: shutting down"),
         }

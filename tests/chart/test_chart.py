@@ -206,6 +206,7 @@ def test_controller_args_map_one_to_one_onto_the_values() -> None:
         "--render-url=https://render.proxy.internal/v1",
         "--supabase-url=https://supabase.proxy.internal",
         "--vercel-url=https://vercel.proxy.internal",
+        "--health-check-via=http://edge.internal:8080",
     ]
 
 

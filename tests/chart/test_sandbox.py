@@ -97,17 +97,26 @@ def test_other_ports_move_the_container_the_service_and_the_controllers_urls_tog
     ports = {"render": 9001, "vercel": 9002, "fly": 9003, "supabase": 9004}
     objects = render({"sandbox": {"enabled": True, "ports": ports, "timeScale": 2.5}})
     ctr = the_container(objects, "tether-sandbox")
-    assert {p["name"]: p["containerPort"] for p in ctr["ports"]} == ports
+    assert {p["name"]: p["containerPort"] for p in ctr["ports"]} == {**ports, "edge": 8085}
     assert ctr["args"][2:6] == [f"--{p}-port={ports[p]}" for p in PLATFORMS]
     assert "--time-scale=2.5" in ctr["args"]
     service = named(objects, "Service", "tether-sandbox")
-    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {**ports, "edge": 8085}
     assert platform_urls(the_container(objects, "tether")["args"])["fly"] == f"http://{SERVICE_HOST}:9003"
 
 
 def test_two_platforms_on_one_port_are_refused() -> None:
     with pytest.raises(helm.HelmRenderError, match="sandbox.ports must be four different ports"):
         render({"sandbox": {"enabled": True, "ports": {"vercel": 8081}}})
+    with pytest.raises(helm.HelmRenderError, match="sandbox.edgePort 8084 is one of sandbox.ports"):
+        render({"sandbox": {"enabled": True, "edgePort": 8084}})
+
+
+def test_with_the_sandbox_the_controller_sends_health_checks_to_the_sandboxs_app_edge() -> None:
+    args = the_container(render(SANDBOX), "tether")["args"]
+    assert f"--health-check-via=http://{SERVICE_HOST}:8085" in args
+    plain = the_container(render(), "tether")["args"]
+    assert not [a for a in plain if a.startswith("--health-check-via")]
 
 
 # --- The sandbox's Deployment and Service -------------------------------------------------------
@@ -129,10 +138,13 @@ def test_the_sandbox_runs_the_controllers_image_as_tether_sandbox_with_the_publi
         "--vercel-port=8082",
         "--fly-port=8083",
         "--supabase-port=8084",
+        "--edge-port=8085",
         "--sample-tokens",
         "--time-scale=1",
     ]
-    assert ctr["ports"] == [{"name": p, "containerPort": PORTS[p], "protocol": "TCP"} for p in PLATFORMS]
+    assert ctr["ports"] == [{"name": p, "containerPort": PORTS[p], "protocol": "TCP"} for p in PLATFORMS] + [
+        {"name": "edge", "containerPort": 8085, "protocol": "TCP"}
+    ]
     assert ctr["readinessProbe"]["tcpSocket"] == {"port": "render"}
     assert ctr["livenessProbe"]["tcpSocket"] == {"port": "render"}
     assert ctr["resources"]["requests"] and ctr["resources"]["limits"]["memory"]
@@ -156,7 +168,7 @@ def test_the_sandbox_service_has_one_port_per_platform_and_selects_only_the_sand
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["ports"] == [
         {"name": p, "port": PORTS[p], "targetPort": p, "protocol": "TCP"} for p in PLATFORMS
-    ]
+    ] + [{"name": "edge", "port": 8085, "targetPort": "edge", "protocol": "TCP"}]
     sandbox_pod = named(objects, "Deployment", "tether-sandbox")["spec"]["template"]["metadata"]["labels"]
     controller_pod = named(objects, "Deployment", "tether")["spec"]["template"]["metadata"]["labels"]
     assert selects(service["spec"]["selector"], sandbox_pod)
@@ -176,7 +188,9 @@ def test_only_the_controller_may_reach_the_sandbox_and_the_sandbox_reaches_nothi
     to_sandbox = [r for r in controller_egress if r.get("to") and "podSelector" in r["to"][0]]
     assert len(to_sandbox) == 1
     assert selects(to_sandbox[0]["to"][0]["podSelector"]["matchLabels"], sandbox_pod)
-    assert to_sandbox[0]["ports"] == [{"port": PORTS[p], "protocol": "TCP"} for p in PLATFORMS]
+    assert to_sandbox[0]["ports"] == [{"port": PORTS[p], "protocol": "TCP"} for p in PLATFORMS] + [
+        {"port": 8085, "protocol": "TCP"}
+    ]
     policy = named(objects, "NetworkPolicy", "tether-sandbox")["spec"]
     assert selects(policy["podSelector"]["matchLabels"], sandbox_pod)
     assert policy["policyTypes"] == ["Ingress", "Egress"]
@@ -185,7 +199,7 @@ def test_only_the_controller_may_reach_the_sandbox_and_the_sandbox_reaches_nothi
     [peer] = ingress["from"]
     assert selects(peer["podSelector"]["matchLabels"], controller_pod)
     assert not selects(peer["podSelector"]["matchLabels"], sandbox_pod)
-    assert ingress["ports"] == [{"port": p, "protocol": "TCP"} for p in PLATFORMS]
+    assert ingress["ports"] == [{"port": p, "protocol": "TCP"} for p in [*PLATFORMS, "edge"]]
     # Without the sandbox, no rule or policy for it.
     plain = render({"networkPolicy": {"enabled": True}})
     assert only(plain, "NetworkPolicy")["metadata"]["name"] == "tether"
@@ -235,18 +249,20 @@ def status_of(url: str, token: str) -> int:
 def test_the_sandbox_serves_the_published_tokens_on_the_rendered_ports_and_stops_on_sigterm(
     tether_bin: Path,
 ) -> None:
-    ports = dict(zip(PLATFORMS, free_ports(4)))
-    args = the_container(render({"sandbox": {"enabled": True, "ports": ports}}), "tether-sandbox")["args"]
+    *platform_ports, edge_port = free_ports(5)
+    ports = dict(zip(PLATFORMS, platform_ports))
+    values = {"sandbox": {"enabled": True, "ports": ports, "edgePort": edge_port}}
+    args = the_container(render(values), "tether-sandbox")["args"]
     process = subprocess.Popen([str(tether_bin), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(60, process.kill)
     watchdog.start()
     try:
         assert process.stdout is not None
-        lines = [process.stdout.readline().split() for _ in PLATFORMS]
+        lines = [process.stdout.readline().split() for _ in [*PLATFORMS, "edge"]]
         expected = [
             [p, f"http://0.0.0.0:{ports[p]}" + ("/v1" if p == "render" else ""), f"sandbox-{p}-token"]
             for p in PLATFORMS
-        ]
+        ] + [["edge", f"http://0.0.0.0:{edge_port}"]]
         assert lines == expected, process.stderr.read() if process.poll() is not None else lines
         render_api = f"http://127.0.0.1:{ports['render']}/v1/services"
         assert status_of(render_api, "sandbox-render-token") == 200

@@ -123,6 +123,7 @@ pub fn sandbox_config(sandbox: &SandboxHandle, time_scale: f64) -> ControllerCon
         max_retry: Duration::from_secs(2),
         pending_interval: Duration::from_millis(300),
         platforms,
+        health_check_via: sandbox.edge_url().parse().ok(),
         ..ControllerConfig::default()
     }
 }

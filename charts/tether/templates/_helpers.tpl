@@ -108,5 +108,8 @@ render vercel fly supabase
 {{- if ne (len (uniq $ports)) (len $ports) }}
 {{- fail (printf "sandbox.ports must be four different ports, one per platform (got %v)" .Values.sandbox.ports) }}
 {{- end }}
+{{- if has (int .Values.sandbox.edgePort) $ports }}
+{{- fail (printf "sandbox.edgePort %v is one of sandbox.ports: the app edge needs a port of its own" .Values.sandbox.edgePort) }}
+{{- end }}
 {{- end }}
 {{- end }}

@@ -484,20 +484,30 @@ fn kubectl_wait_sees_the_controllers_make_the_samples_ready() {
     ] {
         assert!(out.contains(object), "{object:?} missing from:\n{out}");
     }
-    // The sample Release deploys every component (migrations first), then stops short of
-    // Succeeded: it asks for health checks, which this version does not run yet.
+    // The sample Release deploys every component (migrations first), runs its health checks
+    // against the sandbox's apps and succeeds: `kubectl wait` for Ready returns only then.
     let out = run.kubectl_ok(&[
         "wait",
-        "--for=jsonpath={.status.conditions[?(@.type==\"Stalled\")].reason}=VerificationNotImplemented",
+        "--for=condition=Ready",
         "release/staging-1-4-2",
         "-n",
         "default",
-        "--timeout=40s",
+        "--timeout=60s",
     ]);
     assert!(
         out.contains("release.tether.dev/staging-1-4-2 condition met"),
         "{out}"
     );
+    let release = run.kubectl_ok(&[
+        "get",
+        "release",
+        "staging-1-4-2",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.status.phase} {.status.progress} {.status.checks[*].state}",
+    ]);
+    assert_eq!(release, "Succeeded 2/2 Passed Passed Passed", "{release}");
     let all = run.output();
     assert!(
         all.contains("environment default/staging  Ready=True"),

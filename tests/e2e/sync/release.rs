@@ -7,8 +7,8 @@ use tether::api::Release;
 use tether::platform::Platform;
 use tether::sandbox::Faults;
 
-use crate::support::eventually;
 use crate::support::sync::{SyncHarness, WAIT, condition, condition_is};
+use crate::support::{app_answer, eventually};
 
 fn environment() -> Value {
     json!({
@@ -194,5 +194,432 @@ async fn a_release_deploys_nothing_until_its_migrations_are_applied() {
     );
     assert!(!condition_is(&rel, "Ready", "True"));
     assert_eq!(deploys_of(&h, "ghcr.io/acme/api:4"), 0, "nothing deployed");
+    h.stop().await;
+}
+
+/// An Environment on three platforms: two Render services, a Fly app of three machines with
+/// a check, a Vercel project with a custom domain.
+fn shop() -> Value {
+    json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
+        "metadata": {"name": "shop", "namespace": "default"},
+        "spec": {
+            "credentials": {
+                "render": {"name": "tether-sandbox-render", "key": "token"},
+                "vercel": {"name": "tether-sandbox-vercel", "key": "token"},
+                "fly": {"name": "tether-sandbox-fly", "key": "token"},
+            },
+            "render": {"ownerId": "tea-rel", "services": [
+                {"name": "shop-api", "type": "web", "image": "ghcr.io/acme/api:1"},
+                {"name": "shop-worker", "type": "worker", "image": "ghcr.io/acme/worker:1"}]},
+            "fly": {"org": "acme", "apps": [{
+                "name": "shop-edge",
+                "image": "registry.fly.io/edge:1",
+                "regions": [{"region": "ams", "count": 3}],
+                "guest": {"cpuKind": "shared", "cpus": 1, "memoryMb": 256},
+                "services": [{"internalPort": 8080,
+                    "ports": [{"port": 443, "handlers": ["tls", "http"]}]}],
+                "checks": [{"name": "alive", "type": "http", "port": 8080, "path": "/healthz",
+                    "interval": "10s", "timeout": "2s"}],
+            }]},
+            "vercel": {"teamId": "team_sandbox", "projects": [{
+                "name": "shop-web",
+                "framework": "nextjs",
+                "gitRepository": {"type": "github", "repo": "acme/shop-web"},
+                "domains": [{"name": "www.shop.example.com"}],
+            }]},
+            "interval": "1h",
+        },
+    })
+}
+
+/// Version `v` of every shop component: the API and worker first, then the edge (a canary)
+/// and the web app, with a health check of each step and one of the web app's domain.
+fn shop_release(name: &str, v: &str) -> Value {
+    json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Release",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "environmentRef": {"name": "shop"}, "version": v,
+            "artifacts": [
+                {"component": "shop-api", "platform": "render", "image": format!("ghcr.io/acme/api:{v}")},
+                {"component": "shop-worker", "platform": "render", "image": format!("ghcr.io/acme/worker:{v}")},
+                {"component": "shop-edge", "platform": "fly", "image": format!("registry.fly.io/edge:{v}"),
+                 "strategy": "canary", "maxUnavailable": 2},
+                {"component": "shop-web", "platform": "vercel", "gitRef": format!("v{v}")},
+            ],
+            "steps": [
+                {"components": ["shop-api", "shop-worker"]},
+                {"components": ["shop-edge", "shop-web"]},
+            ],
+            "healthChecks": [
+                {"name": "api", "component": "shop-api", "path": "/healthz",
+                 "successThreshold": 2, "interval": "1s", "retries": 2},
+                {"name": "edge", "component": "shop-edge", "path": "/healthz", "interval": "1s"},
+                {"name": "web", "url": "https://www.shop.example.com/", "interval": "1s"},
+            ],
+        },
+    })
+}
+
+/// Requests of `method` whose path ends with `suffix` on `platform`.
+fn requests(h: &SyncHarness, platform: Platform, method: &str, suffix: &str) -> Vec<Value> {
+    h.sandbox
+        .exchanges()
+        .into_iter()
+        .filter(|e| e.platform == platform && e.method == method && e.path.ends_with(suffix))
+        .map(|e| e.request_body.unwrap_or(Value::Null))
+        .collect()
+}
+
+/// Fly machine updates to `image`.
+fn machine_updates(h: &SyncHarness, image: &str) -> usize {
+    h.sandbox
+        .exchanges()
+        .iter()
+        .filter(|e| {
+            e.platform == Platform::Fly
+                && e.method == "POST"
+                && e.path.starts_with("/v1/apps/shop-edge/machines/")
+                && e.path.matches('/').count() == 5
+                && e.request_body
+                    .as_ref()
+                    .is_some_and(|b| b["config"]["image"] == image)
+        })
+        .count()
+}
+
+fn host_of(env: &Value, component: &str) -> String {
+    let url = env["status"]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == component && o["url"].is_string())
+        .unwrap_or_else(|| panic!("no URL for {component} in {env}"))["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    url.trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_release_across_render_fly_and_vercel_succeeds_after_its_health_checks_hit_the_new_versions()
+ {
+    let h = SyncHarness::start().await;
+    h.apply(shop()).await;
+    h.wait_ready("shop").await;
+    apply_release(&h, shop_release("shop-2", "2")).await;
+    // Ready is never True before the phase is Succeeded.
+    let api: kube::Api<Release> = kube::Api::namespaced(h.client.clone(), "default");
+    let mut phases: Vec<String> = Vec::new();
+    let started = std::time::Instant::now();
+    let rel = loop {
+        assert!(started.elapsed() < WAIT, "not Succeeded: {phases:?}");
+        let rel = serde_json::to_value(api.get("shop-2").await.unwrap()).unwrap();
+        let phase = rel["status"]["phase"].as_str().unwrap_or("").to_owned();
+        assert!(
+            !condition_is(&rel, "Ready", "True") || phase == "Succeeded",
+            "Ready before Succeeded: {rel}"
+        );
+        assert_ne!(phase, "Failed", "{rel}");
+        if phases.last() != Some(&phase) {
+            phases.push(phase.clone());
+        }
+        if phase == "Succeeded" {
+            break rel;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(phases.contains(&"Verifying".to_string()), "{phases:?}");
+    assert!(condition_is(&rel, "Ready", "True"), "{rel}");
+    assert_eq!(rel["status"]["progress"], "2/2");
+    for check in rel["status"]["checks"].as_array().unwrap() {
+        assert_eq!(check["state"], "Passed", "{check}");
+    }
+    assert_eq!(
+        rel["status"]["checks"].as_array().unwrap().len(),
+        3,
+        "{}",
+        rel["status"]
+    );
+    let api_check = &rel["status"]["checks"][0];
+    assert_eq!(api_check["successes"], 2, "{api_check}");
+    assert!(
+        api_check["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(".onrender.com/healthz"),
+        "{api_check}"
+    );
+    // One deployment per component.
+    assert_eq!(deploys_of(&h, "ghcr.io/acme/api:2"), 1);
+    assert_eq!(deploys_of(&h, "ghcr.io/acme/worker:2"), 1);
+    assert_eq!(
+        requests(&h, Platform::Vercel, "POST", "/v13/deployments")
+            .iter()
+            .filter(|b| b["gitSource"]["ref"] == "v2")
+            .count(),
+        1
+    );
+    assert_eq!(machine_updates(&h, "registry.fly.io/edge:2"), 3);
+    // The new versions answer on the sandbox's app URLs.
+    let env_now = h.wait_ready("shop").await;
+    for (host, version) in [
+        (host_of(&env_now, "shop-api"), "ghcr.io/acme/api:2"),
+        ("shop-edge.fly.dev".to_string(), "registry.fly.io/edge:2"),
+        ("www.shop.example.com".to_string(), "v2"),
+    ] {
+        let (code, body) = app_answer(h.sandbox.edge_url(), &host).await;
+        assert_eq!(code, 200, "{host}: {body}");
+        assert!(body.contains(version), "{host}: {body}");
+    }
+    // The health checks' requests reached the apps (the sandbox counts them per version).
+    let metrics = reqwest::get(format!(
+        "{}/metrics",
+        h.sandbox.admin_url(Platform::Render).unwrap()
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        metrics.contains("app=\"shop-api\",version=\"ghcr.io/acme/api:2\",code=\"200\""),
+        "{metrics}"
+    );
+    let events = h.events("shop-2").await;
+    assert!(
+        events
+            .iter()
+            .any(|(_, reason, _)| reason == "HealthCheckPassed"),
+        "{events:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_fly_canary_waits_for_its_checks_and_one_that_never_passes_them_fails_the_release() {
+    let h = SyncHarness::start().await;
+    h.apply(shop()).await;
+    h.wait_ready("shop").await;
+    h.sandbox.set_faults(
+        Platform::Fly,
+        Faults {
+            crashing_sources: vec!["registry.fly.io/edge:3".into()],
+            ..Faults::default()
+        },
+    );
+    apply_release(&h, shop_release("shop-3", "3")).await;
+    let rel = wait_release(&h, "shop-3", |r| r["status"]["phase"] == "Failed").await;
+    let stalled = condition(&rel, "Stalled").unwrap();
+    assert_eq!(stalled["reason"], "DeployFailed", "{stalled}");
+    let message = stalled["message"].as_str().unwrap();
+    assert!(
+        message.contains("shop-edge (fly)") && message.contains("check(s) alive critical"),
+        "{message}"
+    );
+    assert!(!condition_is(&rel, "Ready", "True"));
+    // The canary was the only machine given the broken image.
+    assert_eq!(machine_updates(&h, "registry.fly.io/edge:3"), 1);
+    let events = h.events("shop-3").await;
+    assert!(
+        events.iter().any(|(kind, reason, note)| kind == "Warning"
+            && reason == "DeployFailed"
+            && note.contains("critical")),
+        "{events:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_health_check_fails_the_release_with_what_the_app_answered() {
+    let h = SyncHarness::start().await;
+    h.apply(shop()).await;
+    h.wait_ready("shop").await;
+    h.sandbox.set_faults(
+        Platform::Render,
+        Faults {
+            unhealthy_sources: vec!["ghcr.io/acme/api:4".into()],
+            ..Faults::default()
+        },
+    );
+    apply_release(&h, shop_release("shop-4", "4")).await;
+    let rel = wait_release(&h, "shop-4", |r| r["status"]["phase"] == "Failed").await;
+    let stalled = condition(&rel, "Stalled").unwrap();
+    assert_eq!(stalled["reason"], "HealthCheckFailed", "{stalled}");
+    let message = stalled["message"].as_str().unwrap();
+    assert!(
+        message.contains("step 1/2: health check api failed after 3 unhealthy answer(s)")
+            && message.contains("HTTP 500"),
+        "{message}"
+    );
+    let check = &rel["status"]["checks"][0];
+    assert_eq!(
+        (&check["state"], &check["failures"]),
+        (&json!("Failed"), &json!(3))
+    );
+    // The next step never started.
+    assert_eq!(machine_updates(&h, "registry.fly.io/edge:4"), 0);
+    let events = h.events("shop-4").await;
+    assert!(
+        events
+            .iter()
+            .any(|(kind, reason, _)| kind == "Warning" && reason == "HealthCheckFailed"),
+        "{events:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_render_version_that_does_not_start_fails_the_release_with_update_failed() {
+    let h = SyncHarness::start().await;
+    h.apply(environment()).await;
+    h.wait_ready("shop").await;
+    h.sandbox.set_faults(
+        Platform::Render,
+        Faults {
+            crashing_sources: vec!["ghcr.io/acme/api:crash".into()],
+            ..Faults::default()
+        },
+    );
+    apply_release(&h, release("crash", "ghcr.io/acme/api:crash")).await;
+    let rel = wait_release(&h, "crash", |r| r["status"]["phase"] == "Failed").await;
+    let message = condition(&rel, "Stalled").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("update_failed"), "{message}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn killed_at_every_phase_boundary_and_mid_step_the_release_completes_with_one_deployment_per_component()
+ {
+    let mut h = SyncHarness::start().await;
+    h.apply(shop()).await;
+    h.wait_ready("shop").await;
+    apply_release(&h, shop_release("shop-5", "5")).await;
+    let api: kube::Api<Release> = kube::Api::namespaced(h.client.clone(), "default");
+    // Every new (phase, progress, deployment ids, check states) the status shows is a
+    // moment to kill the controllers at: the phase boundaries, each deployment id recorded
+    // before it is waited on, each step becoming live, each health check attempt.
+    let mut seen: Vec<String> = Vec::new();
+    let mut kills = 0;
+    let started = std::time::Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < WAIT * 2,
+            "not done after {kills} kills: {seen:?}"
+        );
+        let rel = serde_json::to_value(api.get("shop-5").await.unwrap()).unwrap();
+        let status = &rel["status"];
+        if status["phase"] == "Succeeded" {
+            break;
+        }
+        assert_ne!(status["phase"], "Failed", "{rel}");
+        let ids: Vec<&Value> = status["steps"]
+            .as_array()
+            .map(|s| s.iter().map(|s| &s["deploymentId"]).collect())
+            .unwrap_or_default();
+        let moment = format!(
+            "{} {} {:?} {}",
+            status["phase"], status["progress"], ids, status["checks"]
+        );
+        if !seen.contains(&moment) {
+            seen.push(moment);
+            h.kill_controllers();
+            kills += 1;
+            h.start_controllers().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Among the moments: a step deploying with its ids recorded, health checks running,
+    // the second step deploying.
+    for moment in [
+        "\"Deploying\" \"0/2\" [String",
+        "\"Verifying\"",
+        "\"Deploying\" \"1/2\"",
+    ] {
+        assert!(
+            seen.iter().any(|m| m.starts_with(moment)),
+            "never killed at {moment}: {seen:?}"
+        );
+    }
+    assert_eq!(deploys_of(&h, "ghcr.io/acme/api:5"), 1);
+    assert_eq!(deploys_of(&h, "ghcr.io/acme/worker:5"), 1);
+    assert_eq!(
+        requests(&h, Platform::Vercel, "POST", "/v13/deployments")
+            .iter()
+            .filter(|b| b["gitSource"]["ref"] == "v5")
+            .count(),
+        1
+    );
+    assert_eq!(machine_updates(&h, "registry.fly.io/edge:5"), 3);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_vercel_deployment_id_is_promoted_to_production_without_a_new_build() {
+    use tether::platform::{DeploySource, DeploymentState, Deployments, VercelClient};
+    let h = SyncHarness::start().await;
+    h.apply(shop()).await;
+    let env = h.wait_ready("shop").await;
+    let project = env["status"]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "shop-web")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Two builds: the later one is what production serves.
+    let vercel = VercelClient::new(h.http(Platform::Vercel), Some("team_sandbox".into()));
+    let prebuilt = vercel
+        .deploy(&project, &DeploySource::Git("prebuilt".into()))
+        .await
+        .unwrap();
+    vercel
+        .deploy(&project, &DeploySource::Git("later".into()))
+        .await
+        .unwrap();
+    eventually(WAIT, || async {
+        let list = vercel.list_deployments(&project).await.ok()?;
+        list.iter()
+            .all(|d| d.state == DeploymentState::Live)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        app_answer(h.sandbox.edge_url(), "www.shop.example.com")
+            .await
+            .1
+            .contains("later")
+    );
+    let builds = requests(&h, Platform::Vercel, "POST", "/v13/deployments").len();
+    let mut rel = shop_release("shop-6", "6");
+    rel["spec"]["artifacts"] = json!([
+        {"component": "shop-web", "platform": "vercel", "deploymentId": prebuilt.id}]);
+    rel["spec"]["steps"] = json!([{"components": ["shop-web"]}]);
+    rel["spec"]["healthChecks"] = json!([]);
+    apply_release(&h, rel).await;
+    let rel = wait_release(&h, "shop-6", |r| r["status"]["phase"] == "Succeeded").await;
+    assert_eq!(
+        rel["status"]["steps"][0]["deploymentId"],
+        json!(prebuilt.id)
+    );
+    let (code, body) = app_answer(h.sandbox.edge_url(), "www.shop.example.com").await;
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("prebuilt"),
+        "production serves the promoted deployment: {body}"
+    );
+    assert_eq!(
+        requests(&h, Platform::Vercel, "POST", "/v13/deployments").len(),
+        builds,
+        "no new build"
+    );
     h.stop().await;
 }
