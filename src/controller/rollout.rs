@@ -43,6 +43,9 @@ enum How {
     Promote(String),
     /// The Fly app's machines updated to the image, as the strategy says.
     Roll(FlyStrategy),
+    /// A Vercel production deployment of the git ref from the repository the Environment
+    /// links the project to (`owner/name`), with the project's name.
+    Build { name: String, repo: String },
 }
 
 enum Client {
@@ -180,9 +183,20 @@ pub fn targets(
                 )));
             }
         };
-        let how = match (artifact.platform, how) {
-            (ComponentPlatform::Fly, _) => How::Roll(fly_strategy(artifact, environment)),
-            (_, how) => how,
+        let linked = environment
+            .spec
+            .vercel
+            .as_ref()
+            .and_then(|v| v.projects.iter().find(|p| p.name == artifact.component))
+            .and_then(|p| p.git_repository.as_ref())
+            .filter(|g| g.type_ == crate::api::environment::GitProvider::Github);
+        let how = match (artifact.platform, how, linked) {
+            (ComponentPlatform::Fly, _, _) => How::Roll(fly_strategy(artifact, environment)),
+            (ComponentPlatform::Vercel, How::Deploy, Some(link)) => How::Build {
+                name: artifact.component.clone(),
+                repo: link.repo.clone(),
+            },
+            (_, how, _) => how,
         };
         let reference = credential(artifact.platform, environment).ok_or_else(|| {
             Unready::NoCredentials(format!(
@@ -302,7 +316,12 @@ pub async fn advance(target: &Target, mut entry: StepStatus, now: &str) -> StepS
                 Some(deployment) => Ok(deployment),
                 None => {
                     entry.started_at = Some(now.to_string());
-                    target.client.deploy(&target.id, &target.source).await
+                    match (&target.how, &target.client, &target.source) {
+                        (How::Build { name, repo }, Client::Vercel(c), DeploySource::Git(git)) => {
+                            c.deploy_git(&target.id, name, repo, git).await
+                        }
+                        _ => target.client.deploy(&target.id, &target.source).await,
+                    }
                 }
             }
         }

@@ -895,6 +895,43 @@ impl VercelProjects for VercelClient {
     }
 }
 
+impl VercelClient {
+    /// A production deployment of `reference` from the GitHub repository `repo`
+    /// (`owner/name`) the project `id` (called `name`) is linked to, with no read of the
+    /// project first.
+    pub async fn deploy_git(
+        &self,
+        id: &str,
+        name: &str,
+        repo: &str,
+        reference: &str,
+    ) -> PlatformResult<Deployment> {
+        let Some((org, repo)) = repo.split_once('/') else {
+            return Err(PlatformError::Invalid {
+                platform: Platform::Vercel,
+                operation: "create_deployment",
+                status: None,
+                reason: format!("{repo:?} is not owner/name"),
+            });
+        };
+        self.create_deployment(json!({
+            "name": name,
+            "project": id,
+            "target": "production",
+            "gitSource": { "type": "github", "ref": reference, "org": org, "repo": repo },
+        }))
+        .await
+    }
+
+    async fn create_deployment(&self, body: Value) -> PlatformResult<Deployment> {
+        let request = self
+            .request(Method::POST, "create_deployment", &["v13", "deployments"])
+            .json(body);
+        let deployment: ApiDeployment = self.http.json(&request).await?;
+        to_deployment("create_deployment", deployment)
+    }
+}
+
 impl Deployments for VercelClient {
     async fn deploy(&self, target: &str, source: &DeploySource) -> PlatformResult<Deployment> {
         let project = self.get_project(target).await?;
@@ -905,11 +942,10 @@ impl Deployments for VercelClient {
         });
         match source {
             DeploySource::Git(reference) => {
-                let Some((org, repo)) = project
+                let Some(link) = project
                     .git_repository
                     .as_ref()
                     .filter(|link| link.provider.starts_with("github"))
-                    .and_then(|link| link.repo.split_once('/'))
                 else {
                     return Err(PlatformError::Invalid {
                         platform: Platform::Vercel,
@@ -918,8 +954,9 @@ impl Deployments for VercelClient {
                         reason: "the project has no linked GitHub repository".into(),
                     });
                 };
-                body["gitSource"] =
-                    json!({ "type": "github", "ref": reference, "org": org, "repo": repo });
+                return self
+                    .deploy_git(&project.id, &project.name, &link.repo, reference)
+                    .await;
             }
             DeploySource::Current => {
                 let latest = self.list_deployments(target).await?;
@@ -942,11 +979,7 @@ impl Deployments for VercelClient {
                 });
             }
         }
-        let request = self
-            .request(Method::POST, "create_deployment", &["v13", "deployments"])
-            .json(body);
-        let deployment: ApiDeployment = self.http.json(&request).await?;
-        to_deployment("create_deployment", deployment)
+        self.create_deployment(body).await
     }
 
     async fn deployment(&self, _target: &str, deployment_id: &str) -> PlatformResult<Deployment> {

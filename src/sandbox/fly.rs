@@ -30,6 +30,8 @@ use super::{Common, Imitation, set_field, timestamp};
 
 /// Simulated length of a transition (`starting`, `stopping`, …).
 const STEP: Duration = Duration::from_secs(2);
+/// A machine update, from the update to `started`.
+pub(crate) const MACHINE_START: Duration = STEP;
 /// How long (simulated) the machine of a crashing version runs, its checks critical, before
 /// it stops for good.
 const CRASHED_AFTER: Duration = Duration::from_secs(20);

@@ -453,6 +453,27 @@ pub(crate) fn url_host(url: &str) -> Option<&str> {
     Some(authority.rsplit_once('@').map_or(authority, |(_, h)| h))
 }
 
+/// How long (simulated) the sandbox's deploys take when nothing fails: what bounds a
+/// rollout from below.
+#[derive(Clone, Copy, Debug)]
+pub struct DeployDurations {
+    /// A Render deploy, from trigger to `live`.
+    pub render: Duration,
+    /// A Vercel deployment, from creation to `READY`.
+    pub vercel: Duration,
+    /// A Fly machine update, from the update to `started` with its checks passing.
+    pub fly_machine: Duration,
+}
+
+/// The sandbox's deploy durations (simulated time).
+pub fn deploy_durations() -> DeployDurations {
+    DeployDurations {
+        render: render::DEPLOY,
+        vercel: vercel::DEPLOY,
+        fly_machine: fly::MACHINE_START,
+    }
+}
+
 /// A running sandbox.
 pub struct SandboxHandle {
     servers: Vec<(Platform, String, Token, Arc<Common>)>,

@@ -24,6 +24,8 @@ use super::{Common, Imitation, set_field, timestamp, url_host};
 const CREATED: Duration = Duration::from_secs(1);
 const BUILD: Duration = Duration::from_secs(9);
 const UPDATE: Duration = Duration::from_secs(5);
+/// A deploy from trigger to `live`.
+pub(crate) const DEPLOY: Duration = CREATED.saturating_add(BUILD).saturating_add(UPDATE);
 /// Simulated time a new key-value store stays `creating`.
 const KEY_VALUE_CREATE: Duration = Duration::from_secs(20);
 /// Simulated time a new Postgres database stays `creating`.

@@ -23,6 +23,8 @@ use super::{Common, Imitation, set_field};
 
 const QUEUED: Duration = Duration::from_secs(1);
 const BUILD: Duration = Duration::from_secs(9);
+/// A deployment from creation to `READY`.
+pub(crate) const DEPLOY: Duration = QUEUED.saturating_add(BUILD);
 
 #[derive(Clone)]
 struct Vercel {
