@@ -369,6 +369,15 @@ pub struct ReleaseStatus {
     /// One entry per health check that has started.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckStatus>,
+    /// Who approved the Release (the `tether.dev/approved-by` annotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    /// When the approval was first seen (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_at: Option<String>,
+    /// The Release of the same version that succeeded in `promotion.fromEnvironment`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_from: Option<String>,
 }
 
 /// Where one health check stands.

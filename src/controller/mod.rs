@@ -20,6 +20,7 @@ pub mod conditions;
 pub mod decoded;
 pub mod environment;
 pub mod error;
+pub mod gates;
 pub mod health;
 pub mod leader;
 pub mod metrics;

@@ -19,12 +19,8 @@ use crate::controller::conditions::Verdict;
 use crate::controller::error::ReconcileError;
 use crate::controller::reconcile::{Context, Reconciled, Report, ReportEvent};
 use crate::controller::references::{RefKind, Reference, Snapshot};
-use crate::controller::{health, rollout};
+use crate::controller::{gates, health, rollout};
 use futures::future::join_all;
-
-/// Reason of a Release stopped before anything is deployed because it asks for what this
-/// version does not do yet (approval and promotion gates).
-pub const REASON_NOT_DEPLOYED: &str = "DeploymentNotImplemented";
 
 /// Every object a Release names.
 pub fn references(spec: &ReleaseSpec) -> Vec<Reference> {
@@ -195,11 +191,24 @@ pub fn planned_steps(plan: &ReleasePlan) -> Vec<StepStatus> {
 /// `--pending-interval`).
 const ROLLOUT_POLL: Duration = Duration::from_secs(2);
 
+/// Now, to the millisecond (the poll cadence is computed from these times).
 fn now() -> String {
     jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
+        .round(jiff::Unit::Millisecond)
         .unwrap_or_else(|_| jiff::Timestamp::now())
         .to_string()
+}
+
+/// How soon a step still deploying is looked at again: a fifth of the time its oldest
+/// deployment has been running, between `min` and fifteen times `min`, so a long deploy
+/// costs a few reads instead of one every `min` and is seen live at most a fifth late.
+fn poll_after(min: Duration, deploying: &[&StepStatus], now: &str) -> Duration {
+    let running = deploying
+        .iter()
+        .map(|s| between(s.started_at.as_deref(), Some(now)))
+        .max()
+        .unwrap_or(Duration::ZERO);
+    (running / 5).clamp(min, min * 15)
 }
 
 /// A report of the rollout as it stands: `phase`, the step entries and the times.
@@ -268,14 +277,52 @@ impl Release {
         plan: &ReleasePlan,
         environment: &Environment,
     ) -> Result<Report, ReconcileError> {
-        let mut checks = self
-            .status
-            .as_ref()
-            .map(|s| s.checks.clone())
-            .unwrap_or_default();
+        let previous = self.status.clone().unwrap_or_default();
+        // Gates, checked before anything changes (and only then: a rollout under way is
+        // not stopped by a gate closing behind it).
+        let mut passed = serde_json::Map::new();
+        for (field, value) in [
+            ("approvedBy", &previous.approved_by),
+            ("approvedAt", &previous.approved_at),
+            ("promotedFrom", &previous.promoted_from),
+        ] {
+            if let Some(value) = value {
+                passed.insert(field.into(), serde_json::json!(value));
+            }
+        }
+        let mut gate_conditions = Vec::new();
+        let mut gate_events = Vec::new();
+        if previous.started_at.is_none() {
+            match gates::check(self, ctx, namespace, &previous).await? {
+                gates::Gates::Open {
+                    status,
+                    conditions,
+                    events,
+                } => {
+                    passed.extend(status);
+                    gate_conditions = conditions;
+                    gate_events = events;
+                }
+                gates::Gates::Closed(mut report) => {
+                    let steps = planned_steps(plan);
+                    report
+                        .status
+                        .insert("progress".into(), serde_json::json!(progress(plan, &steps)));
+                    report
+                        .status
+                        .insert("steps".into(), serde_json::json!(steps));
+                    return Ok(report);
+                }
+            }
+        }
+        let mut checks = previous.checks.clone();
         let mut report = self
             .advance(ctx, namespace, plan, environment, &mut checks)
             .await?;
+        report.status.extend(passed);
+        report.conditions.extend(gate_conditions);
+        gate_events.append(&mut report.events);
+        report.events = gate_events;
         if !checks.is_empty() {
             report
                 .status
@@ -393,7 +440,7 @@ impl Release {
         }
         // The whole rollout has `spec.timeout`.
         let timeout = parse_duration(&self.spec.timeout).unwrap_or(Duration::from_secs(1800));
-        if between(Some(&started), Some(&now)) > timeout {
+        if previous.started_at.is_some() && between(Some(&started), Some(&now)) > timeout {
             let phase = previous.phase.unwrap_or_default();
             let mut report = stalled(
                 "TimedOut",
@@ -415,16 +462,6 @@ impl Release {
                 action: "TimedOut".into(),
             });
             return Ok(report);
-        }
-        // Gates come in Release part 2: never deploy past a gate that is not checked.
-        if self.spec.approval.as_ref().is_some_and(|a| a.required) || self.spec.promotion.is_some()
-        {
-            return Ok(stalled(
-                REASON_NOT_DEPLOYED,
-                "approval and promotion gates are not implemented yet, so nothing is deployed: remove spec.approval and spec.promotion to roll out without them".into(),
-                ReleasePhase::Pending,
-                &steps,
-            ));
         }
         // Migrations first.
         let migrations: kube::Api<crate::api::Migration> =
@@ -549,10 +586,14 @@ impl Release {
                     .filter(|s| names.contains(&s.component.as_str()))
                     .all(|s| s.state.as_deref() == Some("Live"));
                 if !live {
-                    let deploying: Vec<String> = steps
+                    let pending: Vec<&StepStatus> = steps
                         .iter()
                         .filter(|s| names.contains(&s.component.as_str()))
                         .filter(|s| s.state.as_deref() != Some("Live"))
+                        .collect();
+                    let poll = poll_after(ctx.pending_interval.min(ROLLOUT_POLL), &pending, &now);
+                    let deploying: Vec<String> = pending
+                        .iter()
                         .map(|s| {
                             format!(
                                 "{} ({}, {})",
@@ -579,7 +620,7 @@ impl Release {
                                 deploying.join(", ")
                             ),
                         },
-                        Some(ctx.pending_interval.min(ROLLOUT_POLL)),
+                        Some(poll),
                         events,
                     ));
                 }
@@ -967,6 +1008,25 @@ mod tests {
         let mut spec = spec(serde_json::json!([]));
         spec.artifacts[0].platform = ComponentPlatform::Fly;
         assert!(validate_components(&spec, &environment()).is_err());
+    }
+
+    #[test]
+    fn a_long_deploy_is_polled_less_often_and_never_more_than_a_fifth_late() {
+        let min = Duration::from_secs(2);
+        let started = |at: &str| StepStatus {
+            started_at: Some(at.into()),
+            ..StepStatus::default()
+        };
+        let young = started("2026-12-06T10:00:00Z");
+        let now = "2026-12-06T10:00:04Z";
+        assert_eq!(poll_after(min, &[&young], now), min);
+        let old = started("2026-12-06T09:58:00Z");
+        assert_eq!(
+            poll_after(min, &[&young, &old], now),
+            Duration::from_millis(24_800)
+        );
+        let ancient = started("2026-12-06T08:00:00Z");
+        assert_eq!(poll_after(min, &[&ancient], now), min * 15);
     }
 
     #[test]

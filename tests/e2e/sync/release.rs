@@ -623,3 +623,145 @@ async fn a_vercel_deployment_id_is_promoted_to_production_without_a_new_build() 
     );
     h.stop().await;
 }
+
+/// A second Environment ("prod") with its own Render service.
+fn prod() -> Value {
+    let mut env = environment();
+    env["metadata"]["name"] = json!("prod");
+    env["spec"]["render"]["services"][0]["name"] = json!("prod-api");
+    env
+}
+
+fn prod_release(name: &str, version: &str, image: &str) -> Value {
+    let mut rel = release(name, image);
+    rel["spec"]["environmentRef"]["name"] = json!("prod");
+    rel["spec"]["version"] = json!(version);
+    rel["spec"]["artifacts"][0]["component"] = json!("prod-api");
+    rel["spec"]["promotion"] = json!({"fromEnvironment": "shop"});
+    rel
+}
+
+#[tokio::test]
+async fn a_release_waits_for_approval_deploys_nothing_meanwhile_and_records_who_approved() {
+    let h = SyncHarness::start().await;
+    h.apply(environment()).await;
+    h.wait_ready("shop").await;
+    let mut rel = release("gated", "ghcr.io/acme/api:7");
+    rel["spec"]["approval"] = json!({"required": true});
+    apply_release(&h, rel.clone()).await;
+    let waiting = wait_release(&h, "gated", |r| r["status"]["phase"] == "AwaitingApproval").await;
+    let approved = condition(&waiting, "Approved").unwrap();
+    assert_eq!(
+        (&approved["status"], &approved["reason"]),
+        (&json!("False"), &json!("AwaitingApproval"))
+    );
+    assert!(
+        condition(&waiting, "Reconciling").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("tether.dev/approved-by=<your name>"),
+        "{waiting}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        deploys_of(&h, "ghcr.io/acme/api:7"),
+        0,
+        "nothing deployed before approval"
+    );
+    rel["metadata"]["annotations"] = json!({"tether.dev/approved-by": "ada@example.com"});
+    apply_release(&h, rel).await;
+    let done = wait_release(&h, "gated", |r| r["status"]["phase"] == "Succeeded").await;
+    assert_eq!(done["status"]["approvedBy"], "ada@example.com");
+    assert!(done["status"]["approvedAt"].is_string(), "{done}");
+    assert!(condition_is(&done, "Approved", "True"));
+    assert_eq!(deploys_of(&h, "ghcr.io/acme/api:7"), 1);
+    let events = h.events("gated").await;
+    for reason in ["AwaitingApproval", "Approved"] {
+        assert!(
+            events.iter().any(|(_, r, _)| r == reason),
+            "{reason}: {events:?}"
+        );
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn only_a_version_that_succeeded_with_the_same_artifacts_in_the_source_environment_is_promoted()
+ {
+    let h = SyncHarness::start().await;
+    h.apply(environment()).await;
+    h.apply(prod()).await;
+    h.wait_ready("shop").await;
+    h.wait_ready("prod").await;
+    // Never released to the source Environment: refused, nothing deployed.
+    apply_release(&h, prod_release("prod-9", "9", "ghcr.io/acme/api:9")).await;
+    let refused = wait_release(&h, "prod-9", |r| condition_is(r, "Stalled", "True")).await;
+    let stalled = condition(&refused, "Stalled").unwrap();
+    assert_eq!(stalled["reason"], "UntestedVersion", "{refused}");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .unwrap()
+            .contains("version 9 has no Succeeded Release in Environment shop"),
+        "{stalled}"
+    );
+    assert!(condition_is(&refused, "Promotable", "False"));
+    // Tested in the source Environment: promoted.
+    let mut tested = release("shop-8", "ghcr.io/acme/api:8");
+    tested["spec"]["version"] = json!("8");
+    apply_release(&h, tested).await;
+    wait_release(&h, "shop-8", |r| r["status"]["phase"] == "Succeeded").await;
+    apply_release(&h, prod_release("prod-8", "8", "ghcr.io/acme/api:8")).await;
+    let promoted = wait_release(&h, "prod-8", |r| r["status"]["phase"] == "Succeeded").await;
+    assert_eq!(promoted["status"]["promotedFrom"], "shop-8");
+    assert!(condition_is(&promoted, "Promotable", "True"));
+    // The same version with another image was not what was tested.
+    apply_release(
+        &h,
+        prod_release("prod-8b", "8", "ghcr.io/acme/api:8-hotfix"),
+    )
+    .await;
+    let differs = wait_release(&h, "prod-8b", |r| condition_is(r, "Stalled", "True")).await;
+    assert_eq!(
+        condition(&differs, "Stalled").unwrap()["reason"],
+        "ArtifactsDiffer"
+    );
+    assert_eq!(deploys_of(&h, "ghcr.io/acme/api:9"), 0);
+    assert_eq!(deploys_of(&h, "ghcr.io/acme/api:8-hotfix"), 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_newer_release_of_an_environment_waits_for_the_one_in_progress() {
+    let h = SyncHarness::start().await;
+    h.apply(environment()).await;
+    h.wait_ready("shop").await;
+    apply_release(&h, release("first", "ghcr.io/acme/api:10")).await;
+    wait_release(&h, "first", |r| r["status"]["phase"] == "Deploying").await;
+    apply_release(&h, release("second", "ghcr.io/acme/api:11")).await;
+    let waiting = wait_release(&h, "second", |r| {
+        condition(r, "Reconciling").is_some_and(|c| c["reason"] == "WaitingForRelease")
+    })
+    .await;
+    assert!(
+        condition(&waiting, "Reconciling").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for Release first"),
+        "{waiting}"
+    );
+    let second = wait_release(&h, "second", |r| r["status"]["phase"] == "Succeeded").await;
+    let first = wait_release(&h, "first", |r| r["status"]["phase"] == "Succeeded").await;
+    let at = |r: &Value, field: &str| {
+        r["status"][field]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+    };
+    assert!(
+        at(&second, "startedAt") >= at(&first, "finishedAt"),
+        "the second started after the first finished: {first}\n{second}"
+    );
+    h.stop().await;
+}
