@@ -332,6 +332,8 @@ pub enum ReleasePhase {
     Verifying,
     /// Done and verified.
     Succeeded,
+    /// Failed; every component it changed is going back to the previous Succeeded Release.
+    RollingBack,
     /// Failed without rollback.
     Failed,
     /// Failed and rolled back.
@@ -378,6 +380,24 @@ pub struct ReleaseStatus {
     /// The Release of the same version that succeeded in `promotion.fromEnvironment`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_from: Option<String>,
+    /// The rollback after a failure, when one was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackStatus>,
+}
+
+/// A rollback: why the rollout failed, and each component going back.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackStatus {
+    /// The previous Succeeded Release of the Environment whose artifacts are restored.
+    pub to: String,
+    /// The reason the rollout failed (`DeployFailed`, `HealthCheckFailed`, `TimedOut`).
+    pub reason: String,
+    /// What failed, for a person.
+    pub message: String,
+    /// One entry per component this Release changed, deployed back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepStatus>,
 }
 
 /// Where one health check stands.

@@ -226,7 +226,7 @@ pub async fn check(
         } else if let Some(running) = tried.iter().find(|r| {
             !matches!(
                 phase(r),
-                Some(ReleasePhase::Failed | ReleasePhase::RolledBack)
+                Some(ReleasePhase::Failed | ReleasePhase::RollingBack | ReleasePhase::RolledBack)
             )
         }) {
             let message = format!(
@@ -350,4 +350,47 @@ pub async fn check(
         conditions,
         events,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::release::ComponentPlatform;
+
+    fn artifact(component: &str, platform: ComponentPlatform, source: &str) -> Artifact {
+        let mut a = Artifact {
+            component: component.into(),
+            platform,
+            ..Artifact::default()
+        };
+        match platform {
+            ComponentPlatform::Vercel => a.git_ref = Some(source.into()),
+            _ => a.image = Some(source.into()),
+        }
+        a
+    }
+
+    #[test]
+    fn the_same_artifacts_under_other_component_names_are_the_same_sources() {
+        let staging = [
+            artifact("staging-api", ComponentPlatform::Render, "api:2"),
+            artifact("staging-web", ComponentPlatform::Vercel, "v2"),
+        ];
+        let production = [
+            artifact("prod-web", ComponentPlatform::Vercel, "v2"),
+            artifact("prod-api", ComponentPlatform::Render, "api:2"),
+        ];
+        assert_eq!(sources(&staging), sources(&production));
+        let hotfix = [
+            artifact("prod-api", ComponentPlatform::Render, "api:2-hotfix"),
+            artifact("prod-web", ComponentPlatform::Vercel, "v2"),
+        ];
+        assert_ne!(sources(&staging), sources(&hotfix));
+        // The same image on another platform is another artifact.
+        let on_fly = [
+            artifact("api", ComponentPlatform::Fly, "api:2"),
+            artifact("web", ComponentPlatform::Vercel, "v2"),
+        ];
+        assert_ne!(sources(&staging), sources(&on_fly));
+    }
 }

@@ -96,7 +96,7 @@ impl ControllerMetrics {
         let releases = registry.register(IntCounterVec::new(
             Opts::new(
                 "tether_release_total",
-                "Releases that finished, by result (succeeded, failed)",
+                "Releases that finished, by result (succeeded, failed, rolled_back)",
             ),
             &["result"],
         )?)?;

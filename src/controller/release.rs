@@ -11,9 +11,10 @@ use kube::ResourceExt;
 
 use crate::api::Environment;
 use crate::api::Release;
-use crate::api::common::parse_duration;
+use crate::api::common::{ConditionStatus, parse_duration};
 use crate::api::release::{
-    CheckStatus, ComponentPlatform, HealthCheck, ReleasePhase, ReleaseSpec, StepStatus,
+    CheckStatus, ComponentPlatform, HealthCheck, ReleasePhase, ReleaseSpec, RollbackStatus,
+    StepStatus,
 };
 use crate::controller::conditions::Verdict;
 use crate::controller::error::ReconcileError;
@@ -319,6 +320,25 @@ impl Release {
         let mut report = self
             .advance(ctx, namespace, plan, environment, &mut checks)
             .await?;
+        if let Some(rollback) = &previous.rollback
+            && !report.status.contains_key("rollback")
+        {
+            report
+                .status
+                .insert("rollback".into(), serde_json::json!(rollback));
+        }
+        let failed_now = |phase: Option<&serde_json::Value>| {
+            phase == Some(&serde_json::json!(ReleasePhase::Failed))
+        };
+        if failed_now(report.status.get("phase"))
+            && !matches!(
+                previous.phase,
+                Some(ReleasePhase::Failed | ReleasePhase::RollingBack | ReleasePhase::RolledBack)
+            )
+            && self.spec.rollback.automatic
+        {
+            report = self.start_rollback(ctx, namespace, report).await?;
+        }
         report.status.extend(passed);
         report.conditions.extend(gate_conditions);
         gate_events.append(&mut report.events);
@@ -343,15 +363,18 @@ impl Release {
             .get("phase")
             .and_then(|p| serde_json::from_value::<ReleasePhase>(p.clone()).ok());
         let ended = |phase: Option<ReleasePhase>| {
-            matches!(phase, Some(ReleasePhase::Succeeded | ReleasePhase::Failed))
+            matches!(
+                phase,
+                Some(ReleasePhase::Succeeded | ReleasePhase::Failed | ReleasePhase::RolledBack)
+            )
         };
         if !ended(was) && ended(now) {
             let field = |name: &str| report.status.get(name).and_then(|v| v.as_str());
             let took = between(field("startedAt"), field("finishedAt"));
-            let result = if now == Some(ReleasePhase::Succeeded) {
-                "succeeded"
-            } else {
-                "failed"
+            let result = match now {
+                Some(ReleasePhase::Succeeded) => "succeeded",
+                Some(ReleasePhase::RolledBack) => "rolled_back",
+                _ => "failed",
             };
             ctx.metrics.release_finished(result, took);
         }
@@ -419,8 +442,13 @@ impl Release {
                     Vec::new(),
                 ));
             }
-            Some(ReleasePhase::Failed) => {
-                // It stays failed for the reason it failed with.
+            Some(ReleasePhase::RollingBack) => {
+                return self
+                    .roll_back(ctx, namespace, environment, &previous, &steps, &now)
+                    .await;
+            }
+            Some(ReleasePhase::Failed | ReleasePhase::RolledBack) => {
+                // It stays as it ended, for the reason it ended with.
                 let (reason, message) = previous
                     .conditions
                     .iter()
@@ -428,7 +456,8 @@ impl Release {
                     .filter(|c| c.status == crate::api::common::ConditionStatus::False)
                     .map(|c| (c.reason.clone(), c.message.clone()))
                     .unwrap_or_else(|| ("DeployFailed".into(), failed_message(&steps)));
-                let mut report = stalled(&reason, message, ReleasePhase::Failed, &steps);
+                let phase = previous.phase.unwrap_or(ReleasePhase::Failed);
+                let mut report = stalled(&reason, message, phase, &steps);
                 if let Some(finished) = &previous.finished_at {
                     report
                         .status
@@ -497,16 +526,7 @@ impl Release {
             }
         }
         // The Environment's objects, and its credentials.
-        let credentials = rollout::credentials(&self.spec, environment);
-        let refs: Vec<Reference> = credentials
-            .iter()
-            .map(|r| Reference::secret(&r.name, &r.key, "the Environment's spec.credentials"))
-            .collect();
-        let secrets = Snapshot::read(&ctx.client, namespace, &refs).await?;
-        let missing = secrets.missing(&refs);
-        if !missing.is_empty() {
-            return Err(ReconcileError::ResolveReferences(missing));
-        }
+        let secrets = credentials(ctx, namespace, &self.spec, environment).await?;
         let targets =
             match rollout::targets(&self.spec, environment, &secrets.values, &ctx.platforms) {
                 Ok(targets) => targets,
@@ -680,6 +700,438 @@ impl Release {
             None,
             events,
         ))
+    }
+}
+
+/// The `RollbackSafe` condition.
+fn rollback_safe(
+    status: ConditionStatus,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> crate::api::common::Condition {
+    crate::api::common::Condition {
+        type_: "RollbackSafe".into(),
+        status,
+        observed_generation: generation,
+        last_transition_time: jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .unwrap_or_else(|_| jiff::Timestamp::now())
+            .to_string(),
+        reason: reason.into(),
+        message,
+    }
+}
+
+/// The Environment's credentials Secrets for the Release's platforms, all present.
+async fn credentials(
+    ctx: &Context,
+    namespace: &str,
+    spec: &ReleaseSpec,
+    environment: &Environment,
+) -> Result<Snapshot, ReconcileError> {
+    let refs: Vec<Reference> = rollout::credentials(spec, environment)
+        .iter()
+        .map(|r| Reference::secret(&r.name, &r.key, "the Environment's spec.credentials"))
+        .collect();
+    let secrets = Snapshot::read(&ctx.client, namespace, &refs).await?;
+    let missing = secrets.missing(&refs);
+    if !missing.is_empty() {
+        return Err(ReconcileError::ResolveReferences(missing));
+    }
+    Ok(secrets)
+}
+
+impl Release {
+    /// The Release's Environment's previous Succeeded Release (the last to finish).
+    async fn previous_succeeded(
+        &self,
+        ctx: &Context,
+        namespace: &str,
+    ) -> Result<Option<Release>, ReconcileError> {
+        let api: kube::Api<Release> = kube::Api::namespaced(ctx.client.clone(), namespace);
+        let all = api
+            .list(&kube::api::ListParams::default())
+            .await
+            .map_err(|source| ReconcileError::ReadReference {
+                what: "the Releases of the namespace".into(),
+                source,
+            })?
+            .items;
+        let finished = |r: &Release| {
+            r.status
+                .as_ref()
+                .and_then(|s| s.finished_at.clone())
+                .unwrap_or_default()
+        };
+        Ok(all
+            .into_iter()
+            .filter(|r| {
+                r.name_any() != self.name_any()
+                    && r.spec.environment_ref.name == self.spec.environment_ref.name
+                    && r.status.as_ref().and_then(|s| s.phase) == Some(ReleasePhase::Succeeded)
+            })
+            .max_by_key(finished))
+    }
+
+    /// Why rolling the code back to `to` is unsafe, if it is: a migration of the Migrations
+    /// this Release names, applied after `to` finished, that old code may not work with
+    /// (by the lint's classification: drops, renames, type changes, truncation, and new
+    /// NOT NULL columns without a default).
+    async fn unsafe_migrations(
+        &self,
+        ctx: &Context,
+        namespace: &str,
+        to: &Release,
+    ) -> Result<Option<String>, ReconcileError> {
+        let since = to
+            .status
+            .as_ref()
+            .and_then(|s| s.finished_at.as_deref())
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+        let migrations: kube::Api<crate::api::Migration> =
+            kube::Api::namespaced(ctx.client.clone(), namespace);
+        let config_maps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+            kube::Api::namespaced(ctx.client.clone(), namespace);
+        let read = |what: String| move |source| ReconcileError::ReadReference { what, source };
+        for name in &self.spec.migrations {
+            let Some(migration) = migrations
+                .get_opt(name)
+                .await
+                .map_err(read(format!("Migration {name:?}")))?
+            else {
+                continue;
+            };
+            let applied: Vec<&str> = migration
+                .status
+                .as_ref()
+                .map(|s| s.applied.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .filter(|a| {
+                    let at = a
+                        .applied_at
+                        .as_deref()
+                        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+                    matches!((at, since), (Some(at), Some(since)) if at > since)
+                })
+                .map(|a| a.version.as_str())
+                .collect();
+            if applied.is_empty() {
+                continue;
+            }
+            let data = match &migration.spec.source.config_map_ref {
+                Some(r) => config_maps
+                    .get_opt(&r.name)
+                    .await
+                    .map_err(read(format!("ConfigMap {:?}", r.name)))?
+                    .and_then(|cm| cm.data),
+                None => None,
+            };
+            let Ok(set) =
+                crate::migrate::reconcile::resolve_source(&migration.spec.source, data.as_ref())
+            else {
+                return Ok(Some(format!(
+                    "the source of Migration {name:?} cannot be read, so whether its migrations applied since Release {} are backward compatible is unknown",
+                    to.name_any()
+                )));
+            };
+            for version in applied {
+                let Some(file) = set.get(version) else {
+                    continue;
+                };
+                let policy = crate::migrate::lint::LintPolicy::default();
+                if let Some(finding) = crate::migrate::lint::lint_migration(file, &policy)
+                    .into_iter()
+                    .find(|f| {
+                        f.destructive
+                            || matches!(
+                                f.rule.as_str(),
+                                "adding-not-nullable-field" | "adding-required-field"
+                            )
+                    })
+                {
+                    return Ok(Some(format!(
+                        "migration {} of Migration {name:?}, applied after Release {} succeeded, is not backward compatible ({}: {}); the old code may not work with the new schema, so a person decides",
+                        file.file,
+                        to.name_any(),
+                        finding.rule,
+                        finding.message
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Turns the report of a rollout that just failed into the start of its rollback:
+    /// every component it changed goes back to the previous Succeeded Release. Without one
+    /// (or with nothing changed) it stays `Failed`, saying so.
+    async fn start_rollback(
+        &self,
+        ctx: &Context,
+        namespace: &str,
+        mut failed: Report,
+    ) -> Result<Report, ReconcileError> {
+        let Verdict::Stalled { reason, message } = failed.verdict.clone() else {
+            return Ok(failed);
+        };
+        let steps: Vec<StepStatus> = failed
+            .status
+            .get("steps")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .unwrap_or_default();
+        if !steps.iter().any(|s| s.deployment_id.is_some()) {
+            return Ok(failed);
+        }
+        let Some(to) = self.previous_succeeded(ctx, namespace).await? else {
+            failed.verdict = Verdict::Stalled {
+                reason,
+                message: format!(
+                    "{message} (not rolled back: no earlier Succeeded Release of Environment {:?})",
+                    self.spec.environment_ref.name
+                ),
+            };
+            return Ok(failed);
+        };
+        if let Some(why) = self.unsafe_migrations(ctx, namespace, &to).await? {
+            failed.verdict = Verdict::Stalled {
+                reason,
+                message: format!("{message} (not rolled back: {why})"),
+            };
+            failed.conditions.push(rollback_safe(
+                ConditionStatus::False,
+                "MigrationNotBackwardCompatible",
+                why.clone(),
+                self.metadata.generation,
+            ));
+            failed.events.push(ReportEvent {
+                warning: true,
+                reason: "RollbackUnsafe".into(),
+                note: format!("not rolled back to Release {}: {why}", to.name_any()),
+                always: true,
+                action: "RollbackUnsafe".into(),
+            });
+            return Ok(failed);
+        }
+        failed.conditions.push(rollback_safe(
+            ConditionStatus::True,
+            "BackwardCompatible",
+            format!(
+                "no migration applied since Release {} is destructive or adds a required column",
+                to.name_any()
+            ),
+            self.metadata.generation,
+        ));
+        let rollback = RollbackStatus {
+            to: to.name_any(),
+            reason,
+            message: message.clone(),
+            steps: Vec::new(),
+        };
+        failed.status.remove("finishedAt");
+        failed
+            .status
+            .insert("phase".into(), serde_json::json!(ReleasePhase::RollingBack));
+        failed
+            .status
+            .insert("rollback".into(), serde_json::json!(rollback));
+        failed.verdict = Verdict::Progressing {
+            reason: "RollingBack".into(),
+            message: format!("rolling back to Release {} after: {message}", to.name_any()),
+        };
+        failed.requeue_after = Some(Duration::ZERO);
+        failed.events.push(ReportEvent {
+            warning: true,
+            reason: "RollbackStarted".into(),
+            note: format!(
+                "rolling every changed component back to Release {} after: {message}",
+                to.name_any()
+            ),
+            always: true,
+            action: "RollbackStarted".into(),
+        });
+        Ok(failed)
+    }
+
+    /// Moves the rollback one reconcile forward (resumable from `status.rollback.steps`).
+    async fn roll_back(
+        &self,
+        ctx: &Context,
+        namespace: &str,
+        environment: &Environment,
+        previous: &crate::api::release::ReleaseStatus,
+        steps: &[StepStatus],
+        now: &str,
+    ) -> Result<Report, ReconcileError> {
+        let mut rollback = previous.rollback.clone().unwrap_or_default();
+        let started = previous.started_at.as_deref();
+        let api: kube::Api<Release> = kube::Api::namespaced(ctx.client.clone(), namespace);
+        let to =
+            api.get_opt(&rollback.to)
+                .await
+                .map_err(|source| ReconcileError::ReadReference {
+                    what: format!("Release {:?}", rollback.to),
+                    source,
+                })?;
+        let fail = |reason: &str, message: String, rollback: &RollbackStatus| {
+            let mut report = rollout_report(
+                ReleasePhase::Failed,
+                steps,
+                started,
+                Some(now),
+                Verdict::Stalled {
+                    reason: reason.into(),
+                    message: message.clone(),
+                },
+                None,
+                vec![ReportEvent {
+                    warning: true,
+                    reason: reason.into(),
+                    note: message,
+                    always: true,
+                    action: reason.into(),
+                }],
+            );
+            report
+                .status
+                .insert("rollback".into(), serde_json::json!(rollback));
+            report
+        };
+        let Some(to) = to else {
+            let message = format!(
+                "{} (rollback impossible: Release {} is gone)",
+                rollback.message, rollback.to
+            );
+            return Ok(fail("RollbackFailed", message, &rollback));
+        };
+        let changed: Vec<StepStatus> = steps
+            .iter()
+            .filter(|s| s.deployment_id.is_some())
+            .cloned()
+            .collect();
+        let secrets = credentials(ctx, namespace, &self.spec, environment).await?;
+        let targets = match rollout::rollback_targets(
+            &changed,
+            &to,
+            environment,
+            &secrets.values,
+            &ctx.platforms,
+        ) {
+            Ok(targets) => targets,
+            Err(
+                rollout::Unready::NotCreated(why)
+                | rollout::Unready::Unsupported(why)
+                | rollout::Unready::NoCredentials(why),
+            ) => {
+                let message = format!("{} (rollback impossible: {why})", rollback.message);
+                return Ok(fail("RollbackFailed", message, &rollback));
+            }
+        };
+        let entries: Vec<StepStatus> = changed
+            .iter()
+            .map(|c| {
+                rollback
+                    .steps
+                    .iter()
+                    .find(|s| s.component == c.component)
+                    .cloned()
+                    .unwrap_or_else(|| StepStatus {
+                        component: c.component.clone(),
+                        platform: c.platform,
+                        state: Some("Pending".into()),
+                        ..StepStatus::default()
+                    })
+            })
+            .collect();
+        let pending: Vec<StepStatus> = entries
+            .iter()
+            .filter(|e| e.state.as_deref() != Some("Live"))
+            .cloned()
+            .collect();
+        let mut advanced = rollout::advance_step(&targets, pending, now).await;
+        rollback.steps = entries
+            .into_iter()
+            .map(|e| {
+                advanced
+                    .iter()
+                    .position(|a| a.component == e.component)
+                    .map(|i| advanced.remove(i))
+                    .unwrap_or(e)
+            })
+            .collect();
+        if let Some(broken) = rollback
+            .steps
+            .iter()
+            .find(|s| matches!(s.state.as_deref(), Some("Failed" | "Canceled")))
+        {
+            let message = format!(
+                "{} (rollback to Release {} failed: {} ({}): {})",
+                rollback.message,
+                rollback.to,
+                broken.component,
+                platform_name(broken.platform),
+                broken.message.as_deref().unwrap_or("failed")
+            );
+            return Ok(fail("RollbackFailed", message, &rollback));
+        }
+        let back: Vec<String> = rollback
+            .steps
+            .iter()
+            .filter(|s| s.state.as_deref() != Some("Live"))
+            .map(|s| {
+                format!(
+                    "{} ({}, {})",
+                    s.component,
+                    platform_name(s.platform),
+                    s.message.as_deref().unwrap_or("starting")
+                )
+            })
+            .collect();
+        let (phase, verdict, requeue, finished, events) = if back.is_empty() {
+            let message = format!(
+                "rolled back to Release {} ({} component(s)) after: {}",
+                rollback.to,
+                rollback.steps.len(),
+                rollback.message
+            );
+            (
+                ReleasePhase::RolledBack,
+                Verdict::Stalled {
+                    reason: "RolledBack".into(),
+                    message: message.clone(),
+                },
+                None,
+                Some(now),
+                vec![ReportEvent {
+                    warning: true,
+                    reason: "RolledBack".into(),
+                    note: message,
+                    always: true,
+                    action: "RolledBack".into(),
+                }],
+            )
+        } else {
+            (
+                ReleasePhase::RollingBack,
+                Verdict::Progressing {
+                    reason: "RollingBack".into(),
+                    message: format!(
+                        "rolling back to Release {}: {}",
+                        rollback.to,
+                        back.join(", ")
+                    ),
+                },
+                Some(ctx.pending_interval.min(ROLLOUT_POLL)),
+                None,
+                Vec::new(),
+            )
+        };
+        let mut report = rollout_report(phase, steps, started, finished, verdict, requeue, events);
+        report
+            .status
+            .insert("rollback".into(), serde_json::json!(rollback));
+        Ok(report)
     }
 }
 

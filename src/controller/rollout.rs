@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 
 use futures::future::join_all;
 
-use crate::api::Environment;
 use crate::api::common::SecretKeyRef;
 use crate::api::release::{Artifact, ComponentPlatform, ReleaseSpec, StepStatus};
+use crate::api::{Environment, Release};
 use crate::platform::{
     DeploySource, Deployment, DeploymentState, Deployments, FlyClient, FlyStrategy, Platform,
     PlatformResult, RenderClient, Token, VercelClient,
@@ -43,6 +43,8 @@ enum How {
     Promote(String),
     /// The Fly app's machines updated to the image, as the strategy says.
     Roll(FlyStrategy),
+    /// Render's rollback to this earlier deploy (no rebuild).
+    Rollback(String),
     /// A Vercel production deployment of the git ref from the repository the Environment
     /// links the project to (`owner/name`), with the project's name.
     Build { name: String, repo: String },
@@ -68,6 +70,14 @@ impl Client {
             Client::Render(c) => c.deployment(target, id).await,
             Client::Vercel(c) => c.deployment(target, id).await,
             Client::Fly(c) => c.deployment(target, id).await,
+        }
+    }
+
+    async fn rollback(&self, target: &str, id: &str) -> PlatformResult<Deployment> {
+        match self {
+            Client::Render(c) => c.rollback(target, id).await,
+            Client::Vercel(c) => c.rollback(target, id).await,
+            Client::Fly(c) => c.rollback(target, id).await,
         }
     }
 
@@ -144,34 +154,8 @@ pub fn targets(
     secrets: &SecretValues,
     platforms: &Platforms,
 ) -> Result<BTreeMap<String, Target>, Unready> {
-    let objects = environment
-        .status
-        .as_ref()
-        .map(|s| s.objects.as_slice())
-        .unwrap_or_default();
     let mut targets = BTreeMap::new();
     for artifact in &spec.artifacts {
-        let platform = platform_of(artifact.platform);
-        let id = objects
-            .iter()
-            .find(|o| {
-                o.platform == platform.as_str()
-                    && o.kind == object_kind(artifact.platform)
-                    && o.name == artifact.component
-            })
-            .and_then(|o| o.id.clone())
-            // Fly's Machines API addresses an app by its name.
-            .map(|id| match artifact.platform {
-                ComponentPlatform::Fly => artifact.component.clone(),
-                _ => id,
-            })
-            .ok_or_else(|| {
-                Unready::NotCreated(format!(
-                    "{platform} {} {:?} is not created by its Environment yet",
-                    object_kind(artifact.platform),
-                    artifact.component
-                ))
-            })?;
         let (source, how) = match (&artifact.image, &artifact.git_ref, &artifact.deployment_id) {
             (Some(image), _, _) => (DeploySource::Image(image.clone()), How::Deploy),
             (None, Some(git), _) => (DeploySource::Git(git.clone()), How::Deploy),
@@ -198,45 +182,183 @@ pub fn targets(
             },
             (_, how, _) => how,
         };
-        let reference = credential(artifact.platform, environment).ok_or_else(|| {
-            Unready::NoCredentials(format!(
-                "Environment names no {platform} credentials (spec.credentials.{platform})"
-            ))
-        })?;
-        let token = secrets.get(&reference).ok_or_else(|| {
-            Unready::NoCredentials(format!(
-                "Secret {:?} has no key {:?} (the Environment's spec.credentials.{platform})",
-                reference.name, reference.key
-            ))
-        })?;
-        let token = Token::new(token.expose().trim());
-        let (http, _) = platforms
-            .client(platform, &token)
-            .map_err(|e| Unready::NoCredentials(e.to_string()))?;
-        let client = match artifact.platform {
-            ComponentPlatform::Render => Client::Render(RenderClient::new(http)),
-            ComponentPlatform::Vercel => {
-                let team = environment
-                    .spec
-                    .vercel
-                    .as_ref()
-                    .and_then(|v| v.team_id.clone());
-                Client::Vercel(VercelClient::new(http, team))
-            }
-            ComponentPlatform::Fly => Client::Fly(FlyClient::new(http)),
-        };
-        targets.insert(
-            artifact.component.clone(),
-            Target {
-                platform: artifact.platform,
-                id,
-                source,
-                how,
-                client,
-            },
-        );
+        let target = target(
+            artifact.platform,
+            &artifact.component,
+            source,
+            how,
+            environment,
+            secrets,
+            platforms,
+        )?;
+        targets.insert(artifact.component.clone(), target);
     }
     Ok(targets)
+}
+
+/// Where each component a failed Release changed goes back to: what the previous
+/// Succeeded Release deployed there (`previous`: its artifacts and step entries). Render
+/// rolls back to that deploy (no rebuild), Vercel promotes that deployment, Fly machines
+/// take that image again, all at once. A component the previous Release did not deploy goes
+/// back to its Environment's image (Render, Fly); `Err` names one with nothing to go back to.
+pub fn rollback_targets(
+    changed: &[StepStatus],
+    previous: &Release,
+    environment: &Environment,
+    secrets: &SecretValues,
+    platforms: &Platforms,
+) -> Result<BTreeMap<String, Target>, Unready> {
+    let before = previous
+        .status
+        .as_ref()
+        .map_or(&[][..], |s| s.steps.as_slice());
+    let mut targets = BTreeMap::new();
+    for entry in changed {
+        let component = &entry.component;
+        let artifact = previous
+            .spec
+            .artifacts
+            .iter()
+            .find(|a| &a.component == component);
+        let deployed = before
+            .iter()
+            .find(|s| &s.component == component)
+            .and_then(|s| s.deployment_id.clone());
+        let image = artifact
+            .and_then(|a| a.image.clone())
+            .or_else(|| environment_image(environment, entry.platform, component));
+        let nothing = || {
+            Unready::Unsupported(format!(
+                "{} {component:?} has no earlier deployment to go back to",
+                platform_of(entry.platform)
+            ))
+        };
+        let (source, how) = match entry.platform {
+            ComponentPlatform::Render => {
+                let image = image.ok_or_else(nothing)?;
+                match deployed.filter(|_| artifact.is_some()) {
+                    Some(id) => (DeploySource::Image(image), How::Rollback(id)),
+                    None => (DeploySource::Image(image), How::Deploy),
+                }
+            }
+            ComponentPlatform::Vercel => {
+                let id = deployed.ok_or_else(nothing)?;
+                (DeploySource::Current, How::Promote(id))
+            }
+            ComponentPlatform::Fly => (
+                DeploySource::Image(image.ok_or_else(nothing)?),
+                How::Roll(FlyStrategy::Immediate),
+            ),
+        };
+        let target = target(
+            entry.platform,
+            component,
+            source,
+            how,
+            environment,
+            secrets,
+            platforms,
+        )?;
+        targets.insert(component.clone(), target);
+    }
+    Ok(targets)
+}
+
+/// The image the Environment declares for a Render service or Fly app.
+fn environment_image(
+    environment: &Environment,
+    platform: ComponentPlatform,
+    component: &str,
+) -> Option<String> {
+    let spec = &environment.spec;
+    match platform {
+        ComponentPlatform::Render => spec
+            .render
+            .as_ref()?
+            .services
+            .iter()
+            .find(|s| s.name == component)?
+            .image
+            .clone(),
+        ComponentPlatform::Fly => spec
+            .fly
+            .as_ref()?
+            .apps
+            .iter()
+            .find(|a| a.name == component)
+            .map(|a| a.image.clone()),
+        ComponentPlatform::Vercel => None,
+    }
+}
+
+/// One component's target: its object's id from the Environment's status and a client
+/// with the Environment's token.
+fn target(
+    platform: ComponentPlatform,
+    component: &str,
+    source: DeploySource,
+    how: How,
+    environment: &Environment,
+    secrets: &SecretValues,
+    platforms: &Platforms,
+) -> Result<Target, Unready> {
+    let objects = environment
+        .status
+        .as_ref()
+        .map(|s| s.objects.as_slice())
+        .unwrap_or_default();
+    let vendor = platform_of(platform);
+    let id = objects
+        .iter()
+        .find(|o| {
+            o.platform == vendor.as_str() && o.kind == object_kind(platform) && o.name == component
+        })
+        .and_then(|o| o.id.clone())
+        // Fly's Machines API addresses an app by its name.
+        .map(|id| match platform {
+            ComponentPlatform::Fly => component.to_string(),
+            _ => id,
+        })
+        .ok_or_else(|| {
+            Unready::NotCreated(format!(
+                "{vendor} {} {component:?} is not created by its Environment yet",
+                object_kind(platform),
+            ))
+        })?;
+    let reference = credential(platform, environment).ok_or_else(|| {
+        Unready::NoCredentials(format!(
+            "Environment names no {vendor} credentials (spec.credentials.{vendor})"
+        ))
+    })?;
+    let token = secrets.get(&reference).ok_or_else(|| {
+        Unready::NoCredentials(format!(
+            "Secret {:?} has no key {:?} (the Environment's spec.credentials.{vendor})",
+            reference.name, reference.key
+        ))
+    })?;
+    let token = Token::new(token.expose().trim());
+    let (http, _) = platforms
+        .client(vendor, &token)
+        .map_err(|e| Unready::NoCredentials(e.to_string()))?;
+    let client = match platform {
+        ComponentPlatform::Render => Client::Render(RenderClient::new(http)),
+        ComponentPlatform::Vercel => {
+            let team = environment
+                .spec
+                .vercel
+                .as_ref()
+                .and_then(|v| v.team_id.clone());
+            Client::Vercel(VercelClient::new(http, team))
+        }
+        ComponentPlatform::Fly => Client::Fly(FlyClient::new(http)),
+    };
+    Ok(Target {
+        platform,
+        id,
+        source,
+        how,
+        client,
+    })
 }
 
 fn source_text(source: &DeploySource) -> Option<&str> {
@@ -320,6 +442,7 @@ pub async fn advance(target: &Target, mut entry: StepStatus, now: &str) -> StepS
                         (How::Build { name, repo }, Client::Vercel(c), DeploySource::Git(git)) => {
                             c.deploy_git(&target.id, name, repo, git).await
                         }
+                        (How::Rollback(id), client, _) => client.rollback(&target.id, id).await,
                         _ => target.client.deploy(&target.id, &target.source).await,
                     }
                 }

@@ -19,14 +19,14 @@ fn admin_url() -> String {
 }
 
 /// A database created for one test.
-struct TestDb {
+pub(crate) struct TestDb {
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl TestDb {
     /// Creates `tether_test_<random>`.
-    async fn create() -> TestDb {
+    pub(crate) async fn create() -> TestDb {
         tether::install_crypto_provider();
         let name = format!("tether_test_{:016x}", rand::random::<u64>());
         let admin = connect(&admin_url()).await;

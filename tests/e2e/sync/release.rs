@@ -736,8 +736,12 @@ async fn a_newer_release_of_an_environment_waits_for_the_one_in_progress() {
     let h = SyncHarness::start().await;
     h.apply(environment()).await;
     h.wait_ready("shop").await;
-    apply_release(&h, release("first", "ghcr.io/acme/api:10")).await;
-    wait_release(&h, "first", |r| r["status"]["phase"] == "Deploying").await;
+    // The first stays in progress for a few seconds: three healthy answers a second apart.
+    let mut first = release("first", "ghcr.io/acme/api:10");
+    first["spec"]["healthChecks"] = json!([{"name": "api", "component": "shop-api",
+        "path": "/healthz", "successThreshold": 3, "interval": "1s"}]);
+    apply_release(&h, first).await;
+    wait_release(&h, "first", |r| r["status"]["phase"] == "Verifying").await;
     apply_release(&h, release("second", "ghcr.io/acme/api:11")).await;
     let waiting = wait_release(&h, "second", |r| {
         condition(r, "Reconciling").is_some_and(|c| c["reason"] == "WaitingForRelease")
@@ -763,5 +767,218 @@ async fn a_newer_release_of_an_environment_waits_for_the_one_in_progress() {
         at(&second, "startedAt") >= at(&first, "finishedAt"),
         "the second started after the first finished: {first}\n{second}"
     );
+    h.stop().await;
+}
+
+/// Render rollbacks (`POST /services/{id}/rollback`) to the deploy `deploy_id`.
+fn rollbacks_to(h: &SyncHarness, deploy_id: &Value) -> usize {
+    requests(h, Platform::Render, "POST", "/rollback")
+        .iter()
+        .filter(|b| &b["deployId"] == deploy_id)
+        .count()
+}
+
+#[tokio::test]
+async fn a_failed_health_check_rolls_every_changed_component_back_even_across_a_controller_kill() {
+    let mut h = SyncHarness::start().await;
+    h.apply(shop()).await;
+    let env = h.wait_ready("shop").await;
+    apply_release(&h, shop_release("shop-20", "20")).await;
+    let good = wait_release(&h, "shop-20", |r| r["status"]["phase"] == "Succeeded").await;
+    h.sandbox.set_faults(
+        Platform::Render,
+        Faults {
+            unhealthy_sources: vec!["ghcr.io/acme/api:21".into()],
+            ..Faults::default()
+        },
+    );
+    apply_release(&h, shop_release("shop-21", "21")).await;
+    // Killed once the rollback has started, and again once a rollback deploy is recorded.
+    wait_release(&h, "shop-21", |r| r["status"]["phase"] == "RollingBack").await;
+    h.kill_controllers();
+    h.start_controllers().await;
+    wait_release(&h, "shop-21", |r| {
+        r["status"]["rollback"]["steps"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["deploymentId"].is_string()))
+            || r["status"]["phase"] == "RolledBack"
+    })
+    .await;
+    h.kill_controllers();
+    h.start_controllers().await;
+    let rel = wait_release(&h, "shop-21", |r| r["status"]["phase"] == "RolledBack").await;
+    let stalled = condition(&rel, "Stalled").unwrap();
+    assert_eq!(stalled["reason"], "RolledBack", "{rel}");
+    let message = stalled["message"].as_str().unwrap();
+    assert!(
+        message.contains("rolled back to Release shop-20 (2 component(s))")
+            && message.contains("health check api failed"),
+        "{message}"
+    );
+    assert!(!condition_is(&rel, "Ready", "True"));
+    assert_eq!(rel["status"]["rollback"]["to"], "shop-20");
+    assert_eq!(rel["status"]["rollback"]["reason"], "HealthCheckFailed");
+    // Step 1 changed the API and the worker; step 2 never started.
+    let components: Vec<&str> = rel["status"]["rollback"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["component"].as_str().unwrap())
+        .collect();
+    assert_eq!(components, ["shop-api", "shop-worker"]);
+    // One rollback per component to the deploy the good Release made, none twice.
+    assert_eq!(
+        rollbacks_to(&h, &good["status"]["steps"][0]["deploymentId"]),
+        1
+    );
+    assert_eq!(
+        rollbacks_to(&h, &good["status"]["steps"][1]["deploymentId"]),
+        1
+    );
+    assert_eq!(machine_updates(&h, "registry.fly.io/edge:21"), 0);
+    // The previous version is live again.
+    let (code, body) = app_answer(h.sandbox.edge_url(), &host_of(&env, "shop-api")).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("ghcr.io/acme/api:20"), "{body}");
+    let events = h.events("shop-21").await;
+    // (An event of a reconcile the kill interrupted may be lost, as on a crash.)
+    for reason in ["HealthCheckFailed", "RolledBack"] {
+        assert!(
+            events.iter().any(|(_, r, _)| r == reason),
+            "{reason}: {events:?}"
+        );
+    }
+    assert!(
+        h.metrics()
+            .await
+            .contains("tether_release_total{result=\"rolled_back\"} 1")
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_fly_canary_rolls_back_render_fly_and_vercel_to_the_previous_release() {
+    let h = SyncHarness::start().await;
+    h.apply(shop()).await;
+    h.wait_ready("shop").await;
+    apply_release(&h, shop_release("shop-30", "30")).await;
+    wait_release(&h, "shop-30", |r| r["status"]["phase"] == "Succeeded").await;
+    h.sandbox.set_faults(
+        Platform::Fly,
+        Faults {
+            crashing_sources: vec!["registry.fly.io/edge:31".into()],
+            ..Faults::default()
+        },
+    );
+    apply_release(&h, shop_release("shop-31", "31")).await;
+    let rel = wait_release(&h, "shop-31", |r| {
+        matches!(r["status"]["phase"].as_str(), Some("RolledBack" | "Failed"))
+    })
+    .await;
+    assert_eq!(rel["status"]["phase"], "RolledBack", "{rel}");
+    assert_eq!(rel["status"]["rollback"]["reason"], "DeployFailed");
+    for (host, version) in [
+        ("shop-edge.fly.dev", "registry.fly.io/edge:30"),
+        ("www.shop.example.com", "v30"),
+    ] {
+        let (code, body) = app_answer(h.sandbox.edge_url(), host).await;
+        assert_eq!(code, 200, "{host}: {body}");
+        assert!(body.contains(version), "{host}: {body}");
+    }
+    // The canary went back; the other machines never left the previous image.
+    assert_eq!(machine_updates(&h, "registry.fly.io/edge:31"), 1);
+    assert_eq!(machine_updates(&h, "registry.fly.io/edge:30"), 3 + 1);
+    let events = h.events("shop-31").await;
+    for reason in ["DeployFailed", "RollbackStarted", "RolledBack"] {
+        assert!(
+            events.iter().any(|(_, r, _)| r == reason),
+            "{reason}: {events:?}"
+        );
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_migration_applied_since_the_previous_release_that_is_not_backward_compatible_stops_the_rollback()
+ {
+    let db = crate::migrate::TestDb::create().await;
+    let h = SyncHarness::start().await;
+    h.put_secret("db", &[("url", db.url.as_str())]).await;
+    h.apply(environment()).await;
+    h.wait_ready("shop").await;
+    let migrations: kube::Api<tether::api::Migration> =
+        kube::Api::namespaced(h.client.clone(), "default");
+    let apply_migration = |files: Value| {
+        let migrations = migrations.clone();
+        async move {
+            let manifest = json!({
+                "apiVersion": "tether.dev/v1alpha1", "kind": "Migration",
+                "metadata": {"name": "schema", "namespace": "default"},
+                "spec": {"database": {"connectionSecretRef": {"name": "db", "key": "url"}},
+                    "source": {"inline": files}, "policy": {"allowDestructive": true}},
+            });
+            migrations
+                .patch(
+                    "schema",
+                    &kube::api::PatchParams::apply("e2e-test").force(),
+                    &kube::api::Patch::Apply(&manifest),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let create =
+        json!({"version": "1", "name": "notes", "sql": "create table notes (id int, body text);"});
+    apply_migration(json!([create])).await;
+    let mut good = release("v40", "ghcr.io/acme/api:40");
+    good["spec"]["migrations"] = json!(["schema"]);
+    apply_release(&h, good).await;
+    wait_release(&h, "v40", |r| r["status"]["phase"] == "Succeeded").await;
+    // After v40 succeeded, a migration drops a column the old code may read.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let drop =
+        json!({"version": "2", "name": "drop_body", "sql": "alter table notes drop column body;"});
+    apply_migration(json!([create, drop])).await;
+    eventually(WAIT, || async {
+        let m = migrations.get("schema").await.ok()?;
+        let applied = m.status?.applied;
+        (applied.len() == 2).then_some(())
+    })
+    .await;
+    h.sandbox.set_faults(
+        Platform::Render,
+        Faults {
+            unhealthy_sources: vec!["ghcr.io/acme/api:41".into()],
+            ..Faults::default()
+        },
+    );
+    let mut bad = release("v41", "ghcr.io/acme/api:41");
+    bad["spec"]["migrations"] = json!(["schema"]);
+    bad["spec"]["healthChecks"] =
+        json!([{"name": "api", "component": "shop-api", "interval": "1s", "retries": 0}]);
+    apply_release(&h, bad).await;
+    let rel = wait_release(&h, "v41", |r| {
+        matches!(r["status"]["phase"].as_str(), Some("Failed" | "RolledBack"))
+    })
+    .await;
+    assert_eq!(rel["status"]["phase"], "Failed", "{rel}");
+    let safe = condition(&rel, "RollbackSafe").unwrap();
+    assert_eq!(safe["status"], "False", "{safe}");
+    assert_eq!(safe["reason"], "MigrationNotBackwardCompatible");
+    let message = safe["message"].as_str().unwrap();
+    assert!(
+        message.contains("migration 2_drop_body.sql of Migration \"schema\"")
+            && message.contains("ban-drop-column"),
+        "{message}"
+    );
+    assert!(
+        condition(&rel, "Stalled").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("not rolled back"),
+        "{rel}"
+    );
+    assert!(rel["status"]["rollback"].is_null(), "{rel}");
+    assert_eq!(requests(&h, Platform::Render, "POST", "/rollback").len(), 0);
     h.stop().await;
 }
