@@ -169,6 +169,9 @@ pub struct RenderService {
     pub schedule: Option<String>,
     /// Build output directory (static sites).
     pub publish_path: Option<String>,
+    /// When Render last changed the service (`updatedAt`), as sent: the change signal its
+    /// sub-lists are re-read on.
+    pub updated_at: Option<String>,
 }
 
 /// Fields to change on a service; `None` leaves a field alone, `Some("")` clears a
@@ -612,6 +615,8 @@ struct ApiService {
     auto_deploy: Option<String>,
     #[serde(default)]
     service_details: Option<ApiServiceDetails>,
+    #[serde(default)]
+    updated_at: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -681,6 +686,7 @@ impl From<ApiService> for RenderService {
             health_check_path: non_empty(details.health_check_path),
             schedule: non_empty(details.schedule),
             publish_path: non_empty(details.publish_path),
+            updated_at: s.updated_at,
         }
     }
 }
@@ -1702,6 +1708,7 @@ mod tests {
             health_check_path: None,
             schedule: None,
             publish_path: None,
+            updated_at: None,
         }
     }
 

@@ -189,6 +189,9 @@ pub struct VercelProject {
     pub node_version: String,
     /// Environment variables, as the project list and project reads return them.
     pub env_vars: Vec<VercelEnvVar>,
+    /// When Vercel last changed the project (`updatedAt`, epoch milliseconds, as sent): the
+    /// change signal its domains are re-read on.
+    pub updated_at: Option<String>,
 }
 
 /// Settings to change on a project. The outer `None` leaves a field alone; `Some(None)`
@@ -460,6 +463,8 @@ struct ApiProject {
     link: Option<Value>,
     #[serde(default)]
     env: Vec<ApiEnv>,
+    #[serde(default)]
+    updated_at: Option<serde_json::Number>,
 }
 
 /// Reads the `link` variants of the spec (GitHub, GitLab, Bitbucket) into `owner/name`.
@@ -506,6 +511,7 @@ impl ApiProject {
             output_directory: self.output_directory,
             node_version: self.node_version,
             env_vars,
+            updated_at: self.updated_at.map(|n| n.to_string()),
         })
     }
 }

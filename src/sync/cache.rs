@@ -8,9 +8,17 @@
 //! Out-of-band changes are therefore seen at most one max age late, which is what a resync
 //! interval means anyway.
 //!
-//! Memory does not grow with history: entries unused for [`EVICT_AFTER_AGES`] max ages (the
-//! sub-lists of objects deleted long ago, accounts no longer used) are dropped by a sweep that
-//! runs at most once per max age.
+//! A sub-list of one object (a Render service's env vars, a Vercel project's domains, a Fly
+//! app's secrets) is read through [`ObserveCache::get_or_fetch_unless_changed`]: it is
+//! reused while the change signal its parent's list entry carries (an `updatedAt`, a machine
+//! count) is the one it was read under, up to a `keep` the caller chooses (the safety net for
+//! out-of-band edits that move no signal: see [`crate::sync::SUBLIST_RECHECK_INTERVALS`]).
+//! The first deadline of an entry is spread at random over `keep`, so the re-reads of objects
+//! created together do not all fall into one interval.
+//!
+//! Memory does not grow with history: entries unused for [`EVICT_AFTER_AGES`] max ages, and
+//! past their reuse deadline (the sub-lists of objects deleted long ago, accounts no longer
+//! used), are dropped by a sweep that runs at most once per max age.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -35,9 +43,20 @@ impl CacheKey {
 type Value = Arc<dyn Any + Send + Sync>;
 
 struct Entry {
-    value: Option<(Instant, Value)>,
+    value: Option<Stored>,
     /// Held while a fetch is in flight (single flight).
     fetching: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A cached value: when it was fetched, the change signal it was fetched under (sub-lists),
+/// and until when it may be reused without a fetch.
+struct Stored {
+    at: Instant,
+    value: Value,
+    signal: Option<String>,
+    until: Instant,
+    /// Fetched to be kept longer than a max age.
+    long: bool,
 }
 
 /// Entries older than this many max ages are dropped (nobody read them again in that time).
@@ -86,6 +105,7 @@ impl ObserveCache {
             *swept = Instant::now();
         }
         let horizon = self.max_age * EVICT_AFTER_AGES;
+        let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.retain(|_, entry| {
             // A fetch in flight holds a second reference to its gate.
@@ -93,7 +113,7 @@ impl ObserveCache {
                 || entry
                     .value
                     .as_ref()
-                    .is_some_and(|(at, _)| at.elapsed() <= horizon)
+                    .is_some_and(|v| now <= (v.at + horizon).max(v.until))
         });
     }
 
@@ -102,13 +122,26 @@ impl ObserveCache {
         self.max_age
     }
 
-    fn fresh<T: Send + Sync + 'static>(&self, key: &CacheKey) -> Option<Arc<T>> {
+    /// The cached value of `key` if it is younger than the max age, or (with a `signal`) if
+    /// it was fetched under that signal, is at most `keep` old and its reuse deadline has not
+    /// passed.
+    fn fresh<T: Send + Sync + 'static>(
+        &self,
+        key: &CacheKey,
+        signal: Option<&str>,
+        keep: Duration,
+    ) -> Option<Arc<T>> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let (at, value) = entries.get(key)?.value.as_ref()?;
-        if at.elapsed() > self.max_age {
+        let stored = entries.get(key)?.value.as_ref()?;
+        let young = stored.at.elapsed() <= self.max_age;
+        let unchanged = signal.is_some()
+            && stored.signal.as_deref() == signal
+            && stored.at.elapsed() <= keep
+            && Instant::now() < stored.until;
+        if !(young || unchanged) {
             return None;
         }
-        value.clone().downcast::<T>().ok()
+        stored.value.clone().downcast::<T>().ok()
     }
 
     /// The cached value of `key` if it is younger than the max age; otherwise runs `fetch`
@@ -119,7 +152,42 @@ impl ObserveCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = PlatformResult<T>>,
     {
-        if let Some(hit) = self.fresh(key) {
+        self.fetch_unless(key, None, self.max_age, fetch).await
+    }
+
+    /// Like [`ObserveCache::get_or_fetch`], and besides reuses a value fetched under the same
+    /// `signal` (the parent object's change signal) for up to `keep` after its fetch. The
+    /// first fetch of a key is reused for a random share of `keep` (at least the max age), so
+    /// that sub-lists read together are not all read again together. A zero max age reuses
+    /// nothing.
+    pub async fn get_or_fetch_unless_changed<T, F, Fut>(
+        &self,
+        key: &CacheKey,
+        signal: &str,
+        keep: Duration,
+        fetch: F,
+    ) -> PlatformResult<Arc<T>>
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = PlatformResult<T>>,
+    {
+        self.fetch_unless(key, Some(signal), keep, fetch).await
+    }
+
+    async fn fetch_unless<T, F, Fut>(
+        &self,
+        key: &CacheKey,
+        signal: Option<&str>,
+        keep: Duration,
+        fetch: F,
+    ) -> PlatformResult<Arc<T>>
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = PlatformResult<T>>,
+    {
+        if let Some(hit) = self.fresh(key, signal, keep) {
             return Ok(hit);
         }
         self.sweep();
@@ -136,13 +204,30 @@ impl ObserveCache {
         };
         let _flight = gate.lock().await;
         // Another caller may have fetched while this one waited.
-        if let Some(hit) = self.fresh(key) {
+        if let Some(hit) = self.fresh(key, signal, keep) {
             return Ok(hit);
         }
         let value = Arc::new(fetch().await?);
+        let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(entry) = entries.get_mut(key) {
-            entry.value = Some((Instant::now(), value.clone() as Value));
+            let long = keep > self.max_age;
+            // The first long keep of an entry (a new object, or one that just settled).
+            let first = entry.value.as_ref().is_none_or(|v| !v.long);
+            let keep = if self.max_age.is_zero() {
+                Duration::ZERO
+            } else if first && long {
+                keep.mul_f64(rand::random::<f64>()).max(self.max_age)
+            } else {
+                keep
+            };
+            entry.value = Some(Stored {
+                at: now,
+                value: value.clone() as Value,
+                signal: signal.map(str::to_owned),
+                until: now + keep,
+                long,
+            });
         }
         Ok(value)
     }
@@ -156,16 +241,16 @@ impl ObserveCache {
     {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let Some(Entry {
-            value: Some((_, value)),
+            value: Some(stored),
             ..
         }) = entries.get_mut(key)
         else {
             return;
         };
-        if let Some(current) = value.downcast_ref::<T>() {
+        if let Some(current) = stored.value.downcast_ref::<T>() {
             let mut next = current.clone();
             change(&mut next);
-            *value = Arc::new(next);
+            stored.value = Arc::new(next);
         }
     }
 
@@ -248,6 +333,60 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(cache.entries(), 1, "only the entry read now is left");
+    }
+
+    #[tokio::test]
+    async fn a_sub_list_is_reused_while_its_signal_holds_and_read_again_when_it_moves_or_keep_ends()
+    {
+        let cache = ObserveCache::new(Duration::from_millis(10));
+        let key = CacheKey::new("render", "acct", "srv-1", "envVars");
+        let fetches = Arc::new(AtomicU32::new(0));
+        let read = |signal: &'static str, keep: Duration| {
+            let fetches = fetches.clone();
+            let cache = cache.clone();
+            let key = key.clone();
+            async move {
+                cache
+                    .get_or_fetch_unless_changed(&key, signal, keep, || async move {
+                        Ok(fetches.fetch_add(1, Ordering::SeqCst))
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        let keep = Duration::from_millis(300);
+        read("t1", keep).await;
+        // The first deadline is spread over `keep` (at least one max age): read it again
+        // once that is over, then it holds for the whole of `keep`.
+        tokio::time::sleep(keep + Duration::from_millis(20)).await;
+        read("t1", keep).await;
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            *read("t1", keep).await,
+            1,
+            "older than a max age, signal unchanged"
+        );
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+        assert_eq!(*read("t2", keep).await, 2, "the parent changed");
+        tokio::time::sleep(keep + Duration::from_millis(20)).await;
+        assert_eq!(
+            *read("t2", keep).await,
+            3,
+            "the safety net: at most `keep` old"
+        );
+        // Without a long keep it is an ordinary entry of one max age.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(*read("t2", Duration::ZERO).await, 4);
+        // A zero max age reuses nothing, whatever the signal.
+        let uncached = ObserveCache::new(Duration::ZERO);
+        for expected in 0..2u32 {
+            let got = uncached
+                .get_or_fetch_unless_changed(&key, "t", keep, || async move { Ok(expected) })
+                .await
+                .unwrap();
+            assert_eq!(*got, expected);
+        }
     }
 
     #[tokio::test]

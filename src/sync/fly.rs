@@ -1227,9 +1227,28 @@ async fn observe(
             continue;
         };
         let name = app.name.as_str();
+        // The app's machines and secrets are re-read when its list entry's machine count or
+        // status moves (Fly's apps list carries no update time), else at least every
+        // SUBLIST_RECHECK_INTERVALS intervals while the app and its machines were ready and
+        // in sync (see `SyncInput::sub_list_keep`).
+        let signal = format!(
+            "{}/{}",
+            found.machine_count.unwrap_or_default(),
+            found.status.as_deref().unwrap_or_default()
+        );
+        let keep = input.sub_list_keep(|o| {
+            let of_app = match o.kind.as_str() {
+                APP => o.name == name,
+                MACHINE => o.name.starts_with(&format!("{name}-")),
+                _ => false,
+            };
+            of_app.then_some(o.ready && o.drift.is_empty())
+        });
         let machines = input
             .cache
-            .get_or_fetch(&input.key(name, "machines"), || client.list_machines(name))
+            .get_or_fetch_unless_changed(&input.key(name, "machines"), &signal, keep, || {
+                client.list_machines(name)
+            })
             .await?;
         let had = |kind: &str| {
             previous.iter().any(|o| {
@@ -1255,7 +1274,7 @@ async fn observe(
         let secrets = if !app.secrets.is_empty() || had(APP) {
             let listed = input
                 .cache
-                .get_or_fetch(&input.key(name, "secrets"), || async {
+                .get_or_fetch_unless_changed(&input.key(name, "secrets"), &signal, keep, || async {
                     Ok(client
                         .list_secrets(name)
                         .await?

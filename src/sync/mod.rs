@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -390,6 +391,39 @@ impl SyncInput<'_> {
             drift: plan.drift.clone(),
             ..ManagedObject::default()
         }
+    }
+}
+
+/// The safety net for sub-lists no change signal covers. A sub-list of an object (a Render
+/// service's env vars and custom domains, a Vercel project's domains, a Fly app's machines
+/// and secrets) is read again when its parent's list entry changes (`updatedAt`, a machine
+/// count), when the object was not ready or in sync at the last reconcile, when the spec
+/// changed, and otherwise at least every this many resync intervals: an out-of-band edit that
+/// moves no signal is found within this many intervals.
+pub const SUBLIST_RECHECK_INTERVALS: u32 = 8;
+
+impl SyncInput<'_> {
+    /// How long a sub-list of the objects `settled` looks at may be reused while its parent's
+    /// change signal holds: [`SUBLIST_RECHECK_INTERVALS`] intervals when the last reconcile
+    /// applied this spec and every such object was ready with no drift, one max age otherwise.
+    pub fn sub_list_keep(&self, settled: impl Fn(&ManagedObject) -> Option<bool>) -> Duration {
+        let mut seen = false;
+        let mut all = self.drift_possible;
+        for verdict in self.previous_objects().filter_map(settled) {
+            seen = true;
+            all &= verdict;
+        }
+        match crate::api::common::parse_duration(&self.spec.interval) {
+            Ok(interval) if seen && all => interval * SUBLIST_RECHECK_INTERVALS,
+            _ => self.cache.max_age(),
+        }
+    }
+
+    /// [`SyncInput::sub_list_keep`] for the one object `kind`/`name`.
+    pub fn sub_list_keep_of(&self, kind: &str, name: &str) -> Duration {
+        self.sub_list_keep(|o| {
+            (o.kind == kind && o.name == name).then_some(o.ready && o.drift.is_empty())
+        })
     }
 }
 

@@ -1107,16 +1107,53 @@ impl RenderDriver {
                 client.list_services(owner, None)
             })
             .await?;
+        // The workspace's lists are shared by every Environment; this one keeps only the
+        // objects its spec names or its status records (planning finds nothing else), so a
+        // reconcile does not copy the whole workspace.
+        // A kind the spec does not declare and status does not record is not listed at all.
+        let wanted =
+            |kind: &str, name: &str, named: bool| named || input.previous(kind, name).is_some();
+        let any = |kind: &str, declared: bool| {
+            declared || input.previous_objects().any(|o| o.kind == kind)
+        };
         let kv_key = input.key(owner, "keyValues");
-        let mut key_values = (*cache
-            .get_or_fetch(&kv_key, || client.list_key_values(owner, None))
-            .await?)
-            .clone();
+        let key_values = if any(KEY_VALUE, !spec.key_values.is_empty()) {
+            cache
+                .get_or_fetch(&kv_key, || client.list_key_values(owner, None))
+                .await?
+        } else {
+            Arc::default()
+        };
+        let mut key_values: Vec<RenderKeyValue> = key_values
+            .iter()
+            .filter(|o| {
+                wanted(
+                    KEY_VALUE,
+                    &o.name,
+                    spec.key_values.iter().any(|s| s.name == o.name),
+                )
+            })
+            .cloned()
+            .collect();
         let pg_key = input.key(owner, "postgres");
-        let mut postgres = (*cache
-            .get_or_fetch(&pg_key, || client.list_postgres(owner, None))
-            .await?)
-            .clone();
+        let postgres = if any(POSTGRES, !spec.postgres.is_empty()) {
+            cache
+                .get_or_fetch(&pg_key, || client.list_postgres(owner, None))
+                .await?
+        } else {
+            Arc::default()
+        };
+        let mut postgres: Vec<RenderPostgres> = postgres
+            .iter()
+            .filter(|o| {
+                wanted(
+                    POSTGRES,
+                    &o.name,
+                    spec.postgres.iter().any(|s| s.name == o.name),
+                )
+            })
+            .cloned()
+            .collect();
         if !input.deleting {
             // Datastores of this spec still coming up: the list may be older than their
             // readiness, so read them by id (and write the news through).
@@ -1140,7 +1177,17 @@ impl RenderDriver {
             }
         }
         let mut observed = Observed {
-            services: (*services).clone(),
+            services: services
+                .iter()
+                .filter(|o| {
+                    wanted(
+                        SERVICE,
+                        &o.name,
+                        spec.services.iter().any(|s| s.name == o.name),
+                    )
+                })
+                .cloned()
+                .collect(),
             key_values,
             postgres,
             listed: true,
@@ -1158,13 +1205,21 @@ impl RenderDriver {
             })
             .collect();
         let client = &client;
+        // A service's sets are read again when its `updatedAt` moves, else at least every
+        // SUBLIST_RECHECK_INTERVALS intervals (see `SyncInput::sub_list_keep`).
+        let signal = |o: &RenderService| o.updated_at.clone().unwrap_or_default();
         let env_lists = futures::future::try_join_all(ours.iter().map(|(o, owns)| async move {
             if !owns.env_vars {
                 return Ok(None);
             }
             let key = input.key(&o.id, "envVars");
             cache
-                .get_or_fetch(&key, || client.list_env_vars(&o.id))
+                .get_or_fetch_unless_changed(
+                    &key,
+                    &signal(o),
+                    input.sub_list_keep_of(SERVICE, &o.name),
+                    || client.list_env_vars(&o.id),
+                )
                 .await
                 .map(Some)
         }))
@@ -1182,7 +1237,12 @@ impl RenderDriver {
             }
             let key = input.key(&o.id, "domains");
             cache
-                .get_or_fetch(&key, || client.list_domains(&o.id))
+                .get_or_fetch_unless_changed(
+                    &key,
+                    &signal(o),
+                    input.sub_list_keep_of(SERVICE, &o.name),
+                    || client.list_domains(&o.id),
+                )
                 .await
                 .map(Some)
         }))
@@ -1694,6 +1754,7 @@ mod tests {
             health_check_path: None,
             schedule: None,
             publish_path: None,
+            updated_at: None,
         };
         let env = vec![
             EnvVar {

@@ -605,13 +605,18 @@ impl Driver for VercelDriver {
             .await?;
         let mut domains = HashMap::new();
         // Domains are read only for the projects whose spec owns them.
+        // Re-read when the project's `updatedAt` moves, else at least every
+        // SUBLIST_RECHECK_INTERVALS intervals (see `SyncInput::sub_list_keep`).
         for want in desired.iter().filter(|w| w.owns_domains) {
             if let Some(project) = projects.iter().find(|p| p.name == want.name) {
                 let list: Arc<Vec<VercelDomain>> = input
                     .cache
-                    .get_or_fetch(&input.key(&project.id, "domains"), || {
-                        client.list_domains(&project.id)
-                    })
+                    .get_or_fetch_unless_changed(
+                        &input.key(&project.id, "domains"),
+                        project.updated_at.as_deref().unwrap_or_default(),
+                        input.sub_list_keep_of(KIND, &want.name),
+                        || client.list_domains(&project.id),
+                    )
                     .await?;
                 domains.insert(project.id.clone(), list.as_ref().clone());
             }
@@ -1001,6 +1006,7 @@ mod tests {
                     git_branch: e.git_branch.clone(),
                 })
                 .collect(),
+            updated_at: None,
         };
         let domains = spec
             .domains

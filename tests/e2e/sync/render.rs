@@ -3,7 +3,7 @@
 //! with every exchange checked against Render's OpenAPI spec. Then the whole controller
 //! (embedded API + sandbox + controllers) on an Environment with Render objects.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::contract::harness::{self, Env};
 use crate::support::sync::{SyncHarness, condition_is, object};
@@ -703,6 +703,80 @@ async fn with_a_shared_cache_a_steady_resync_reads_nothing_and_creates_are_writt
             .iter()
             .map(|e| format!("{} {}", e.method, e.path))
             .collect::<Vec<_>>()
+    );
+    l.env.check_contract(Platform::Render);
+}
+
+/// The GETs of a service's env vars and custom domains a sync sent.
+fn sub_list_reads(synced: &Synced) -> Vec<String> {
+    synced
+        .exchanges
+        .iter()
+        .filter(|e| e.method == "GET")
+        .filter(|e| e.path.contains("/env-vars") || e.path.contains("/custom-domains"))
+        .map(|e| e.path.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_settled_services_sets_are_read_again_only_when_its_updated_at_moves_or_the_safety_net_ends()
+ {
+    let mut l = Loop::with_cache(Duration::from_millis(20)).await;
+    // Kept at most SUBLIST_RECHECK_INTERVALS (8) intervals: 2 s.
+    l.spec.interval = "250ms".into();
+    let keep = Duration::from_millis(250) * tether::sync::SUBLIST_RECHECK_INTERVALS;
+    l.spec.render.as_mut().unwrap().key_values.clear();
+    l.spec.render.as_mut().unwrap().postgres.clear();
+    l.converge().await;
+    // Settled: read once more, then kept while the service's `updatedAt` holds (the first
+    // deadline of each of the two sets is spread at random over `keep`, so one more read of
+    // each may fall in the window; after a read a set is kept for all of `keep`, longer than
+    // the window).
+    l.sync().await;
+    let mut reading = 0;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let steady = l.sync().await;
+        assert!(
+            steady.exchanges.iter().any(|e| e.path == "/services"),
+            "the shared list is read"
+        );
+        reading += usize::from(!sub_list_reads(&steady).is_empty());
+    }
+    assert!(reading <= 2, "{reading} of 10 steady syncs read the sets");
+
+    // A dashboard edit of the service moves its `updatedAt`: its sets are read at once, and
+    // an env var added by hand meanwhile is found and removed.
+    l.edit("envVar", "web", "SET_BY_HAND", json!("x")).await;
+    l.edit("service", "web", "updatedAt", json!("2099-01-01T00:00:00Z"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let moved = l.sync().await;
+    assert_eq!(sub_list_reads(&moved).len(), 2, "env vars and domains");
+    assert_eq!(moved.plan("web").drift, ["envVars.SET_BY_HAND"]);
+    assert_eq!(moved.reasons("web"), ["DriftCorrected"]);
+    l.converge().await;
+
+    // An edit that moves no signal is found by the safety net, within `keep`.
+    l.edit("customDomain", "web", "rogue.example.com", json!(true))
+        .await;
+    let edited = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let synced = l.sync().await;
+        if synced.plan("web").drift == ["domains.rogue.example.com"] {
+            break;
+        }
+        assert!(
+            edited.elapsed() < keep + Duration::from_millis(500),
+            "found within {keep:?}"
+        );
+    }
+    let id = l.object("service", "web").id.clone().unwrap();
+    let domains = l.client().list_domains(&id).await.unwrap();
+    assert!(
+        domains.iter().all(|d| d.name != "rogue.example.com"),
+        "corrected"
     );
     l.env.check_contract(Platform::Render);
 }
