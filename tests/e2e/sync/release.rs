@@ -706,13 +706,25 @@ async fn only_a_version_that_succeeded_with_the_same_artifacts_in_the_source_env
         "{stalled}"
     );
     assert!(condition_is(&refused, "Promotable", "False"));
-    // Tested in the source Environment: promoted.
     let mut tested = release("shop-8", "ghcr.io/acme/api:8");
     tested["spec"]["version"] = json!("8");
     apply_release(&h, tested).await;
     wait_release(&h, "shop-8", |r| r["status"]["phase"] == "Succeeded").await;
-    apply_release(&h, prod_release("prod-8", "8", "ghcr.io/acme/api:8")).await;
+    // Tested in the source Environment: promoted once a person approves.
+    let mut to_prod = prod_release("prod-8", "8", "ghcr.io/acme/api:8");
+    to_prod["spec"]["approval"] = json!({"required": true});
+    apply_release(&h, to_prod.clone()).await;
+    let waiting = wait_release(&h, "prod-8", |r| r["status"]["phase"] == "AwaitingApproval").await;
+    assert!(condition_is(&waiting, "Approved", "False"), "{waiting}");
+    assert_eq!(
+        deploys_of(&h, "ghcr.io/acme/api:8"),
+        1,
+        "only the source's deployment"
+    );
+    to_prod["metadata"]["annotations"] = json!({"tether.dev/approved-by": "ada"});
+    apply_release(&h, to_prod).await;
     let promoted = wait_release(&h, "prod-8", |r| r["status"]["phase"] == "Succeeded").await;
+    assert_eq!(promoted["status"]["approvedBy"], "ada");
     assert_eq!(promoted["status"]["promotedFrom"], "shop-8");
     assert!(condition_is(&promoted, "Promotable", "True"));
     // The same version with another image was not what was tested.
