@@ -108,12 +108,18 @@ impl ObserveCache {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.retain(|_, entry| {
-            // A fetch in flight holds a second reference to its gate.
+            // A fetch in flight holds a second reference to its gate. A long keep is kept
+            // one more keep past its deadline, so the read that renews it knows the object
+            // had settled (and its next deadline is not spread again).
             Arc::strong_count(&entry.fetching) > 1
-                || entry
-                    .value
-                    .as_ref()
-                    .is_some_and(|v| now <= (v.at + horizon).max(v.until))
+                || entry.value.as_ref().is_some_and(|v| {
+                    let kept = if v.long {
+                        v.until + v.until.saturating_duration_since(v.at)
+                    } else {
+                        v.until
+                    };
+                    now <= (v.at + horizon).max(kept)
+                })
         });
     }
 
@@ -190,6 +196,14 @@ impl ObserveCache {
         if let Some(hit) = self.fresh(key, signal, keep) {
             return Ok(hit);
         }
+        // Whether this entry already had a long keep: only the first one is spread.
+        let settled = self
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .and_then(|e| e.value.as_ref())
+            .is_some_and(|v| v.long);
         self.sweep();
         let gate = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -213,7 +227,7 @@ impl ObserveCache {
         if let Some(entry) = entries.get_mut(key) {
             let long = keep > self.max_age;
             // The first long keep of an entry (a new object, or one that just settled).
-            let first = entry.value.as_ref().is_none_or(|v| !v.long);
+            let first = !settled;
             let keep = if self.max_age.is_zero() {
                 Duration::ZERO
             } else if first && long {
