@@ -29,6 +29,8 @@
 //! `--concurrency` are the other knobs (also `TETHER_BENCH_TIME_SCALE`,
 //! `TETHER_BENCH_CONCURRENCY`).
 
+#[path = "support/flags.rs"]
+mod flags;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -59,18 +61,7 @@ struct Settings {
 
 impl Settings {
     fn from_args() -> Settings {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let get = |flag: &str, var: &str| -> Option<String> {
-            args.iter()
-                .position(|a| a == flag)
-                .and_then(|i| args.get(i + 1).cloned())
-                .or_else(|| {
-                    let prefix = format!("{flag}=");
-                    args.iter()
-                        .find_map(|a| a.strip_prefix(&prefix).map(str::to_owned))
-                })
-                .or_else(|| std::env::var(var).ok())
-        };
+        let get = flags::value;
         let number = |flag: &str, var: &str, default: f64| -> f64 {
             get(flag, var).map_or(default, |v| {
                 v.parse()

@@ -47,6 +47,8 @@
 //! `--waiting`, `--probes` and `--log-level` (the controller's) are the other knobs, each
 //! also an environment variable (`TETHER_BENCH_*`).
 
+#[path = "support/flags.rs"]
+mod flags;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -92,18 +94,7 @@ struct Settings {
 
 impl Settings {
     fn from_args() -> Settings {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let get = |flag: &str, var: &str| -> Option<String> {
-            args.iter()
-                .position(|a| a == flag)
-                .and_then(|i| args.get(i + 1).cloned())
-                .or_else(|| {
-                    let prefix = format!("{flag}=");
-                    args.iter()
-                        .find_map(|a| a.strip_prefix(&prefix).map(str::to_owned))
-                })
-                .or_else(|| std::env::var(var).ok())
-        };
+        let get = flags::value;
         fn parsed<T: std::str::FromStr>(value: Option<String>, what: &str, default: T) -> T {
             match value {
                 None => default,
