@@ -145,6 +145,19 @@ fn event(warning: bool, reason: &str, note: String) -> ReportEvent {
     }
 }
 
+/// Every Release of `namespace`.
+pub async fn releases(ctx: &Context, namespace: &str) -> Result<Vec<Release>, ReconcileError> {
+    let api: Api<Release> = Api::namespaced(ctx.client.clone(), namespace);
+    Ok(api
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| ReconcileError::ReadReference {
+            what: "the Releases of the namespace".into(),
+            source,
+        })?
+        .items)
+}
+
 /// Checks the gates of `release` (its status so far: `previous`).
 pub async fn check(
     release: &Release,
@@ -161,15 +174,7 @@ pub async fn check(
             .unwrap_or_else(|_| jiff::Timestamp::now())
             .to_string(),
     };
-    let api: Api<Release> = Api::namespaced(ctx.client.clone(), namespace);
-    let all = api
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| ReconcileError::ReadReference {
-            what: "the Releases of the namespace".into(),
-            source,
-        })?
-        .items;
+    let all = releases(ctx, namespace).await?;
     let mut status = serde_json::Map::new();
     let mut conditions = Vec::new();
     let mut events = Vec::new();

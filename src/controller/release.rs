@@ -749,15 +749,7 @@ impl Release {
         ctx: &Context,
         namespace: &str,
     ) -> Result<Option<Release>, ReconcileError> {
-        let api: kube::Api<Release> = kube::Api::namespaced(ctx.client.clone(), namespace);
-        let all = api
-            .list(&kube::api::ListParams::default())
-            .await
-            .map_err(|source| ReconcileError::ReadReference {
-                what: "the Releases of the namespace".into(),
-                source,
-            })?
-            .items;
+        let all = gates::releases(ctx, namespace).await?;
         let finished = |r: &Release| {
             r.status
                 .as_ref()

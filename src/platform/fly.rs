@@ -1388,35 +1388,8 @@ impl Deployments for FlyClient {
                 reason: "Fly machines deploy container images".into(),
             });
         };
-        let machines = self.list_machines(target).await?;
-        if machines.is_empty() {
-            return Err(PlatformError::Invalid {
-                platform: Platform::Fly,
-                operation: "deploy",
-                status: None,
-                reason: "the app has no machines to deploy to".into(),
-            });
-        }
-        let mut updated = Vec::with_capacity(machines.len());
-        for machine in &machines {
-            let spec = FlyMachineSpec {
-                name: machine.name.clone(),
-                region: machine.region.clone(),
-                config: FlyMachineConfig {
-                    image: image.clone(),
-                    ..machine.config.clone()
-                },
-                min_secrets_version: None,
-            };
-            updated.push(self.update_machine(target, &machine.id, &spec).await?);
-        }
-        let (state, platform_state) = rollout_state(&updated, image);
-        Ok(Deployment {
-            id: image.clone(),
-            state,
-            platform_state,
-            source: Some(image.clone()),
-        })
+        // Every machine at once: `fly deploy --strategy immediate`.
+        self.roll(target, image, FlyStrategy::Immediate).await
     }
 
     async fn deployment(&self, target: &str, deployment_id: &str) -> PlatformResult<Deployment> {
