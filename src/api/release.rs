@@ -74,6 +74,12 @@ pub struct ReleaseSpec {
     /// What to do when a step, a health check or the analysis fails.
     #[serde(default)]
     pub rollback: Rollback,
+    /// What this Release does while an older one of the same Environment is rolling out or
+    /// waiting: `Wait` for it (default), or `Supersede` it (the older one stops where it is,
+    /// in phase `Superseded`, and this one deploys over it; a rollback in progress is never
+    /// stopped).
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
     /// The longest the whole rollout may take before it counts as failed. Between 1m and 24h.
     #[serde(default = "default_release_timeout")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
@@ -232,35 +238,67 @@ fn default_check_interval() -> String {
     "10s".to_string()
 }
 
-/// Metric analysis with a Prometheus query.
+/// Metric analysis against a Prometheus HTTP API, after every step is live and every health
+/// check passed: every `interval`, each metric's query is measured once, until each has
+/// `count` measurements with data. A measurement fails when its value is on the wrong side
+/// of the threshold, and is inconclusive when the query returns no data (an empty result or
+/// NaN) or Prometheus cannot be asked. More than `failureLimit` failed measurements of a metric fail the Release (and
+/// roll it back); more than `inconclusiveLimit` inconclusive ones stop it as
+/// `AnalysisInconclusive`, left live for a person to decide.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Analysis {
-    /// Base URL of the Prometheus HTTP API.
-    #[schemars(regex(pattern = r"^https?://"))]
+    /// Base URL of the Prometheus HTTP API (`/api/v1/query` is appended).
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://[^/?#\s]+"))]
     pub prometheus_url: String,
-    /// PromQL returning one number, e.g. an error rate.
-    #[schemars(length(min = 1))]
+    /// The metrics measured (at most 10, a list keyed by `name`).
+    #[schemars(length(min = 1, max = 10))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub metrics: Vec<AnalysisMetric>,
+    /// Time between measurements. Between 1s and 1h.
+    #[serde(default = "default_analysis_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('1h')").message("must be between 1s and 1h"))]
+    pub interval: String,
+    /// Measurements with data of each metric before the analysis passes (inconclusive ones
+    /// come on top, up to `inconclusiveLimit`).
+    #[serde(default = "default_analysis_count")]
+    #[schemars(range(min = 1, max = 100))]
+    pub count: i32,
+    /// Failed measurements of a metric tolerated: one more fails the Release.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 100))]
+    pub failure_limit: i32,
+    /// Inconclusive measurements (no data) of a metric tolerated: one more stops the Release
+    /// as `AnalysisInconclusive`.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 100))]
+    pub inconclusive_limit: i32,
+}
+
+/// One metric of an analysis.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisMetric {
+    /// Metric name, unique in the analysis, used in status and events.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// PromQL returning one number (a scalar, or a vector of one series), e.g. an error rate:
+    /// `sum(rate(http_requests_total{code=~"5.."}[1m])) / sum(rate(http_requests_total[1m]))`.
+    #[schemars(length(min = 1, max = 4096))]
     pub query: String,
     /// The value the result is compared with.
     pub threshold: f64,
     /// How the result must compare with the threshold to pass.
     #[serde(default)]
     pub operator: AnalysisOperator,
-    /// How long the query must keep passing. Between 1s and 24h.
-    #[serde(default = "default_analysis_duration")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('24h')").message("must be between 1s and 24h"))]
-    pub duration: String,
-    /// Time between evaluations. Between 1s and 1h.
-    #[serde(default = "default_analysis_interval")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('1h')").message("must be between 1s and 1h"))]
-    pub interval: String,
 }
 
-fn default_analysis_duration() -> String {
-    "5m".to_string()
+fn default_analysis_count() -> i32 {
+    5
 }
 
 fn default_analysis_interval() -> String {
@@ -273,8 +311,44 @@ pub enum AnalysisOperator {
     /// Pass while the result is below the threshold.
     #[default]
     LessThan,
+    /// Pass while the result is at most the threshold.
+    LessThanOrEqual,
     /// Pass while the result is above the threshold.
     GreaterThan,
+    /// Pass while the result is at least the threshold.
+    GreaterThanOrEqual,
+}
+
+impl AnalysisOperator {
+    /// Whether `value` passes against `threshold`.
+    pub fn passes(self, value: f64, threshold: f64) -> bool {
+        match self {
+            AnalysisOperator::LessThan => value < threshold,
+            AnalysisOperator::LessThanOrEqual => value <= threshold,
+            AnalysisOperator::GreaterThan => value > threshold,
+            AnalysisOperator::GreaterThanOrEqual => value >= threshold,
+        }
+    }
+
+    /// The comparison, as a person writes it.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            AnalysisOperator::LessThan => "<",
+            AnalysisOperator::LessThanOrEqual => "<=",
+            AnalysisOperator::GreaterThan => ">",
+            AnalysisOperator::GreaterThanOrEqual => ">=",
+        }
+    }
+}
+
+/// What a Release does while an older one of its Environment is in progress.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ConcurrencyPolicy {
+    /// Wait for the older Release to finish.
+    #[default]
+    Wait,
+    /// Stop the older Release (phase `Superseded`) and go ahead.
+    Supersede,
 }
 
 /// Manual approval.
@@ -338,6 +412,9 @@ pub enum ReleasePhase {
     Failed,
     /// Failed and rolled back.
     RolledBack,
+    /// Stopped where it was by a newer Release of the Environment (`concurrencyPolicy:
+    /// Supersede`), which deploys over it.
+    Superseded,
 }
 
 /// Observed state of a Release.
@@ -383,6 +460,49 @@ pub struct ReleaseStatus {
     /// The rollback after a failure, when one was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackStatus>,
+    /// The metric analysis, once it has started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStatus>,
+}
+
+/// Where the metric analysis stands.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    /// `Running`, `Passed`, `Failed` or `Inconclusive`.
+    pub state: String,
+    /// Measurements made so far (each measures every metric once).
+    #[serde(default)]
+    pub measurements: i32,
+    /// When the last measurement was made (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_measured_at: Option<String>,
+    /// One entry per metric.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricStatus>,
+}
+
+/// The measurements of one analysis metric.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricStatus {
+    /// The metric's name.
+    pub name: String,
+    /// Measurements that passed.
+    #[serde(default)]
+    pub successful: i32,
+    /// Measurements on the wrong side of the threshold.
+    #[serde(default)]
+    pub failed: i32,
+    /// Measurements without data.
+    #[serde(default)]
+    pub inconclusive: i32,
+    /// The last value measured, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_value: Option<f64>,
+    /// What the last measurement saw, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// A rollback: why the rollout failed, and each component going back.
@@ -395,6 +515,10 @@ pub struct RollbackStatus {
     pub reason: String,
     /// What failed, for a person.
     pub message: String,
+    /// Who asked for the rollback (the `tether.dev/rollback` annotation); unset when it was
+    /// automatic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
     /// One entry per component this Release changed, deployed back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepStatus>,

@@ -1,24 +1,30 @@
 //! A Release's gates, checked before its rollout changes anything, in this order:
 //! promotion (the same version, with the same artifacts, must have succeeded in
-//! `promotion.fromEnvironment`), approval (the `tether.dev/approved-by` annotation), and one
+//! `promotion.fromEnvironment`, and the migrations of the Migrations it names must have been
+//! applied, with the same content, in that Environment's database), approval (the `tether.dev/approved-by` annotation), and one
 //! rollout at a time per Environment (a newer Release waits for the one in progress and
 //! for older ones waiting their turn).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
-use crate::api::Release;
 use crate::api::common::{Condition, ConditionStatus};
-use crate::api::release::{Artifact, ReleasePhase, ReleaseStatus};
+use crate::api::release::{Artifact, ConcurrencyPolicy, ReleasePhase, ReleaseStatus};
+use crate::api::{Migration, Release};
 use crate::controller::conditions::Verdict;
 use crate::controller::error::ReconcileError;
 use crate::controller::reconcile::{Context, Report, ReportEvent};
+use crate::migrate::source::MigrationSet;
+use k8s_openapi::api::core::v1::ConfigMap;
 
 /// The annotation that approves a Release: its value says who approved.
 pub const APPROVED_BY: &str = "tether.dev/approved-by";
+/// The annotation a newer Release (`concurrencyPolicy: Supersede`) puts on an older one of
+/// its Environment to stop it: its value names the newer Release.
+pub const SUPERSEDED_BY: &str = "tether.dev/superseded-by";
 /// The condition type of the approval gate.
 pub const APPROVED: &str = "Approved";
 /// The condition type of the promotion gate.
@@ -158,6 +164,113 @@ pub async fn releases(ctx: &Context, namespace: &str) -> Result<Vec<Release>, Re
         .items)
 }
 
+/// The migrations of `migration`'s source (its ConfigMap read when it has one); `None` when
+/// the source cannot be read or parsed.
+pub async fn migration_files(
+    ctx: &Context,
+    namespace: &str,
+    migration: &Migration,
+) -> Result<Option<MigrationSet>, ReconcileError> {
+    let data = match &migration.spec.source.config_map_ref {
+        Some(r) => {
+            let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+            config_maps
+                .get_opt(&r.name)
+                .await
+                .map_err(|source| ReconcileError::ReadReference {
+                    what: format!("ConfigMap {:?}", r.name),
+                    source,
+                })?
+                .and_then(|cm| cm.data)
+        }
+        None => None,
+    };
+    Ok(crate::migrate::reconcile::resolve_source(&migration.spec.source, data.as_ref()).ok())
+}
+
+/// Why the Migrations `release` names were not tested in the promotion source, if they were
+/// not: every file of their sources must have been applied, with the same content, in the
+/// source Environment's database (by the Migrations the `tested` Release named, or a
+/// Migration of the source Environment's Supabase database).
+async fn untested_migrations(
+    ctx: &Context,
+    namespace: &str,
+    release: &Release,
+    tested: &Release,
+) -> Result<Option<String>, ReconcileError> {
+    if release.spec.migrations.is_empty() {
+        return Ok(None);
+    }
+    let from = &tested.spec.environment_ref.name;
+    let api: Api<Migration> = Api::namespaced(ctx.client.clone(), namespace);
+    let all = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| ReconcileError::ReadReference {
+            what: "the Migrations of the namespace".into(),
+            source,
+        })?
+        .items;
+    // (version → checksum) of every migration applied in the source Environment's database.
+    let mut applied: BTreeMap<String, String> = BTreeMap::new();
+    let in_source = all.iter().filter(|m| {
+        tested.spec.migrations.contains(&m.name_any())
+            || m.spec
+                .database
+                .environment_ref
+                .as_ref()
+                .is_some_and(|e| &e.name == from)
+    });
+    let mut source_names = Vec::new();
+    for migration in in_source {
+        source_names.push(migration.name_any());
+        let Some(files) = migration_files(ctx, namespace, migration).await? else {
+            continue;
+        };
+        for row in migration.status.iter().flat_map(|s| &s.applied) {
+            if row.checksum_mismatch {
+                continue;
+            }
+            if let Some(file) = files.get(&row.version) {
+                applied.insert(row.version.clone(), file.checksum.clone());
+            }
+        }
+    }
+    let tested_in = if source_names.is_empty() {
+        format!("no Migration targets Environment {from}'s database")
+    } else {
+        format!("applied there by Migration(s) {}", source_names.join(", "))
+    };
+    for name in &release.spec.migrations {
+        let Some(migration) = all.iter().find(|m| &m.name_any() == name) else {
+            continue;
+        };
+        let Some(files) = migration_files(ctx, namespace, migration).await? else {
+            return Ok(Some(format!(
+                "the source of Migration {name:?} cannot be read, so whether its migrations were tested in Environment {from} is unknown"
+            )));
+        };
+        for file in files.migrations() {
+            match applied.get(file.version.as_str()) {
+                None => {
+                    return Ok(Some(format!(
+                        "migration {} of Migration {name:?} was never applied in Environment {from}'s database ({tested_in}): apply it there first",
+                        file.file
+                    )));
+                }
+                Some(checksum) if checksum != &file.checksum => {
+                    return Ok(Some(format!(
+                        "migration {} of Migration {name:?} differs from the one applied in Environment {from}'s database ({tested_in}): promote exactly what was tested",
+                        file.file
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Checks the gates of `release` (its status so far: `previous`).
 pub async fn check(
     release: &Release,
@@ -212,6 +325,9 @@ pub async fn check(
                 tested.name_any(),
                 spec.version
             );
+            if let Some(why) = untested_migrations(ctx, namespace, release, tested).await? {
+                return Ok(refuse("MigrationsUntested", why));
+            }
             status.insert("promotedFrom".into(), serde_json::json!(tested.name_any()));
             conditions.push(gate.condition(PROMOTABLE, ConditionStatus::True, "Tested", message));
         } else if let Some(other) = tried.iter().find(succeeded) {
@@ -231,7 +347,12 @@ pub async fn check(
         } else if let Some(running) = tried.iter().find(|r| {
             !matches!(
                 phase(r),
-                Some(ReleasePhase::Failed | ReleasePhase::RollingBack | ReleasePhase::RolledBack)
+                Some(
+                    ReleasePhase::Failed
+                        | ReleasePhase::RollingBack
+                        | ReleasePhase::RolledBack
+                        | ReleasePhase::Superseded
+                )
             )
         }) {
             let message = format!(
@@ -322,22 +443,75 @@ pub async fn check(
     }
 
     // One rollout at a time per Environment.
-    let ahead = all.iter().find(|other| {
+    let same_environment = |other: &&Release| {
         other.name_any() != release.name_any()
             && other.spec.environment_ref.name == spec.environment_ref.name
-            && match phase(other) {
-                Some(
-                    ReleasePhase::Migrating | ReleasePhase::Deploying | ReleasePhase::Verifying,
-                ) => true,
-                None | Some(ReleasePhase::Pending) => older(other, release) && !stalled(other),
-                _ => false,
-            }
-    });
+    };
+    if spec.concurrency_policy == ConcurrencyPolicy::Supersede {
+        // Every older Release still to finish its rollout stops where it is (told by an
+        // annotation, which wakes it); a rollback is never stopped.
+        let api: Api<Release> = Api::namespaced(ctx.client.clone(), namespace);
+        for other in all.iter().filter(same_environment).filter(|other| {
+            older(other, release)
+                && matches!(
+                    phase(other),
+                    None | Some(
+                        ReleasePhase::Pending
+                            | ReleasePhase::AwaitingApproval
+                            | ReleasePhase::Migrating
+                            | ReleasePhase::Deploying
+                            | ReleasePhase::Verifying
+                    )
+                )
+                && !other.annotations().contains_key(SUPERSEDED_BY)
+        }) {
+            let patch = serde_json::json!({"metadata": {"annotations": {SUPERSEDED_BY: release.name_any()}}});
+            api.patch(
+                &other.name_any(),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .map_err(|source| ReconcileError::ReadReference {
+                what: format!("Release {:?} (marking it superseded)", other.name_any()),
+                source,
+            })?;
+            events.push(event(
+                false,
+                "Superseding",
+                format!(
+                    "superseding Release {} ({:?}): it stops where it is",
+                    other.name_any(),
+                    phase(other).unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    let ahead = all
+        .iter()
+        .filter(same_environment)
+        .find(|other| match phase(other) {
+            Some(
+                ReleasePhase::Migrating
+                | ReleasePhase::Deploying
+                | ReleasePhase::Verifying
+                | ReleasePhase::RollingBack,
+            ) => true,
+            None | Some(ReleasePhase::Pending) => older(other, release) && !stalled(other),
+            _ => false,
+        });
     if let Some(ahead) = ahead {
         let message = format!(
-            "waiting for Release {} ({:?}) to finish: one Release rolls out to an Environment at a time",
+            "waiting for Release {} ({:?}) to {}: one Release rolls out to an Environment at a time",
             ahead.name_any(),
-            phase(ahead).unwrap_or_default()
+            phase(ahead).unwrap_or_default(),
+            if ahead.annotations().contains_key(SUPERSEDED_BY)
+                && phase(ahead) != Some(ReleasePhase::RollingBack)
+            {
+                "stop (superseded)"
+            } else {
+                "finish"
+            }
         );
         return Ok(gate.closed(
             ReleasePhase::Pending,

@@ -15,6 +15,7 @@
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz`; [`leader`]: Lease-based leader
 //!   election; [`rbac`]: the API calls the controllers make; [`cli`]: `tether controller`.
 
+pub mod analysis;
 pub mod cli;
 pub mod conditions;
 pub mod decoded;

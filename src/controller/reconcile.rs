@@ -70,6 +70,8 @@ pub struct Context {
     pub supabase_database_url: String,
     /// Sends the Releases' health-check requests.
     pub prober: crate::controller::health::Prober,
+    /// Asks Prometheus for the Releases' metric analysis.
+    pub prometheus: crate::controller::analysis::Prometheus,
     /// The Environments the controller watches, with their status (one owner per platform
     /// object is checked against them).
     environments: Option<Store<Decoded<Environment>>>,
@@ -102,6 +104,7 @@ impl Context {
             pending_interval,
             supabase_database_url,
             prober: crate::controller::health::Prober::default(),
+            prometheus: crate::controller::analysis::Prometheus::default(),
             environments: None,
             failures: Mutex::default(),
         }

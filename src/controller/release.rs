@@ -13,14 +13,14 @@ use crate::api::Environment;
 use crate::api::Release;
 use crate::api::common::{ConditionStatus, parse_duration};
 use crate::api::release::{
-    CheckStatus, ComponentPlatform, HealthCheck, ReleasePhase, ReleaseSpec, RollbackStatus,
-    StepStatus,
+    AnalysisStatus, CheckStatus, ComponentPlatform, HealthCheck, ReleasePhase, ReleaseSpec,
+    RollbackStatus, StepStatus,
 };
 use crate::controller::conditions::Verdict;
 use crate::controller::error::ReconcileError;
 use crate::controller::reconcile::{Context, Reconciled, Report, ReportEvent};
 use crate::controller::references::{RefKind, Reference, Snapshot};
-use crate::controller::{gates, health, rollout};
+use crate::controller::{analysis, gates, health, rollout};
 use futures::future::join_all;
 
 /// Every object a Release names.
@@ -188,6 +188,11 @@ pub fn planned_steps(plan: &ReleasePlan) -> Vec<StepStatus> {
         .collect()
 }
 
+/// The annotation asking for the rollback of a `Failed` Release (its value: who asks), e.g.
+/// one left live by an inconclusive analysis, one without automatic rollback, or one whose
+/// rollback a migration stopped (the person asking has decided).
+pub const ROLLBACK_ANNOTATION: &str = "tether.dev/rollback";
+
 /// How often a rollout in progress is looked at again, at most (sooner with a shorter
 /// `--pending-interval`).
 const ROLLOUT_POLL: Duration = Duration::from_secs(2);
@@ -279,6 +284,7 @@ impl Release {
         environment: &Environment,
     ) -> Result<Report, ReconcileError> {
         let previous = self.status.clone().unwrap_or_default();
+        let superseded = self.superseded(&previous, plan);
         // Gates, checked before anything changes (and only then: a rollout under way is
         // not stopped by a gate closing behind it).
         let mut passed = serde_json::Map::new();
@@ -293,7 +299,7 @@ impl Release {
         }
         let mut gate_conditions = Vec::new();
         let mut gate_events = Vec::new();
-        if previous.started_at.is_none() {
+        if superseded.is_none() && previous.started_at.is_none() {
             match gates::check(self, ctx, namespace, &previous).await? {
                 gates::Gates::Open {
                     status,
@@ -317,9 +323,13 @@ impl Release {
             }
         }
         let mut checks = previous.checks.clone();
-        let mut report = self
-            .advance(ctx, namespace, plan, environment, &mut checks)
-            .await?;
+        let mut report = match superseded {
+            Some(report) => report,
+            None => {
+                self.advance(ctx, namespace, plan, environment, &mut checks)
+                    .await?
+            }
+        };
         if let Some(rollback) = &previous.rollback
             && !report.status.contains_key("rollback")
         {
@@ -327,17 +337,39 @@ impl Release {
                 .status
                 .insert("rollback".into(), serde_json::json!(rollback));
         }
-        let failed_now = |phase: Option<&serde_json::Value>| {
-            phase == Some(&serde_json::json!(ReleasePhase::Failed))
-        };
-        if failed_now(report.status.get("phase"))
+        if let Some(analysis) = &previous.analysis
+            && !report.status.contains_key("analysis")
+        {
+            report
+                .status
+                .insert("analysis".into(), serde_json::json!(analysis));
+        }
+        let failed_now =
+            report.status.get("phase") == Some(&serde_json::json!(ReleasePhase::Failed));
+        // No data is no evidence the version is broken: a person decides.
+        let inconclusive = matches!(&report.verdict, Verdict::Stalled { reason, .. } if reason == "AnalysisInconclusive");
+        let requested_by = self
+            .annotations()
+            .get(ROLLBACK_ANNOTATION)
+            .map(|who| who.trim())
+            .filter(|who| !who.is_empty());
+        if failed_now
             && !matches!(
                 previous.phase,
                 Some(ReleasePhase::Failed | ReleasePhase::RollingBack | ReleasePhase::RolledBack)
             )
             && self.spec.rollback.automatic
+            && !inconclusive
         {
-            report = self.start_rollback(ctx, namespace, report).await?;
+            report = self.start_rollback(ctx, namespace, report, None).await?;
+        } else if failed_now
+            && previous.phase == Some(ReleasePhase::Failed)
+            && previous.rollback.is_none()
+            && let Some(who) = requested_by
+        {
+            report = self
+                .start_rollback(ctx, namespace, report, Some(who))
+                .await?;
         }
         report.status.extend(passed);
         report.conditions.extend(gate_conditions);
@@ -365,7 +397,12 @@ impl Release {
         let ended = |phase: Option<ReleasePhase>| {
             matches!(
                 phase,
-                Some(ReleasePhase::Succeeded | ReleasePhase::Failed | ReleasePhase::RolledBack)
+                Some(
+                    ReleasePhase::Succeeded
+                        | ReleasePhase::Failed
+                        | ReleasePhase::RolledBack
+                        | ReleasePhase::Superseded
+                )
             )
         };
         if !ended(was) && ended(now) {
@@ -374,6 +411,7 @@ impl Release {
             let result = match now {
                 Some(ReleasePhase::Succeeded) => "succeeded",
                 Some(ReleasePhase::RolledBack) => "rolled_back",
+                Some(ReleasePhase::Superseded) => "superseded",
                 _ => "failed",
             };
             ctx.metrics.release_finished(result, took);
@@ -391,6 +429,64 @@ impl Release {
             }
         }
         Ok(report)
+    }
+
+    /// The report of a Release a newer one superseded (the `tether.dev/superseded-by`
+    /// annotation) while it had not finished its rollout: it stops where it is.
+    fn superseded(
+        &self,
+        previous: &crate::api::release::ReleaseStatus,
+        plan: &ReleasePlan,
+    ) -> Option<Report> {
+        let by = self.annotations().get(gates::SUPERSEDED_BY)?;
+        let stops = matches!(
+            previous.phase,
+            None | Some(
+                ReleasePhase::Pending
+                    | ReleasePhase::AwaitingApproval
+                    | ReleasePhase::Migrating
+                    | ReleasePhase::Deploying
+                    | ReleasePhase::Verifying
+            )
+        );
+        if !stops {
+            return None;
+        }
+        let steps: Vec<StepStatus> = planned_steps(plan)
+            .into_iter()
+            .map(|planned| {
+                previous
+                    .steps
+                    .iter()
+                    .find(|s| s.component == planned.component)
+                    .cloned()
+                    .unwrap_or(planned)
+            })
+            .collect();
+        let message = format!(
+            "superseded by Release {by} while {:?}: it stopped where it was ({} of its steps live) and Release {by} deploys over it",
+            previous.phase.unwrap_or_default(),
+            progress(plan, &steps)
+        );
+        let now = now();
+        Some(rollout_report(
+            ReleasePhase::Superseded,
+            &steps,
+            Some(previous.started_at.as_deref().unwrap_or(&now)),
+            Some(&now),
+            Verdict::Stalled {
+                reason: "Superseded".into(),
+                message: message.clone(),
+            },
+            None,
+            vec![ReportEvent {
+                warning: false,
+                reason: "Superseded".into(),
+                note: message,
+                always: true,
+                action: "Superseded".into(),
+            }],
+        ))
     }
 
     async fn advance(
@@ -447,7 +543,7 @@ impl Release {
                     .roll_back(ctx, namespace, environment, &previous, &steps, &now)
                     .await;
             }
-            Some(ReleasePhase::Failed | ReleasePhase::RolledBack) => {
+            Some(ReleasePhase::Failed | ReleasePhase::RolledBack | ReleasePhase::Superseded) => {
                 // It stays as it ended, for the reason it ended with.
                 let (reason, message) = previous
                     .conditions
@@ -679,16 +775,37 @@ impl Release {
         if let Some(report) = checked.report(&steps, &started, &now, &mut events) {
             return Ok(report);
         }
-        // Metric analysis comes with Release part 2: a Release that asks for it is not
-        // called Succeeded without it.
-        if self.spec.analysis.is_some() {
-            let mut report = stalled(
-                "VerificationNotImplemented",
-                "every component is deployed, live and healthy, but metric analysis is not implemented yet, so the Release is not verified".into(),
-                ReleasePhase::Verifying,
+        // Every check passed: the metric analysis, when the Release declares one.
+        if let Some(analysis) = &self.spec.analysis {
+            let (state, report) = self
+                .analyze(
+                    ctx,
+                    analysis,
+                    &previous,
+                    &steps,
+                    &started,
+                    &now,
+                    &mut events,
+                )
+                .await;
+            if let Some(mut report) = report {
+                report
+                    .status
+                    .insert("analysis".into(), serde_json::json!(state));
+                return Ok(report);
+            }
+            let mut report = rollout_report(
+                ReleasePhase::Succeeded,
                 &steps,
+                Some(&started),
+                Some(&now),
+                succeeded(&steps),
+                None,
+                events,
             );
-            report.events = events;
+            report
+                .status
+                .insert("analysis".into(), serde_json::json!(state));
             return Ok(report);
         }
         Ok(rollout_report(
@@ -783,8 +900,6 @@ impl Release {
             .and_then(|t| t.parse::<jiff::Timestamp>().ok());
         let migrations: kube::Api<crate::api::Migration> =
             kube::Api::namespaced(ctx.client.clone(), namespace);
-        let config_maps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
-            kube::Api::namespaced(ctx.client.clone(), namespace);
         let read = |what: String| move |source| ReconcileError::ReadReference { what, source };
         for name in &self.spec.migrations {
             let Some(migration) = migrations
@@ -812,17 +927,7 @@ impl Release {
             if applied.is_empty() {
                 continue;
             }
-            let data = match &migration.spec.source.config_map_ref {
-                Some(r) => config_maps
-                    .get_opt(&r.name)
-                    .await
-                    .map_err(read(format!("ConfigMap {:?}", r.name)))?
-                    .and_then(|cm| cm.data),
-                None => None,
-            };
-            let Ok(set) =
-                crate::migrate::reconcile::resolve_source(&migration.spec.source, data.as_ref())
-            else {
+            let Some(set) = gates::migration_files(ctx, namespace, &migration).await? else {
                 return Ok(Some(format!(
                     "the source of Migration {name:?} cannot be read, so whether its migrations applied since Release {} are backward compatible is unknown",
                     to.name_any()
@@ -864,6 +969,7 @@ impl Release {
         ctx: &Context,
         namespace: &str,
         mut failed: Report,
+        requested_by: Option<&str>,
     ) -> Result<Report, ReconcileError> {
         let Verdict::Stalled { reason, message } = failed.verdict.clone() else {
             return Ok(failed);
@@ -886,7 +992,12 @@ impl Release {
             };
             return Ok(failed);
         };
-        if let Some(why) = self.unsafe_migrations(ctx, namespace, &to).await? {
+        // A person who asks for the rollback has decided: the migration check is theirs.
+        let unsafe_migrations = match requested_by {
+            Some(_) => None,
+            None => self.unsafe_migrations(ctx, namespace, &to).await?,
+        };
+        if let Some(why) = unsafe_migrations {
             failed.verdict = Verdict::Stalled {
                 reason,
                 message: format!("{message} (not rolled back: {why})"),
@@ -906,19 +1017,22 @@ impl Release {
             });
             return Ok(failed);
         }
-        failed.conditions.push(rollback_safe(
-            ConditionStatus::True,
-            "BackwardCompatible",
-            format!(
-                "no migration applied since Release {} is destructive or adds a required column",
-                to.name_any()
-            ),
-            self.metadata.generation,
-        ));
+        if requested_by.is_none() {
+            failed.conditions.push(rollback_safe(
+                ConditionStatus::True,
+                "BackwardCompatible",
+                format!(
+                    "no migration applied since Release {} is destructive or adds a required column",
+                    to.name_any()
+                ),
+                self.metadata.generation,
+            ));
+        }
         let rollback = RollbackStatus {
             to: to.name_any(),
             reason,
             message: message.clone(),
+            requested_by: requested_by.map(str::to_string),
             steps: Vec::new(),
         };
         failed.status.remove("finishedAt");
@@ -928,16 +1042,20 @@ impl Release {
         failed
             .status
             .insert("rollback".into(), serde_json::json!(rollback));
+        failed.requeue_after = Some(Duration::ZERO);
+        let why = match requested_by {
+            Some(who) => format!("as {who} asked ({ROLLBACK_ANNOTATION})"),
+            None => format!("after: {message}"),
+        };
         failed.verdict = Verdict::Progressing {
             reason: "RollingBack".into(),
-            message: format!("rolling back to Release {} after: {message}", to.name_any()),
+            message: format!("rolling back to Release {} {why}", to.name_any()),
         };
-        failed.requeue_after = Some(Duration::ZERO);
         failed.events.push(ReportEvent {
             warning: true,
             reason: "RollbackStarted".into(),
             note: format!(
-                "rolling every changed component back to Release {} after: {message}",
+                "rolling every changed component back to Release {} {why}",
                 to.name_any()
             ),
             always: true,
@@ -1124,6 +1242,130 @@ impl Release {
             .status
             .insert("rollback".into(), serde_json::json!(rollback));
         Ok(report)
+    }
+}
+
+impl Release {
+    /// Makes the analysis' measurement when one is due, and says where it stands: the
+    /// analysis status, and the report of a rollout stopped at it (`None` once it passed).
+    #[allow(clippy::too_many_arguments)]
+    async fn analyze(
+        &self,
+        ctx: &Context,
+        analysis: &crate::api::release::Analysis,
+        previous: &crate::api::release::ReleaseStatus,
+        steps: &[StepStatus],
+        started: &str,
+        now: &str,
+        events: &mut Vec<ReportEvent>,
+    ) -> (AnalysisStatus, Option<Report>) {
+        let mut state = previous.analysis.clone().unwrap_or_else(|| AnalysisStatus {
+            state: analysis::RUNNING.into(),
+            ..AnalysisStatus::default()
+        });
+        let at = now
+            .parse::<jiff::Timestamp>()
+            .unwrap_or_else(|_| jiff::Timestamp::now());
+        if state.state == analysis::RUNNING && analysis::due_in(analysis, &state, at).is_zero() {
+            let samples = join_all(
+                analysis
+                    .metrics
+                    .iter()
+                    .map(|m| ctx.prometheus.query(&analysis.prometheus_url, &m.query)),
+            )
+            .await;
+            if state.measurements == 0 {
+                events.push(ReportEvent {
+                    warning: false,
+                    reason: "AnalysisStarted".into(),
+                    note: format!(
+                        "analysis of {} metric(s): {} measurement(s), one every {}",
+                        analysis.metrics.len(),
+                        analysis.count,
+                        analysis.interval
+                    ),
+                    always: true,
+                    action: "AnalysisStarted".into(),
+                });
+            }
+            state = analysis::record(analysis, state, &samples, now);
+        }
+        let summary = analysis::summary(analysis, &state);
+        let count = analysis.count.max(1);
+        let stop = |reason: &str, message: String, events: &mut Vec<ReportEvent>| {
+            events.push(ReportEvent {
+                warning: true,
+                reason: reason.into(),
+                note: message.clone(),
+                always: true,
+                action: reason.into(),
+            });
+            rollout_report(
+                ReleasePhase::Failed,
+                steps,
+                Some(started),
+                Some(now),
+                Verdict::Stalled {
+                    reason: reason.into(),
+                    message,
+                },
+                None,
+                std::mem::take(events),
+            )
+        };
+        let report = match state.state.as_str() {
+            analysis::PASSED => {
+                events.push(ReportEvent {
+                    warning: false,
+                    reason: "AnalysisPassed".into(),
+                    note: format!("analysis passed: {summary}"),
+                    always: true,
+                    action: "AnalysisPassed".into(),
+                });
+                None
+            }
+            analysis::FAILED => Some(stop(
+                "AnalysisFailed",
+                format!(
+                    "analysis failed after {} measurement(s): {summary}",
+                    state.measurements
+                ),
+                events,
+            )),
+            analysis::INCONCLUSIVE => Some(stop(
+                "AnalysisInconclusive",
+                format!(
+                    "analysis inconclusive after {} measurement(s): {summary}; the new version stays live (annotate the Release {ROLLBACK_ANNOTATION}=<who> to roll it back)",
+                    state.measurements
+                ),
+                events,
+            )),
+            _ => {
+                let wait = analysis::due_in(analysis, &state, jiff::Timestamp::now())
+                    .max(Duration::from_millis(100));
+                Some(rollout_report(
+                    ReleasePhase::Verifying,
+                    steps,
+                    Some(started),
+                    None,
+                    Verdict::Progressing {
+                        reason: "Analyzing".into(),
+                        message: format!(
+                            "analysis {}/{count}: {}",
+                            state.measurements,
+                            if summary.is_empty() {
+                                "first measurement due".to_string()
+                            } else {
+                                summary
+                            }
+                        ),
+                    },
+                    Some(wait),
+                    std::mem::take(events),
+                ))
+            }
+        };
+        (state, report)
     }
 }
 

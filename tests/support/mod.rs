@@ -5,6 +5,7 @@
 //! It is a builder so that more parts (controllers) can be switched on per test:
 //! `TestCluster::builder().crd(Widget::crd()).start().await`.
 
+pub mod prometheus;
 pub mod sync;
 pub mod widget;
 

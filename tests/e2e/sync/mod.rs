@@ -1,5 +1,6 @@
 //! The Environment sync: observe, plan and act per platform, and the controller around it.
 
+mod analysis;
 mod chaos;
 mod environment;
 mod fly;

@@ -10,7 +10,7 @@ use tether::sandbox::Faults;
 use crate::support::sync::{SyncHarness, WAIT, condition, condition_is};
 use crate::support::{app_answer, eventually};
 
-fn environment() -> Value {
+pub(super) fn environment() -> Value {
     json!({
         "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
         "metadata": {"name": "shop", "namespace": "default"},
@@ -23,7 +23,7 @@ fn environment() -> Value {
     })
 }
 
-fn release(name: &str, image: &str) -> Value {
+pub(super) fn release(name: &str, image: &str) -> Value {
     json!({
         "apiVersion": "tether.dev/v1alpha1", "kind": "Release",
         "metadata": {"name": name, "namespace": "default"},
@@ -32,7 +32,7 @@ fn release(name: &str, image: &str) -> Value {
     })
 }
 
-async fn apply_release(h: &SyncHarness, manifest: Value) {
+pub(super) async fn apply_release(h: &SyncHarness, manifest: Value) {
     let name = manifest["metadata"]["name"].as_str().unwrap().to_owned();
     let api: kube::Api<Release> = kube::Api::namespaced(h.client.clone(), "default");
     api.patch(
@@ -44,7 +44,11 @@ async fn apply_release(h: &SyncHarness, manifest: Value) {
     .unwrap();
 }
 
-async fn wait_release(h: &SyncHarness, name: &str, check: impl Fn(&Value) -> bool) -> Value {
+pub(super) async fn wait_release(
+    h: &SyncHarness,
+    name: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let api: kube::Api<Release> = kube::Api::namespaced(h.client.clone(), "default");
     eventually(WAIT, || async {
         let rel = serde_json::to_value(api.get(name).await.ok()?).ok()?;
@@ -53,7 +57,7 @@ async fn wait_release(h: &SyncHarness, name: &str, check: impl Fn(&Value) -> boo
     .await
 }
 
-fn deploys_of(h: &SyncHarness, image: &str) -> usize {
+pub(super) fn deploys_of(h: &SyncHarness, image: &str) -> usize {
     h.sandbox
         .exchanges()
         .iter()
@@ -289,7 +293,7 @@ fn machine_updates(h: &SyncHarness, image: &str) -> usize {
         .count()
 }
 
-fn host_of(env: &Value, component: &str) -> String {
+pub(super) fn host_of(env: &Value, component: &str) -> String {
     let url = env["status"]["objects"]
         .as_array()
         .unwrap()
@@ -783,7 +787,7 @@ async fn a_newer_release_of_an_environment_waits_for_the_one_in_progress() {
 }
 
 /// Render rollbacks (`POST /services/{id}/rollback`) to the deploy `deploy_id`.
-fn rollbacks_to(h: &SyncHarness, deploy_id: &Value) -> usize {
+pub(super) fn rollbacks_to(h: &SyncHarness, deploy_id: &Value) -> usize {
     requests(h, Platform::Render, "POST", "/rollback")
         .iter()
         .filter(|b| &b["deployId"] == deploy_id)
@@ -990,5 +994,147 @@ async fn a_migration_applied_since_the_previous_release_that_is_not_backward_com
     );
     assert!(rel["status"]["rollback"].is_null(), "{rel}");
     assert_eq!(requests(&h, Platform::Render, "POST", "/rollback").len(), 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_release_that_supersedes_stops_the_older_ones_and_deploys_over_them() {
+    let h = SyncHarness::start().await;
+    h.apply(environment()).await;
+    let env = h.wait_ready("shop").await;
+    // The first would verify for a minute; the next waits for approval.
+    let mut first = release("a-first", "ghcr.io/acme/api:12");
+    first["spec"]["healthChecks"] = json!([{"name": "api", "component": "shop-api",
+        "path": "/healthz", "successThreshold": 60, "interval": "1s"}]);
+    apply_release(&h, first).await;
+    wait_release(&h, "a-first", |r| r["status"]["phase"] == "Verifying").await;
+    let mut waiting = release("b-waiting", "ghcr.io/acme/api:13");
+    waiting["spec"]["approval"] = json!({"required": true});
+    apply_release(&h, waiting).await;
+    wait_release(&h, "b-waiting", |r| {
+        r["status"]["phase"] == "AwaitingApproval"
+    })
+    .await;
+    let mut hotfix = release("c-hotfix", "ghcr.io/acme/api:14");
+    hotfix["spec"]["concurrencyPolicy"] = json!("Supersede");
+    apply_release(&h, hotfix).await;
+    let done = wait_release(&h, "c-hotfix", |r| r["status"]["phase"] == "Succeeded").await;
+    for (name, was) in [("a-first", "Verifying"), ("b-waiting", "AwaitingApproval")] {
+        let old = wait_release(&h, name, |r| r["status"]["phase"] == "Superseded").await;
+        let stalled = condition(&old, "Stalled").unwrap();
+        assert_eq!(stalled["reason"], "Superseded", "{old}");
+        let message = stalled["message"].as_str().unwrap();
+        assert!(
+            message.contains("superseded by Release c-hotfix") && message.contains(was),
+            "{message}"
+        );
+        assert!(!condition_is(&old, "Ready", "True"), "{old}");
+        assert_eq!(
+            old["metadata"]["annotations"]["tether.dev/superseded-by"],
+            "c-hotfix"
+        );
+    }
+    assert_eq!(deploys_of(&h, "ghcr.io/acme/api:13"), 0, "never deployed");
+    assert_eq!(deploys_of(&h, "ghcr.io/acme/api:14"), 1);
+    let (code, body) = app_answer(h.sandbox.edge_url(), &host_of(&env, "shop-api")).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("ghcr.io/acme/api:14"), "{body}");
+    let events = h.events("c-hotfix").await;
+    assert!(
+        events
+            .iter()
+            .any(|(_, r, n)| r == "Superseding" && n.contains("a-first")),
+        "{events:?}"
+    );
+    assert_eq!(done["status"]["phase"], "Succeeded");
+    assert!(
+        h.metrics()
+            .await
+            .lines()
+            .any(|l| l.starts_with("tether_release_total{") && l.contains("superseded")),
+        "superseded Releases are counted"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_promotion_waits_until_its_migrations_were_applied_in_the_source_environments_database() {
+    let staging_db = crate::migrate::TestDb::create().await;
+    let prod_db = crate::migrate::TestDb::create().await;
+    let h = SyncHarness::start().await;
+    h.put_secret("staging-db", &[("url", staging_db.url.as_str())])
+        .await;
+    h.put_secret("prod-db", &[("url", prod_db.url.as_str())])
+        .await;
+    h.apply(environment()).await;
+    h.apply(prod()).await;
+    h.wait_ready("shop").await;
+    h.wait_ready("prod").await;
+    let migrations: kube::Api<tether::api::Migration> =
+        kube::Api::namespaced(h.client.clone(), "default");
+    let apply_migration = |name: &'static str, secret: &'static str, files: Value| {
+        let migrations = migrations.clone();
+        async move {
+            let manifest = json!({
+                "apiVersion": "tether.dev/v1alpha1", "kind": "Migration",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"database": {"connectionSecretRef": {"name": secret, "key": "url"}},
+                    "source": {"inline": files}},
+            });
+            migrations
+                .patch(
+                    name,
+                    &kube::api::PatchParams::apply("e2e-test").force(),
+                    &kube::api::Patch::Apply(&manifest),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let create =
+        json!({"version": "1", "name": "notes", "sql": "create table notes (id int, body text);"});
+    let index =
+        json!({"version": "2", "name": "notes_id", "sql": "create index notes_id on notes (id);"});
+    // Staging has only the first migration; production's Migration has both.
+    apply_migration("staging-schema", "staging-db", json!([create])).await;
+    apply_migration("prod-schema", "prod-db", json!([create, index])).await;
+    let mut tested = release("shop-8", "ghcr.io/acme/api:8");
+    tested["spec"]["version"] = json!("8");
+    tested["spec"]["migrations"] = json!(["staging-schema"]);
+    apply_release(&h, tested).await;
+    wait_release(&h, "shop-8", |r| r["status"]["phase"] == "Succeeded").await;
+    let mut to_prod = prod_release("prod-8", "8", "ghcr.io/acme/api:8");
+    to_prod["spec"]["migrations"] = json!(["prod-schema"]);
+    to_prod["spec"]["approval"] = json!({"required": true});
+    to_prod["metadata"]["annotations"] = json!({"tether.dev/approved-by": "ada"});
+    apply_release(&h, to_prod.clone()).await;
+    let refused = wait_release(&h, "prod-8", |r| condition_is(r, "Stalled", "True")).await;
+    let stalled = condition(&refused, "Stalled").unwrap();
+    assert_eq!(stalled["reason"], "MigrationsUntested", "{refused}");
+    let message = stalled["message"].as_str().unwrap();
+    assert!(
+        message.contains("migration 2_notes_id.sql of Migration \"prod-schema\" was never applied in Environment shop's database")
+            && message.contains("staging-schema"),
+        "{message}"
+    );
+    assert!(condition_is(&refused, "Promotable", "False"));
+    assert_eq!(
+        deploys_of(&h, "ghcr.io/acme/api:8"),
+        1,
+        "only the staging deploy"
+    );
+    // Once staging applied it too, the promotion goes ahead (the approval change wakes it).
+    apply_migration("staging-schema", "staging-db", json!([create, index])).await;
+    eventually(WAIT, || async {
+        let m = migrations.get("staging-schema").await.ok()?;
+        (m.status?.applied.len() == 2).then_some(())
+    })
+    .await;
+    to_prod["metadata"]["annotations"] = json!({"tether.dev/approved-by": "grace"});
+    apply_release(&h, to_prod).await;
+    let promoted = wait_release(&h, "prod-8", |r| r["status"]["phase"] == "Succeeded").await;
+    assert_eq!(promoted["status"]["promotedFrom"], "shop-8");
+    assert!(condition_is(&promoted, "Promotable", "True"));
+    assert_eq!(deploys_of(&h, "ghcr.io/acme/api:8"), 2);
     h.stop().await;
 }
