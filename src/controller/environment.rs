@@ -447,9 +447,15 @@ impl Reconciled for Environment {
         // Observe the platforms, plan, act; status shows the progress meanwhile.
         let (reports, received) = tokio::sync::mpsc::unbounded_channel();
         let progress = progress::write(self.progress_start(ctx)?, received);
+        let who = format!(
+            "{}/{}",
+            self.namespace().unwrap_or_default(),
+            self.name_any()
+        );
         let (syncs, ()) = tokio::join!(
             sync::progress::scoped(
                 reports,
+                &who,
                 sync::run::sync(&ctx.platforms, &request, Mode::Apply)
             ),
             progress

@@ -84,9 +84,10 @@ pub struct LimitSpec {
 }
 
 impl LimitSpec {
-    fn quota(&self) -> Quota {
+    /// `(burst, paced)`: requests allowed at once, and per window after the burst.
+    fn shape(&self) -> (u32, u32) {
         let max = self.max.max(1);
-        let (burst, paced) = match self.style {
+        match self.style {
             // GCRA allows `burst + window/interval` requests in any window; keeping a burst
             // of 1/20 and pacing the rest keeps every window at or under `max` while
             // sustaining 95% of it.
@@ -95,8 +96,21 @@ impl LimitSpec {
                 (burst, (max - burst).max(1))
             }
             LimitStyle::Bucket { burst } => (burst.max(1), max),
-        };
-        let interval = (self.window / paced).max(Duration::from_nanos(1));
+        }
+    }
+
+    fn period_of(&self, paced: u32) -> Duration {
+        (self.window / paced.max(1)).max(Duration::from_nanos(1))
+    }
+
+    /// The time between two requests once the burst is spent.
+    fn period(&self) -> Duration {
+        self.period_of(self.shape().1)
+    }
+
+    fn quota(&self) -> Quota {
+        let (burst, paced) = self.shape();
+        let interval = self.period_of(paced);
         let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
         Quota::with_period(interval)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
@@ -389,7 +403,67 @@ struct Limiters {
     classes: HashMap<&'static str, (LimitSpec, DefaultKeyedRateLimiter<String>)>,
     /// Set from rate-limit headers: no request leaves before this instant.
     paused_until: Mutex<Option<Instant>>,
+    /// The parked requests of each limit (class and key), in line.
+    lines: Mutex<HashMap<(&'static str, String), Line>>,
 }
+
+/// The requests parked for one limit, each with its turn: parked requests are not all woken
+/// by the next token (a thundering herd that would keep every worker busy re-reconciling),
+/// each comes back at its own turn, one period apart, in the order they came; a newcomer
+/// queues behind them.
+#[derive(Debug)]
+struct Line {
+    /// Whose sync waits (`namespace/name`) → its turn.
+    turns: HashMap<std::sync::Arc<str>, Instant>,
+    /// The turn the next newcomer gets.
+    next: Instant,
+    /// The time between two turns (the limit's period).
+    period: Duration,
+}
+
+impl Line {
+    /// A line whose first turn is `first`.
+    fn new(first: Instant, period: Duration) -> Line {
+        Line {
+            turns: HashMap::new(),
+            next: first,
+            period,
+        }
+    }
+
+    /// Forgets turns long past (their sync went away or got its token otherwise); whether
+    /// the line is over (nobody in it, its last turn past).
+    fn tidy(&mut self, now: Instant) -> bool {
+        let stale = self.period * 2 + PARK_GRACE;
+        self.turns
+            .retain(|_, turn| now.saturating_duration_since(*turn) < stale);
+        self.turns.is_empty() && self.next <= now
+    }
+
+    /// Puts `who` at the end of the line (or first, at `earliest`, when it is the first);
+    /// the wait until its turn.
+    fn queue(&mut self, who: &std::sync::Arc<str>, now: Instant) -> Duration {
+        let turn = self.next.max(now);
+        self.next = turn + self.period;
+        self.turns.insert(who.clone(), turn);
+        turn - now
+    }
+}
+
+/// Where a request of a sync stands in a limit's line.
+#[derive(Debug, PartialEq, Eq)]
+enum Turn {
+    /// Not in line (or no line): ask the limiter.
+    Ask,
+    /// Its turn now: the token is its (ask the limiter; if another took it, it is first in
+    /// line again).
+    Now,
+    /// Park for this long.
+    Park(Duration),
+}
+
+/// How early before its turn a parked request may come back and still go.
+const PARK_GRACE: Duration = Duration::from_millis(250);
 
 impl Limiters {
     fn new(limits: &[LimitSpec]) -> Self {
@@ -404,6 +478,7 @@ impl Limiters {
                 })
                 .collect(),
             paused_until: Mutex::new(None),
+            lines: Mutex::new(HashMap::new()),
         }
     }
 
@@ -412,7 +487,7 @@ impl Limiters {
     /// progress (its Environment's status says what it waits for and until when); inside a
     /// controller's sync it is not waited out but returned (`Err(wait)`: the sync parks).
     async fn acquire(&self, platform: Platform, request: &ApiRequest) -> Result<(), Duration> {
-        use crate::sync::progress;
+        use crate::sync::progress::{self, PARK_AFTER};
         loop {
             let pause = *self
                 .paused_until
@@ -437,17 +512,65 @@ impl Limiters {
                 } else {
                     String::new()
                 };
-                if let Err(not_until) = limiter.check_key(&key) {
-                    let wait = not_until.wait_time_from(limiter.clock().now());
+                let line_key = (*class, key.clone());
+                // A sync's request joins the line when there is one (or at its turn, takes
+                // it); requests outside a sync (`tether plan`, a Release's rollout) wait.
+                let who = progress::who().filter(|_| progress::parks(PARK_AFTER));
+                let turn = match &who {
+                    Some(who) => self.turn(&line_key, who),
+                    None => Turn::Ask,
+                };
+                if let Turn::Park(wait) = turn {
                     progress::waiting(platform, request.operation, wait);
-                    if progress::parks(wait) {
-                        return Err(wait);
-                    }
-                    limiter.until_key_ready(&key).await;
+                    return Err(wait);
                 }
+                let Err(not_until) = limiter.check_key(&key) else {
+                    continue;
+                };
+                let wait = not_until.wait_time_from(limiter.clock().now());
+                progress::waiting(platform, request.operation, wait);
+                if let Some(who) = &who
+                    && wait >= PARK_AFTER
+                {
+                    // The first to wait long starts the line (or, its turn taken by a
+                    // request that does not queue, is first in it again).
+                    let now = Instant::now();
+                    let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+                    let line = lines
+                        .entry(line_key)
+                        .or_insert_with(|| Line::new(now + wait, spec.period()));
+                    let wait = if turn == Turn::Now {
+                        line.turns.insert(who.clone(), now + wait);
+                        line.next = line.next.max(now + wait + line.period);
+                        wait
+                    } else {
+                        line.queue(who, now)
+                    };
+                    return Err(wait);
+                }
+                limiter.until_key_ready(&key).await;
             }
         }
         Ok(())
+    }
+
+    /// Where `who`'s request stands in the line of `line_key`, if there is one.
+    fn turn(&self, line_key: &(&'static str, String), who: &std::sync::Arc<str>) -> Turn {
+        let now = Instant::now();
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        // Lines that are over go (every key's line, so keys never asked again do not stay).
+        lines.retain(|_, line| !line.tidy(now));
+        let Some(line) = lines.get_mut(line_key) else {
+            return Turn::Ask;
+        };
+        match line.turns.get(who).copied() {
+            Some(turn) if turn > now + PARK_GRACE => Turn::Park(turn - now),
+            Some(_) => {
+                line.turns.remove(who);
+                Turn::Now
+            }
+            None => Turn::Park(line.queue(who, now)),
+        }
     }
 
     fn pause_for(&self, wait: Duration) {
@@ -892,6 +1015,48 @@ fn error_code(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `acquire` of a create inside the sync of `who`: `Ok`, or the parked wait.
+    async fn create_as(limiters: &Limiters, who: &str) -> Result<(), Duration> {
+        const CREATE: &[&str] = &["create"];
+        let request = ApiRequest::post("create_service", &["services"]).limited(CREATE, "");
+        let (sink, _reports) = tokio::sync::mpsc::unbounded_channel();
+        crate::sync::progress::scoped(sink, who, limiters.acquire(Platform::Render, &request)).await
+    }
+
+    fn about(wait: Result<(), Duration>, periods: u32, period: Duration) -> bool {
+        let wait = wait.expect_err("parked");
+        let want = period * periods;
+        wait <= want && wait + Duration::from_millis(200) >= want
+    }
+
+    #[tokio::test]
+    async fn parked_syncs_come_back_one_period_apart_in_the_order_they_came() {
+        // One create at once, then one every 1.2 s.
+        let spec = LimitSpec {
+            class: "create",
+            max: 1,
+            window: Duration::from_millis(1200),
+            style: LimitStyle::Bucket { burst: 1 },
+            per_key: false,
+        };
+        let period = spec.period();
+        assert_eq!(period, Duration::from_millis(1200));
+        let limiters = Limiters::new(&[spec]);
+        assert_eq!(create_as(&limiters, "ns/a").await, Ok(()));
+        // The next ones park, each with its own turn (not all at the next token).
+        assert!(about(create_as(&limiters, "ns/b").await, 1, period));
+        assert!(about(create_as(&limiters, "ns/c").await, 2, period));
+        assert!(about(create_as(&limiters, "ns/d").await, 3, period));
+        // Coming back early keeps the place in line.
+        assert!(about(create_as(&limiters, "ns/c").await, 2, period));
+        assert!(about(create_as(&limiters, "ns/b").await, 1, period));
+        tokio::time::sleep(period).await;
+        // B's turn: it goes; C still waits its turn, a newcomer queues behind D.
+        assert_eq!(create_as(&limiters, "ns/b").await, Ok(()));
+        assert!(about(create_as(&limiters, "ns/c").await, 1, period));
+        assert!(about(create_as(&limiters, "ns/e").await, 3, period));
+    }
 
     #[test]
     fn token_prints_as_stars_in_debug_and_display() {

@@ -68,11 +68,20 @@ pub enum Progress {
 
 tokio::task_local! {
     static SINK: UnboundedSender<Report>;
+    static WHO: std::sync::Arc<str>;
 }
 
-/// Runs `work` with its progress reported to `sink`.
-pub async fn scoped<F: Future>(sink: UnboundedSender<Report>, work: F) -> F::Output {
-    SINK.scope(sink, work).await
+/// Runs `work` (the sync of `who`, e.g. `namespace/name` of an Environment) with its
+/// progress reported to `sink`.
+pub async fn scoped<F: Future>(sink: UnboundedSender<Report>, who: &str, work: F) -> F::Output {
+    SINK.scope(sink, WHO.scope(std::sync::Arc::from(who), work))
+        .await
+}
+
+/// Whose sync runs in the current scope, if any: a parked request keeps its place in a
+/// rate limit's line under this name.
+pub fn who() -> Option<std::sync::Arc<str>> {
+    WHO.try_with(|who| who.clone()).ok()
 }
 
 /// Rate-limit waits at least this long are not waited out inside a controller's sync: the
@@ -151,7 +160,7 @@ mod tests {
         // Outside a scope: dropped without a panic, and a write is not waited for.
         waiting(Platform::Render, "create_service", Duration::from_secs(5));
         written(&ManagedObject::default()).await;
-        let sync = scoped(tx, async {
+        let sync = scoped(tx, "default/web", async {
             waiting(
                 Platform::Render,
                 "create_service",
