@@ -239,7 +239,8 @@ fn default_check_interval() -> String {
 }
 
 /// Metric analysis against a Prometheus HTTP API, after every step is live and every health
-/// check passed: every `interval`, each metric's query is measured once, until each has
+/// check passed (and, first, of a Fly `canary`: once its first machine is healthy, the
+/// others wait for the same analysis to pass): every `interval`, each metric's query is measured once, until each has
 /// `count` measurements with data. A measurement fails when its value is on the wrong side
 /// of the threshold, and is inconclusive when the query returns no data (an empty result or
 /// NaN) or Prometheus cannot be asked. More than `failureLimit` failed measurements of a metric fail the Release (and
@@ -460,9 +461,13 @@ pub struct ReleaseStatus {
     /// The rollback after a failure, when one was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackStatus>,
-    /// The metric analysis, once it has started.
+    /// The metric analysis after the last step, once it has started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisStatus>,
+    /// The metric analysis of a Fly canary (its first machine on the new image, healthy,
+    /// while the others wait), once it has started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_analysis: Option<AnalysisStatus>,
 }
 
 /// Where the metric analysis stands.

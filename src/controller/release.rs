@@ -337,12 +337,15 @@ impl Release {
                 .status
                 .insert("rollback".into(), serde_json::json!(rollback));
         }
-        if let Some(analysis) = &previous.analysis
-            && !report.status.contains_key("analysis")
-        {
-            report
-                .status
-                .insert("analysis".into(), serde_json::json!(analysis));
+        for (field, kept) in [
+            ("analysis", &previous.analysis),
+            ("canaryAnalysis", &previous.canary_analysis),
+        ] {
+            if let Some(kept) = kept
+                && !report.status.contains_key(field)
+            {
+                report.status.insert(field.into(), serde_json::json!(kept));
+            }
         }
         let failed_now =
             report.status.get("phase") == Some(&serde_json::json!(ReleasePhase::Failed));
@@ -623,7 +626,7 @@ impl Release {
         }
         // The Environment's objects, and its credentials.
         let secrets = credentials(ctx, namespace, &self.spec, environment).await?;
-        let targets =
+        let mut targets =
             match rollout::targets(&self.spec, environment, &secrets.values, &ctx.platforms) {
                 Ok(targets) => targets,
                 Err(rollout::Unready::NotCreated(message)) => {
@@ -652,6 +655,17 @@ impl Release {
                     ));
                 }
             };
+        // With an analysis, a Fly canary waits once healthy until the analysis of the
+        // canary passed.
+        let canary_passed = previous
+            .canary_analysis
+            .as_ref()
+            .is_some_and(|c| c.state == analysis::PASSED);
+        if self.spec.analysis.is_some() && !canary_passed {
+            for target in targets.values_mut() {
+                target.hold_canary();
+            }
+        }
         // The first step not yet live moves forward; the ones after it wait.
         let mut events = Vec::new();
         for (index, step) in plan.steps.iter().enumerate() {
@@ -697,6 +711,32 @@ impl Release {
                     report.events = events;
                     return Ok(report);
                 }
+                // A held canary is analysed before the rest of its machines move.
+                let held = steps.iter().any(|s| {
+                    names.contains(&s.component.as_str())
+                        && s.message
+                            .as_deref()
+                            .is_some_and(|m| m.ends_with(crate::platform::fly::CANARY_HELD))
+                });
+                let mut canary_now = None;
+                if held && let Some(analysis) = &self.spec.analysis {
+                    let at = format!("step {}/{}: canary analysis", index + 1, plan.steps.len());
+                    let stage = Stage {
+                        label: &at,
+                        phase: ReleasePhase::Deploying,
+                        prior: previous.canary_analysis.clone(),
+                    };
+                    let (state, report) = self
+                        .analyze(ctx, analysis, stage, &steps, &started, &now, &mut events)
+                        .await;
+                    if let Some(mut report) = report {
+                        report
+                            .status
+                            .insert("canaryAnalysis".into(), serde_json::json!(state));
+                        return Ok(report);
+                    }
+                    canary_now = Some(state);
+                }
                 let live = steps
                     .iter()
                     .filter(|s| names.contains(&s.component.as_str()))
@@ -722,7 +762,7 @@ impl Release {
                             )
                         })
                         .collect();
-                    return Ok(rollout_report(
+                    let mut report = rollout_report(
                         ReleasePhase::Deploying,
                         &steps,
                         Some(&started),
@@ -736,9 +776,20 @@ impl Release {
                                 deploying.join(", ")
                             ),
                         },
-                        Some(poll),
+                        // A canary that just passed its analysis lets the rest go at once.
+                        Some(if canary_now.is_some() {
+                            Duration::ZERO
+                        } else {
+                            poll
+                        }),
                         events,
-                    ));
+                    );
+                    if let Some(state) = canary_now {
+                        report
+                            .status
+                            .insert("canaryAnalysis".into(), serde_json::json!(state));
+                    }
+                    return Ok(report);
                 }
             }
             // The step is live: its components' health checks, before the next step.
@@ -777,16 +828,13 @@ impl Release {
         }
         // Every check passed: the metric analysis, when the Release declares one.
         if let Some(analysis) = &self.spec.analysis {
+            let stage = Stage {
+                label: "analysis",
+                phase: ReleasePhase::Verifying,
+                prior: previous.analysis.clone(),
+            };
             let (state, report) = self
-                .analyze(
-                    ctx,
-                    analysis,
-                    &previous,
-                    &steps,
-                    &started,
-                    &now,
-                    &mut events,
-                )
+                .analyze(ctx, analysis, stage, &steps, &started, &now, &mut events)
                 .await;
             if let Some(mut report) = report {
                 report
@@ -1245,6 +1293,17 @@ impl Release {
     }
 }
 
+/// Which analysis runs: of a held Fly canary (phase `Deploying`) or after the last step
+/// (phase `Verifying`).
+struct Stage<'a> {
+    /// How messages and events name it (`analysis`, `step 2/2: canary analysis`).
+    label: &'a str,
+    /// The phase while it runs.
+    phase: ReleasePhase,
+    /// Its status so far.
+    prior: Option<AnalysisStatus>,
+}
+
 impl Release {
     /// Makes the analysis' measurement when one is due, and says where it stands: the
     /// analysis status, and the report of a rollout stopped at it (`None` once it passed).
@@ -1253,13 +1312,14 @@ impl Release {
         &self,
         ctx: &Context,
         analysis: &crate::api::release::Analysis,
-        previous: &crate::api::release::ReleaseStatus,
+        stage: Stage<'_>,
         steps: &[StepStatus],
         started: &str,
         now: &str,
         events: &mut Vec<ReportEvent>,
     ) -> (AnalysisStatus, Option<Report>) {
-        let mut state = previous.analysis.clone().unwrap_or_else(|| AnalysisStatus {
+        let label = stage.label;
+        let mut state = stage.prior.unwrap_or_else(|| AnalysisStatus {
             state: analysis::RUNNING.into(),
             ..AnalysisStatus::default()
         });
@@ -1279,7 +1339,7 @@ impl Release {
                     warning: false,
                     reason: "AnalysisStarted".into(),
                     note: format!(
-                        "analysis of {} metric(s): {} measurement(s), one every {}",
+                        "{label} of {} metric(s): {} measurement(s), one every {}",
                         analysis.metrics.len(),
                         analysis.count,
                         analysis.interval
@@ -1318,7 +1378,7 @@ impl Release {
                 events.push(ReportEvent {
                     warning: false,
                     reason: "AnalysisPassed".into(),
-                    note: format!("analysis passed: {summary}"),
+                    note: format!("{label} passed: {summary}"),
                     always: true,
                     action: "AnalysisPassed".into(),
                 });
@@ -1327,7 +1387,7 @@ impl Release {
             analysis::FAILED => Some(stop(
                 "AnalysisFailed",
                 format!(
-                    "analysis failed after {} measurement(s): {summary}",
+                    "{label} failed after {} measurement(s): {summary}",
                     state.measurements
                 ),
                 events,
@@ -1335,7 +1395,7 @@ impl Release {
             analysis::INCONCLUSIVE => Some(stop(
                 "AnalysisInconclusive",
                 format!(
-                    "analysis inconclusive after {} measurement(s): {summary}; the new version stays live (annotate the Release {ROLLBACK_ANNOTATION}=<who> to roll it back)",
+                    "{label} inconclusive after {} measurement(s): {summary}; what is deployed stays (annotate the Release {ROLLBACK_ANNOTATION}=<who> to roll it back)",
                     state.measurements
                 ),
                 events,
@@ -1344,14 +1404,14 @@ impl Release {
                 let wait = analysis::due_in(analysis, &state, jiff::Timestamp::now())
                     .max(Duration::from_millis(100));
                 Some(rollout_report(
-                    ReleasePhase::Verifying,
+                    stage.phase,
                     steps,
                     Some(started),
                     None,
                     Verdict::Progressing {
                         reason: "Analyzing".into(),
                         message: format!(
-                            "analysis {}/{count}: {}",
+                            "{label} {}/{count}: {}",
                             state.measurements,
                             if summary.is_empty() {
                                 "first measurement due".to_string()

@@ -50,6 +50,20 @@ enum How {
     Build { name: String, repo: String },
 }
 
+impl Target {
+    /// Holds a Fly canary once it is healthy (the rest of the machines wait); whether the
+    /// target is one.
+    pub fn hold_canary(&mut self) -> bool {
+        match &mut self.how {
+            How::Roll(FlyStrategy::Canary { hold, .. }) => {
+                *hold = true;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 enum Client {
     Render(RenderClient),
     Vercel(VercelClient),
@@ -398,7 +412,10 @@ fn fly_strategy(artifact: &Artifact, environment: &Environment) -> FlyStrategy {
     match artifact.strategy.unwrap_or_default() {
         crate::api::release::FlyStrategy::Rolling => FlyStrategy::Rolling { max_unavailable },
         crate::api::release::FlyStrategy::Immediate => FlyStrategy::Immediate,
-        crate::api::release::FlyStrategy::Canary => FlyStrategy::Canary { max_unavailable },
+        crate::api::release::FlyStrategy::Canary => FlyStrategy::Canary {
+            max_unavailable,
+            hold: false,
+        },
     }
 }
 

@@ -931,8 +931,14 @@ pub enum FlyStrategy {
     Canary {
         /// Machines updating at once after the canary.
         max_unavailable: usize,
+        /// Once the canary is healthy the rest waits (while the canary is analysed): the
+        /// rollout reports [`CANARY_HELD`].
+        hold: bool,
     },
 }
+
+/// The end of a held canary's state (`canary 1/3 healthy, held for analysis`).
+pub const CANARY_HELD: &str = "held for analysis";
 
 impl FlyClient {
     /// Moves the rollout of `image` over `app`'s machines one step (resumable: the machines
@@ -990,9 +996,15 @@ impl FlyClient {
             }
             FlyStrategy::Canary { .. } if on.is_empty() => (1, "canary"),
             FlyStrategy::Canary { .. } if healthy == 0 => (0, "canary"),
-            FlyStrategy::Canary { max_unavailable } => {
-                (max_unavailable.max(1).saturating_sub(updating), "rolling")
+            FlyStrategy::Canary { hold: true, .. } => {
+                return Ok(deployment(
+                    DeploymentState::Deploying,
+                    format!("canary {healthy}/{total} healthy, {CANARY_HELD}"),
+                ));
             }
+            FlyStrategy::Canary {
+                max_unavailable, ..
+            } => (max_unavailable.max(1).saturating_sub(updating), "rolling"),
         };
         let mut started = 0;
         for machine in rest.iter().take(allowed) {

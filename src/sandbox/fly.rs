@@ -46,6 +46,9 @@ struct Fly {
 struct FlyState {
     seq: u64,
     apps: BTreeMap<String, App>,
+    /// Requests the app edge sent to Fly apps: each goes to the next started machine, as
+    /// Fly's proxy balances them.
+    served: usize,
 }
 
 struct App {
@@ -288,12 +291,20 @@ impl Imitation for Fly {
     }
 
     fn live_source(&self, name: &str) -> Option<String> {
-        let state = self.lock();
-        let app = state.apps.get(name)?;
-        app.machines
+        let mut state = self.lock();
+        let images: Vec<String> = state
+            .apps
+            .get(name)?
+            .machines
             .values()
-            .find(|m| self.machine_state(m) == "started")
-            .and_then(|m| m.json["config"]["image"].as_str().map(str::to_owned))
+            .filter(|m| self.machine_state(m) == "started")
+            .filter_map(|m| m.json["config"]["image"].as_str().map(str::to_owned))
+            .collect();
+        if images.is_empty() {
+            return None;
+        }
+        state.served = state.served.wrapping_add(1);
+        images.get(state.served % images.len()).cloned()
     }
 }
 

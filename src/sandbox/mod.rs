@@ -20,7 +20,8 @@
 //! service, Vercel project and Fly app the sandbox runs, chosen by the `Host` header as a
 //! platform's edge chooses by name: `<slug>.onrender.com`, `<project>.vercel.app`,
 //! `<app>.fly.dev` and every custom domain or certificate added through the APIs. An app
-//! answers according to the version live on it: `200 <name> <version> ok`, `500` for a
+//! answers according to the version live on it (a Fly app: each request on the next started
+//! machine, as Fly's proxy balances them): `200 <name> <version> ok`, `500` for a
 //! version in `Faults::unhealthy_sources`, the same after `Faults::slow_ms` for one in
 //! `Faults::slow_sources`, `503` while nothing is live. Health checks reach it with
 //! `tether controller --health-check-via <edge URL>` (`tether run --sandbox` sets it).

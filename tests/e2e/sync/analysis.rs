@@ -10,7 +10,9 @@ use tether::api::Release;
 use tether::platform::Platform;
 use tether::sandbox::Faults;
 
-use super::release::{apply_release, environment, host_of, release, rollbacks_to, wait_release};
+use super::release::{
+    apply_release, environment, host_of, machine_updates, release, rollbacks_to, shop, wait_release,
+};
 use crate::support::app_answer;
 use crate::support::prometheus::PrometheusServer;
 use crate::support::sync::{SyncHarness, condition, condition_is};
@@ -18,8 +20,12 @@ use crate::support::sync::{SyncHarness, condition, condition_is};
 /// The share of the app's requests to `image` answered with a 5xx, over the last 10 s (0
 /// while there are requests and no 5xx; no data while there are no requests).
 fn error_rate(image: &str) -> String {
+    error_rate_of("shop-api", image)
+}
+
+fn error_rate_of(app: &str, image: &str) -> String {
     format!(
-        "(sum(rate(sandbox_app_requests_total{{app=\"shop-api\",version=\"{image}\",code=~\"5..\"}}[10s])) or vector(0)) / sum(rate(sandbox_app_requests_total{{app=\"shop-api\",version=\"{image}\"}}[10s]))"
+        "(sum(rate(sandbox_app_requests_total{{app=\"{app}\",version=\"{image}\",code=~\"5..\"}}[10s])) or vector(0)) / sum(rate(sandbox_app_requests_total{{app=\"{app}\",version=\"{image}\"}}[10s]))"
     )
 }
 
@@ -240,5 +246,89 @@ async fn an_analysis_without_data_is_inconclusive_and_left_live_until_a_person_r
             .any(|(_, r, n)| r == "RollbackStarted" && n.contains("alice")),
         "{events:?}"
     );
+    h.stop().await;
+}
+
+/// Version `v` of the shop's Fly app alone, a canary analysed with the error rate of `v`.
+fn edge_release(name: &str, v: &str, prometheus: &str) -> Value {
+    let image = format!("registry.fly.io/edge:{v}");
+    json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Release",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "environmentRef": {"name": "shop"}, "version": v,
+            "artifacts": [{"component": "shop-edge", "platform": "fly", "image": image,
+                "strategy": "canary", "maxUnavailable": 2}],
+            "analysis": {"prometheusUrl": prometheus, "interval": "1s", "count": 2,
+                "inconclusiveLimit": 10,
+                "metrics": [{"name": "edge-errors", "query": error_rate_of("shop-edge", &image),
+                    "threshold": 0.05}]},
+        },
+    })
+}
+
+#[tokio::test]
+async fn a_fly_canary_is_analysed_before_the_other_machines_and_a_breach_rolls_it_back() {
+    let h = SyncHarness::start().await;
+    let Some(prometheus) = PrometheusServer::start(&h.sandbox).await else {
+        return h.stop().await;
+    };
+    h.apply(shop()).await;
+    let env = h.wait_ready("shop").await;
+    let users = traffic(h.sandbox.edge_url().to_owned(), host_of(&env, "shop-edge"));
+    // A healthy version: the canary's analysis passes, then the rest, then the final one.
+    apply_release(&h, edge_release("edge-2", "2", prometheus.url())).await;
+    let good = wait_release(&h, "edge-2", |r| {
+        matches!(
+            r["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed" | "RolledBack")
+        )
+    })
+    .await;
+    assert_eq!(good["status"]["phase"], "Succeeded", "{good}");
+    assert_eq!(
+        good["status"]["canaryAnalysis"]["state"], "Passed",
+        "{good}"
+    );
+    assert_eq!(good["status"]["analysis"]["state"], "Passed", "{good}");
+    assert_eq!(machine_updates(&h, "registry.fly.io/edge:2"), 3);
+    // A version whose canary answers 500: the rest of the machines never get it.
+    h.sandbox.set_faults(
+        Platform::Fly,
+        Faults {
+            unhealthy_sources: vec!["registry.fly.io/edge:3".into()],
+            ..Faults::default()
+        },
+    );
+    apply_release(&h, edge_release("edge-3", "3", prometheus.url())).await;
+    let held = wait_release(&h, "edge-3", |r| r["status"]["canaryAnalysis"].is_object()).await;
+    assert_eq!(held["status"]["phase"], "Deploying", "{held}");
+    let rel = wait_release(&h, "edge-3", |r| {
+        matches!(r["status"]["phase"].as_str(), Some("RolledBack" | "Failed"))
+    })
+    .await;
+    users.abort();
+    assert_eq!(rel["status"]["phase"], "RolledBack", "{rel}");
+    assert_eq!(rel["status"]["canaryAnalysis"]["state"], "Failed", "{rel}");
+    assert!(
+        rel["status"]["analysis"].is_null(),
+        "no final analysis: {rel}"
+    );
+    assert_eq!(rel["status"]["rollback"]["reason"], "AnalysisFailed");
+    assert!(
+        rel["status"]["rollback"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("canary analysis failed"),
+        "{rel}"
+    );
+    assert_eq!(
+        machine_updates(&h, "registry.fly.io/edge:3"),
+        1,
+        "only the canary got the version"
+    );
+    let (code, body) = app_answer(h.sandbox.edge_url(), &host_of(&env, "shop-edge")).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("registry.fly.io/edge:2"), "{body}");
     h.stop().await;
 }

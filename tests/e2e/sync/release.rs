@@ -203,7 +203,7 @@ async fn a_release_deploys_nothing_until_its_migrations_are_applied() {
 
 /// An Environment on three platforms: two Render services, a Fly app of three machines with
 /// a check, a Vercel project with a custom domain.
-fn shop() -> Value {
+pub(super) fn shop() -> Value {
     json!({
         "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
         "metadata": {"name": "shop", "namespace": "default"},
@@ -277,7 +277,7 @@ fn requests(h: &SyncHarness, platform: Platform, method: &str, suffix: &str) -> 
 }
 
 /// Fly machine updates to `image`.
-fn machine_updates(h: &SyncHarness, image: &str) -> usize {
+pub(super) fn machine_updates(h: &SyncHarness, image: &str) -> usize {
     h.sandbox
         .exchanges()
         .iter()
