@@ -1,6 +1,7 @@
 //! The Environment sync: observe, plan and act per platform, and the controller around it.
 
 mod chaos;
+mod delivery;
 mod environment;
 mod fly;
 mod progress;

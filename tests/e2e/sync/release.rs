@@ -10,7 +10,7 @@ use tether::sandbox::Faults;
 use crate::support::sync::{SyncHarness, WAIT, condition, condition_is};
 use crate::support::{app_answer, eventually};
 
-fn environment() -> Value {
+pub(super) fn environment() -> Value {
     json!({
         "apiVersion": "tether.dev/v1alpha1", "kind": "Environment",
         "metadata": {"name": "shop", "namespace": "default"},
@@ -23,7 +23,7 @@ fn environment() -> Value {
     })
 }
 
-fn release(name: &str, image: &str) -> Value {
+pub(super) fn release(name: &str, image: &str) -> Value {
     json!({
         "apiVersion": "tether.dev/v1alpha1", "kind": "Release",
         "metadata": {"name": name, "namespace": "default"},
@@ -32,7 +32,7 @@ fn release(name: &str, image: &str) -> Value {
     })
 }
 
-async fn apply_release(h: &SyncHarness, manifest: Value) {
+pub(super) async fn apply_release(h: &SyncHarness, manifest: Value) {
     let name = manifest["metadata"]["name"].as_str().unwrap().to_owned();
     let api: kube::Api<Release> = kube::Api::namespaced(h.client.clone(), "default");
     api.patch(
@@ -44,7 +44,11 @@ async fn apply_release(h: &SyncHarness, manifest: Value) {
     .unwrap();
 }
 
-async fn wait_release(h: &SyncHarness, name: &str, check: impl Fn(&Value) -> bool) -> Value {
+pub(super) async fn wait_release(
+    h: &SyncHarness,
+    name: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let api: kube::Api<Release> = kube::Api::namespaced(h.client.clone(), "default");
     eventually(WAIT, || async {
         let rel = serde_json::to_value(api.get(name).await.ok()?).ok()?;
@@ -92,7 +96,7 @@ async fn a_release_deploys_its_image_and_is_ready_only_once_it_is_live() {
     );
     let metrics = h.metrics().await;
     for line in [
-        "tether_release_total{result=\"succeeded\"} 1",
+        "tether_release_total{environment=\"shop\",namespace=\"default\",result=\"succeeded\"} 1",
         "tether_release_duration_seconds_count 1",
         "tether_release_step_duration_seconds_count{platform=\"render\"} 1",
     ] {
@@ -858,11 +862,9 @@ async fn a_failed_health_check_rolls_every_changed_component_back_even_across_a_
         events.iter().any(|(_, r, _)| r == "RolledBack"),
         "{events:?}"
     );
-    assert!(
-        h.metrics()
-            .await
-            .contains("tether_release_total{result=\"rolled_back\"} 1")
-    );
+    assert!(h.metrics().await.contains(
+        "tether_release_total{environment=\"shop\",namespace=\"default\",result=\"rolled_back\"} 1"
+    ));
     h.stop().await;
 }
 
