@@ -55,6 +55,7 @@ pub struct ControllerMetrics {
     release_duration: prometheus::Histogram,
     release_step_duration: HistogramVec,
     time_to_restore: HistogramVec,
+    notifications: IntCounterVec,
 }
 
 /// Buckets of rollout durations: seconds to an hour.
@@ -131,6 +132,13 @@ impl ControllerMetrics {
             .buckets(RESTORE_BUCKETS.to_vec()),
             &["namespace", "environment"],
         )?)?;
+        let notifications = registry.register(IntCounterVec::new(
+            Opts::new(
+                "tether_notifications_total",
+                "Release phase changes sent to webhooks, by result (sent, failed) and body format",
+            ),
+            &["result", "format"],
+        )?)?;
         Ok(Self {
             reconciles,
             errors,
@@ -140,6 +148,7 @@ impl ControllerMetrics {
             release_duration,
             release_step_duration,
             time_to_restore,
+            notifications,
             stalled_objects: Arc::default(),
             migration: MigrationMetrics::register(registry)?,
             platform: PlatformMetrics::register(registry)?,
@@ -183,6 +192,15 @@ impl ControllerMetrics {
         self.time_to_restore
             .with_label_values(&[namespace, environment])
             .observe(took.as_secs_f64());
+    }
+
+    /// Records one webhook delivery of a Release phase change: `sent` or not, in `format`
+    /// (`generic`, `slack`).
+    pub fn notification(&self, sent: bool, format: &str) {
+        let result = if sent { "sent" } else { "failed" };
+        self.notifications
+            .with_label_values(&[result, format])
+            .inc();
     }
 
     /// Records a component of `platform` that went live `took` after its deployment started.
@@ -245,6 +263,7 @@ mod tests {
                 "tether_migration_duration_seconds",
                 "tether_migration_failed_total",
                 "tether_migration_lint_findings_total",
+                "tether_notifications_total",
                 "tether_platform_rate_limited_total",
                 "tether_platform_ratelimit_remaining",
                 "tether_platform_request_duration_seconds",

@@ -70,6 +70,8 @@ pub struct Context {
     pub supabase_database_url: String,
     /// Sends the Releases' health-check requests.
     pub prober: crate::controller::health::Prober,
+    /// Sends the Releases' phase changes to their webhooks.
+    pub notifier: crate::controller::notify::Notifier,
     /// The Environments the controller watches, with their status (one owner per platform
     /// object is checked against them).
     environments: Option<Store<Decoded<Environment>>>,
@@ -102,6 +104,7 @@ impl Context {
             pending_interval,
             supabase_database_url,
             prober: crate::controller::health::Prober::default(),
+            notifier: crate::controller::notify::Notifier::default(),
             environments: None,
             failures: Mutex::default(),
         }

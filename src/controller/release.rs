@@ -20,7 +20,7 @@ use crate::controller::conditions::Verdict;
 use crate::controller::error::ReconcileError;
 use crate::controller::reconcile::{Context, Reconciled, Report, ReportEvent};
 use crate::controller::references::{RefKind, Reference, Snapshot};
-use crate::controller::{gates, health, rollout};
+use crate::controller::{gates, health, notify, rollout};
 use futures::future::join_all;
 
 /// Every object a Release names.
@@ -800,6 +800,86 @@ impl Release {
         }
     }
 
+    /// Sends the phase change `report` makes, if any, to the webhooks of the Release (else
+    /// of `environment`) subscribed to it, and records the phase in `status.notifiedPhase`
+    /// (a change that was not delivered is a Warning event `NotificationFailed`).
+    async fn notify(
+        &self,
+        ctx: &Context,
+        namespace: &str,
+        environment: &Environment,
+        mut report: Report,
+    ) -> Report {
+        let status = self.status.as_ref();
+        // A Release that reached its phase before it recorded notified phases has had
+        // that phase announced (or had nothing to announce it to).
+        let notified = status.and_then(|s| s.notified_phase.or(s.phase));
+        let phase = report
+            .status
+            .get("phase")
+            .and_then(|p| serde_json::from_value::<ReleasePhase>(p.clone()).ok());
+        let Some(phase) = phase.or(notified) else {
+            return report;
+        };
+        report
+            .status
+            .insert("notifiedPhase".into(), serde_json::json!(phase));
+        if Some(phase) == notified {
+            return report;
+        }
+        let webhooks = notify::webhooks(
+            self.spec.notifications.as_ref(),
+            environment.spec.notifications.as_ref(),
+            phase,
+        );
+        if webhooks.is_empty() {
+            return report;
+        }
+        let (reason, message) = notify::Notice::verdict(&report.verdict);
+        let notice = notify::Notice {
+            kind: "Release",
+            namespace: namespace.to_string(),
+            name: self.name_any(),
+            environment: self.spec.environment_ref.name.clone(),
+            version: self.spec.version.clone(),
+            phase,
+            previous_phase: status.and_then(|s| s.phase),
+            reason,
+            message,
+            at: now(),
+        };
+        let from = notice
+            .previous_phase
+            .map_or_else(|| "new".to_string(), |p| format!("{p:?}"));
+        for delivery in ctx
+            .notifier
+            .deliver(&ctx.client, namespace, &webhooks, &notice)
+            .await
+        {
+            ctx.metrics
+                .notification(delivery.result.is_ok(), delivery.format_label());
+            match delivery.result {
+                Ok(()) => {
+                    tracing::debug!(webhook = %delivery.webhook, ?phase, "notification sent");
+                }
+                Err(why) => {
+                    tracing::warn!(webhook = %delivery.webhook, ?phase, %why, "notification not delivered");
+                    report.events.push(ReportEvent {
+                        warning: true,
+                        reason: "NotificationFailed".into(),
+                        note: format!(
+                            "webhook {}: the change {from} → {phase:?} was not delivered: {why}",
+                            delivery.webhook
+                        ),
+                        always: true,
+                        action: format!("Notify {}", delivery.webhook),
+                    });
+                }
+            }
+        }
+        report
+    }
+
     /// The Release's Environment's previous Succeeded Release (the last to finish).
     async fn previous_succeeded(
         &self,
@@ -1436,7 +1516,8 @@ impl Reconciled for Release {
         validate_components(&self.spec, environment)?;
         let plan = plan(&self.spec);
         tracing::debug!(%plan, "planned");
-        self.roll_out(ctx, &namespace, &plan, environment).await
+        let report = self.roll_out(ctx, &namespace, &plan, environment).await?;
+        Ok(self.notify(ctx, &namespace, environment, report).await)
     }
 
     async fn cleanup(&self, _ctx: &Context) -> Result<(), ReconcileError> {

@@ -4,6 +4,7 @@ mod chaos;
 mod delivery;
 mod environment;
 mod fly;
+mod notifications;
 mod progress;
 mod release;
 mod render;
