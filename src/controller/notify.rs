@@ -26,7 +26,7 @@ use futures::future::join_all;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::api::release::{Notifications, ReleasePhase, Webhook, WebhookFormat};
+use crate::api::release::{Notifications, ReleasePhase, ReleaseStatus, Webhook, WebhookFormat};
 use crate::controller::conditions::Verdict;
 use crate::controller::references::{Reference, Snapshot};
 
@@ -67,6 +67,28 @@ impl Notice {
             Verdict::Suspended => ("Suspended".into(), String::new()),
         }
     }
+}
+
+/// What a reconcile that reports `phase` does about notifications.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Due {
+    /// The phase to record in `status.notifiedPhase`.
+    pub phase: ReleasePhase,
+    /// Whether entering it is to be sent: it was not announced yet.
+    pub send: bool,
+}
+
+/// What a reconcile of a Release whose status is `status`, reporting `phase`, records and
+/// sends (`None`: no phase at all). A Release that reached its phase before it recorded
+/// notified phases has had that phase announced (or had nothing to announce it to), so an
+/// upgraded controller, or notifications added later, do not announce old news.
+pub fn due(status: Option<&ReleaseStatus>, phase: Option<ReleasePhase>) -> Option<Due> {
+    let notified = status.and_then(|s| s.notified_phase.or(s.phase));
+    let phase = phase.or(notified)?;
+    Some(Due {
+        phase,
+        send: Some(phase) != notified,
+    })
 }
 
 /// The webhooks to tell of entering `phase`: the Release's own `notifications`, else the
@@ -496,6 +518,45 @@ mod tests {
             ["team"]
         );
         assert!(webhooks(None, None, ReleasePhase::Failed).is_empty());
+    }
+
+    #[test]
+    fn a_phase_is_sent_once_and_a_phase_reached_before_notified_phases_existed_is_not() {
+        use ReleasePhase::{Deploying, Pending, Succeeded, Verifying};
+        let status = |phase, notified_phase| ReleaseStatus {
+            phase,
+            notified_phase,
+            ..ReleaseStatus::default()
+        };
+        let due_now = |status: Option<&ReleaseStatus>, phase| due(status, phase).unwrap();
+        // A new Release: its first phase is sent.
+        assert_eq!(
+            due_now(None, Some(Pending)),
+            Due {
+                phase: Pending,
+                send: true
+            }
+        );
+        // A change is sent, the same phase again is not (a restart, a requeue).
+        let deploying = status(Some(Deploying), Some(Deploying));
+        assert!(due_now(Some(&deploying), Some(Verifying)).send);
+        assert!(!due_now(Some(&deploying), Some(Deploying)).send);
+        // Sent, but the status write that would record it failed: the next reconcile
+        // reaching it sends it again (at least once).
+        let unrecorded = status(Some(Pending), Some(Pending));
+        assert!(due_now(Some(&unrecorded), Some(Deploying)).send);
+        // Reached before notifiedPhase existed: old news.
+        let upgraded = status(Some(Succeeded), None);
+        assert_eq!(
+            due_now(Some(&upgraded), Some(Succeeded)),
+            Due {
+                phase: Succeeded,
+                send: false
+            }
+        );
+        // A report without a phase keeps what was recorded.
+        assert_eq!(due_now(Some(&deploying), None).phase, Deploying);
+        assert_eq!(due(None, None), None);
     }
 
     #[test]

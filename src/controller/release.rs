@@ -811,22 +811,20 @@ impl Release {
         mut report: Report,
     ) -> Report {
         let status = self.status.as_ref();
-        // A Release that reached its phase before it recorded notified phases has had
-        // that phase announced (or had nothing to announce it to).
-        let notified = status.and_then(|s| s.notified_phase.or(s.phase));
         let phase = report
             .status
             .get("phase")
             .and_then(|p| serde_json::from_value::<ReleasePhase>(p.clone()).ok());
-        let Some(phase) = phase.or(notified) else {
+        let Some(due) = notify::due(status, phase) else {
             return report;
         };
         report
             .status
-            .insert("notifiedPhase".into(), serde_json::json!(phase));
-        if Some(phase) == notified {
+            .insert("notifiedPhase".into(), serde_json::json!(due.phase));
+        if !due.send {
             return report;
         }
+        let phase = due.phase;
         let webhooks = notify::webhooks(
             self.spec.notifications.as_ref(),
             environment.spec.notifications.as_ref(),
