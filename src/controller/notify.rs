@@ -6,11 +6,11 @@
 //! phase to status, together with `status.notifiedPhase`, so a change is sent at least once
 //! (a controller stopped between the delivery and the status write sends it again) and a
 //! restarted controller does not send a change it recorded. A delivery retries connection
-//! failures, timeouts, 429 and 5xx answers with exponential backoff, within
-//! [`Notifier::budget`] for all the webhooks of one change (they are sent in parallel), so a
-//! dead receiver delays a reconcile by seconds at most; a webhook that still fails is a
-//! Warning event `NotificationFailed` and `tether_notifications_total{result="failed"}`,
-//! and the change is not sent again.
+//! failures, timeouts, 429 and 5xx answers with exponential backoff (3 attempts), within 5 s
+//! for all the webhooks of one change (they are sent in parallel), so a dead receiver delays
+//! a reconcile by seconds at most; a webhook that still fails is a Warning event
+//! `NotificationFailed` and `tether_notifications_total{result="failed"}`, and the change is
+//! not sent again.
 //!
 //! A webhook's URL is a credential (a Slack incoming-webhook URL is all it takes to post):
 //! it is read from its Secret for each delivery, kept in [`WebhookUrl`] (whose `Debug`
@@ -242,13 +242,13 @@ impl Delivery {
 pub struct Notifier {
     client: reqwest::Client,
     /// Attempts per webhook, the first included.
-    pub attempts: usize,
+    attempts: usize,
     /// The wait before the second attempt; it doubles for each further one (with jitter).
-    pub first_retry: Duration,
+    first_retry: Duration,
     /// The longest one attempt waits for an answer.
-    pub attempt_timeout: Duration,
+    attempt_timeout: Duration,
     /// The longest the delivery of one change to all its webhooks takes, retries included.
-    pub budget: Duration,
+    budget: Duration,
 }
 
 impl Default for Notifier {
