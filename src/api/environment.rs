@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::common::{
     Condition, DeletionPolicy, DriftPolicy, EnvVar, LocalObjectRef, SecretKeyRef, TokenSecretRef,
 };
+use super::release::Notifications;
 
 /// The desired shape of one environment (for example `staging` or `production`).
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
@@ -67,6 +68,10 @@ pub struct EnvironmentSpec {
     /// Stop reconciling (nothing is created, changed or deleted) while true.
     #[serde(default)]
     pub suspend: bool,
+    /// Webhooks told of every phase change of the Releases to this Environment that have no
+    /// `notifications` of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<Notifications>,
 }
 
 pub(crate) fn default_interval() -> String {

@@ -6,7 +6,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Condition, LocalObjectRef};
+use super::common::{Condition, LocalObjectRef, SecretKeyRef};
 
 /// A version to roll out to an Environment.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
@@ -80,6 +80,10 @@ pub struct ReleaseSpec {
     /// stopped).
     #[serde(default)]
     pub concurrency_policy: ConcurrencyPolicy,
+    /// Webhooks told of every phase change of this Release. Unset: the Environment's
+    /// `notifications`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<Notifications>,
     /// The longest the whole rollout may take before it counts as failed. Between 1m and 24h.
     #[serde(default = "default_release_timeout")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
@@ -391,6 +395,106 @@ fn default_true() -> bool {
     true
 }
 
+/// Where a Release's phase changes are sent. A change is sent once the reconcile that
+/// reached the new phase has it (at least once: a controller stopped between the delivery
+/// and the status write sends it again).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Notifications {
+    /// HTTP webhooks (at most 10, a list keyed by `name`), each sent a POST with a JSON
+    /// body per phase change it subscribes to.
+    #[schemars(length(max = 10))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub webhooks: Vec<Webhook>,
+}
+
+/// One webhook: where to POST, in which body format, for which phases.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Webhook {
+    /// Webhook name, unique in the list, used in events and logs.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// The Secret key (same namespace) holding the webhook's `http://` or `https://` URL. A
+    /// Slack incoming-webhook URL is a credential: Tether reads it at each delivery and
+    /// never writes it to status, events, logs or metrics.
+    pub url_secret_ref: SecretKeyRef,
+    /// The body: `generic` (a JSON object describing the change) or `slack` (a message for
+    /// a Slack incoming webhook, or any service accepting Slack's format).
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// The phases that are sent when the Release enters them, or `All` (the default).
+    #[serde(default = "default_webhook_events")]
+    #[schemars(length(min = 1, max = 10))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub events: Vec<WebhookEvent>,
+}
+
+fn default_webhook_events() -> Vec<WebhookEvent> {
+    vec![WebhookEvent::All]
+}
+
+/// The body a webhook is sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// `{"kind": "Release", "namespace", "name", "environment", "version", "phase",
+    /// "previousPhase", "reason", "message", "at"}`.
+    #[default]
+    Generic,
+    /// `{"text": "…", "blocks": […]}`, as Slack's incoming webhooks take it.
+    Slack,
+}
+
+/// A phase a webhook subscribes to, or every phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum WebhookEvent {
+    /// Every phase change.
+    All,
+    /// Entering `Pending`.
+    Pending,
+    /// Entering `AwaitingApproval`.
+    AwaitingApproval,
+    /// Entering `Migrating`.
+    Migrating,
+    /// Entering `Deploying`.
+    Deploying,
+    /// Entering `Verifying`.
+    Verifying,
+    /// Entering `Succeeded`.
+    Succeeded,
+    /// Entering `RollingBack`.
+    RollingBack,
+    /// Entering `Failed`.
+    Failed,
+    /// Entering `RolledBack`.
+    RolledBack,
+    /// Entering `Superseded`.
+    Superseded,
+}
+
+impl WebhookEvent {
+    /// Whether entering `phase` is this event.
+    pub fn matches(self, phase: ReleasePhase) -> bool {
+        let event = match phase {
+            ReleasePhase::Pending => WebhookEvent::Pending,
+            ReleasePhase::AwaitingApproval => WebhookEvent::AwaitingApproval,
+            ReleasePhase::Migrating => WebhookEvent::Migrating,
+            ReleasePhase::Deploying => WebhookEvent::Deploying,
+            ReleasePhase::Verifying => WebhookEvent::Verifying,
+            ReleasePhase::Succeeded => WebhookEvent::Succeeded,
+            ReleasePhase::RollingBack => WebhookEvent::RollingBack,
+            ReleasePhase::Failed => WebhookEvent::Failed,
+            ReleasePhase::RolledBack => WebhookEvent::RolledBack,
+            ReleasePhase::Superseded => WebhookEvent::Superseded,
+        };
+        self == WebhookEvent::All || self == event
+    }
+}
+
 /// The phases of a Release.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ReleasePhase {
@@ -468,6 +572,10 @@ pub struct ReleaseStatus {
     /// while the others wait), once it has started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_analysis: Option<AnalysisStatus>,
+    /// The last phase whose change was sent to the webhooks (or needed no notification), so
+    /// a restarted controller does not send it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notified_phase: Option<ReleasePhase>,
 }
 
 /// Where the metric analysis stands.

@@ -1,6 +1,8 @@
 //! The controllers' Prometheus metrics, named as controller-runtime names them so existing
-//! dashboards work, plus `tether_reconcile_stalled`. Labels are bounded: the controller
-//! (kind) and the result, never object names. The Migration controller's metrics
+//! dashboards work, plus `tether_reconcile_stalled` and the Releases' delivery metrics.
+//! Labels are bounded: the controller (kind) and the result, never the name of a Release
+//! or Migration or a version; the delivery metrics name the Environment and its namespace
+//! (Environments are few). The Migration controller's metrics
 //! (`tether_migration_*`, from [`MigrationMetrics::register`]) are registered here too, so
 //! they are registered exactly once per process, with the rest; so are the platform clients'
 //! (`tether_platform_*`, `tether_credentials_rejected_total`) and the drift counters.
@@ -52,11 +54,18 @@ pub struct ControllerMetrics {
     releases: IntCounterVec,
     release_duration: prometheus::Histogram,
     release_step_duration: HistogramVec,
+    time_to_restore: HistogramVec,
+    notifications: IntCounterVec,
 }
 
 /// Buckets of rollout durations: seconds to an hour.
 const ROLLOUT_BUCKETS: [f64; 10] = [
     5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+];
+
+/// Buckets of times to restore: a minute to a week (a fix can take days).
+const RESTORE_BUCKETS: [f64; 10] = [
+    60.0, 300.0, 900.0, 1800.0, 3600.0, 10800.0, 21600.0, 86400.0, 259200.0, 604800.0,
 ];
 
 impl ControllerMetrics {
@@ -96,9 +105,9 @@ impl ControllerMetrics {
         let releases = registry.register(IntCounterVec::new(
             Opts::new(
                 "tether_release_total",
-                "Releases that finished, by result (succeeded, failed, rolled_back)",
+                "Releases that finished, per Environment and result (succeeded, failed, rolled_back)",
             ),
-            &["result"],
+            &["namespace", "environment", "result"],
         )?)?;
         let release_duration = registry.register(prometheus::Histogram::with_opts(
             HistogramOpts::new(
@@ -115,6 +124,21 @@ impl ControllerMetrics {
             .buckets(ROLLOUT_BUCKETS.to_vec()),
             &["platform"],
         )?)?;
+        let time_to_restore = registry.register(HistogramVec::new(
+            HistogramOpts::new(
+                "tether_release_time_to_restore_seconds",
+                "Time from the first of a run of failed Releases of an Environment to the next Release that succeeded there, per Environment",
+            )
+            .buckets(RESTORE_BUCKETS.to_vec()),
+            &["namespace", "environment"],
+        )?)?;
+        let notifications = registry.register(IntCounterVec::new(
+            Opts::new(
+                "tether_notifications_total",
+                "Release phase changes sent to webhooks, by result (sent, failed) and body format",
+            ),
+            &["result", "format"],
+        )?)?;
         Ok(Self {
             reconciles,
             errors,
@@ -123,6 +147,8 @@ impl ControllerMetrics {
             releases,
             release_duration,
             release_step_duration,
+            time_to_restore,
+            notifications,
             stalled_objects: Arc::default(),
             migration: MigrationMetrics::register(registry)?,
             platform: PlatformMetrics::register(registry)?,
@@ -145,10 +171,36 @@ impl ControllerMetrics {
         &self.sync
     }
 
-    /// Records a Release that finished with `result` (`succeeded`, `failed`) after `took`.
-    pub fn release_finished(&self, result: &str, took: Duration) {
-        self.releases.with_label_values(&[result]).inc();
+    /// Records a Release to Environment `namespace/environment` that finished with
+    /// `result` (`succeeded`, `failed`, `rolled_back`) after `took`.
+    pub fn release_finished(
+        &self,
+        namespace: &str,
+        environment: &str,
+        result: &str,
+        took: Duration,
+    ) {
+        self.releases
+            .with_label_values(&[namespace, environment, result])
+            .inc();
         self.release_duration.observe(took.as_secs_f64());
+    }
+
+    /// Records that Environment `namespace/environment` was restored (a Release succeeded)
+    /// `took` after its run of failed Releases began.
+    pub fn release_restored(&self, namespace: &str, environment: &str, took: Duration) {
+        self.time_to_restore
+            .with_label_values(&[namespace, environment])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records one webhook delivery of a Release phase change: `sent` or not, in `format`
+    /// (`generic`, `slack`).
+    pub fn notification(&self, sent: bool, format: &str) {
+        let result = if sent { "sent" } else { "failed" };
+        self.notifications
+            .with_label_values(&[result, format])
+            .inc();
     }
 
     /// Records a component of `platform` that went live `took` after its deployment started.
@@ -211,6 +263,7 @@ mod tests {
                 "tether_migration_duration_seconds",
                 "tether_migration_failed_total",
                 "tether_migration_lint_findings_total",
+                "tether_notifications_total",
                 "tether_platform_rate_limited_total",
                 "tether_platform_ratelimit_remaining",
                 "tether_platform_request_duration_seconds",
@@ -218,6 +271,7 @@ mod tests {
                 "tether_reconcile_stalled",
                 "tether_release_duration_seconds",
                 "tether_release_step_duration_seconds",
+                "tether_release_time_to_restore_seconds",
                 "tether_release_total",
             ]
         );

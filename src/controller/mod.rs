@@ -26,6 +26,7 @@ pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod migration;
+pub mod notify;
 pub mod progress;
 pub mod rbac;
 pub mod reconcile;

@@ -72,6 +72,8 @@ pub struct Context {
     pub prober: crate::controller::health::Prober,
     /// Asks Prometheus for the Releases' metric analysis.
     pub prometheus: crate::controller::analysis::Prometheus,
+    /// Sends the Releases' phase changes to their webhooks.
+    pub notifier: crate::controller::notify::Notifier,
     /// The Environments the controller watches, with their status (one owner per platform
     /// object is checked against them).
     environments: Option<Store<Decoded<Environment>>>,
@@ -105,6 +107,7 @@ impl Context {
             supabase_database_url,
             prober: crate::controller::health::Prober::default(),
             prometheus: crate::controller::analysis::Prometheus::default(),
+            notifier: crate::controller::notify::Notifier::default(),
             environments: None,
             failures: Mutex::default(),
         }

@@ -20,7 +20,7 @@ use crate::controller::conditions::Verdict;
 use crate::controller::error::ReconcileError;
 use crate::controller::reconcile::{Context, Reconciled, Report, ReportEvent};
 use crate::controller::references::{RefKind, Reference, Snapshot};
-use crate::controller::{analysis, gates, health, rollout};
+use crate::controller::{analysis, gates, health, notify, rollout};
 use futures::future::join_all;
 
 /// Every object a Release names.
@@ -417,7 +417,14 @@ impl Release {
                 Some(ReleasePhase::Superseded) => "superseded",
                 _ => "failed",
             };
-            ctx.metrics.release_finished(result, took);
+            let environment = &self.spec.environment_ref.name;
+            ctx.metrics
+                .release_finished(namespace, environment, result, took);
+            if now == Some(ReleasePhase::Succeeded)
+                && let Some(finished) = field("finishedAt")
+            {
+                self.observe_restore(ctx, namespace, finished).await;
+            }
         }
         let before = self.status.as_ref().map_or(&[][..], |s| s.steps.as_slice());
         for step in &steps {
@@ -907,7 +914,135 @@ async fn credentials(
     Ok(secrets)
 }
 
+/// How long Environment `environment` went without a good Release before Release `name`
+/// succeeded at `finished`: from the first of the run of failed Releases (`Failed`,
+/// `RolledBack`) that finished just before, by `finishedAt`, to `finished`. `None` when the
+/// Release that finished before it succeeded (or there is none): nothing was restored.
+pub fn time_to_restore(
+    environment: &str,
+    name: &str,
+    finished: &str,
+    releases: &[Release],
+) -> Option<Duration> {
+    let end = finished.parse::<jiff::Timestamp>().ok()?;
+    let mut before: Vec<(jiff::Timestamp, ReleasePhase)> = releases
+        .iter()
+        .filter(|r| r.name_any() != name && r.spec.environment_ref.name == environment)
+        .filter_map(|r| {
+            let status = r.status.as_ref()?;
+            let phase = status.phase?;
+            let at = status.finished_at.as_deref()?.parse().ok()?;
+            let ended = matches!(
+                phase,
+                ReleasePhase::Succeeded | ReleasePhase::Failed | ReleasePhase::RolledBack
+            );
+            (ended && at <= end).then_some((at, phase))
+        })
+        .collect();
+    before.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+    let first_failure = before
+        .iter()
+        .take_while(|(_, phase)| *phase != ReleasePhase::Succeeded)
+        .last()?;
+    end.duration_since(first_failure.0).try_into().ok()
+}
+
 impl Release {
+    /// Observes the time to restore when this Release, succeeded at `finished`, ends a run
+    /// of failed Releases of its Environment. A metric: a failure to list the Releases is
+    /// logged, and does not fail the rollout.
+    async fn observe_restore(&self, ctx: &Context, namespace: &str, finished: &str) {
+        let environment = &self.spec.environment_ref.name;
+        match gates::releases(ctx, namespace).await {
+            Ok(all) => {
+                if let Some(took) = time_to_restore(environment, &self.name_any(), finished, &all) {
+                    ctx.metrics.release_restored(namespace, environment, took);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "time to restore not observed: cannot list the Releases");
+            }
+        }
+    }
+
+    /// Sends the phase change `report` makes, if any, to the webhooks of the Release (else
+    /// of `environment`) subscribed to it, and records the phase in `status.notifiedPhase`
+    /// (a change that was not delivered is a Warning event `NotificationFailed`).
+    async fn notify(
+        &self,
+        ctx: &Context,
+        namespace: &str,
+        environment: &Environment,
+        mut report: Report,
+    ) -> Report {
+        let status = self.status.as_ref();
+        let phase = report
+            .status
+            .get("phase")
+            .and_then(|p| serde_json::from_value::<ReleasePhase>(p.clone()).ok());
+        let Some(due) = notify::due(status, phase) else {
+            return report;
+        };
+        report
+            .status
+            .insert("notifiedPhase".into(), serde_json::json!(due.phase));
+        if !due.send {
+            return report;
+        }
+        let phase = due.phase;
+        let webhooks = notify::webhooks(
+            self.spec.notifications.as_ref(),
+            environment.spec.notifications.as_ref(),
+            phase,
+        );
+        if webhooks.is_empty() {
+            return report;
+        }
+        let (reason, message) = notify::Notice::verdict(&report.verdict);
+        let notice = notify::Notice {
+            kind: "Release",
+            namespace: namespace.to_string(),
+            name: self.name_any(),
+            environment: self.spec.environment_ref.name.clone(),
+            version: self.spec.version.clone(),
+            phase,
+            previous_phase: status.and_then(|s| s.phase),
+            reason,
+            message,
+            at: now(),
+        };
+        let from = notice
+            .previous_phase
+            .map_or_else(|| "new".to_string(), |p| format!("{p:?}"));
+        for delivery in ctx
+            .notifier
+            .deliver(&ctx.client, namespace, &webhooks, &notice)
+            .await
+        {
+            ctx.metrics
+                .notification(delivery.result.is_ok(), delivery.format_label());
+            match delivery.result {
+                Ok(()) => {
+                    tracing::debug!(webhook = %delivery.webhook, ?phase, "notification sent");
+                }
+                Err(why) => {
+                    tracing::warn!(webhook = %delivery.webhook, ?phase, %why, "notification not delivered");
+                    report.events.push(ReportEvent {
+                        warning: true,
+                        reason: "NotificationFailed".into(),
+                        note: format!(
+                            "webhook {}: the change {from} → {phase:?} was not delivered: {why}",
+                            delivery.webhook
+                        ),
+                        always: true,
+                        action: format!("Notify {}", delivery.webhook),
+                    });
+                }
+            }
+        }
+        report
+    }
+
     /// The Release's Environment's previous Succeeded Release (the last to finish).
     async fn previous_succeeded(
         &self,
@@ -1681,7 +1816,8 @@ impl Reconciled for Release {
         validate_components(&self.spec, environment)?;
         let plan = plan(&self.spec);
         tracing::debug!(%plan, "planned");
-        self.roll_out(ctx, &namespace, &plan, environment).await
+        let report = self.roll_out(ctx, &namespace, &plan, environment).await?;
+        Ok(self.notify(ctx, &namespace, environment, report).await)
     }
 
     async fn cleanup(&self, _ctx: &Context) -> Result<(), ReconcileError> {
@@ -1783,6 +1919,53 @@ mod tests {
             plan.to_string(),
             "wait for migrations: init\nstep 1: deploy render/api\nstep 2: deploy vercel/web\nstep 3: deploy fly/edge\n"
         );
+    }
+
+    fn finished(name: &str, environment: &str, phase: ReleasePhase, at: &str) -> Release {
+        let mut spec = spec(serde_json::json!([]));
+        spec.environment_ref.name = environment.into();
+        let mut release = Release::new(name, spec);
+        release.status = Some(crate::api::release::ReleaseStatus {
+            phase: Some(phase),
+            finished_at: Some(at.into()),
+            ..Default::default()
+        });
+        release
+    }
+
+    #[test]
+    fn the_time_to_restore_runs_from_the_first_failure_since_the_last_success() {
+        use ReleasePhase::{Failed, RolledBack, Succeeded};
+        let restored =
+            |releases: &[Release]| time_to_restore("prod", "fix", "2026-12-06T11:00:00Z", releases);
+        let history = [
+            finished("good", "prod", Succeeded, "2026-12-06T10:00:00Z"),
+            finished("bad-1", "prod", Failed, "2026-12-06T10:10:00Z"),
+            finished("bad-2", "prod", RolledBack, "2026-12-06T10:30:00Z"),
+            // Another Environment's failure, and a Release that finished later, do not count.
+            finished("staging", "staging", Failed, "2026-12-06T09:00:00Z"),
+            finished("later", "prod", Failed, "2026-12-06T12:00:00Z"),
+        ];
+        assert_eq!(restored(&history), Some(Duration::from_secs(50 * 60)));
+        assert_eq!(
+            restored(&history[1..2]),
+            Some(Duration::from_secs(50 * 60)),
+            "a failure with no success before it"
+        );
+        // After a success nothing was broken; with no history either.
+        assert_eq!(restored(&history[..1]), None);
+        assert_eq!(restored(&[]), None);
+        let mut fixed_again = history.to_vec();
+        fixed_again.push(finished(
+            "hotfix",
+            "prod",
+            Succeeded,
+            "2026-12-06T10:40:00Z",
+        ));
+        assert_eq!(restored(&fixed_again), None);
+        // The Release itself is not its own history.
+        let itself = [finished("fix", "prod", Failed, "2026-12-06T10:50:00Z")];
+        assert_eq!(restored(&itself), None);
     }
 
     #[test]

@@ -2,8 +2,10 @@
 
 mod analysis;
 mod chaos;
+mod delivery;
 mod environment;
 mod fly;
+mod notifications;
 mod progress;
 mod release;
 mod render;

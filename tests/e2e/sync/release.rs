@@ -96,7 +96,7 @@ async fn a_release_deploys_its_image_and_is_ready_only_once_it_is_live() {
     );
     let metrics = h.metrics().await;
     for line in [
-        "tether_release_total{result=\"succeeded\"} 1",
+        "tether_release_total{environment=\"shop\",namespace=\"default\",result=\"succeeded\"} 1",
         "tether_release_duration_seconds_count 1",
         "tether_release_step_duration_seconds_count{platform=\"render\"} 1",
     ] {
@@ -862,11 +862,9 @@ async fn a_failed_health_check_rolls_every_changed_component_back_even_across_a_
         events.iter().any(|(_, r, _)| r == "RolledBack"),
         "{events:?}"
     );
-    assert!(
-        h.metrics()
-            .await
-            .contains("tether_release_total{result=\"rolled_back\"} 1")
-    );
+    assert!(h.metrics().await.contains(
+        "tether_release_total{environment=\"shop\",namespace=\"default\",result=\"rolled_back\"} 1"
+    ));
     h.stop().await;
 }
 
