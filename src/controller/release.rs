@@ -683,7 +683,11 @@ impl Release {
                 .cloned()
                 .collect();
             if !entries.iter().all(|e| e.state.as_deref() == Some("Live")) {
-                let advanced = rollout::advance_step(&targets, entries.clone(), &now).await;
+                let fresh = self
+                    .record_starting(ctx, namespace, &targets, &mut steps, &names, &now, None)
+                    .await?;
+                let mut advanced = rollout::advance_step(&targets, entries.clone(), &now).await;
+                keep_starting(&mut advanced, &fresh, &now);
                 for (before, after) in entries.iter().zip(&advanced) {
                     if before.deployment_id.is_none() && after.deployment_id.is_some() {
                         events.push(step_event(false, "DeployStarted", after, index, plan));
@@ -875,6 +879,18 @@ impl Release {
     }
 }
 
+/// Entries of `fresh` components whose deployment did not start (the platform call failed)
+/// stay [`rollout::STARTING`]: the call may have started one, so the next reconcile looks
+/// for it before starting another.
+fn keep_starting(advanced: &mut [StepStatus], fresh: &[String], now: &str) {
+    for entry in advanced.iter_mut() {
+        if entry.deployment_id.is_none() && fresh.contains(&entry.component) {
+            entry.state = Some(rollout::STARTING.into());
+            entry.started_at.get_or_insert_with(|| now.to_string());
+        }
+    }
+}
+
 /// The `RollbackSafe` condition.
 fn rollback_safe(
     status: ConditionStatus,
@@ -1041,6 +1057,59 @@ impl Release {
             }
         }
         report
+    }
+
+    /// Records in status, before the platforms are asked, that the deployments of the
+    /// components `names` of `entries` that start one now are starting (state
+    /// [`rollout::STARTING`]); in `status.rollback.steps` when `rollback` is given, else in
+    /// `status.steps`. Returns those components (an entry already recorded so, by an earlier
+    /// reconcile, is not among them: its deployment is looked for first).
+    #[allow(clippy::too_many_arguments)]
+    async fn record_starting(
+        &self,
+        ctx: &Context,
+        namespace: &str,
+        targets: &std::collections::BTreeMap<String, rollout::Target>,
+        entries: &mut [StepStatus],
+        names: &[&str],
+        now: &str,
+        rollback: Option<&RollbackStatus>,
+    ) -> Result<Vec<String>, ReconcileError> {
+        let mut fresh = Vec::new();
+        for entry in entries.iter_mut() {
+            let starts = targets
+                .get(&entry.component)
+                .is_some_and(rollout::Target::starts_deployment);
+            if names.contains(&entry.component.as_str())
+                && starts
+                && entry.deployment_id.is_none()
+                && entry.state.as_deref() != Some(rollout::STARTING)
+            {
+                entry.state = Some(rollout::STARTING.into());
+                entry.started_at = Some(now.to_string());
+                fresh.push(entry.component.clone());
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(fresh);
+        }
+        let status = match rollback {
+            Some(rollback) => {
+                let mut rollback = rollback.clone();
+                rollback.steps = entries.to_vec();
+                serde_json::json!({ "rollback": rollback })
+            }
+            None => serde_json::json!({ "steps": entries }),
+        };
+        let api: kube::Api<Release> = kube::Api::namespaced(ctx.client.clone(), namespace);
+        api.patch_status(
+            &self.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&serde_json::json!({ "status": status })),
+        )
+        .await
+        .map_err(ReconcileError::PatchStatus)?;
+        Ok(fresh)
     }
 
     /// The Release's Environment's previous Succeeded Release (the last to finish).
@@ -1342,7 +1411,21 @@ impl Release {
             .filter(|e| e.state.as_deref() != Some("Live"))
             .cloned()
             .collect();
+        let names: Vec<&str> = pending.iter().map(|e| e.component.as_str()).collect();
+        let mut recorded = entries.clone();
+        let fresh = self
+            .record_starting(
+                ctx,
+                namespace,
+                &targets,
+                &mut recorded,
+                &names,
+                now,
+                Some(&rollback),
+            )
+            .await?;
         let mut advanced = rollout::advance_step(&targets, pending, now).await;
+        keep_starting(&mut advanced, &fresh, now);
         rollback.steps = entries
             .into_iter()
             .map(|e| {

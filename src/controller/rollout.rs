@@ -50,7 +50,20 @@ enum How {
     Build { name: String, repo: String },
 }
 
+/// The state of a step entry whose deployment is about to start: recorded in status before
+/// the platform is asked, so that after a crash the deployment is looked for (by its source)
+/// before another is started.
+pub const STARTING: &str = "Starting";
+
 impl Target {
+    /// Whether advancing a component without a deployment id starts a new deployment of
+    /// its source (a Render deploy or rollback, a Vercel build): one to record as
+    /// [`STARTING`] first. Fly rollouts (the machines are their state) and Vercel promotions
+    /// (keyed by the promoted id) need no record.
+    pub fn starts_deployment(&self) -> bool {
+        matches!(self.how, How::Deploy | How::Build { .. } | How::Rollback(_))
+    }
+
     /// Holds a Fly canary once it is healthy (the rest of the machines wait); whether the
     /// target is one.
     pub fn hold_canary(&mut self) -> bool {
@@ -420,8 +433,9 @@ fn fly_strategy(artifact: &Artifact, environment: &Environment) -> FlyStrategy {
 }
 
 /// Moves one component's deployment forward: starts it (recording its id) when it has none
-/// — adopting a deployment of the same source already on the platform, which a crash right
-/// after the deploy call leaves behind — or reads its state. A Fly rollout moves its
+/// — when an earlier reconcile recorded it [`STARTING`], first adopting a deployment of the
+/// same source already on the platform, which a crash right after the deploy call leaves
+/// behind — or reads its state. A Fly rollout moves its
 /// machines one batch further each time; a Vercel promotion is recorded under the promoted
 /// deployment's id. Returns the updated entry.
 pub async fn advance(target: &Target, mut entry: StepStatus, now: &str) -> StepStatus {
@@ -439,8 +453,13 @@ pub async fn advance(target: &Target, mut entry: StepStatus, now: &str) -> StepS
         }
         (_, _, Some(id)) => target.client.deployment(&target.id, id).await,
         (_, _, None) => {
-            let adopted = match target.client.list(&target.id).await {
-                Ok(list) => list.into_iter().find(|d| {
+            let recorded = entry.state.as_deref() == Some(STARTING);
+            let listed = match recorded {
+                true => Some(target.client.list(&target.id).await),
+                false => None,
+            };
+            let adopted = match listed {
+                Some(Ok(list)) => list.into_iter().find(|d| {
                     d.source.as_deref() == source_text(&target.source)
                         && !matches!(
                             d.state,
@@ -449,7 +468,7 @@ pub async fn advance(target: &Target, mut entry: StepStatus, now: &str) -> StepS
                                 | DeploymentState::Superseded
                         )
                 }),
-                Err(_) => None,
+                Some(Err(_)) | None => None,
             };
             match adopted {
                 Some(deployment) => Ok(deployment),

@@ -1136,3 +1136,72 @@ async fn a_promotion_waits_until_its_migrations_were_applied_in_the_source_envir
     assert_eq!(deploys_of(&h, "ghcr.io/acme/api:8"), 2);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_deployment_started_before_a_crash_recorded_its_id_is_adopted_not_started_again() {
+    let mut h = SyncHarness::start().await;
+    h.apply(environment()).await;
+    let env = h.wait_ready("shop").await;
+    // A Release waiting for approval (nothing deployed yet).
+    let mut rel = release("v5", "ghcr.io/acme/api:5");
+    rel["spec"]["approval"] = json!({"required": true});
+    apply_release(&h, rel.clone()).await;
+    wait_release(&h, "v5", |r| r["status"]["phase"] == "AwaitingApproval").await;
+    // What a controller that crashed right after its deploy call leaves behind: the step
+    // recorded `Starting` (written before the call), the deploy on the platform, no id.
+    h.kill_controllers();
+    let api: kube::Api<Release> = kube::Api::namespaced(h.client.clone(), "default");
+    api.patch_status(
+        "v5",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"status": {"steps": [{"component": "shop-api",
+            "platform": "render", "state": "Starting", "startedAt": "2026-12-06T10:00:00Z"}]}})),
+    )
+    .await
+    .unwrap();
+    let service = env["status"]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "shop-api")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let base = h.sandbox.url(Platform::Render).unwrap();
+    let token = h.sandbox.token(Platform::Render).unwrap();
+    let made = reqwest::Client::new()
+        .post(format!("{base}/services/{service}/deploys"))
+        .bearer_auth(token.expose())
+        .json(&json!({"imageUrl": "ghcr.io/acme/api:5"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(made.status().is_success(), "{made:?}");
+    rel["metadata"]["annotations"] = json!({"tether.dev/approved-by": "ada"});
+    apply_release(&h, rel).await;
+    h.start_controllers().await;
+    let done = wait_release(&h, "v5", |r| r["status"]["phase"] == "Succeeded").await;
+    assert!(
+        done["status"]["steps"][0]["deploymentId"].is_string(),
+        "{done}"
+    );
+    assert_eq!(
+        deploys_of(&h, "ghcr.io/acme/api:5"),
+        1,
+        "the deploy made before the crash is adopted, no second one"
+    );
+    // Without a recorded start there is nothing to look for: no list before a deploy.
+    apply_release(&h, release("v6", "ghcr.io/acme/api:6")).await;
+    wait_release(&h, "v6", |r| r["status"]["phase"] == "Succeeded").await;
+    let lists = h
+        .sandbox
+        .exchanges()
+        .iter()
+        .filter(|e| e.method == "GET" && e.path.ends_with(&format!("{service}/deploys")))
+        // (a deploy queued behind another is found by a list of the queued ones)
+        .filter(|e| !e.query.iter().any(|(k, v)| k == "status" && v == "queued"))
+        .count();
+    assert_eq!(lists, 1, "only v5's adoption listed the deploys");
+    h.stop().await;
+}
