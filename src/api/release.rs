@@ -96,7 +96,7 @@ fn default_release_timeout() -> String {
 }
 
 /// The platform a component lives on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ComponentPlatform {
     /// A Render service.

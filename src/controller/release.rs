@@ -207,14 +207,67 @@ fn now() -> String {
 
 /// How soon a step still deploying is looked at again: a fifth of the time its oldest
 /// deployment has been running, between `min` and fifteen times `min`, so a long deploy
-/// costs a few reads instead of one every `min` and is seen live at most a fifth late.
-fn poll_after(min: Duration, deploying: &[&StepStatus], now: &str) -> Duration {
-    let running = deploying
+/// costs a few reads instead of one every `min` and is seen live at most a fifth late —
+/// except that a Render or Vercel deployment younger than the last one of its platform
+/// took (`usual`) is first looked at when that time (and a twentieth) is up, so a deploy
+/// as long as the last costs one read.
+fn poll_after(
+    min: Duration,
+    deploying: &[&StepStatus],
+    now: &str,
+    usual: impl Fn(ComponentPlatform) -> Option<Duration>,
+) -> Duration {
+    let running = |s: &StepStatus| between(s.started_at.as_deref(), Some(now));
+    let oldest = deploying
         .iter()
-        .map(|s| between(s.started_at.as_deref(), Some(now)))
+        .map(|s| running(s))
         .max()
         .unwrap_or(Duration::ZERO);
-    (running / 5).clamp(min, min * 15)
+    let paced = (oldest / 5).clamp(min, min * 15);
+    // Left alone only when every deployment of the step is expected later.
+    let expected: Option<Vec<Duration>> = deploying
+        .iter()
+        .map(|s| {
+            if s.platform == ComponentPlatform::Fly {
+                return None;
+            }
+            let due = usual(s.platform)?.mul_f64(1.05);
+            let running = running(s);
+            (running < due).then(|| (due - running).clamp(min, MAX_USUAL_WAIT))
+        })
+        .collect();
+    expected
+        .and_then(|waits| waits.into_iter().min())
+        .unwrap_or(paced)
+}
+
+/// The longest a deployment is left alone on the strength of the last one's time.
+const MAX_USUAL_WAIT: Duration = Duration::from_secs(600);
+
+/// How long the last deployment of each platform took from its start until it was live:
+/// a deployment in progress is first looked at when one like it would be live.
+#[derive(Debug, Default)]
+pub struct DeployTimes(std::sync::Mutex<std::collections::HashMap<ComponentPlatform, Duration>>);
+
+impl DeployTimes {
+    /// A deployment of `platform` was live `took` after its start.
+    pub fn record(&self, platform: ComponentPlatform, took: Duration) {
+        if !took.is_zero() {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(platform, took);
+        }
+    }
+
+    /// How long the last deployment of `platform` took, if one was seen.
+    pub fn usual(&self, platform: ComponentPlatform) -> Option<Duration> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&platform)
+            .copied()
+    }
 }
 
 /// A report of the rollout as it stands: `phase`, the step entries and the times.
@@ -432,6 +485,12 @@ impl Release {
                 .iter()
                 .any(|b| b.component == step.component && b.state.as_deref() == Some("Live"));
             if !was_live && step.state.as_deref() == Some("Live") {
+                // (A deployment found again after a crash may have started long before its
+                // recorded start: a time past the rollout's timeout is not a deploy's.)
+                let took = between(step.started_at.as_deref(), step.finished_at.as_deref());
+                if parse_duration(&self.spec.timeout).is_ok_and(|limit| took <= limit) {
+                    ctx.deploy_times.record(step.platform, took);
+                }
                 ctx.metrics.release_step_live(
                     platform_name(step.platform),
                     between(step.started_at.as_deref(), step.finished_at.as_deref()),
@@ -758,7 +817,12 @@ impl Release {
                         .filter(|s| names.contains(&s.component.as_str()))
                         .filter(|s| s.state.as_deref() != Some("Live"))
                         .collect();
-                    let poll = poll_after(ctx.pending_interval.min(ROLLOUT_POLL), &pending, &now);
+                    let poll = poll_after(
+                        ctx.pending_interval.min(ROLLOUT_POLL),
+                        &pending,
+                        &now,
+                        |p| ctx.deploy_times.usual(p),
+                    );
                     let deploying: Vec<String> = pending
                         .iter()
                         .map(|s| {
@@ -1984,14 +2048,33 @@ mod tests {
         };
         let young = started("2026-12-06T10:00:00Z");
         let now = "2026-12-06T10:00:04Z";
-        assert_eq!(poll_after(min, &[&young], now), min);
+        let never = |_| None;
+        assert_eq!(poll_after(min, &[&young], now, never), min);
         let old = started("2026-12-06T09:58:00Z");
         assert_eq!(
-            poll_after(min, &[&young, &old], now),
+            poll_after(min, &[&young, &old], now, never),
             Duration::from_millis(24_800)
         );
         let ancient = started("2026-12-06T08:00:00Z");
-        assert_eq!(poll_after(min, &[&ancient], now), min * 15);
+        assert_eq!(poll_after(min, &[&ancient], now, never), min * 15);
+        // A deploy as long as the last one of its platform is first looked at when that
+        // time (and a twentieth) is up, even past fifteen times `min`.
+        let minute = |_| Some(Duration::from_secs(60));
+        assert_eq!(
+            poll_after(min, &[&young], now, minute),
+            Duration::from_secs(59)
+        );
+        // Past it, the pace is a fifth of the time it has been running again.
+        assert_eq!(
+            poll_after(min, &[&old], now, minute),
+            Duration::from_millis(24_800)
+        );
+        // Fly rollouts move a batch every time they are looked at: never left alone.
+        let fly = StepStatus {
+            platform: ComponentPlatform::Fly,
+            ..young.clone()
+        };
+        assert_eq!(poll_after(min, &[&fly], now, minute), min);
     }
 
     #[test]
