@@ -745,7 +745,8 @@ impl Release {
                 let fresh = self
                     .record_starting(ctx, namespace, &targets, &mut steps, &names, &now, None)
                     .await?;
-                let mut advanced = rollout::advance_step(&targets, entries.clone(), &now).await;
+                let (mut advanced, parked) =
+                    rollout::advance_step(&targets, entries.clone(), &now, &self.who()).await;
                 keep_starting(&mut advanced, &fresh, &now);
                 for (before, after) in entries.iter().zip(&advanced) {
                     if before.deployment_id.is_none() && after.deployment_id.is_some() {
@@ -851,11 +852,12 @@ impl Release {
                                 deploying.join(", ")
                             ),
                         },
-                        // A canary that just passed its analysis lets the rest go at once.
+                        // A canary that just passed its analysis lets the rest go at once; a
+                        // parked request goes at its turn.
                         Some(if canary_now.is_some() {
                             Duration::ZERO
                         } else {
-                            poll
+                            parked.unwrap_or(poll)
                         }),
                         events,
                     );
@@ -948,7 +950,11 @@ impl Release {
 /// for it before starting another.
 fn keep_starting(advanced: &mut [StepStatus], fresh: &[String], now: &str) {
     for entry in advanced.iter_mut() {
-        if entry.deployment_id.is_none() && fresh.contains(&entry.component) {
+        let parked = entry
+            .message
+            .as_deref()
+            .is_some_and(|m| m.ends_with(rollout::PARKED));
+        if entry.deployment_id.is_none() && fresh.contains(&entry.component) && !parked {
             entry.state = Some(rollout::STARTING.into());
             entry.started_at.get_or_insert_with(|| now.to_string());
         }
@@ -1174,6 +1180,15 @@ impl Release {
         .await
         .map_err(ReconcileError::PatchStatus)?;
         Ok(fresh)
+    }
+
+    /// Whose rollout this is, for the platforms' rate-limit lines.
+    fn who(&self) -> String {
+        format!(
+            "release:{}/{}",
+            self.namespace().unwrap_or_default(),
+            self.name_any()
+        )
     }
 
     /// The Release's Environment's previous Succeeded Release (the last to finish).
@@ -1488,7 +1503,8 @@ impl Release {
                 Some(&rollback),
             )
             .await?;
-        let mut advanced = rollout::advance_step(&targets, pending, now).await;
+        let (mut advanced, parked) =
+            rollout::advance_step(&targets, pending, now, &self.who()).await;
         keep_starting(&mut advanced, &fresh, now);
         rollback.steps = entries
             .into_iter()
@@ -1562,7 +1578,7 @@ impl Release {
                         back.join(", ")
                     ),
                 },
-                Some(ctx.pending_interval.min(ROLLOUT_POLL)),
+                Some(parked.unwrap_or(ctx.pending_interval.min(ROLLOUT_POLL))),
                 None,
                 Vec::new(),
             )

@@ -9,6 +9,7 @@
 //! analysis (a Release declaring them stops in `Verifying`, never `Succeeded`), rollback.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use futures::future::join_all;
 
@@ -17,7 +18,7 @@ use crate::api::release::{Artifact, ComponentPlatform, ReleaseSpec, StepStatus};
 use crate::api::{Environment, Release};
 use crate::platform::{
     DeploySource, Deployment, DeploymentState, Deployments, FlyClient, FlyStrategy, Platform,
-    PlatformResult, RenderClient, Token, VercelClient,
+    PlatformError, PlatformResult, RenderClient, Token, VercelClient,
 };
 use crate::sync::{Platforms, SecretValues};
 
@@ -49,6 +50,10 @@ enum How {
     /// links the project to (`owner/name`), with the project's name.
     Build { name: String, repo: String },
 }
+
+/// The end of the message of an entry whose request waits for the platform's rate limit
+/// (not sent).
+pub const PARKED: &str = "rate limit";
 
 /// The state of a step entry whose deployment is about to start: recorded in status before
 /// the platform is asked, so that after a crash the deployment is looked for (by its source)
@@ -438,11 +443,19 @@ fn fly_strategy(artifact: &Artifact, environment: &Environment) -> FlyStrategy {
 /// behind — or reads its state. A Fly rollout moves its
 /// machines one batch further each time; a Vercel promotion is recorded under the promoted
 /// deployment's id. Returns the updated entry.
-pub async fn advance(target: &Target, mut entry: StepStatus, now: &str) -> StepStatus {
+///
+/// Run inside a rollout's scope ([`advance_step`]), a request that would wait a second or
+/// more for the platform's rate limit is not sent: the entry is returned as it was (saying
+/// so) with the time to come back, and the worker is free meanwhile.
+pub async fn advance(
+    target: &Target,
+    mut entry: StepStatus,
+    now: &str,
+) -> (StepStatus, Option<Duration>) {
     let result = match (&target.how, &target.client, &entry.deployment_id) {
         (How::Roll(strategy), Client::Fly(c), _) => {
             let DeploySource::Image(image) = &target.source else {
-                return entry;
+                return (entry, None);
             };
             entry.started_at.get_or_insert_with(|| now.to_string());
             c.roll(&target.id, image, *strategy).await
@@ -505,23 +518,50 @@ pub async fn advance(target: &Target, mut entry: StepStatus, now: &str) -> StepS
                 _ => entry.message = Some(deployment.platform_state.clone()),
             }
         }
+        // A wait for the platform's rate limit: nothing was sent; the rollout comes back
+        // at its turn.
+        Err(PlatformError::RateLimited {
+            platform,
+            retry_after,
+            ..
+        }) => {
+            entry.message = Some(format!(
+                "waiting {:.1}s for the {platform} API {PARKED}",
+                retry_after.as_secs_f64()
+            ));
+            return (entry, Some(retry_after));
+        }
         // A transient failure leaves the entry as it was; the next reconcile tries again.
         Err(error) => entry.message = Some(error.to_string()),
     }
-    entry
+    (entry, None)
 }
 
-/// Advances every component of one step in parallel.
+/// Advances every component of one step in parallel, as the rollout of `who` (its
+/// rate-limit waits park: see [`advance`]): the entries, and the soonest time a parked one
+/// may go on.
 pub async fn advance_step(
     targets: &BTreeMap<String, Target>,
     entries: Vec<StepStatus>,
     now: &str,
-) -> Vec<StepStatus> {
-    join_all(entries.into_iter().map(|entry| async move {
-        match targets.get(&entry.component) {
-            Some(target) => advance(target, entry, now).await,
-            None => entry,
-        }
-    }))
-    .await
+    who: &str,
+) -> (Vec<StepStatus>, Option<Duration>) {
+    // Nobody listens to a rollout's progress reports: the scope only parks its waits.
+    let (sink, _) = tokio::sync::mpsc::unbounded_channel();
+    let advanced = crate::sync::progress::scoped(
+        sink,
+        who,
+        join_all(entries.into_iter().map(|entry| async move {
+            match targets.get(&entry.component) {
+                Some(target) => advance(target, entry, now).await,
+                None => (entry, None),
+            }
+        })),
+    )
+    .await;
+    let parked = advanced.iter().filter_map(|(_, parked)| *parked).min();
+    (
+        advanced.into_iter().map(|(entry, _)| entry).collect(),
+        parked,
+    )
 }
