@@ -72,8 +72,6 @@ pub struct Context {
     pub prober: crate::controller::health::Prober,
     /// Asks Prometheus for the Releases' metric analysis.
     pub prometheus: crate::controller::analysis::Prometheus,
-    /// How long the last deployment of each platform took (a rollout's first look).
-    pub deploy_times: crate::controller::release::DeployTimes,
     /// Sends the Releases' phase changes to their webhooks.
     pub notifier: crate::controller::notify::Notifier,
     /// The Environments the controller watches, with their status (one owner per platform
@@ -109,7 +107,6 @@ impl Context {
             supabase_database_url,
             prober: crate::controller::health::Prober::default(),
             prometheus: crate::controller::analysis::Prometheus::default(),
-            deploy_times: crate::controller::release::DeployTimes::default(),
             notifier: crate::controller::notify::Notifier::default(),
             environments: None,
             failures: Mutex::default(),

@@ -208,67 +208,38 @@ fn now() -> String {
 /// How soon a step still deploying is looked at again: a fifth of the time its oldest
 /// deployment has been running, between `min` and fifteen times `min`, so a long deploy
 /// costs a few reads instead of one every `min` and is seen live at most a fifth late —
-/// except that a Render or Vercel deployment younger than the last one of its platform
-/// took (`usual`) is first looked at when that time (and a twentieth) is up, so a deploy
-/// as long as the last costs one read.
-fn poll_after(
-    min: Duration,
-    deploying: &[&StepStatus],
-    now: &str,
-    usual: impl Fn(ComponentPlatform) -> Option<Duration>,
-) -> Duration {
-    let running = |s: &StepStatus| between(s.started_at.as_deref(), Some(now));
+/// except that a Render or Vercel deployment is first looked at [`FIRST_LOOK`] times `min`
+/// after its start (see [`not_yet`]).
+fn poll_after(min: Duration, deploying: &[&StepStatus], now: &str) -> Duration {
     let oldest = deploying
         .iter()
-        .map(|s| running(s))
+        .map(|s| between(s.started_at.as_deref(), Some(now)))
         .max()
         .unwrap_or(Duration::ZERO);
     let paced = (oldest / 5).clamp(min, min * 15);
-    // Left alone only when every deployment of the step is expected later.
-    let expected: Option<Vec<Duration>> = deploying
+    deploying
         .iter()
-        .map(|s| {
-            if s.platform == ComponentPlatform::Fly {
-                return None;
-            }
-            let due = usual(s.platform)?.mul_f64(1.05);
-            let running = running(s);
-            (running < due).then(|| (due - running).clamp(min, MAX_USUAL_WAIT))
-        })
-        .collect();
-    expected
-        .and_then(|waits| waits.into_iter().min())
+        .map(|s| not_yet(min, s, now).unwrap_or(paced))
+        .min()
         .unwrap_or(paced)
 }
 
-/// The longest a deployment is left alone on the strength of the last one's time.
-const MAX_USUAL_WAIT: Duration = Duration::from_secs(600);
-
-/// How long the last deployment of each platform took from its start until it was live:
-/// a deployment in progress is first looked at when one like it would be live.
-#[derive(Debug, Default)]
-pub struct DeployTimes(std::sync::Mutex<std::collections::HashMap<ComponentPlatform, Duration>>);
-
-impl DeployTimes {
-    /// A deployment of `platform` was live `took` after its start.
-    pub fn record(&self, platform: ComponentPlatform, took: Duration) {
-        if !took.is_zero() {
-            self.0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(platform, took);
-        }
+/// How long until a Render or Vercel deployment under way is first looked at, while that
+/// is still ahead: [`FIRST_LOOK`] times `min` after its start. `None`: look now (a Fly
+/// rollout moves a batch each time it is looked at, so it always is).
+fn not_yet(min: Duration, entry: &StepStatus, now: &str) -> Option<Duration> {
+    if entry.platform == ComponentPlatform::Fly || entry.deployment_id.is_none() {
+        return None;
     }
-
-    /// How long the last deployment of `platform` took, if one was seen.
-    pub fn usual(&self, platform: ComponentPlatform) -> Option<Duration> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&platform)
-            .copied()
-    }
+    let due = min * FIRST_LOOK;
+    let running = between(entry.started_at.as_deref(), Some(now));
+    (running < due).then(|| (due - running).max(min))
 }
+
+/// A Render or Vercel deployment (a build, a rollout) is first looked at this many times the
+/// poll minimum after its start (12 s in production): builds and rollouts take longer than
+/// that, so the reads before it would only see them under way.
+const FIRST_LOOK: u32 = 6;
 
 /// A report of the rollout as it stands: `phase`, the step entries and the times.
 fn rollout_report(
@@ -485,12 +456,6 @@ impl Release {
                 .iter()
                 .any(|b| b.component == step.component && b.state.as_deref() == Some("Live"));
             if !was_live && step.state.as_deref() == Some("Live") {
-                // (A deployment found again after a crash may have started long before its
-                // recorded start: a time past the rollout's timeout is not a deploy's.)
-                let took = between(step.started_at.as_deref(), step.finished_at.as_deref());
-                if parse_duration(&self.spec.timeout).is_ok_and(|limit| took <= limit) {
-                    ctx.deploy_times.record(step.platform, took);
-                }
                 ctx.metrics.release_step_live(
                     platform_name(step.platform),
                     between(step.started_at.as_deref(), step.finished_at.as_deref()),
@@ -745,9 +710,25 @@ impl Release {
                 let fresh = self
                     .record_starting(ctx, namespace, &targets, &mut steps, &names, &now, None)
                     .await?;
+                // A deployment live, or not yet due for a look, is left as it is.
+                let min = ctx.pending_interval.min(ROLLOUT_POLL);
+                let (due, later): (Vec<StepStatus>, Vec<StepStatus>) =
+                    entries.iter().cloned().partition(|e| {
+                        e.state.as_deref() != Some("Live") && not_yet(min, e, &now).is_none()
+                    });
                 let (mut advanced, parked) =
-                    rollout::advance_step(&targets, entries.clone(), &now, &self.who()).await;
+                    rollout::advance_step(&targets, due, &now, &self.who()).await;
                 keep_starting(&mut advanced, &fresh, &now);
+                advanced.extend(later);
+                let advanced: Vec<StepStatus> = entries
+                    .iter()
+                    .filter_map(|e| {
+                        advanced
+                            .iter()
+                            .find(|a| a.component == e.component)
+                            .cloned()
+                    })
+                    .collect();
                 for (before, after) in entries.iter().zip(&advanced) {
                     if before.deployment_id.is_none() && after.deployment_id.is_some() {
                         events.push(step_event(false, "DeployStarted", after, index, plan));
@@ -818,12 +799,7 @@ impl Release {
                         .filter(|s| names.contains(&s.component.as_str()))
                         .filter(|s| s.state.as_deref() != Some("Live"))
                         .collect();
-                    let poll = poll_after(
-                        ctx.pending_interval.min(ROLLOUT_POLL),
-                        &pending,
-                        &now,
-                        |p| ctx.deploy_times.usual(p),
-                    );
+                    let poll = poll_after(min, &pending, &now);
                     let deploying: Vec<String> = pending
                         .iter()
                         .map(|s| {
@@ -2060,37 +2036,29 @@ mod tests {
         let min = Duration::from_secs(2);
         let started = |at: &str| StepStatus {
             started_at: Some(at.into()),
+            deployment_id: Some("dep-1".into()),
             ..StepStatus::default()
         };
         let young = started("2026-12-06T10:00:00Z");
         let now = "2026-12-06T10:00:04Z";
-        let never = |_| None;
-        assert_eq!(poll_after(min, &[&young], now, never), min);
+        // The first look is at 6 times the minimum.
+        assert_eq!(poll_after(min, &[&young], now), Duration::from_secs(8));
         let old = started("2026-12-06T09:58:00Z");
+        assert_eq!(poll_after(min, &[&old], now), Duration::from_millis(24_800));
+        // Each deployment is looked at when it is due: the step, at the soonest.
         assert_eq!(
-            poll_after(min, &[&young, &old], now, never),
-            Duration::from_millis(24_800)
+            poll_after(min, &[&young, &old], now),
+            Duration::from_secs(8)
         );
+        assert_eq!(not_yet(min, &old, now), None);
         let ancient = started("2026-12-06T08:00:00Z");
-        assert_eq!(poll_after(min, &[&ancient], now, never), min * 15);
-        // A deploy as long as the last one of its platform is first looked at when that
-        // time (and a twentieth) is up, even past fifteen times `min`.
-        let minute = |_| Some(Duration::from_secs(60));
-        assert_eq!(
-            poll_after(min, &[&young], now, minute),
-            Duration::from_secs(59)
-        );
-        // Past it, the pace is a fifth of the time it has been running again.
-        assert_eq!(
-            poll_after(min, &[&old], now, minute),
-            Duration::from_millis(24_800)
-        );
+        assert_eq!(poll_after(min, &[&ancient], now), min * 15);
         // Fly rollouts move a batch every time they are looked at: never left alone.
         let fly = StepStatus {
             platform: ComponentPlatform::Fly,
             ..young.clone()
         };
-        assert_eq!(poll_after(min, &[&fly], now, minute), min);
+        assert_eq!(poll_after(min, &[&fly], now), min);
     }
 
     #[test]

@@ -434,7 +434,9 @@ impl Line {
     /// Forgets turns long past (their sync went away or got its token otherwise); whether
     /// the line is over (nobody in it, its last turn past).
     fn tidy(&mut self, now: Instant) -> bool {
-        let stale = self.period * 2 + PARK_GRACE;
+        // (A sync comes back a little late when the workers are busy: its turn is kept a
+        // while, so that it is not sent to the end of the line.)
+        let stale = (self.period * 2).max(STALE_TURN) + PARK_GRACE;
         self.turns
             .retain(|_, turn| now.saturating_duration_since(*turn) < stale);
         self.turns.is_empty() && self.next <= now
@@ -461,6 +463,9 @@ enum Turn {
     /// Park for this long.
     Park(Duration),
 }
+
+/// The least time a turn is kept for a parked request that has not come back.
+const STALE_TURN: Duration = Duration::from_secs(5);
 
 /// How early before its turn a parked request may come back and still go.
 const PARK_GRACE: Duration = Duration::from_millis(250);
