@@ -1,12 +1,9 @@
-//! A Release's rollout, one reconcile at a time and resumable from status: migrations first
-//! (every named Migration `Applied`), then the steps in order, the components of a step in
-//! parallel, each through its platform's [`Deployments`] client. A deployment's id is in
-//! status before Tether waits on it: a restart polls the same deployment, never starts a
-//! second one (a deploy whose id was lost in a crash is found again by its source).
-//!
-//! Not yet here (Release part 2 and the rest of part 1): approval and promotion gates (a
-//! Release asking for them is refused before anything is deployed), health checks and metric
-//! analysis (a Release declaring them stops in `Verifying`, never `Succeeded`), rollback.
+//! A Release's rollout and rollback through the platforms, one reconcile at a time and
+//! resumable from status: the targets of each component (its platform object and client),
+//! each through its platform's [`Deployments`] client. A deployment's start is recorded
+//! ([`STARTING`]) and its id is in status before Tether waits on it: a restart polls the same
+//! deployment, never starts a second one (a deploy whose id was lost in a crash is found
+//! again by its source). Gates, health checks and analysis are the Release reconciler's.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -862,20 +862,8 @@ async fn a_failed_health_check_rolls_every_changed_component_back_even_across_a_
         events.iter().any(|(_, r, _)| r == "RolledBack"),
         "{events:?}"
     );
-    // Counted by the reconcile that ended it; the harness keeps one registry across the
-    // kills, so a reconcile killed after counting and before its status write counts twice
-    // (a real crash starts a new process with new counters).
-    let metrics = h.metrics().await;
-    let counted = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(
-                "tether_release_total{environment=\"shop\",namespace=\"default\",result=\"rolled_back\"} ",
-            )
-        })
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    assert!(counted >= 1.0, "{metrics}");
+    // (The `rolled_back` count is the reconcile's that ended it, which may be the killed
+    // controller's: `sync::delivery` checks the counts without kills.)
     h.stop().await;
 }
 
