@@ -611,12 +611,16 @@ async fn latency(
         .try_for_each(|_| async { Ok(()) })
         .await
         .expect("add a second Render service");
-    // Until the number that say they wait stops growing (the first ones in line are served
-    // meanwhile, at Render's pace).
-    let until = Instant::now() + Duration::from_secs(30);
+    // Until the number that say they wait has grown and then stops growing (the first ones
+    // in line are served meanwhile, at Render's pace): the probes are timed while those wait,
+    // not while the controller is still taking in their spec changes.
+    let until = Instant::now() + Duration::from_secs(60);
     let mut most = waiting_before;
     let mut grown = Instant::now();
-    while Instant::now() < until && grown.elapsed() < Duration::from_secs(1) {
+    while Instant::now() < until
+        && (most < waiting_before + settings.waiting / 2
+            || grown.elapsed() < Duration::from_secs(2))
+    {
         let now = progress.borrow_and_update().rate_limited;
         if now > most {
             most = now;
