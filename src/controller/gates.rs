@@ -151,6 +151,21 @@ fn event(warning: bool, reason: &str, note: String) -> ReportEvent {
     }
 }
 
+/// Whether a Release in `phase` may be superseded: it has not finished its rollout (a
+/// rollback is never stopped).
+pub fn supersedable(phase: Option<ReleasePhase>) -> bool {
+    matches!(
+        phase,
+        None | Some(
+            ReleasePhase::Pending
+                | ReleasePhase::AwaitingApproval
+                | ReleasePhase::Migrating
+                | ReleasePhase::Deploying
+                | ReleasePhase::Verifying
+        )
+    )
+}
+
 /// Every Release of `namespace`.
 pub async fn releases(ctx: &Context, namespace: &str) -> Result<Vec<Release>, ReconcileError> {
     let api: Api<Release> = Api::namespaced(ctx.client.clone(), namespace);
@@ -453,16 +468,7 @@ pub async fn check(
         let api: Api<Release> = Api::namespaced(ctx.client.clone(), namespace);
         for other in all.iter().filter(same_environment).filter(|other| {
             older(other, release)
-                && matches!(
-                    phase(other),
-                    None | Some(
-                        ReleasePhase::Pending
-                            | ReleasePhase::AwaitingApproval
-                            | ReleasePhase::Migrating
-                            | ReleasePhase::Deploying
-                            | ReleasePhase::Verifying
-                    )
-                )
+                && supersedable(phase(other))
                 && !other.annotations().contains_key(SUPERSEDED_BY)
         }) {
             let patch = serde_json::json!({"metadata": {"annotations": {SUPERSEDED_BY: release.name_any()}}});

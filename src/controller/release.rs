@@ -473,17 +473,7 @@ impl Release {
         plan: &ReleasePlan,
     ) -> Option<Report> {
         let by = self.annotations().get(gates::SUPERSEDED_BY)?;
-        let stops = matches!(
-            previous.phase,
-            None | Some(
-                ReleasePhase::Pending
-                    | ReleasePhase::AwaitingApproval
-                    | ReleasePhase::Migrating
-                    | ReleasePhase::Deploying
-                    | ReleasePhase::Verifying
-            )
-        );
-        if !stops {
+        if !gates::supersedable(previous.phase) {
             return None;
         }
         let steps: Vec<StepStatus> = planned_steps(plan)
