@@ -766,15 +766,13 @@ impl Release {
                     let stage = Stage {
                         label: &at,
                         phase: ReleasePhase::Deploying,
+                        field: "canaryAnalysis",
                         prior: previous.canary_analysis.clone(),
                     };
                     let (state, report) = self
                         .analyze(ctx, analysis, stage, &steps, &started, &now, &mut events)
                         .await;
-                    if let Some(mut report) = report {
-                        report
-                            .status
-                            .insert("canaryAnalysis".into(), serde_json::json!(state));
+                    if let Some(report) = report {
                         return Ok(report);
                     }
                     canary_now = Some(state);
@@ -874,15 +872,13 @@ impl Release {
             let stage = Stage {
                 label: "analysis",
                 phase: ReleasePhase::Verifying,
+                field: "analysis",
                 prior: previous.analysis.clone(),
             };
             let (state, report) = self
                 .analyze(ctx, analysis, stage, &steps, &started, &now, &mut events)
                 .await;
-            if let Some(mut report) = report {
-                report
-                    .status
-                    .insert("analysis".into(), serde_json::json!(state));
+            if let Some(report) = report {
                 return Ok(report);
             }
             let mut report = rollout_report(
@@ -1564,13 +1560,16 @@ struct Stage<'a> {
     label: &'a str,
     /// The phase while it runs.
     phase: ReleasePhase,
+    /// The status field holding it (`analysis`, `canaryAnalysis`).
+    field: &'static str,
     /// Its status so far.
     prior: Option<AnalysisStatus>,
 }
 
 impl Release {
     /// Makes the analysis' measurement when one is due, and says where it stands: the
-    /// analysis status, and the report of a rollout stopped at it (`None` once it passed).
+    /// analysis status, and the report of a rollout stopped at it, holding that status in
+    /// the stage's field (`None` once it passed).
     #[allow(clippy::too_many_arguments)]
     async fn analyze(
         &self,
@@ -1689,6 +1688,12 @@ impl Release {
                 ))
             }
         };
+        let report = report.map(|mut report| {
+            report
+                .status
+                .insert(stage.field.into(), serde_json::json!(state));
+            report
+        });
         (state, report)
     }
 }
