@@ -3,7 +3,9 @@
 //! updates guarded by `current_version`; the full config kept as given, `guest` defaulted;
 //! check results `passing` once started — `critical` for a version that does not start
 //! (`Faults::crashing_sources`), whose machines then stop; `min_secrets_version` refused while the app's
-//! secrets are older), volumes (created in a region, attached through a machine's
+//! secrets are older; `cordon`/`uncordon`, and `skip_service_registration` on create, which
+//! leaves the machine cordoned: the app edge sends requests to started machines that are not
+//! cordoned), volumes (created in a region, attached through a machine's
 //! `mounts` to one machine of that region, extended, destroyed once detached), app secrets
 //! with versions, ACME certificates, and `fly-next-cursor` paging of machine and volume
 //! lists, with the shapes of `fly/openapi.json`. Rate limits are per action and object
@@ -90,6 +92,11 @@ pub(crate) fn router(common: Arc<Common>) -> (Router, Arc<dyn Imitation>) {
         )
         .route("/v1/apps/{app}/machines/{id}/stop", post(stop_machine))
         .route("/v1/apps/{app}/machines/{id}/start", post(start_machine))
+        .route("/v1/apps/{app}/machines/{id}/cordon", post(cordon_machine))
+        .route(
+            "/v1/apps/{app}/machines/{id}/uncordon",
+            post(uncordon_machine),
+        )
         .route(
             "/v1/apps/{app}/secrets",
             get(list_secrets).post(set_secrets),
@@ -297,7 +304,7 @@ impl Imitation for Fly {
             .get(name)?
             .machines
             .values()
-            .filter(|m| self.machine_state(m) == "started")
+            .filter(|m| self.machine_state(m) == "started" && m.json["cordoned"] != true)
             .filter_map(|m| m.json["config"]["image"].as_str().map(str::to_owned))
             .collect();
         if images.is_empty() {
@@ -617,6 +624,8 @@ async fn create_machine(
             "private_ip": "fdaa:0:1::2",
             "config": config,
             "host_status": "ok",
+            // Left out of the proxy until uncordoned (flyctl's blue-green machines).
+            "cordoned": body["skip_service_registration"] == true,
             "created_at": now,
             "updated_at": now,
             "events": [],
@@ -842,6 +851,35 @@ async fn start_machine(
         f.launch(m);
     }
     StatusCode::OK.into_response()
+}
+
+/// `cordon` (the proxy stops routing to the machine) or `uncordon`.
+fn set_cordoned(f: &Fly, app: &str, id: &str, headers: &HeaderMap, cordoned: bool) -> Response {
+    let mut state = f.lock();
+    let Some(m) = state.apps.get_mut(app).and_then(|a| a.machines.get_mut(id)) else {
+        return f.not_found();
+    };
+    if !lease_allows(m, headers) {
+        return f.error(StatusCode::CONFLICT, "unknown", "machine is leased");
+    }
+    m.json["cordoned"] = json!(cordoned);
+    StatusCode::OK.into_response()
+}
+
+async fn cordon_machine(
+    State(f): State<Fly>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    set_cordoned(&f, &app, &id, &headers, true)
+}
+
+async fn uncordon_machine(
+    State(f): State<Fly>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    set_cordoned(&f, &app, &id, &headers, false)
 }
 
 async fn list_volumes(

@@ -95,6 +95,8 @@ OPERATIONS = {
         ("delete", "/v1/apps/{app_name}/machines/{machine_id}/lease"),
         ("post", "/v1/apps/{app_name}/machines/{machine_id}/stop"),
         ("post", "/v1/apps/{app_name}/machines/{machine_id}/start"),
+        ("post", "/v1/apps/{app_name}/machines/{machine_id}/cordon"),
+        ("post", "/v1/apps/{app_name}/machines/{machine_id}/uncordon"),
         ("get", "/v1/apps/{app_name}/secrets"),
         ("post", "/v1/apps/{app_name}/secrets"),
         ("delete", "/v1/apps/{app_name}/secrets/{secret_name}"),
