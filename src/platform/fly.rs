@@ -14,6 +14,7 @@
 //! live, any `failed` → failed), and rolling back is deploying the earlier image again.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use http::Method;
 use serde::Deserialize;
@@ -200,9 +201,18 @@ pub struct FlyMachine {
     pub version: String,
     /// Health check results by check name (`passing`, `warning`, `critical`).
     pub checks: BTreeMap<String, String>,
+    /// The config's `metadata` (string values only); a `bluegreen` rollout marks its green
+    /// machines here ([`GREEN_OF`], [`GREEN_FOR`]).
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl FlyMachine {
+    /// The id of the machine this one is the green twin of, when a `bluegreen` rollout
+    /// created it.
+    pub fn green_of(&self) -> Option<&str> {
+        self.metadata.get(GREEN_OF).map(String::as_str)
+    }
+
     /// Started, with every configured check passing.
     pub fn is_healthy(&self) -> bool {
         self.state == "started"
@@ -685,6 +695,14 @@ fn to_machine(operation: &'static str, m: ApiMachine) -> PlatformResult<FlyMachi
     let config = m
         .config
         .ok_or_else(|| malformed(operation, "machine without `config`".into()))?;
+    let metadata = config["metadata"]
+        .as_object()
+        .map(|map| {
+            map.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(FlyMachine {
         name: m.name.unwrap_or_else(|| m.id.clone()),
         id: m.id,
@@ -697,6 +715,7 @@ fn to_machine(operation: &'static str, m: ApiMachine) -> PlatformResult<FlyMachi
             .into_iter()
             .filter_map(|c| Some((c.name?, c.status?)))
             .collect(),
+        metadata,
     })
 }
 
@@ -935,6 +954,10 @@ pub enum FlyStrategy {
         /// rollout reports [`CANARY_HELD`].
         hold: bool,
     },
+    /// A green twin of every machine, started beside it out of the proxy; once every green
+    /// passes its checks the greens take the traffic and the blue machines are destroyed
+    /// ([`FlyClient::bluegreen`]).
+    BlueGreen,
 }
 
 /// The end of a held canary's state (`canary 1/3 healthy, held for analysis`).
@@ -945,13 +968,19 @@ impl FlyClient {
     /// are the state): updates the next machines `strategy` allows — each under its lease
     /// and with its `current_version` — and reports where the rollout stands (`canary 1/3`,
     /// `rolling 2/5`). A machine of the new image that fails to launch, or stops with a
-    /// critical check, fails it.
+    /// critical check, fails it. `BlueGreen` goes through [`FlyClient::bluegreen`] (with no
+    /// time budget and no owner); the others first end what a blue-green rollout stopped
+    /// half-way left behind (see [`green_twins`]).
     pub async fn roll(
         &self,
         app: &str,
         image: &str,
         strategy: FlyStrategy,
     ) -> PlatformResult<Deployment> {
+        if strategy == FlyStrategy::BlueGreen {
+            let run = BlueGreenRun::default();
+            return Ok(self.bluegreen(app, image, &run).await?.deployment);
+        }
         let mut machines = self.list_machines(app).await?;
         if machines.is_empty() {
             return Err(PlatformError::Invalid {
@@ -961,6 +990,18 @@ impl FlyClient {
                 reason: "the app has no machines to deploy to".into(),
             });
         }
+        // A blue-green rollout that stopped half-way (superseded, timed out, rolled back)
+        // left green twins beside their blue machines: the blue ones still serve, so the
+        // twins go and this rollout updates the machines the app had.
+        let twins: Vec<(String, String)> = green_twins(&machines)
+            .into_iter()
+            .map(|(green, blue)| (green.to_owned(), blue.to_owned()))
+            .collect();
+        for (green, blue) in &twins {
+            self.uncordon_machine(app, blue).await?;
+            self.delete_machine(app, green).await?;
+        }
+        machines.retain(|m| !twins.iter().any(|(green, _)| *green == m.id));
         machines.sort_by(|a, b| a.id.cmp(&b.id));
         let total = machines.len();
         let on: Vec<&FlyMachine> = machines
@@ -990,6 +1031,8 @@ impl FlyClient {
             ));
         }
         let (allowed, label) = match strategy {
+            // Taken through `bluegreen` above: it creates machines, it updates none.
+            FlyStrategy::BlueGreen => (0, "bluegreen"),
             FlyStrategy::Immediate => (rest.len(), "immediate"),
             FlyStrategy::Rolling { max_unavailable } => {
                 (max_unavailable.max(1).saturating_sub(updating), "rolling")
@@ -1025,6 +1068,353 @@ impl FlyClient {
             DeploymentState::Deploying,
             format!("{label} {on_image}/{total}"),
         ))
+    }
+}
+
+/// Metadata key of a green machine: the id of the (blue) machine it is the twin of.
+pub const GREEN_OF: &str = "tether_bluegreen_of";
+/// Metadata key of a green machine: who created it (`release:<namespace>/<name>`).
+pub const GREEN_FOR: &str = "tether_bluegreen_for";
+/// How long the green machines of a `bluegreen` rollout may take to pass their checks
+/// (flyctl's `--wait-timeout` default) before the rollout fails.
+pub const BLUEGREEN_WAIT: Duration = Duration::from_secs(5 * 60);
+
+/// The name of the green twin of machine `name`: the `-g` twin of a blue machine, the `-b`
+/// twin of a green one, so that an app's machines alternate between the two names of their
+/// slot (`web-ams-0` → `web-ams-0-g` → `web-ams-0-b` → `web-ams-0-g` …) and a twin is
+/// never named like the machine beside it.
+pub fn twin_name(name: &str) -> String {
+    match name.strip_suffix("-g") {
+        Some(base) => format!("{base}-b"),
+        None => format!("{}-g", name.strip_suffix("-b").unwrap_or(name)),
+    }
+}
+
+/// The green twins among `machines` whose blue machine is still there (a blue-green rollout
+/// in progress, or one stopped half-way): green id → blue id. A green whose blue is gone
+/// has taken its place and is no twin any more.
+pub fn green_twins(machines: &[FlyMachine]) -> BTreeMap<&str, &str> {
+    machines
+        .iter()
+        .filter_map(|m| {
+            let blue = m.green_of()?;
+            machines
+                .iter()
+                .find(|b| b.id == blue && b.id != m.id)
+                .map(|b| (m.id.as_str(), b.id.as_str()))
+        })
+        .collect()
+}
+
+/// What a blue-green rollout knows beyond the app's machines.
+#[derive(Clone, Debug, Default)]
+pub struct BlueGreenRun {
+    /// Who rolls out (`release:<namespace>/<name>`), written into the greens' metadata.
+    pub owner: String,
+    /// The green machines this rollout created and recorded earlier (ids): one that is gone
+    /// while blue machines still wait for their twin fails the rollout, rather than a
+    /// second set being made.
+    pub recorded: Vec<String>,
+    /// How long the rollout has run: greens not all passing their checks after
+    /// [`BLUEGREEN_WAIT`] fail it.
+    pub waited: Duration,
+}
+
+/// Where a blue-green rollout stands after one move.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlueGreen {
+    /// The rollout, read as a deployment of the image.
+    pub deployment: Deployment,
+    /// This rollout's green machines (ids), created now or before.
+    pub green: Vec<String>,
+}
+
+/// The next move of a blue-green rollout, planned from the app's machines (pure).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum BlueGreenMove {
+    /// The app cannot roll out this way: the step fails, no machine touched.
+    Refuse(String),
+    /// Green twins of these (blue) machines are created.
+    Create(Vec<usize>),
+    /// The greens are on their way.
+    Wait(String),
+    /// A green failed (or timed out): the blue machines keep the traffic, the greens go.
+    Abort(String),
+    /// Every green passes its checks: they take the traffic and the blue machines go.
+    Switch,
+    /// Nothing paired: every machine runs the image (or one that runs it failed).
+    Settled(DeploymentState, String),
+}
+
+/// A blue-green rollout's plan: indexes into the machines it was planned from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct BlueGreenPlan {
+    /// Twins of another image beside their blue machine (green, blue): a rollout stopped
+    /// half-way, ended first.
+    stale: Vec<(usize, usize)>,
+    /// This rollout's twins (green, blue).
+    pairs: Vec<(usize, usize)>,
+    next: BlueGreenMove,
+}
+
+/// Plans the next move of the blue-green rollout of `image` over `machines`: every machine
+/// not running the image gets a green twin (same config and region, the image, marked in
+/// its metadata); once every green passes its checks they serve and the blue machines go.
+/// A green that fails to launch or stops with a critical check, or greens not all healthy
+/// after [`BLUEGREEN_WAIT`], abort the rollout.
+fn plan_bluegreen(machines: &[FlyMachine], image: &str, run: &BlueGreenRun) -> BlueGreenPlan {
+    let index = |id: &str| machines.iter().position(|m| m.id == id);
+    let twins: Vec<(usize, usize)> = green_twins(machines)
+        .into_iter()
+        .filter_map(|(green, blue)| Some((index(green)?, index(blue)?)))
+        .collect();
+    let (pairs, stale): (Vec<(usize, usize)>, Vec<(usize, usize)>) = twins
+        .iter()
+        .partition(|(green, _)| machines[*green].config.image == image);
+    let blues: Vec<usize> = (0..machines.len())
+        .filter(|i| !twins.iter().any(|(green, _)| green == i))
+        .filter(|i| !pairs.iter().any(|(_, blue)| blue == i))
+        .filter(|i| machines[*i].config.image != image)
+        .collect();
+    let next = 'next: {
+        if machines.is_empty() {
+            break 'next BlueGreenMove::Refuse("the app has no machines to deploy to".into());
+        }
+        for &blue in &blues {
+            let m = &machines[blue];
+            if let Some(mount) = m.config.mounts.first() {
+                break 'next BlueGreenMove::Refuse(format!(
+                    "machine {} mounts volume {}: a volume attaches to one machine, so no green \
+                     twin can start beside it (deploy this app with `rolling`)",
+                    m.name, mount.volume
+                ));
+            }
+            let twin = twin_name(&m.name);
+            let taken = machines.iter().enumerate().any(|(i, other)| {
+                other.name == twin && !stale.iter().any(|(green, _)| *green == i)
+            });
+            if taken {
+                break 'next BlueGreenMove::Refuse(format!(
+                    "machine {twin} exists and is not the green twin of {}: remove it, or \
+                     deploy with another strategy",
+                    m.name
+                ));
+            }
+        }
+        if let Some(failure) = pairs
+            .iter()
+            .find_map(|(green, _)| machine_failure(&machines[*green]))
+        {
+            break 'next BlueGreenMove::Abort(format!("green {failure}"));
+        }
+        if !blues.is_empty() {
+            if let Some(gone) = run.recorded.iter().find(|id| index(id).is_none()) {
+                break 'next BlueGreenMove::Abort(format!(
+                    "green machine {gone} is gone before its blue machine was replaced"
+                ));
+            }
+            break 'next BlueGreenMove::Create(blues);
+        }
+        if pairs.is_empty() {
+            let (state, text) = rollout_state(machines, image);
+            let text = match state {
+                DeploymentState::Live => format!(
+                    "{n}/{n} machines started, checks passing",
+                    n = machines.len()
+                ),
+                _ => text,
+            };
+            break 'next BlueGreenMove::Settled(state, text);
+        }
+        let waiting: Vec<&FlyMachine> = pairs
+            .iter()
+            .map(|(green, _)| &machines[*green])
+            .filter(|m| !m.is_healthy())
+            .collect();
+        let Some(first) = waiting.first() else {
+            break 'next BlueGreenMove::Switch;
+        };
+        let critical: Vec<&str> = first
+            .checks
+            .iter()
+            .filter(|(_, status)| *status == "critical")
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let why = match (first.state.as_str(), critical.is_empty()) {
+            ("started", true) => format!("machine {} waits for its checks", first.name),
+            ("started", false) => format!(
+                "machine {} has check(s) {} critical",
+                first.name,
+                critical.join(", ")
+            ),
+            (state, _) => format!("machine {} {state}", first.name),
+        };
+        if run.waited > BLUEGREEN_WAIT {
+            break 'next BlueGreenMove::Abort(format!(
+                "green machines did not pass their checks within {}s ({why})",
+                BLUEGREEN_WAIT.as_secs()
+            ));
+        }
+        BlueGreenMove::Wait(format!(
+            "bluegreen {}/{} green healthy, {why}",
+            pairs.len() - waiting.len(),
+            pairs.len()
+        ))
+    };
+    BlueGreenPlan { stale, pairs, next }
+}
+
+impl FlyClient {
+    /// Moves the blue-green rollout of `image` over `app`'s machines one step, as
+    /// `fly deploy --strategy bluegreen` does (resumable: the machines are the state, each
+    /// green names its blue machine in its metadata): creates a green twin of every machine
+    /// ([`twin_name`], same config and region, the image, out of the proxy with
+    /// `skip_service_registration`); waits, one call at a time, until every green passes
+    /// its own checks; then uncordons the greens, cordons the blue machines and destroys
+    /// them. A green that does not come up within [`BLUEGREEN_WAIT`] fails the rollout: the
+    /// greens are destroyed and the blue machines, untouched, keep serving. Apps whose
+    /// machines mount volumes are refused (a volume attaches to one machine).
+    pub async fn bluegreen(
+        &self,
+        app: &str,
+        image: &str,
+        run: &BlueGreenRun,
+    ) -> PlatformResult<BlueGreen> {
+        let mut machines = self.list_machines(app).await?;
+        machines.sort_by(|a, b| a.id.cmp(&b.id));
+        let plan = plan_bluegreen(&machines, image, run);
+        for &(green, blue) in &plan.stale {
+            self.uncordon_machine(app, &machines[blue].id).await?;
+            self.delete_machine(app, &machines[green].id).await?;
+        }
+        let id = |i: &usize| machines[*i].id.clone();
+        let mut green: Vec<String> = plan.pairs.iter().map(|(g, _)| id(g)).collect();
+        let deployment = |state, platform_state: String| Deployment {
+            id: image.to_owned(),
+            state,
+            platform_state,
+            source: Some(image.to_owned()),
+        };
+        let deployment = match plan.next {
+            BlueGreenMove::Refuse(reason) => deployment(DeploymentState::Failed, reason),
+            BlueGreenMove::Create(blues) => {
+                for blue in &blues {
+                    green.push(self.create_green(app, &machines[*blue], image, run).await?);
+                }
+                deployment(
+                    DeploymentState::Deploying,
+                    format!(
+                        "bluegreen 0/{} green healthy, {} green machine(s) created",
+                        green.len(),
+                        blues.len()
+                    ),
+                )
+            }
+            BlueGreenMove::Wait(text) => deployment(DeploymentState::Deploying, text),
+            BlueGreenMove::Abort(reason) => {
+                // The blue machines take (keep) the traffic before the greens go.
+                for (_, blue) in &plan.pairs {
+                    self.uncordon_machine(app, &id(blue)).await?;
+                }
+                for (g, _) in &plan.pairs {
+                    self.delete_machine(app, &id(g)).await?;
+                }
+                deployment(
+                    DeploymentState::Failed,
+                    format!("{reason}; the green machines were destroyed, the blue ones serve"),
+                )
+            }
+            BlueGreenMove::Switch => {
+                for (g, _) in &plan.pairs {
+                    self.uncordon_machine(app, &id(g)).await?;
+                }
+                for (_, blue) in &plan.pairs {
+                    self.cordon_machine(app, &id(blue)).await?;
+                }
+                for (_, blue) in &plan.pairs {
+                    self.delete_machine(app, &id(blue)).await?;
+                }
+                let n = machines.len() - plan.pairs.len() - plan.stale.len();
+                deployment(
+                    DeploymentState::Live,
+                    format!(
+                        "{n}/{n} machines started, checks passing (bluegreen: the blue ones destroyed)"
+                    ),
+                )
+            }
+            BlueGreenMove::Settled(state, text) => deployment(state, text),
+        };
+        Ok(BlueGreen { deployment, green })
+    }
+
+    /// Creates the green twin of `blue` running `image`: the blue machine's whole config as
+    /// Fly holds it (what Tether does not manage included), the image replaced, marked
+    /// green in its metadata, and left out of the proxy until it is uncordoned.
+    async fn create_green(
+        &self,
+        app: &str,
+        blue: &FlyMachine,
+        image: &str,
+        run: &BlueGreenRun,
+    ) -> PlatformResult<String> {
+        let raw = self.get_raw_machine(app, &blue.id).await?;
+        let mut config = match raw.config {
+            Some(Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        config.insert("image".into(), json!(image));
+        let mut metadata = match config.remove("metadata") {
+            Some(Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        metadata.insert(GREEN_OF.into(), json!(blue.id));
+        match run.owner.as_str() {
+            "" => metadata.remove(GREEN_FOR),
+            owner => metadata.insert(GREEN_FOR.into(), json!(owner)),
+        };
+        config.insert("metadata".into(), Value::Object(metadata));
+        let mut body = json!({
+            "name": twin_name(&blue.name),
+            "config": Value::Object(config),
+            "skip_service_registration": true,
+        });
+        if let Some(region) = &blue.region {
+            body["region"] = json!(region);
+        }
+        let request = ApiRequest::post("create_machine", &["v1", "apps", app, "machines"])
+            .json(body)
+            .limited(ACTION, format!("create_machine:{app}"));
+        let machine: ApiMachine = self.http.json(&request).await?;
+        Ok(machine.id)
+    }
+
+    /// Sends a machine action without a body (`cordon`, `uncordon`); a machine already gone
+    /// needs neither.
+    async fn machine_action(
+        &self,
+        app: &str,
+        id: &str,
+        action: &'static str,
+    ) -> PlatformResult<()> {
+        let operation = match action {
+            "cordon" => "cordon_machine",
+            _ => "uncordon_machine",
+        };
+        let request = ApiRequest::post(operation, &["v1", "apps", app, "machines", id, action])
+            .idempotent()
+            .limited(ACTION, format!("{action}:{app}/{id}"));
+        gone_is_ok(self.http.send(&request).await).map(|_| ())
+    }
+
+    /// Disables a machine's services: the Fly proxy stops routing to it.
+    pub async fn cordon_machine(&self, app: &str, id: &str) -> PlatformResult<()> {
+        self.machine_action(app, id, "cordon").await
+    }
+
+    /// Enables a machine's services again (or for the first time, after a create with
+    /// `skip_service_registration`).
+    pub async fn uncordon_machine(&self, app: &str, id: &str) -> PlatformResult<()> {
+        self.machine_action(app, id, "uncordon").await
     }
 }
 
@@ -1455,6 +1845,7 @@ mod tests {
             },
             version: "v".into(),
             checks: BTreeMap::new(),
+            metadata: BTreeMap::new(),
         }
     }
 
@@ -1493,5 +1884,178 @@ mod tests {
         checked.state = "started".into();
         checked.checks.insert("alive".into(), "passing".into());
         assert_eq!(rollout_state(&[checked], "a:2").0, DeploymentState::Live);
+    }
+
+    /// Machine `id` (named `web-ams-<id>`) on `image`, started with its check passing.
+    fn up(id: &str, image: &str) -> FlyMachine {
+        let mut m = machine(image, "started");
+        m.id = id.into();
+        m.name = format!("web-ams-{id}");
+        m.config.checks.insert(
+            "alive".into(),
+            MachineCheck {
+                kind: "tcp".into(),
+                port: 8080,
+                path: None,
+                interval: None,
+                timeout: None,
+            },
+        );
+        m.checks.insert("alive".into(), "passing".into());
+        m
+    }
+
+    /// The green twin `id` of `blue` on `image`, in `state` with its check `check`.
+    fn green(id: &str, blue: &FlyMachine, image: &str, state: &str, check: &str) -> FlyMachine {
+        let mut m = up(id, image);
+        m.name = twin_name(&blue.name);
+        m.state = state.into();
+        m.checks.insert("alive".into(), check.into());
+        m.metadata.insert(GREEN_OF.into(), blue.id.clone());
+        m
+    }
+
+    fn run(waited_secs: u64, recorded: &[&str]) -> BlueGreenRun {
+        BlueGreenRun {
+            owner: "release:default/web-2".into(),
+            recorded: recorded.iter().map(|r| r.to_string()).collect(),
+            waited: Duration::from_secs(waited_secs),
+        }
+    }
+
+    #[test]
+    fn twin_names_alternate_between_the_g_and_the_b_name_of_a_slot() {
+        assert_eq!(twin_name("web-ams-0"), "web-ams-0-g");
+        assert_eq!(twin_name("web-ams-0-g"), "web-ams-0-b");
+        assert_eq!(twin_name("web-ams-0-b"), "web-ams-0-g");
+    }
+
+    #[test]
+    fn a_green_is_a_twin_only_while_the_machine_it_replaces_is_there() {
+        let blue = up("1", "web:1");
+        let g = green("2", &blue, "web:2", "started", "passing");
+        let both = [blue.clone(), g.clone()];
+        assert_eq!(green_twins(&both), BTreeMap::from([("2", "1")]));
+        // Alone, the green has taken the blue machine's place.
+        assert!(green_twins(std::slice::from_ref(&g)).is_empty());
+    }
+
+    #[test]
+    fn bluegreen_creates_one_green_per_machine_waits_for_their_checks_then_switches() {
+        let blues = [up("1", "web:1"), up("2", "web:1")];
+        let plan = plan_bluegreen(&blues, "web:2", &run(0, &[]));
+        assert_eq!(plan.next, BlueGreenMove::Create(vec![0, 1]));
+        // Created, not yet passing.
+        let mut all = blues.to_vec();
+        all.push(green("3", &blues[0], "web:2", "started", "passing"));
+        all.push(green("4", &blues[1], "web:2", "starting", "critical"));
+        let plan = plan_bluegreen(&all, "web:2", &run(30, &["3", "4"]));
+        assert_eq!(plan.pairs, [(2, 0), (3, 1)]);
+        assert_eq!(
+            plan.next,
+            BlueGreenMove::Wait("bluegreen 1/2 green healthy, machine web-ams-2-g starting".into())
+        );
+        // Every green passes: they take over.
+        all[3].state = "started".into();
+        all[3].checks.insert("alive".into(), "passing".into());
+        assert_eq!(
+            plan_bluegreen(&all, "web:2", &run(40, &["3", "4"])).next,
+            BlueGreenMove::Switch
+        );
+        // The blue machines are gone: the greens hold the app, live.
+        let after = &all[2..];
+        assert_eq!(
+            plan_bluegreen(after, "web:2", &run(50, &["3", "4"])).next,
+            BlueGreenMove::Settled(
+                DeploymentState::Live,
+                "2/2 machines started, checks passing".into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_controller_that_crashed_mid_creation_makes_only_the_missing_greens() {
+        let blues = [up("1", "web:1"), up("2", "web:1")];
+        let mut all = blues.to_vec();
+        // The first green was created, the crash lost its id.
+        all.push(green("3", &blues[0], "web:2", "starting", "critical"));
+        let plan = plan_bluegreen(&all, "web:2", &run(1, &[]));
+        assert_eq!(plan.pairs, [(2, 0)]);
+        assert_eq!(plan.next, BlueGreenMove::Create(vec![1]));
+        // Half switched (one blue machine destroyed) when the crash came: the switch goes on.
+        let half = [
+            green("3", &blues[0], "web:2", "started", "passing"),
+            blues[1].clone(),
+            green("4", &blues[1], "web:2", "started", "passing"),
+        ];
+        assert_eq!(
+            plan_bluegreen(&half, "web:2", &run(9, &["3", "4"])).next,
+            BlueGreenMove::Switch
+        );
+    }
+
+    #[test]
+    fn a_green_that_stops_critical_or_outlasts_the_wait_aborts_and_a_lost_one_is_not_made_again() {
+        let blue = up("1", "web:1");
+        let crashed = green("2", &blue, "web:3", "stopped", "critical");
+        let plan = plan_bluegreen(&[blue.clone(), crashed], "web:3", &run(5, &["2"]));
+        assert_eq!(
+            plan.next,
+            BlueGreenMove::Abort(
+                "green machine web-ams-1-g stopped with check(s) alive critical".into()
+            )
+        );
+        let slow = green("2", &blue, "web:3", "started", "critical");
+        let all = [blue.clone(), slow];
+        assert!(matches!(
+            plan_bluegreen(&all, "web:3", &run(60, &["2"])).next,
+            BlueGreenMove::Wait(_)
+        ));
+        assert_eq!(
+            plan_bluegreen(&all, "web:3", &run(BLUEGREEN_WAIT.as_secs() + 1, &["2"])).next,
+            BlueGreenMove::Abort(
+                "green machines did not pass their checks within 300s (machine web-ams-1-g has check(s) alive critical)".into()
+            )
+        );
+        // Its green destroyed (a crash before the failure was written): not made again.
+        assert_eq!(
+            plan_bluegreen(&[blue], "web:3", &run(61, &["2"])).next,
+            BlueGreenMove::Abort(
+                "green machine 2 is gone before its blue machine was replaced".into()
+            )
+        );
+    }
+
+    #[test]
+    fn machines_with_a_volume_or_a_taken_twin_name_are_refused_untouched() {
+        let mut blue = up("1", "web:1");
+        blue.config.mounts.push(MachineMount {
+            volume: "vol_1".into(),
+            path: "/data".into(),
+        });
+        let BlueGreenMove::Refuse(why) = plan_bluegreen(&[blue], "web:2", &run(0, &[])).next else {
+            panic!("not refused");
+        };
+        assert!(why.contains("mounts volume vol_1"), "{why}");
+        let blue = up("1", "web:1");
+        let mut squatter = up("9", "other:1");
+        squatter.name = "web-ams-1-g".into();
+        let BlueGreenMove::Refuse(why) =
+            plan_bluegreen(&[blue, squatter], "web:2", &run(0, &[])).next
+        else {
+            panic!("not refused");
+        };
+        assert!(why.starts_with("machine web-ams-1-g exists"), "{why}");
+    }
+
+    #[test]
+    fn the_greens_of_a_rollout_stopped_half_way_are_ended_before_another_image() {
+        let blue = up("1", "web:1");
+        let stale = green("2", &blue, "web:2", "started", "passing");
+        let plan = plan_bluegreen(&[blue, stale], "web:3", &run(0, &[]));
+        assert_eq!(plan.stale, [(1, 0)]);
+        assert!(plan.pairs.is_empty());
+        // Its blue machine gets a green of the new image (the stale twin's name is freed).
+        assert_eq!(plan.next, BlueGreenMove::Create(vec![0]));
     }
 }
