@@ -17,6 +17,12 @@
 //!   image last rolled out is kept in status): an image a Release deployed since is neither
 //!   drift nor reverted. Updates go through a lease with `current_version`; after a secrets
 //!   change every machine is updated with `min_secrets_version` so it sees the new values.
+//!   A slot is held by one machine, named for it or for a blue-green twin (the slot's name
+//!   and `-g` or `-b`; a Release's `bluegreen` rollout alternates them, see
+//!   [`crate::platform::fly::twin_name`]); status keeps the slot's name and the holder's
+//!   id. While a green twin (its metadata names the machine it replaces) stands beside the
+//!   holder, the slot waits: neither machine is updated or deleted. Once the rollout has
+//!   destroyed the blue machine the twin holds the slot, and nothing is created in its place.
 //! - `volume`, named `<app>/<region>/<volume>`: one per region that runs a machine, mounted
 //!   into that region's first machine. Volumes are stateful: removed from the spec they are
 //!   orphaned unless `deletionPolicy: Delete`. An app whose volumes are kept is kept too
@@ -32,6 +38,7 @@ use crate::api::common::{DriftPolicy, SecretKeyRef};
 use crate::api::environment::{
     FlyApp as SpecApp, FlyCheckType, FlyCpuKind, FlyProtocol, ManagedObject,
 };
+use crate::platform::fly::green_twins;
 use crate::platform::{
     Autostop, FlyApp, FlyAppSpec, FlyApps, FlyClient, FlyMachine, FlyMachineConfig, FlyMachineSpec,
     FlyVolume, FlyVolumeSpec, MachineCheck, MachineGuest, MachineMount, MachinePort,
@@ -198,14 +205,76 @@ fn volume_name(app: &str, region: &str, volume: &str) -> String {
     format!("{app}/{region}/{volume}")
 }
 
-/// `(app, region, index)` of a machine name Tether gave.
+/// `(app, region, index)` of a machine name Tether gave: a slot's name, or a blue-green
+/// twin's (the slot's name and `-g` or `-b`, see [`crate::platform::fly::twin_name`]).
 fn parse_machine_name(name: &str) -> Option<(&str, &str, u32)> {
+    let slot = name
+        .strip_suffix("-g")
+        .or_else(|| name.strip_suffix("-b"))
+        .unwrap_or(name);
+    parse_slot_name(slot).or_else(|| parse_slot_name(name))
+}
+
+fn parse_slot_name(name: &str) -> Option<(&str, &str, u32)> {
     let mut parts = name.rsplitn(3, '-');
     let index = parts.next()?.parse().ok()?;
     let region = parts.next()?;
     let app = parts.next()?;
     (region.len() == 3 && region.bytes().all(|b| b.is_ascii_lowercase()) && !app.is_empty())
         .then_some((app, region, index))
+}
+
+/// The machines of one slot (`<app>-<region>-<index>`) as observed.
+#[derive(Debug, Default)]
+struct Slot<'a> {
+    /// The machine that holds the slot: named for it (under the slot's name or a twin's),
+    /// and not the green twin of another machine still there.
+    holder: Option<&'a FlyMachine>,
+    /// The holder's green twin, while a blue-green rollout replaces it: left alone, and it
+    /// holds the slot once the holder is destroyed.
+    twin: Option<&'a FlyMachine>,
+    /// Other machines named for the slot (surplus).
+    extra: Vec<&'a FlyMachine>,
+}
+
+/// Slot `region`/`index` of `app` among `machines` (`twins`: green id → blue id, see
+/// [`green_twins`]). Of several machines named for it the holder is the one status knows
+/// (`known`), else one being replaced by a twin, else the one with the slot's own name.
+fn slot<'a>(
+    machines: &'a [FlyMachine],
+    twins: &BTreeMap<&str, &str>,
+    app: &str,
+    region: &str,
+    index: u32,
+    known: Option<&str>,
+) -> Slot<'a> {
+    let mut named: Vec<&FlyMachine> = machines
+        .iter()
+        .filter(|m| !twins.contains_key(m.id.as_str()))
+        .filter(|m| parse_machine_name(&m.name) == Some((app, region, index)))
+        .collect();
+    let own = machine_name(app, region, index);
+    let rank = |m: &FlyMachine| {
+        (
+            Some(m.id.as_str()) != known,
+            !twins.values().any(|blue| *blue == m.id),
+            m.name != own,
+            m.name.clone(),
+        )
+    };
+    named.sort_by_key(|m| rank(m));
+    let mut named = named.into_iter();
+    let holder = named.next();
+    let twin = holder.and_then(|h| {
+        machines
+            .iter()
+            .find(|m| twins.get(m.id.as_str()) == Some(&h.id.as_str()))
+    });
+    Slot {
+        holder,
+        twin,
+        extra: named.collect(),
+    }
 }
 
 /// The app of a volume's status name.
@@ -689,11 +758,12 @@ fn plan_app(
         observed.and_then(|o| o.volumes.clone()).unwrap_or_default();
     let observed_machines: Vec<FlyMachine> =
         observed.map(|o| o.machines.clone()).unwrap_or_default();
-    let machine_id = |n: &str| {
-        observed_machines
-            .iter()
-            .find(|m| m.name == n)
-            .map(|m| m.id.clone())
+    let twins = green_twins(&observed_machines);
+    let slot_of = |region: &str, index: u32| {
+        let known = ctx
+            .previous(MACHINE, &machine_name(name, region, index))
+            .and_then(|o| o.id.as_deref());
+        slot(&observed_machines, &twins, name, region, index, known)
     };
     let regions: Vec<(&str, u32)> = app
         .regions
@@ -709,7 +779,7 @@ fn plan_app(
                 continue;
             }
             let status_name = volume_name(name, region, &volume.name);
-            let first = machine_id(&machine_name(name, region, 0));
+            let first = slot_of(region, 0).holder.map(|m| m.id.clone());
             let candidates: Vec<&FlyVolume> = observed_volumes
                 .iter()
                 .filter(|v| v.name == volume.name && v.region == *region)
@@ -804,11 +874,14 @@ fn plan_app(
         .iter()
         .map(|v| (v.id.as_str(), v.name.as_str()))
         .collect();
-    let mut desired_names = BTreeSet::new();
+    let mut desired_slots: BTreeSet<(&str, u32)> = BTreeSet::new();
+    let mut extras: Vec<&FlyMachine> = Vec::new();
     for (region, count) in &regions {
         for index in 0..*count {
             let mname = machine_name(name, region, index);
-            desired_names.insert(mname.clone());
+            desired_slots.insert((region, index));
+            let slot = slot_of(region, index);
+            extras.extend(slot.extra.iter().copied());
             let mount = (index == 0).then(|| mounts_by_region.get(region)).flatten();
             let desired_mounts: BTreeMap<String, String> = mount
                 .map(|(_, path, vol)| BTreeMap::from([(path.clone(), vol.clone())]))
@@ -819,8 +892,35 @@ fn plan_app(
                 path: path.clone(),
             });
             let previous = ctx.previous(MACHINE, &mname);
-            match observed_machines.iter().find(|m| m.name == mname) {
-                None => {
+            match (slot.holder, slot.twin) {
+                (Some(blue), Some(green)) => {
+                    // A blue-green rollout replaces the machine: neither it nor its twin
+                    // is touched meanwhile (the twin holds the slot once it is alone).
+                    p.push(
+                        object(
+                            MACHINE,
+                            mname.clone(),
+                            Some(blue.id.clone()),
+                            Action::Wait(format!(
+                                "bluegreen: {} replaces {}",
+                                green.name, blue.name
+                            )),
+                            Vec::new(),
+                            0,
+                        ),
+                        Record {
+                            id: Some(blue.id.clone()),
+                            state: Some(blue.state.clone()),
+                            ready: machine_ready(blue),
+                            secrets_version: previous.and_then(|m| m.secrets_version),
+                            adopted: previous.is_none(),
+                            done: true,
+                            image: previous.and_then(|p| p.image.clone()),
+                            ..Record::default()
+                        },
+                    );
+                }
+                (None, _) => {
                     let plan = p.push(
                         object(
                             MACHINE,
@@ -848,7 +948,7 @@ fn plan_app(
                         mount: planned_mount,
                     });
                 }
-                Some(m) => {
+                (Some(m), None) => {
                     let observed_mounts: BTreeMap<String, String> = m
                         .config
                         .mounts
@@ -941,7 +1041,9 @@ fn plan_app(
                             app: name.into(),
                             id: Some(m.id.clone()),
                             spec: FlyMachineSpec {
-                                name: mname,
+                                // The machine's own name (a blue-green twin's may differ
+                                // from the slot's).
+                                name: m.name.clone(),
                                 region: m.region.clone(),
                                 config: merged,
                                 min_secrets_version: None,
@@ -955,11 +1057,17 @@ fn plan_app(
     }
 
     // Scaled down or removed regions: machines Tether named that the spec no longer has,
-    // highest indexes first.
+    // highest indexes first, and second machines named for a slot. A green twin goes only
+    // once it is alone (its blue machine destroyed), as what holds its slot.
     let mut surplus: Vec<&FlyMachine> = observed_machines
         .iter()
-        .filter(|m| !desired_names.contains(&m.name))
-        .filter(|m| parse_machine_name(&m.name).is_some_and(|(a, _, _)| a == name))
+        .filter(|m| !twins.contains_key(m.id.as_str()))
+        .filter(|m| match parse_machine_name(&m.name) {
+            Some((a, region, index)) if a == name => {
+                !desired_slots.contains(&(region, index)) || extras.iter().any(|e| e.id == m.id)
+            }
+            _ => false,
+        })
         .collect();
     surplus.sort_by_key(|m| std::cmp::Reverse(parse_machine_name(&m.name).map(|(_, _, i)| i)));
     for m in surplus {
@@ -1872,6 +1980,7 @@ mod tests {
                             .collect(),
                         config,
                         version: "v1".into(),
+                        metadata: BTreeMap::new(),
                     });
                     status.push(entry(MACHINE, &name, &id));
                 }
@@ -2423,6 +2532,9 @@ mod tests {
             Some(("my-web", "ams", 12))
         );
         assert_eq!(parse_machine_name("web-amsx-1"), None);
+        assert_eq!(parse_machine_name("web-ams-1-g"), Some(("web", "ams", 1)));
+        assert_eq!(parse_machine_name("web-ams-1-b"), Some(("web", "ams", 1)));
+        assert_eq!(parse_machine_name("web-ams-g"), None);
         assert_eq!(volume_app("web/ams/data"), Some("web"));
     }
 
@@ -2441,5 +2553,102 @@ mod tests {
         );
         assert!(!planned.work.records[1].ready);
         assert!(planned.work.records[2].ready);
+    }
+
+    /// The green twin (`-g`, on `image`) of observed machine `name`, started and passing.
+    fn twin_of(observed: &mut Observed, name: &str, image: &str) -> FlyMachine {
+        let app = observed.apps.get_mut("web").expect("app web");
+        let blue = app
+            .machines
+            .iter()
+            .find(|m| m.name == name)
+            .expect("machine")
+            .clone();
+        let mut green = blue.clone();
+        green.id = format!("{}-green", blue.id);
+        green.name = crate::platform::fly::twin_name(&blue.name);
+        green.config.image = image.into();
+        green
+            .metadata
+            .insert(crate::platform::fly::GREEN_OF.into(), blue.id.clone());
+        app.machines.push(green.clone());
+        green
+    }
+
+    #[test]
+    fn a_machine_a_bluegreen_rollout_replaces_waits_ready_and_neither_it_nor_its_twin_is_touched() {
+        let mut f = Fixture::new(vec![spec_app(false)]);
+        let (mut observed, status) = converged(&f.apps);
+        f.previous = status;
+        f.drift_possible = true;
+        let green = twin_of(&mut observed, "web-ams-1", "acme/web:2");
+        // Scaled down meanwhile: the slot being replaced goes, and only once alone its twin.
+        let planned = f.plan(&observed);
+        assert!(planned.work.steps.is_empty(), "{:?}", planned.work.steps);
+        let slot = planned
+            .objects
+            .iter()
+            .position(|o| o.name == "web-ams-1")
+            .expect("slot planned");
+        assert_eq!(
+            planned.objects[slot].action,
+            Action::Wait("bluegreen: web-ams-1-g replaces web-ams-1".into())
+        );
+        assert_eq!(planned.objects[slot].id.as_deref(), Some("m-web-ams-1"));
+        assert!(planned.work.records[slot].ready);
+        assert!(planned.objects.iter().all(|o| o.name != green.name));
+        f.apps[0].regions[0].count = 1;
+        let planned = f.plan(&observed);
+        assert_eq!(
+            summary(&planned)
+                .into_iter()
+                .filter(|(_, _, verb, _)| *verb == "delete")
+                .collect::<Vec<_>>(),
+            [s(MACHINE, "web-ams-1", "delete", 1)]
+        );
+    }
+
+    #[test]
+    fn a_twin_alone_holds_its_slot_and_nothing_is_created_in_its_place() {
+        let mut f = Fixture::new(vec![spec_app(false)]);
+        let (mut observed, mut status) = converged(&f.apps);
+        for o in status.iter_mut().filter(|o| o.kind == MACHINE) {
+            o.image = Some("acme/web:1".into());
+        }
+        f.previous = status;
+        f.drift_possible = true;
+        let green = twin_of(&mut observed, "web-ams-1", "acme/web:2");
+        // The rollout destroyed the blue machine.
+        let app = observed.apps.get_mut("web").unwrap();
+        app.machines.retain(|m| m.name != "web-ams-1");
+        let planned = f.plan(&observed);
+        assert!(planned.work.steps.is_empty(), "{:?}", planned.work.steps);
+        let slot = planned
+            .objects
+            .iter()
+            .position(|o| o.name == "web-ams-1")
+            .expect("slot planned");
+        assert_eq!(planned.objects[slot].action, Action::InSync);
+        assert_eq!(planned.objects[slot].id.as_deref(), Some(green.id.as_str()));
+        assert!(!planned.work.records[slot].adopted);
+        // A spec change updates the twin, under its own name.
+        f.apps[0].env.insert("LOG_LEVEL".into(), "debug".into());
+        let planned = f.plan(&observed);
+        let updated: Vec<(&str, &str)> = planned
+            .work
+            .steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::PutMachine {
+                    id: Some(id), spec, ..
+                } => Some((id.as_str(), spec.name.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            updated.contains(&(green.id.as_str(), "web-ams-1-g")),
+            "{updated:?}"
+        );
+        assert_eq!(updated.len(), 3, "{updated:?}");
     }
 }
