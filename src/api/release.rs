@@ -134,12 +134,13 @@ pub struct Artifact {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^dpl_[A-Za-z0-9]+$"))]
     pub deployment_id: Option<String>,
-    /// How a Fly app's machines take the new image: `rolling` (default), `immediate` or
-    /// `canary`.
+    /// How a Fly app's machines take the new image: `rolling` (default), `immediate`,
+    /// `canary` or `bluegreen`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<FlyStrategy>,
     /// Fly machines updating (not yet healthy on the new image) at once, for `rolling` and
-    /// after the canary. Default: a third of the app's machines, at least one.
+    /// after the canary (`bluegreen` starts every green machine at once). Default: a third
+    /// of the app's machines, at least one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_unavailable: Option<i32>,
@@ -156,6 +157,12 @@ pub enum FlyStrategy {
     Immediate,
     /// One machine first; once it is healthy, the rest as `rolling`.
     Canary,
+    /// A green twin of every machine (same config and region, the new image), started beside
+    /// it out of the Fly proxy; once every green passes its checks (within 5 minutes) the
+    /// greens take the traffic and the old machines are destroyed. A green that does not
+    /// come up fails the step: the greens are destroyed, the old machines keep serving.
+    /// Not for apps whose machines mount volumes.
+    BlueGreen,
 }
 
 /// One step of a rollout.
@@ -676,6 +683,10 @@ pub struct StepStatus {
     /// The platform's deployment state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// A Fly `bluegreen` deployment's green machines (ids), recorded as soon as they are
+    /// created, before Tether waits on them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub green_machines: Vec<String>,
     /// When the deployment started (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,

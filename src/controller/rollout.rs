@@ -13,6 +13,7 @@ use futures::future::join_all;
 use crate::api::common::SecretKeyRef;
 use crate::api::release::{Artifact, ComponentPlatform, ReleaseSpec, StepStatus};
 use crate::api::{Environment, Release};
+use crate::platform::fly::BlueGreenRun;
 use crate::platform::{
     DeploySource, Deployment, DeploymentState, Deployments, FlyClient, FlyStrategy, Platform,
     PlatformError, PlatformResult, RenderClient, Token, VercelClient,
@@ -431,6 +432,7 @@ fn fly_strategy(artifact: &Artifact, environment: &Environment) -> FlyStrategy {
             max_unavailable,
             hold: false,
         },
+        crate::api::release::FlyStrategy::BlueGreen => FlyStrategy::BlueGreen,
     }
 }
 
@@ -438,8 +440,9 @@ fn fly_strategy(artifact: &Artifact, environment: &Environment) -> FlyStrategy {
 /// — when an earlier reconcile recorded it [`STARTING`], first adopting a deployment of the
 /// same source already on the platform, which a crash right after the deploy call leaves
 /// behind — or reads its state. A Fly rollout moves its
-/// machines one batch further each time; a Vercel promotion is recorded under the promoted
-/// deployment's id. Returns the updated entry.
+/// machines one batch further each time (a `bluegreen` one records its green machines in the
+/// entry, for `who`); a Vercel promotion is recorded under the promoted deployment's id.
+/// Returns the updated entry.
 ///
 /// Run inside a rollout's scope ([`advance_step`]), a request that would wait a second or
 /// more for the platform's rate limit is not sent: the entry is returned as it was (saying
@@ -448,8 +451,29 @@ pub async fn advance(
     target: &Target,
     mut entry: StepStatus,
     now: &str,
+    who: &str,
 ) -> (StepStatus, Option<Duration>) {
     let result = match (&target.how, &target.client, &entry.deployment_id) {
+        (How::Roll(FlyStrategy::BlueGreen), Client::Fly(c), _) => {
+            let DeploySource::Image(image) = &target.source else {
+                return (entry, None);
+            };
+            let started = entry.started_at.get_or_insert_with(|| now.to_string());
+            let run = BlueGreenRun {
+                owner: who.to_owned(),
+                recorded: entry.green_machines.clone(),
+                waited: elapsed(started, now),
+            };
+            c.bluegreen(&target.id, image, &run).await.map(|moved| {
+                // Every green this rollout made stays recorded, the destroyed ones too.
+                for id in moved.green {
+                    if !entry.green_machines.contains(&id) {
+                        entry.green_machines.push(id);
+                    }
+                }
+                moved.deployment
+            })
+        }
         (How::Roll(strategy), Client::Fly(c), _) => {
             let DeploySource::Image(image) = &target.source else {
                 return (entry, None);
@@ -534,6 +558,20 @@ pub async fn advance(
     (entry, None)
 }
 
+/// The time from `started` to `now` (RFC 3339; zero when either does not parse).
+fn elapsed(started: &str, now: &str) -> Duration {
+    match (
+        started.parse::<jiff::Timestamp>(),
+        now.parse::<jiff::Timestamp>(),
+    ) {
+        (Ok(started), Ok(now)) => now
+            .duration_since(started)
+            .try_into()
+            .unwrap_or(Duration::ZERO),
+        _ => Duration::ZERO,
+    }
+}
+
 /// Advances every component of one step in parallel, as the rollout of `who` (its
 /// rate-limit waits park: see [`advance`]): the entries, and the soonest time a parked one
 /// may go on.
@@ -550,7 +588,7 @@ pub async fn advance_step(
         who,
         join_all(entries.into_iter().map(|entry| async move {
             match targets.get(&entry.component) {
-                Some(target) => advance(target, entry, now).await,
+                Some(target) => advance(target, entry, now, who).await,
                 None => (entry, None),
             }
         })),
