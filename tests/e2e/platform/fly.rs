@@ -242,6 +242,137 @@ async fn a_rollout_goes_live_a_failing_image_fails_and_rollback_restores_it() {
 }
 
 #[tokio::test]
+async fn a_bluegreen_rollout_serves_its_greens_only_once_all_pass_and_a_crashing_one_leaves_blue() {
+    use tether::platform::fly::{BlueGreenRun, GREEN_OF};
+    let env = harness::start(Platform::Fly, SCALE).await;
+    let client = FlyClient::new(env.http(Platform::Fly));
+    client.ensure_app(&app("api")).await.unwrap();
+    let mut spec = machine("api-ams-0", "acme/api:1");
+    spec.config.checks.insert(
+        "alive".into(),
+        MachineCheck {
+            kind: "http".into(),
+            port: 8080,
+            path: Some("/healthz".into()),
+            interval: Some("10s".into()),
+            timeout: Some("2s".into()),
+        },
+    );
+    for name in ["api-ams-0", "api-ams-1"] {
+        spec.name = name.into();
+        client.ensure_machine("api", &spec).await.unwrap();
+    }
+    assert_eq!(
+        settled(&client, "api", "acme/api:1").await,
+        DeploymentState::Live
+    );
+    let blue = client.list_machines("api").await.unwrap();
+    let run = BlueGreenRun::default();
+    // First move: a green twin per machine, out of the proxy.
+    let moved = client.bluegreen("api", "acme/api:2", &run).await.unwrap();
+    assert_eq!(moved.deployment.state, DeploymentState::Deploying);
+    assert_eq!(moved.green.len(), 2);
+    let all = client.list_machines("api").await.unwrap();
+    assert_eq!(all.len(), 4);
+    for m in all.iter().filter(|m| moved.green.contains(&m.id)) {
+        assert!(m.name.ends_with("-g"), "{}", m.name);
+        assert!(blue.iter().any(|b| m.green_of() == Some(b.id.as_str())));
+        assert_eq!(m.config.env, spec.config.env, "the blue machine's config");
+    }
+    let (_, body) = app_answer(env.sandbox.edge_url(), "api.fly.dev").await;
+    assert!(body.contains("acme/api:1 ok"), "{body}");
+    // Moved on until live: the blue machines are gone, the greens serve.
+    let live = eventually("bluegreen live", Duration::from_secs(10), || async {
+        let moved = client.bluegreen("api", "acme/api:2", &run).await.unwrap();
+        (moved.deployment.state == DeploymentState::Live).then_some(moved)
+    })
+    .await;
+    let now = client.list_machines("api").await.unwrap();
+    let mut ids: Vec<String> = now.iter().map(|m| m.id.clone()).collect();
+    ids.sort();
+    let mut green = live.green.clone();
+    green.sort();
+    assert_eq!(ids, green);
+    assert!(now.iter().all(|m| m.metadata.contains_key(GREEN_OF)));
+    for _ in 0..4 {
+        let (_, body) = app_answer(env.sandbox.edge_url(), "api.fly.dev").await;
+        assert!(body.contains("acme/api:2 ok"), "{body}");
+    }
+    // A version that never passes its checks: its greens go, the machines stay as they were.
+    env.set_faults(
+        Platform::Fly,
+        Faults {
+            crashing_sources: vec!["acme/api:3".into()],
+            ..Faults::default()
+        },
+    );
+    let failed = eventually("bluegreen failed", Duration::from_secs(10), || async {
+        let moved = client.bluegreen("api", "acme/api:3", &run).await.unwrap();
+        (moved.deployment.state == DeploymentState::Failed).then_some(moved)
+    })
+    .await;
+    assert!(
+        failed
+            .deployment
+            .platform_state
+            .contains("check(s) alive critical"),
+        "{}",
+        failed.deployment.platform_state
+    );
+    let after = client.list_machines("api").await.unwrap();
+    assert_eq!(after, now, "the machines are as they were");
+    // Names alternate: the greens of the `-g` machines were `-b`.
+    assert!(env.sandbox.exchanges().iter().any(|e| {
+        e.method == "POST"
+            && e.request_body
+                .as_ref()
+                .is_some_and(|b| b["name"] == "api-ams-0-b")
+    }));
+    env.check_contract(Platform::Fly);
+}
+
+#[tokio::test]
+async fn a_rollout_after_a_bluegreen_stopped_half_way_destroys_its_greens_first() {
+    use tether::platform::FlyStrategy;
+    use tether::platform::fly::BlueGreenRun;
+    let env = harness::start(Platform::Fly, SCALE).await;
+    let client = FlyClient::new(env.http(Platform::Fly));
+    client.ensure_app(&app("api")).await.unwrap();
+    for name in ["api-ams-0", "api-ams-1"] {
+        client
+            .ensure_machine("api", &machine(name, "acme/api:1"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        settled(&client, "api", "acme/api:1").await,
+        DeploymentState::Live
+    );
+    let blue = client.list_machines("api").await.unwrap();
+    // A bluegreen to version 2 made its greens, then stopped (superseded, say).
+    let stopped = client
+        .bluegreen("api", "acme/api:2", &BlueGreenRun::default())
+        .await
+        .unwrap();
+    assert_eq!(client.list_machines("api").await.unwrap().len(), 4);
+    // A rollback (every machine at once) to version 1: the greens go, nothing to update.
+    let back = client
+        .roll("api", "acme/api:1", FlyStrategy::Immediate)
+        .await
+        .unwrap();
+    assert_eq!(back.state, DeploymentState::Live, "{back:?}");
+    let now = client.list_machines("api").await.unwrap();
+    assert_eq!(now, blue);
+    assert!(
+        stopped
+            .green
+            .iter()
+            .all(|id| now.iter().all(|m| &m.id != id))
+    );
+    env.check_contract(Platform::Fly);
+}
+
+#[tokio::test]
 async fn an_update_racing_another_writer_is_a_conflict_not_a_lost_write() {
     let env = harness::start(Platform::Fly, SCALE).await;
     let client = FlyClient::new(env.http(Platform::Fly));

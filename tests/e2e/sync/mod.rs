@@ -8,6 +8,7 @@ mod fly;
 mod notifications;
 mod progress;
 mod release;
+mod release_bluegreen;
 mod render;
 mod supabase;
 mod vercel;
