@@ -61,8 +61,9 @@ pub const STARTING: &str = "Starting";
 impl Target {
     /// Whether advancing a component without a deployment id starts a new deployment of
     /// its source (a Render deploy or rollback, a Vercel build): one to record as
-    /// [`STARTING`] first. Fly rollouts (the machines are their state) and Vercel promotions
-    /// (keyed by the promoted id) need no record.
+    /// [`STARTING`] first. Fly rollouts (the machines are their state; a `bluegreen` one's
+    /// green machines name in their metadata the machine they replace, so they are found
+    /// again) and Vercel promotions (keyed by the promoted id) need no record.
     pub fn starts_deployment(&self) -> bool {
         matches!(self.how, How::Deploy | How::Build { .. } | How::Rollback(_))
     }

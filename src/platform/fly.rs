@@ -12,6 +12,9 @@
 //! Fly has no deployment object: a deployment here is "every machine of the app runs image
 //! X". Its id is the image reference; its state is read from the machines (all `started` →
 //! live, any `failed` → failed), and rolling back is deploying the earlier image again.
+//! A `bluegreen` rollout ([`FlyClient::bluegreen`]) replaces the machines instead of
+//! updating them: each green twin names the machine it replaces in its config's metadata, so
+//! the machines alone say where the rollout is.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -1146,14 +1149,17 @@ enum BlueGreenMove {
     Settled(DeploymentState, String),
 }
 
+/// A green twin and its blue machine (indexes into the machines planned from).
+type Pair = (usize, usize);
+
 /// A blue-green rollout's plan: indexes into the machines it was planned from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct BlueGreenPlan {
-    /// Twins of another image beside their blue machine (green, blue): a rollout stopped
-    /// half-way, ended first.
-    stale: Vec<(usize, usize)>,
-    /// This rollout's twins (green, blue).
-    pairs: Vec<(usize, usize)>,
+    /// Twins of another image beside their blue machine: a rollout stopped half-way, ended
+    /// first.
+    stale: Vec<Pair>,
+    /// This rollout's twins.
+    pairs: Vec<Pair>,
     next: BlueGreenMove,
 }
 
@@ -1164,11 +1170,11 @@ struct BlueGreenPlan {
 /// after [`BLUEGREEN_WAIT`], abort the rollout.
 fn plan_bluegreen(machines: &[FlyMachine], image: &str, run: &BlueGreenRun) -> BlueGreenPlan {
     let index = |id: &str| machines.iter().position(|m| m.id == id);
-    let twins: Vec<(usize, usize)> = green_twins(machines)
+    let twins: Vec<Pair> = green_twins(machines)
         .into_iter()
         .filter_map(|(green, blue)| Some((index(green)?, index(blue)?)))
         .collect();
-    let (pairs, stale): (Vec<(usize, usize)>, Vec<(usize, usize)>) = twins
+    let (pairs, stale): (Vec<Pair>, Vec<Pair>) = twins
         .iter()
         .partition(|(green, _)| machines[*green].config.image == image);
     let blues: Vec<usize> = (0..machines.len())
@@ -1216,12 +1222,16 @@ fn plan_bluegreen(machines: &[FlyMachine], image: &str, run: &BlueGreenRun) -> B
             break 'next BlueGreenMove::Create(blues);
         }
         if pairs.is_empty() {
-            let (state, text) = rollout_state(machines, image);
+            // (The stale twins are destroyed before this is reported.)
+            let kept: Vec<FlyMachine> = (0..machines.len())
+                .filter(|i| !stale.iter().any(|(green, _)| green == i))
+                .map(|i| machines[i].clone())
+                .collect();
+            let (state, text) = rollout_state(&kept, image);
             let text = match state {
-                DeploymentState::Live => format!(
-                    "{n}/{n} machines started, checks passing",
-                    n = machines.len()
-                ),
+                DeploymentState::Live => {
+                    format!("{n}/{n} machines started, checks passing", n = kept.len())
+                }
                 _ => text,
             };
             break 'next BlueGreenMove::Settled(state, text);

@@ -2582,7 +2582,6 @@ mod tests {
         f.previous = status;
         f.drift_possible = true;
         let green = twin_of(&mut observed, "web-ams-1", "acme/web:2");
-        // Scaled down meanwhile: the slot being replaced goes, and only once alone its twin.
         let planned = f.plan(&observed);
         assert!(planned.work.steps.is_empty(), "{:?}", planned.work.steps);
         let slot = planned
@@ -2597,6 +2596,7 @@ mod tests {
         assert_eq!(planned.objects[slot].id.as_deref(), Some("m-web-ams-1"));
         assert!(planned.work.records[slot].ready);
         assert!(planned.objects.iter().all(|o| o.name != green.name));
+        // Scaled down meanwhile: the machine being replaced goes (its twin, once alone).
         f.apps[0].regions[0].count = 1;
         let planned = f.plan(&observed);
         assert_eq!(
