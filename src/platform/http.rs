@@ -442,13 +442,13 @@ impl Line {
         self.turns.is_empty() && self.next <= now
     }
 
-    /// Puts `who` at the end of the line (or first, at `earliest`, when it is the first);
-    /// the wait until its turn.
-    fn queue(&mut self, who: &std::sync::Arc<str>, now: Instant) -> Duration {
-        let turn = self.next.max(now);
+    /// Puts `who` at the end of the line, no earlier than `earliest`; the wait until its
+    /// turn.
+    fn queue(&mut self, who: &std::sync::Arc<str>, earliest: Instant) -> Duration {
+        let turn = self.next.max(earliest);
         self.next = turn + self.period;
         self.turns.insert(who.clone(), turn);
-        turn - now
+        turn.saturating_duration_since(Instant::now())
     }
 }
 
@@ -467,8 +467,16 @@ enum Turn {
 /// The least time a turn is kept for a parked request that has not come back.
 const STALE_TURN: Duration = Duration::from_secs(5);
 
-/// How early before its turn a parked request may come back and still go.
-const PARK_GRACE: Duration = Duration::from_millis(250);
+/// When a sync parked for `wait` comes back: a little before its turn, so that it is in a
+/// worker, its observation done, when the token is there (a sync coming back late leaves the
+/// token unused: the limit's throughput is lost); the rest it waits out in place.
+fn come_back(wait: Duration) -> Duration {
+    wait.saturating_sub(crate::sync::progress::PARK_AFTER / 2)
+}
+
+/// How early before its turn a parked request may come back and still go (it then waits
+/// out the rest in place, as a wait this short is).
+const PARK_GRACE: Duration = crate::sync::progress::PARK_AFTER;
 
 impl Limiters {
     fn new(limits: &[LimitSpec]) -> Self {
@@ -510,50 +518,66 @@ impl Limiters {
                 _ => break,
             }
         }
+        // A sync's requests take their turn in the line of each limit (their own requests
+        // only ask the limiter at their turn); requests outside a sync (`tether plan`) wait.
+        let who = progress::who().filter(|_| progress::parks(PARK_AFTER));
         for class in request.limits {
-            if let Some((spec, limiter)) = self.classes.get(class) {
-                let key = if spec.per_key {
-                    request.limit_key.clone()
-                } else {
-                    String::new()
-                };
-                let line_key = (*class, key.clone());
-                // A sync's request joins the line when there is one (or at its turn, takes
-                // it); requests outside a sync (`tether plan`, a Release's rollout) wait.
-                let who = progress::who().filter(|_| progress::parks(PARK_AFTER));
+            let Some((spec, limiter)) = self.classes.get(class) else {
+                continue;
+            };
+            let key = if spec.per_key {
+                request.limit_key.clone()
+            } else {
+                String::new()
+            };
+            let line_key = (*class, key.clone());
+            loop {
                 let turn = match &who {
                     Some(who) => self.turn(&line_key, who),
                     None => Turn::Ask,
                 };
                 if let Turn::Park(wait) = turn {
-                    progress::waiting(platform, request.operation, wait);
-                    return Err(wait);
+                    if progress::parks(wait) {
+                        progress::waiting(platform, request.operation, wait);
+                        return Err(come_back(wait));
+                    }
+                    // Its turn is too close to be worth a reconcile: waited out in place.
+                    tokio::time::sleep(wait).await;
+                    continue;
                 }
                 let Err(not_until) = limiter.check_key(&key) else {
-                    continue;
+                    break;
                 };
                 let wait = not_until.wait_time_from(limiter.clock().now());
-                progress::waiting(platform, request.operation, wait);
-                if let Some(who) = &who
-                    && wait >= PARK_AFTER
-                {
-                    // The first to wait long starts the line (or, its turn taken by a
-                    // request that does not queue, is first in it again).
-                    let now = Instant::now();
+                let Some(who) = &who else {
+                    progress::waiting(platform, request.operation, wait);
+                    limiter.until_key_ready(&key).await;
+                    break;
+                };
+                // Every sync that waits takes a turn in line, parked or not: the wait it
+                // is told counts those ahead of it (the limiter alone would tell each the
+                // next token, and keep them all in their workers).
+                let now = Instant::now();
+                let wait = {
                     let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
                     let line = lines
-                        .entry(line_key)
+                        .entry(line_key.clone())
                         .or_insert_with(|| Line::new(now + wait, spec.period()));
-                    let wait = if turn == Turn::Now {
+                    if turn == Turn::Now {
+                        // Its turn, but the token went to a request outside the line: it is
+                        // first again.
                         line.turns.insert(who.clone(), now + wait);
                         line.next = line.next.max(now + wait + line.period);
                         wait
                     } else {
-                        line.queue(who, now)
-                    };
-                    return Err(wait);
+                        line.queue(who, now + wait)
+                    }
+                };
+                if progress::parks(wait) {
+                    progress::waiting(platform, request.operation, wait);
+                    return Err(come_back(wait));
                 }
-                limiter.until_key_ready(&key).await;
+                tokio::time::sleep(wait).await;
             }
         }
         Ok(())
@@ -1030,7 +1054,8 @@ mod tests {
     }
 
     fn about(wait: Result<(), Duration>, periods: u32, period: Duration) -> bool {
-        let wait = wait.expect_err("parked");
+        // A parked sync comes back half of PARK_AFTER before its turn.
+        let wait = wait.expect_err("parked") + crate::sync::progress::PARK_AFTER / 2;
         let want = period * periods;
         wait <= want && wait + Duration::from_millis(200) >= want
     }
@@ -1061,6 +1086,37 @@ mod tests {
         assert_eq!(create_as(&limiters, "ns/b").await, Ok(()));
         assert!(about(create_as(&limiters, "ns/c").await, 1, period));
         assert!(about(create_as(&limiters, "ns/e").await, 3, period));
+    }
+
+    #[tokio::test]
+    async fn a_wait_counts_those_ahead_in_line_and_only_a_short_one_is_waited_out_in_place() {
+        // One create at once, then one every 45 ms: a short wait (under PARK_AFTER) is not
+        // worth a reconcile, but the third in line waits three periods and parks.
+        let spec = LimitSpec {
+            class: "create",
+            max: 1,
+            window: Duration::from_millis(45),
+            style: LimitStyle::Bucket { burst: 1 },
+            per_key: false,
+        };
+        let period = spec.period();
+        assert!(period * 2 < crate::sync::progress::PARK_AFTER);
+        assert!(period * 3 > crate::sync::progress::PARK_AFTER);
+        let limiters = Limiters::new(&[spec]);
+        assert_eq!(create_as(&limiters, "ns/a").await, Ok(()));
+        let started = Instant::now();
+        let timed = |who| {
+            let limiters = &limiters;
+            async move { (create_as(limiters, who).await, started.elapsed()) }
+        };
+        let ((b, b_at), (c, c_at), (d, _)) =
+            tokio::join!(timed("ns/b"), timed("ns/c"), timed("ns/d"));
+        // B and C waited in place for their turns, in order, one period apart.
+        assert_eq!((b, c), (Ok(()), Ok(())));
+        assert!(b_at + period / 2 <= c_at, "b at {b_at:?}, c at {c_at:?}");
+        assert!(c_at >= period * 2 - Duration::from_millis(10), "{c_at:?}");
+        // D was told the wait behind both, not the next token's.
+        assert!(about(d, 3, period), "{d:?}");
     }
 
     #[test]

@@ -86,8 +86,10 @@ pub fn who() -> Option<std::sync::Arc<str>> {
 
 /// Rate-limit waits at least this long are not waited out inside a controller's sync: the
 /// request fails with `RateLimited`, the sync stops there (what it did is recorded), and the
-/// Environment is reconciled again when the limit allows, so no worker is held by a wait.
-pub const PARK_AFTER: Duration = Duration::from_secs(1);
+/// Environment is reconciled again when the limit allows, so no worker is held by a wait
+/// longer than this. (A wait counts every sync ahead in the limit's line, see
+/// `platform::http`; shorter ones are over before a reconcile would come back.)
+pub const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// Whether a wait of `wait` is parked instead of waited out: only inside a scope (a
 /// controller's sync); `tether plan` and direct client calls wait.
