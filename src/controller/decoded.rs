@@ -5,12 +5,8 @@
 //!   schema) would otherwise fail the whole list and stop every object of the kind; here
 //!   that object decodes to `Err(message)` and is reported on its own while the others
 //!   reconcile. `metadata.managedFields` is dropped while parsing (nothing reads it).
-//! - [`MetaOnly<K>`]: a Secret or ConfigMap as the watches see it: metadata only. The data
-//!   is dropped while parsing, so Secret values never sit in controller memory through a
-//!   watch.
 
 use std::borrow::Cow;
-use std::marker::PhantomData;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
@@ -127,44 +123,10 @@ impl<K: Resource<DynamicType = ()>> Resource for Decoded<K> {
     }
 }
 
-/// The metadata of an object of kind `K`; everything else is dropped while parsing.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-pub struct MetaOnly<K> {
-    /// The object's metadata.
-    pub metadata: ObjectMeta,
-    #[serde(skip)]
-    kind: PhantomData<fn() -> K>,
-}
-
-impl<K: Resource<DynamicType = ()>> Resource for MetaOnly<K> {
-    type DynamicType = ();
-    type Scope = K::Scope;
-
-    fn kind(dt: &()) -> Cow<'_, str> {
-        K::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        K::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        K::version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        K::plural(dt)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::Environment;
-    use k8s_openapi::api::core::v1::Secret;
 
     #[test]
     fn a_valid_object_decodes_with_its_conditions_and_without_managed_fields() {
@@ -206,18 +168,5 @@ mod tests {
         let items: Vec<Decoded<Environment>> = serde_json::from_value(list).unwrap();
         assert!(items[0].object().is_ok());
         assert!(items[1].object().is_err());
-    }
-
-    #[test]
-    fn secret_data_is_dropped_when_only_metadata_is_watched() {
-        let value = serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "token", "namespace": "ns"},
-            "data": {"token": "c2VjcmV0LXZhbHVl"}
-        });
-        let secret: MetaOnly<Secret> = serde_json::from_value(value).unwrap();
-        let back = serde_json::to_string(&secret).unwrap();
-        assert!(!back.contains("c2VjcmV0LXZhbHVl"));
-        assert_eq!(MetaOnly::<Secret>::plural(&()), "secrets");
     }
 }

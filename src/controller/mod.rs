@@ -12,7 +12,8 @@
 //! - [`environment`], [`release`], [`migration`]: the reconcilers, each observe → plan → act
 //!   → report with a pure plan; [`references`] resolves what a spec names; [`conditions`]
 //!   computes kstatus conditions.
-//! - [`server`]: `/metrics`, `/healthz`, `/readyz`; [`leader`]: Lease-based leader
+//! - [`events`]: the shared event recorder, its memory bounded; [`server`]: `/metrics`,
+//!   `/healthz`, `/readyz`; [`leader`]: Lease-based leader
 //!   election; [`rbac`]: the API calls the controllers make; [`cli`]: `tether controller`.
 
 pub mod analysis;
@@ -21,6 +22,7 @@ pub mod conditions;
 pub mod decoded;
 pub mod environment;
 pub mod error;
+pub mod events;
 pub mod gates;
 pub mod health;
 pub mod leader;
@@ -40,6 +42,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as RuntimeConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -51,7 +54,7 @@ use tracing::{info, warn};
 use crate::api::{Environment, Migration, Release};
 use crate::sync::{Platforms, PlatformsConfig};
 use crate::telemetry::MetricsRegistry;
-use decoded::{Decoded, MetaOnly};
+use decoded::Decoded;
 use error::Backoff;
 use metrics::ControllerMetrics;
 use reconcile::{Context, Reconciled};
@@ -206,6 +209,10 @@ pub(crate) async fn run_registered(
     let runtime = RuntimeConfig::default().concurrency(config.concurrency);
     let ns = config.namespace.as_deref();
 
+    // The watches of referenced objects ask for metadata only (`PartialObjectMeta`: what
+    // the mappers read), so no spec, status or Secret data crosses the wire, fills a list
+    // page or sits in controller memory.
+    //
     // An Environment's own status writes do not trigger it again: the resync interval and
     // the requeues schedule those reconciles (see `environment::changed`).
     let env_changes = watcher::watcher(api::<Decoded<Environment>>(&client, ns), watch.clone())
@@ -215,11 +222,11 @@ pub(crate) async fn run_registered(
     let environments =
         Controller::for_stream(env_changes, env_store.clone()).with_config(runtime.clone());
     let environments = environments.watches(
-        api::<MetaOnly<Secret>>(&client, ns),
+        api::<PartialObjectMeta<Secret>>(&client, ns),
         watcher::Config::default(),
         referencing(
             env_store.clone(),
-            |env: &Environment, secret: &MetaOnly<Secret>| {
+            |env: &Environment, secret: &PartialObjectMeta<Secret>| {
                 environment::references_secret(env, &secret.name_any())
             },
         ),
@@ -230,11 +237,11 @@ pub(crate) async fn run_registered(
     let release_store = releases.store();
     let releases = releases
         .watches(
-            api::<MetaOnly<Environment>>(&client, ns),
+            api::<PartialObjectMeta<Environment>>(&client, ns),
             watcher::Config::default(),
             referencing(
                 release_store.clone(),
-                |rel: &Release, env: &MetaOnly<Environment>| {
+                |rel: &Release, env: &PartialObjectMeta<Environment>| {
                     let name = env.name_any();
                     rel.spec.environment_ref.name == name
                         || rel
@@ -246,11 +253,11 @@ pub(crate) async fn run_registered(
             ),
         )
         .watches(
-            api::<MetaOnly<Migration>>(&client, ns),
+            api::<PartialObjectMeta<Migration>>(&client, ns),
             watcher::Config::default(),
             referencing(
                 release_store.clone(),
-                |rel: &Release, mig: &MetaOnly<Migration>| {
+                |rel: &Release, mig: &PartialObjectMeta<Migration>| {
                     rel.spec.migrations.contains(&mig.name_any())
                 },
             ),
@@ -261,11 +268,11 @@ pub(crate) async fn run_registered(
     let migration_store = migrations.store();
     let migrations = migrations
         .watches(
-            api::<MetaOnly<Environment>>(&client, ns),
+            api::<PartialObjectMeta<Environment>>(&client, ns),
             watcher::Config::default(),
             referencing(
                 migration_store.clone(),
-                |m: &Migration, env: &MetaOnly<Environment>| {
+                |m: &Migration, env: &PartialObjectMeta<Environment>| {
                     m.spec
                         .database
                         .environment_ref
@@ -275,11 +282,11 @@ pub(crate) async fn run_registered(
             ),
         )
         .watches(
-            api::<MetaOnly<Secret>>(&client, ns),
+            api::<PartialObjectMeta<Secret>>(&client, ns),
             watcher::Config::default(),
             referencing(
                 migration_store.clone(),
-                |m: &Migration, s: &MetaOnly<Secret>| {
+                |m: &Migration, s: &PartialObjectMeta<Secret>| {
                     m.spec
                         .database
                         .connection_secret_ref
@@ -289,11 +296,11 @@ pub(crate) async fn run_registered(
             ),
         )
         .watches(
-            api::<MetaOnly<ConfigMap>>(&client, ns),
+            api::<PartialObjectMeta<ConfigMap>>(&client, ns),
             watcher::Config::default(),
             referencing(
                 migration_store.clone(),
-                |m: &Migration, c: &MetaOnly<ConfigMap>| {
+                |m: &Migration, c: &PartialObjectMeta<ConfigMap>| {
                     m.spec
                         .source
                         .config_map_ref
@@ -458,7 +465,7 @@ mod tests {
         }))
     }
 
-    fn secret(namespace: &str, name: &str) -> MetaOnly<Secret> {
+    fn secret(namespace: &str, name: &str) -> PartialObjectMeta<Secret> {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "namespace": namespace},
         }))
@@ -481,7 +488,7 @@ mod tests {
         }
         let mapper = referencing(
             writer.as_reader(),
-            |env: &Environment, s: &MetaOnly<Secret>| {
+            |env: &Environment, s: &PartialObjectMeta<Secret>| {
                 environment::references_secret(env, &s.name_any())
             },
         );

@@ -26,7 +26,7 @@ use futures::FutureExt;
 use kube::api::{Patch, PatchParams};
 use kube::core::NamespaceResourceScope;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -38,6 +38,7 @@ use crate::api::Environment;
 use crate::controller::conditions::{self, Verdict};
 use crate::controller::decoded::Decoded;
 use crate::controller::error::{Backoff, ReconcileError};
+use crate::controller::events::Events;
 use crate::controller::metrics::{ControllerMetrics, ReconcileResult};
 use crate::controller::migration::MigrationRuns;
 use crate::sync::Platforms;
@@ -55,7 +56,7 @@ pub struct Context {
     /// API client.
     pub client: Client,
     /// The shared event recorder (reporter `tether-controller`).
-    pub recorder: Recorder,
+    pub recorder: Events,
     /// Reconcile metrics.
     pub metrics: ControllerMetrics,
     /// Retry bounds for transient errors.
@@ -95,7 +96,7 @@ impl Context {
             // Tells replicas apart in `kubectl describe` (the chart sets POD_NAME).
             instance: std::env::var("POD_NAME").ok(),
         };
-        let recorder = Recorder::new(client.clone(), reporter);
+        let recorder = Events::new(client.clone(), reporter);
         Self {
             client,
             recorder,
@@ -131,15 +132,21 @@ impl Context {
         let Some(store) = &self.environments else {
             return Owners::default();
         };
-        let environments = store.state();
-        Owners::of(
-            environments.iter().filter_map(|env| {
-                let object = env.object().ok()?;
-                let objects = object.status.as_ref()?.objects.as_slice();
-                Some((object_key(object), objects))
-            }),
-            except,
-        )
+        let store = store.clone();
+        let except = except.to_string();
+        Owners::new(move |platform, id| {
+            let environments = store.state();
+            Owners::lookup(
+                environments.iter().filter_map(|env| {
+                    let object = env.object().ok()?;
+                    let objects = object.status.as_ref()?.objects.as_slice();
+                    Some((object_key(object), objects))
+                }),
+                &except,
+                platform,
+                id,
+            )
+        })
     }
 
     fn record_failure(&self, key: &str) -> u32 {

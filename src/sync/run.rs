@@ -2,7 +2,8 @@
 //! platform depends on another's objects), each observe → plan → act through its driver.
 //! Used by the Environment controller (apply and cleanup) and by `tether plan` (plan only).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use futures::future::join_all;
 
@@ -42,37 +43,42 @@ pub struct Request<'a> {
     pub owners: &'a Owners,
 }
 
-/// Platform objects other Environments manage, by platform and id: an object has one owner,
-/// so an Environment whose plan finds one of them is refused instead of adopting it.
-#[derive(Clone, Debug, Default)]
-pub struct Owners(HashMap<(String, String), String>);
+/// Platform objects other Environments manage: an object has one owner, so an Environment
+/// whose plan finds one of them is refused instead of adopting it. Looked up on demand (only
+/// a plan that would take over an object it did not manage yet asks), so a reconcile does not
+/// index every Environment's objects.
+#[derive(Clone, Default)]
+pub struct Owners(Option<Arc<OwnerLookup>>);
+
+/// `(platform, id)` → the Environment (`namespace/name`) managing that object, if another does.
+type OwnerLookup = dyn Fn(Platform, &str) -> Option<String> + Send + Sync;
 
 impl Owners {
+    /// Owners found by `lookup`.
+    pub fn new(lookup: impl Fn(Platform, &str) -> Option<String> + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(lookup)))
+    }
+
     /// The objects recorded in the status of `environments` (`namespace/name` and
-    /// `status.objects`), except those of `except`.
-    pub fn of<'o>(
+    /// `status.objects`), except those of `except`, as one Environment's lookup sees them.
+    pub fn lookup<'o>(
         environments: impl IntoIterator<Item = (String, &'o [ManagedObject])>,
         except: &str,
-    ) -> Self {
-        let mut owners = HashMap::new();
-        for (environment, objects) in environments {
-            if environment == except {
-                continue;
-            }
-            for object in objects {
-                if let Some(id) = &object.id {
-                    owners.insert((object.platform.clone(), id.clone()), environment.clone());
-                }
-            }
-        }
-        Self(owners)
+        platform: Platform,
+        id: &str,
+    ) -> Option<String> {
+        environments.into_iter().find_map(|(environment, objects)| {
+            (environment != except
+                && objects
+                    .iter()
+                    .any(|o| o.platform == platform.as_str() && o.id.as_deref() == Some(id)))
+            .then_some(environment)
+        })
     }
 
     /// The Environment managing the object `id` of `platform`, if another does.
-    pub fn owner(&self, platform: Platform, id: &str) -> Option<&str> {
-        self.0
-            .get(&(platform.as_str().to_string(), id.to_string()))
-            .map(String::as_str)
+    pub fn owner(&self, platform: Platform, id: &str) -> Option<String> {
+        self.0.as_ref().and_then(|lookup| lookup(platform, id))
     }
 }
 
@@ -263,8 +269,11 @@ async fn drive<D: Driver>(
     // platform until one of the two lets it go.
     let taken = planned.objects.iter().find_map(|p| {
         let id = p.id.as_deref()?;
+        if input.previous(&p.kind, &p.name).is_some() {
+            return None;
+        }
         let owner = owners.owner(platform, id)?;
-        (input.previous(&p.kind, &p.name).is_none()).then_some((p, id, owner))
+        Some((p, id, owner))
     });
     if let Some((plan, id, owner)) = taken
         && !input.deleting
@@ -345,7 +354,8 @@ pub fn failure(error: &PlatformError) -> Failure {
             reason: "RateLimited",
             message: format!(
                 "{platform} is waiting for its API rate limit: {operation} is sent at {at} (in {}s)",
-                retry_after.as_secs()
+                // (A wait under a second says "in 1s", not "in 0s".)
+                retry_after.as_secs_f64().ceil()
             ),
             permanent: false,
             retry_after: Some(*retry_after),
