@@ -3,6 +3,14 @@
 
 use clap::{Parser, Subcommand};
 
+// jemalloc instead of glibc malloc: the controller allocates small, short-lived objects by the
+// million (JSON from the API and the platforms). Measured with `cargo bench --bench sync` at
+// 2,000 Environments: glibc spent about a third of the controller's CPU in malloc/free and
+// kept freed memory fragmented; jemalloc took 40% less CPU and the lowest peak RSS of the
+// three allocators tried (mimalloc's was a third higher).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Tether keeps Render, Vercel, Fly.io and Supabase matching your Kubernetes manifests.
 #[derive(Parser)]
 #[command(name = "tether", version, about)]
