@@ -45,7 +45,8 @@
 //! `--environments 2000` about five. `cargo bench --bench sync -- --environments 200
 //! --interval 10` runs a small one; `--time-scale`, `--concurrency`, `--timeout`,
 //! `--waiting`, `--probes` and `--log-level` (the controller's) are the other knobs, each
-//! also an environment variable (`TETHER_BENCH_*`).
+//! also an environment variable (`TETHER_BENCH_*`); `TETHER_BENCH_LOG_FILE` keeps the
+//! controller's log in that file.
 
 #[path = "support/flags.rs"]
 mod flags;
@@ -53,6 +54,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
@@ -65,7 +67,7 @@ use tether::localapi::{self, LocalApiConfig, LocalApiHandle, StoreConfig};
 use tether::platform::Platform;
 use tether::platform::http::{LimitStyle, documented_limits};
 use tether::sandbox::{SandboxConfig, SandboxHandle};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 /// The platforms the benchmark's Environments use.
@@ -295,22 +297,81 @@ fn written(env: &Environment, generation: Option<i64>) -> bool {
     applied || state(env).ready
 }
 
-/// Watches the Environments and publishes the [`Progress`] after every change.
+/// Spec changes whose first platform write is awaited: Environment name → (the generation
+/// the change makes, when it was made, who waits for the time it took).
+type Probes = Arc<Mutex<HashMap<String, (i64, Instant, oneshot::Sender<Duration>)>>>;
+
+/// Watches the Environments and publishes the [`Progress`] after every change (counted as
+/// each Environment changes, not recounted over all of them), and answers the [`Probes`]
+/// when the watch shows their write.
 fn watch_progress(
     api: Api<Environment>,
-) -> (watch::Receiver<Progress>, tokio::task::JoinHandle<()>) {
+) -> (
+    watch::Receiver<Progress>,
+    Probes,
+    tokio::task::JoinHandle<()>,
+) {
     let (send, receive) = watch::channel(Progress::default());
+    let probes = Probes::default();
+    let pending = probes.clone();
     let task = tokio::spawn(async move {
         let mut states: HashMap<String, State> = HashMap::new();
+        let mut counts = Progress::default();
+        // Not-ready Environments per reason, and one message of each reason.
+        let mut reasons: BTreeMap<String, (usize, String)> = BTreeMap::new();
+        let mut count = |state: &State, sign: isize, counts: &mut Progress| {
+            let add = |n: &mut usize, yes: bool| {
+                if yes {
+                    *n = n.saturating_add_signed(sign);
+                }
+            };
+            add(&mut counts.ready, state.ready);
+            add(&mut counts.rate_limited, state.rate_limited);
+            add(&mut counts.stalled, state.stalled);
+            if !state.ready {
+                let reason = if state.reason.is_empty() {
+                    "(no Ready condition yet)"
+                } else {
+                    &state.reason
+                };
+                let entry = reasons
+                    .entry(reason.to_string())
+                    .or_insert_with(|| (0, state.message.clone()));
+                entry.0 = entry.0.saturating_add_signed(sign);
+                if entry.0 == 0 {
+                    reasons.remove(reason);
+                }
+            }
+            counts.not_ready = reasons
+                .iter()
+                .map(|(reason, (_, message))| (reason.clone(), message.clone()))
+                .collect();
+        };
         let mut events = std::pin::pin!(watcher::watcher(api, watcher::Config::default()));
         while let Some(event) = events.next().await {
             match event {
                 Ok(Event::Apply(env) | Event::InitApply(env)) => {
                     let name = env.metadata.name.clone().unwrap_or_default();
-                    states.insert(name, state(&env));
+                    {
+                        let mut probes = pending.lock().unwrap();
+                        if let Some((generation, _, _)) = probes.get(&name)
+                            && written(&env, Some(*generation))
+                            && let Some((_, changed, done)) = probes.remove(&name)
+                        {
+                            let _ = done.send(changed.elapsed());
+                        }
+                    }
+                    let new = state(&env);
+                    count(&new, 1, &mut counts);
+                    if let Some(old) = states.insert(name, new) {
+                        count(&old, -1, &mut counts);
+                    }
                 }
                 Ok(Event::Delete(env)) => {
-                    states.remove(&env.metadata.name.clone().unwrap_or_default());
+                    if let Some(old) = states.remove(&env.metadata.name.clone().unwrap_or_default())
+                    {
+                        count(&old, -1, &mut counts);
+                    }
                 }
                 Ok(Event::Init) => continue,
                 Ok(Event::InitDone) => {}
@@ -320,29 +381,12 @@ fn watch_progress(
                     continue;
                 }
             }
-            let mut progress = Progress::default();
-            for state in states.values() {
-                progress.ready += usize::from(state.ready);
-                progress.rate_limited += usize::from(state.rate_limited);
-                progress.stalled += usize::from(state.stalled);
-                if !state.ready {
-                    let reason = if state.reason.is_empty() {
-                        "(no Ready condition yet)"
-                    } else {
-                        &state.reason
-                    };
-                    progress
-                        .not_ready
-                        .entry(reason.to_string())
-                        .or_insert_with(|| state.message.clone());
-                }
-            }
-            if send.send(progress).is_err() {
+            if send.send(counts.clone()).is_err() {
                 return;
             }
         }
     });
-    (receive, task)
+    (receive, probes, task)
 }
 
 /// The controller binary, run as its own process.
@@ -587,6 +631,7 @@ async fn latency(
     client: &kube::Client,
     settings: &Settings,
     progress: &mut watch::Receiver<Progress>,
+    probes: &Probes,
 ) {
     if settings.probes == 0 {
         return;
@@ -628,9 +673,10 @@ async fn latency(
         }
         let _ = tokio::time::timeout(Duration::from_millis(100), progress.changed()).await;
     }
-    let probes = (settings.waiting..settings.waiting + settings.probes).map(|i| {
+    let timed = (settings.waiting..settings.waiting + settings.probes).map(|i| {
         let api = api.clone();
         let progress = progress.clone();
+        let probes = probes.clone();
         let name = format!("bench-{i:04}");
         let mut vercel = serde_json::to_value(environment(i, settings.interval).spec.vercel)
             .expect("the Vercel spec serializes");
@@ -638,8 +684,21 @@ async fn latency(
             json!(format!("https://{name}-api-v2.onrender.com"));
         async move {
             tokio::time::sleep(Duration::from_millis(20) * (i - settings.waiting) as u32).await;
+            let generation = api
+                .get(&name)
+                .await
+                .expect("read the Environment")
+                .metadata
+                .generation
+                .unwrap_or_default();
             let waiting = progress.borrow().rate_limited;
-            let changed = Instant::now();
+            // The watch answers when status shows the change's write (no polling, which
+            // would load the API the controller writes to).
+            let (done, took) = oneshot::channel();
+            probes
+                .lock()
+                .unwrap()
+                .insert(name.clone(), (generation + 1, Instant::now(), done));
             let patched = api
                 .patch(
                     &name,
@@ -648,18 +707,16 @@ async fn latency(
                 )
                 .await
                 .expect("change the Vercel env var");
-            loop {
-                if let Ok(env) = api.get(&name).await
-                    && written(&env, patched.metadata.generation)
-                {
-                    return (changed.elapsed(), waiting);
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            assert_eq!(
+                patched.metadata.generation,
+                Some(generation + 1),
+                "{name} changed by someone else meanwhile"
+            );
+            (took.await.expect("the watch answers"), waiting)
         }
     });
     let probed: Vec<(Duration, usize)> =
-        tokio::time::timeout(Duration::from_secs(120), futures::future::join_all(probes))
+        tokio::time::timeout(Duration::from_secs(120), futures::future::join_all(timed))
             .await
             .expect("every probed change is written within 120 s");
     let waiting = probed.iter().map(|(_, w)| *w).min().unwrap_or(0);
@@ -827,7 +884,9 @@ async fn main() {
         serde_saphyr::to_string(&api.kubeconfig()).expect("the kubeconfig serializes"),
     )
     .expect("write the kubeconfig");
-    let log = dir.path().join("controller.log");
+    // `TETHER_BENCH_LOG_FILE` keeps the controller's log (with `--log-level`) after the run.
+    let log = std::env::var_os("TETHER_BENCH_LOG_FILE")
+        .map_or_else(|| dir.path().join("controller.log"), Into::into);
 
     credentials(&client, &sandbox).await;
     let created = Instant::now();
@@ -837,7 +896,7 @@ async fn main() {
         created.elapsed().as_secs_f64()
     );
     let environments: Api<Environment> = Api::namespaced(client.clone(), NAMESPACE);
-    let (mut progress, watching) = watch_progress(environments);
+    let (mut progress, probes, watching) = watch_progress(environments);
 
     // 1. Convergence from nothing.
     let controller = Controller::spawn(&settings, &sandbox, &kubeconfig, &log).await;
@@ -984,7 +1043,7 @@ async fn main() {
     }
 
     // 3. Latency of a spec change while others wait for a rate limit.
-    latency(&client, &settings, &mut progress).await;
+    latency(&client, &settings, &mut progress, &probes).await;
 
     // 4. Peak memory.
     let (hwm, rss, cpu) = controller.memory_and_cpu();
