@@ -659,7 +659,8 @@ async fn latency(
     // Until the number that say they wait has grown and then stops growing (the first ones
     // in line are served meanwhile, at Render's pace): the probes are timed while those wait,
     // not while the controller is still taking in their spec changes.
-    let until = Instant::now() + Duration::from_secs(60);
+    let patched = Instant::now();
+    let until = patched + Duration::from_secs(60);
     let mut most = waiting_before;
     let mut grown = Instant::now();
     while Instant::now() < until
@@ -673,6 +674,15 @@ async fn latency(
         }
         let _ = tokio::time::timeout(Duration::from_millis(100), progress.changed()).await;
     }
+    // How many of them were seen waiting at once, and when: the probes below are only timed
+    // "while N wait" if the controller took the spec changes in faster than the limit serves.
+    println!(
+        "latency: at most {} of the {} Environments given a second Render service said they wait at once ({:.1}s after their changes); the probes start {:.1}s after",
+        most.saturating_sub(waiting_before),
+        settings.waiting,
+        grown.duration_since(patched).as_secs_f64(),
+        patched.elapsed().as_secs_f64()
+    );
     let timed = (settings.waiting..settings.waiting + settings.probes).map(|i| {
         let api = api.clone();
         let progress = progress.clone();
