@@ -407,61 +407,105 @@ struct Limiters {
     lines: Mutex<HashMap<(&'static str, String), Line>>,
 }
 
-/// The requests parked for one limit, each with its turn: parked requests are not all woken
-/// by the next token (a thundering herd that would keep every worker busy re-reconciling),
-/// each comes back at its own turn, one period apart, in the order they came; a newcomer
-/// queues behind them.
+/// The syncs waiting for one limit, in the order they came: the next token is for the first
+/// one in a worker, unless one ahead of it is expected back for it (parked, its turn not yet
+/// come). Parked syncs thus keep their place, are not all woken by the next token (a
+/// thundering herd that would keep every worker busy re-reconciling), and one coming back
+/// late (the workers were busy) neither loses its place nor holds the others back meanwhile
+/// (a token left unused is throughput lost for good). Each is told the wait behind those ahead of it, so that only the first
+/// one or two wait in a worker.
 #[derive(Debug)]
 struct Line {
-    /// Whose sync waits (`namespace/name`) → its turn.
-    turns: HashMap<std::sync::Arc<str>, Instant>,
-    /// The turn the next newcomer gets.
-    next: Instant,
-    /// The time between two turns (the limit's period).
+    /// Who waits, first first.
+    waiting: std::collections::VecDeque<Place>,
+    /// When the limiter has its next token (as it said at the last refusal).
+    next_token: Instant,
+    /// The time between two tokens (the limit's period).
     period: Duration,
 }
 
+/// One sync's place in a line.
+#[derive(Debug)]
+struct Place {
+    /// Whose sync (`namespace/name`).
+    who: std::sync::Arc<str>,
+    /// When it was told its turn comes.
+    turn: Instant,
+    /// In a worker now, waiting in place (not parked).
+    present: bool,
+}
+
 impl Line {
-    /// A line whose first turn is `first`.
-    fn new(first: Instant, period: Duration) -> Line {
-        Line {
-            turns: HashMap::new(),
-            next: first,
-            period,
+    /// Forgets syncs long past their turn that never came back (gone, or their spec no
+    /// longer needs the request); whether the line is over.
+    fn tidy(&mut self, now: Instant) -> bool {
+        let stale = (self.period * 2).max(STALE_TURN);
+        self.waiting
+            .retain(|p| p.present || now.saturating_duration_since(p.turn) < stale);
+        self.waiting.is_empty()
+    }
+
+    /// `who`'s place, joining at the end if it is not in line, and the turn it was told
+    /// before (`None` for a newcomer).
+    fn place_of(&mut self, who: &std::sync::Arc<str>, now: Instant) -> (usize, Option<Instant>) {
+        match self.waiting.iter().position(|p| p.who == *who) {
+            Some(index) => (index, Some(self.waiting[index].turn)),
+            None => {
+                self.waiting.push_back(Place {
+                    who: who.clone(),
+                    turn: now,
+                    present: false,
+                });
+                (self.waiting.len() - 1, None)
+            }
         }
     }
 
-    /// Forgets turns long past (their sync went away or got its token otherwise); whether
-    /// the line is over (nobody in it, its last turn past).
-    fn tidy(&mut self, now: Instant) -> bool {
-        // (A sync comes back a little late when the workers are busy: its turn is kept a
-        // while, so that it is not sent to the end of the line.)
-        let stale = (self.period * 2).max(STALE_TURN) + PARK_GRACE;
-        self.turns
-            .retain(|_, turn| now.saturating_duration_since(*turn) < stale);
-        self.turns.is_empty() && self.next <= now
-    }
-
-    /// Puts `who` at the end of the line, no earlier than `earliest`; the wait until its
-    /// turn.
-    fn queue(&mut self, who: &std::sync::Arc<str>, earliest: Instant) -> Duration {
-        let turn = self.next.max(earliest);
-        self.next = turn + self.period;
-        self.turns.insert(who.clone(), turn);
-        turn.saturating_duration_since(Instant::now())
+    /// How many ahead of `index` the next tokens are kept for: those in a worker, and
+    /// those parked whose turn has not come yet.
+    fn ahead(&self, index: usize, now: Instant) -> u32 {
+        let holding = self
+            .waiting
+            .range(..index)
+            .filter(|p| p.present || now < p.turn)
+            .count();
+        u32::try_from(holding).unwrap_or(u32::MAX)
     }
 }
 
-/// Where a request of a sync stands in a limit's line.
+/// What a sync's request does next about one limit.
 #[derive(Debug, PartialEq, Eq)]
-enum Turn {
-    /// Not in line (or no line): ask the limiter.
-    Ask,
-    /// Its turn now: the token is its (ask the limiter; if another took it, it is first in
-    /// line again).
-    Now,
-    /// Park for this long.
+enum Step {
+    /// It has its token: send.
+    Go,
+    /// Its turn is close: wait this long in place, then ask again.
+    Wait(Duration),
+    /// Its turn is this far: park (the sync returns and comes back for it).
     Park(Duration),
+}
+
+/// A sync waiting in place: when the wait ends or is abandoned (the reconcile was dropped),
+/// it no longer holds the next token back for itself.
+struct InPlace<'a> {
+    limiters: &'a Limiters,
+    line_key: &'a (&'static str, String),
+    who: &'a std::sync::Arc<str>,
+}
+
+impl Drop for InPlace<'_> {
+    fn drop(&mut self) {
+        let mut lines = self
+            .limiters
+            .lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(place) = lines
+            .get_mut(self.line_key)
+            .and_then(|line| line.waiting.iter_mut().find(|p| p.who == *self.who))
+        {
+            place.present = false;
+        }
+    }
 }
 
 /// The least time a turn is kept for a parked request that has not come back.
@@ -473,10 +517,6 @@ const STALE_TURN: Duration = Duration::from_secs(5);
 fn come_back(wait: Duration) -> Duration {
     wait.saturating_sub(crate::sync::progress::PARK_AFTER / 2)
 }
-
-/// How early before its turn a parked request may come back and still go (it then waits
-/// out the rest in place, as a wait this short is).
-const PARK_GRACE: Duration = crate::sync::progress::PARK_AFTER;
 
 impl Limiters {
     fn new(limits: &[LimitSpec]) -> Self {
@@ -518,8 +558,8 @@ impl Limiters {
                 _ => break,
             }
         }
-        // A sync's requests take their turn in the line of each limit (their own requests
-        // only ask the limiter at their turn); requests outside a sync (`tether plan`) wait.
+        // A sync's requests take their turn in the line of each limit; requests outside a
+        // sync (`tether plan`) wait for the limiter.
         let who = progress::who().filter(|_| progress::parks(PARK_AFTER));
         for class in request.limits {
             let Some((spec, limiter)) = self.classes.get(class) else {
@@ -530,75 +570,98 @@ impl Limiters {
             } else {
                 String::new()
             };
+            let Some(who) = &who else {
+                if let Err(not_until) = limiter.check_key(&key) {
+                    let wait = not_until.wait_time_from(limiter.clock().now());
+                    progress::waiting(platform, request.operation, wait);
+                    limiter.until_key_ready(&key).await;
+                }
+                continue;
+            };
             let line_key = (*class, key.clone());
             loop {
-                let turn = match &who {
-                    Some(who) => self.turn(&line_key, who),
-                    None => Turn::Ask,
-                };
-                if let Turn::Park(wait) = turn {
-                    if progress::parks(wait) {
+                match self.step(&line_key, who, limiter, spec.period()) {
+                    Step::Go => break,
+                    Step::Park(wait) => {
                         progress::waiting(platform, request.operation, wait);
                         return Err(come_back(wait));
                     }
-                    // Its turn is too close to be worth a reconcile: waited out in place.
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-                let Err(not_until) = limiter.check_key(&key) else {
-                    break;
-                };
-                let wait = not_until.wait_time_from(limiter.clock().now());
-                let Some(who) = &who else {
-                    progress::waiting(platform, request.operation, wait);
-                    limiter.until_key_ready(&key).await;
-                    break;
-                };
-                // Every sync that waits takes a turn in line, parked or not: the wait it
-                // is told counts those ahead of it (the limiter alone would tell each the
-                // next token, and keep them all in their workers).
-                let now = Instant::now();
-                let wait = {
-                    let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-                    let line = lines
-                        .entry(line_key.clone())
-                        .or_insert_with(|| Line::new(now + wait, spec.period()));
-                    if turn == Turn::Now {
-                        // Its turn, but the token went to a request outside the line: it is
-                        // first again.
-                        line.turns.insert(who.clone(), now + wait);
-                        line.next = line.next.max(now + wait + line.period);
-                        wait
-                    } else {
-                        line.queue(who, now + wait)
+                    Step::Wait(wait) => {
+                        let _in_place = InPlace {
+                            limiters: self,
+                            line_key: &line_key,
+                            who,
+                        };
+                        tokio::time::sleep(wait).await;
                     }
-                };
-                if progress::parks(wait) {
-                    progress::waiting(platform, request.operation, wait);
-                    return Err(come_back(wait));
                 }
-                tokio::time::sleep(wait).await;
             }
         }
         Ok(())
     }
 
-    /// Where `who`'s request stands in the line of `line_key`, if there is one.
-    fn turn(&self, line_key: &(&'static str, String), who: &std::sync::Arc<str>) -> Turn {
+    /// What `who`'s request does next about the limit of `line_key`: take the token if
+    /// nobody ahead holds it, else wait in place when its turn is under [`PARK_AFTER`]
+    /// away, or park until it.
+    fn step(
+        &self,
+        line_key: &(&'static str, String),
+        who: &std::sync::Arc<str>,
+        limiter: &DefaultKeyedRateLimiter<String>,
+        period: Duration,
+    ) -> Step {
+        use crate::sync::progress::PARK_AFTER;
         let now = Instant::now();
+        let next_token = |not_until: governor::NotUntil<_>| {
+            now + not_until.wait_time_from(limiter.clock().now())
+        };
         let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
         // Lines that are over go (every key's line, so keys never asked again do not stay).
         lines.retain(|_, line| !line.tidy(now));
-        let Some(line) = lines.get_mut(line_key) else {
-            return Turn::Ask;
-        };
-        match line.turns.get(who).copied() {
-            Some(turn) if turn > now + PARK_GRACE => Turn::Park(turn - now),
-            Some(_) => {
-                line.turns.remove(who);
-                Turn::Now
+        let line = match lines.entry(line_key.clone()) {
+            std::collections::hash_map::Entry::Occupied(line) => line.into_mut(),
+            // Nobody waits: a token goes at once, else the line starts.
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                match limiter.check_key(&line_key.1) {
+                    Ok(()) => return Step::Go,
+                    Err(not_until) => vacant.insert(Line {
+                        waiting: std::collections::VecDeque::new(),
+                        next_token: next_token(not_until),
+                        period,
+                    }),
+                }
             }
-            None => Turn::Park(line.queue(who, now)),
+        };
+        let (index, told) = line.place_of(who, now);
+        let ahead = line.ahead(index, now);
+        if ahead == 0 {
+            match limiter.check_key(&line_key.1) {
+                Ok(()) => {
+                    line.waiting.remove(index);
+                    return Step::Go;
+                }
+                Err(not_until) => line.next_token = next_token(not_until),
+            }
+        }
+        let wait = line.next_token.saturating_duration_since(now) + line.period * ahead;
+        // A sync back for its turn waits a little longer in place: one ahead of it that came
+        // back late took a token meanwhile, and parking again would make it late in turn and
+        // send everyone behind it around once more.
+        let back_for_turn = told.is_some_and(|turn| turn <= now + PARK_AFTER);
+        let in_place = if back_for_turn {
+            PARK_AFTER * 2
+        } else {
+            PARK_AFTER
+        };
+        let place = &mut line.waiting[index];
+        place.turn = now + wait;
+        if wait >= in_place {
+            place.present = false;
+            Step::Park(wait)
+        } else {
+            place.present = true;
+            // Ask again at the next token at the latest: one ahead may have gone meanwhile.
+            Step::Wait(wait.min(line.period).max(Duration::from_millis(1)))
         }
     }
 
@@ -1117,6 +1180,67 @@ mod tests {
         assert!(c_at >= period * 2 - Duration::from_millis(10), "{c_at:?}");
         // D was told the wait behind both, not the next token's.
         assert!(about(d, 3, period), "{d:?}");
+    }
+
+    fn create_line(period_ms: u64) -> (Limiters, Duration) {
+        let spec = LimitSpec {
+            class: "create",
+            max: 1,
+            window: Duration::from_millis(period_ms),
+            style: LimitStyle::Bucket { burst: 1 },
+            per_key: false,
+        };
+        let period = spec.period();
+        (Limiters::new(&[spec]), period)
+    }
+
+    fn step_of(limiters: &Limiters, who: &str) -> Step {
+        let (spec, limiter) = &limiters.classes["create"];
+        let who: std::sync::Arc<str> = who.into();
+        limiters.step(&("create", String::new()), &who, limiter, spec.period())
+    }
+
+    fn parked_about(step: Step, periods: u32, period: Duration) -> bool {
+        let Step::Park(wait) = step else {
+            return false;
+        };
+        let want = period * periods;
+        wait <= want && wait + Duration::from_millis(30) >= want
+    }
+
+    #[tokio::test]
+    async fn of_many_syncs_asking_at_once_only_the_first_two_wait_in_a_worker() {
+        // A token every 45 ms: ten syncs ask right after one was taken. Only those whose turn
+        // is under PARK_AFTER away wait in place; the others park, one period apart.
+        let (limiters, period) = create_line(45);
+        assert_eq!(step_of(&limiters, "ns/0"), Step::Go);
+        let steps: Vec<Step> = (1..=10)
+            .map(|n| step_of(&limiters, &format!("ns/{n}")))
+            .collect();
+        let in_place = steps.iter().filter(|s| matches!(s, Step::Wait(_))).count();
+        assert_eq!(in_place, 2, "{steps:?}");
+        for (n, step) in steps.into_iter().enumerate().skip(2) {
+            assert!(parked_about(step, n as u32 + 1, period), "ns/{}", n + 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sync_back_late_keeps_its_place_without_holding_the_others_back() {
+        // A token every 120 ms: B and C park for the next two.
+        let (limiters, period) = create_line(120);
+        assert_eq!(step_of(&limiters, "ns/a"), Step::Go);
+        assert!(parked_about(step_of(&limiters, "ns/b"), 1, period));
+        assert!(parked_about(step_of(&limiters, "ns/c"), 2, period));
+        // Neither comes back in time (their workers were busy): the token is not kept for
+        // them, D (come meanwhile) takes it.
+        tokio::time::sleep(period * 2 + Duration::from_millis(30)).await;
+        assert_eq!(step_of(&limiters, "ns/d"), Step::Go);
+        // Back, B and C are still first and second: B, back for its turn, waits in place for
+        // the next token; a newcomer queues behind them.
+        let b = step_of(&limiters, "ns/b");
+        assert!(matches!(b, Step::Wait(wait) if wait <= period), "{b:?}");
+        assert!(parked_about(step_of(&limiters, "ns/c"), 2, period));
+        assert!(parked_about(step_of(&limiters, "ns/e"), 3, period));
     }
 
     #[test]
