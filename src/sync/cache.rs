@@ -2,11 +2,13 @@
 //! returned, per account and scope, so that one paged list serves every Environment of that
 //! account instead of one read per object per reconcile (an informer for vendor APIs).
 //!
-//! Entries are fetched single-flight (concurrent reconciles wait for the one request in
-//! flight), are served while younger than the cache's max age, and are written through after
-//! Tether's own writes (so a create is visible to the next reconcile without a re-list).
-//! Out-of-band changes are therefore seen at most one max age late, which is what a resync
-//! interval means anyway.
+//! Entries are fetched single-flight, are served while younger than the cache's max age, and
+//! are written through after Tether's own writes (so a create is visible to the next
+//! reconcile without a re-list). While one reconcile re-lists an entry that aged out, the
+//! others are served the value it replaces (up to two max ages old) instead of waiting: a
+//! re-list of thousands of objects takes a second, and every reconcile of the account would
+//! otherwise hold its worker for it. Out-of-band changes are therefore seen at most two max
+//! ages late, which is what a resync interval means anyway.
 //!
 //! A sub-list of one object (a Render service's env vars, a Vercel project's domains, a Fly
 //! app's secrets) is read through [`ObserveCache::get_or_fetch_unless_changed`]: it is
@@ -150,6 +152,20 @@ impl ObserveCache {
         stored.value.clone().downcast::<T>().ok()
     }
 
+    /// The cached value of `key` if it is younger than `age`.
+    fn younger_than<T: Send + Sync + 'static>(
+        &self,
+        key: &CacheKey,
+        age: Duration,
+    ) -> Option<Arc<T>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let stored = entries.get(key)?.value.as_ref()?;
+        if stored.at.elapsed() > age {
+            return None;
+        }
+        stored.value.clone().downcast::<T>().ok()
+    }
+
     /// The cached value of `key` if it is younger than the max age; otherwise runs `fetch`
     /// (once, however many callers wait) and caches its result. Errors are not cached.
     pub async fn get_or_fetch<T, F, Fut>(&self, key: &CacheKey, fetch: F) -> PlatformResult<Arc<T>>
@@ -216,7 +232,19 @@ impl ObserveCache {
                 .fetching
                 .clone()
         };
-        let _flight = gate.lock().await;
+        let _flight = match gate.try_lock() {
+            Ok(flight) => flight,
+            Err(_) => {
+                // A re-list is under way: the value it replaces serves meanwhile (up to two
+                // max ages old), so no reconcile holds its worker for another's re-list.
+                if signal.is_none()
+                    && let Some(stale) = self.younger_than::<T>(key, self.max_age * 2)
+                {
+                    return Ok(stale);
+                }
+                gate.lock().await
+            }
+        };
         // Another caller may have fetched while this one waited.
         if let Some(hit) = self.fresh(key, signal, keep) {
             return Ok(hit);
@@ -306,6 +334,58 @@ mod tests {
         assert!(results.iter().all(|r| r.as_slice() == ["web"]));
         read().await;
         assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn while_one_reader_re_lists_the_others_get_the_value_it_replaces() {
+        let cache = ObserveCache::new(Duration::from_millis(50));
+        let key = CacheKey::new("render", "acct", "tea-1", "services");
+        let v1: Arc<u32> = cache.get_or_fetch(&key, || async { Ok(1) }).await.unwrap();
+        assert_eq!(*v1, 1);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // Aged out: the first reader re-lists (slowly); one arriving meanwhile does not wait.
+        let (started, ready) = tokio::sync::oneshot::channel();
+        let relist = {
+            let cache = cache.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch::<u32, _, _>(&key, || async move {
+                        let _ = started.send(());
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        Ok(2)
+                    })
+                    .await
+                    .unwrap()
+            })
+        };
+        ready.await.unwrap();
+        let served = Instant::now();
+        let meanwhile: Arc<u32> = cache.get_or_fetch(&key, || async { Ok(3) }).await.unwrap();
+        assert_eq!(*meanwhile, 1);
+        assert!(served.elapsed() < Duration::from_millis(100));
+        assert_eq!(*relist.await.unwrap(), 2);
+        // Past two max ages, a reader waits for the re-list rather than take older news.
+        tokio::time::sleep(Duration::from_millis(110)).await;
+        let (started, ready) = tokio::sync::oneshot::channel();
+        let relist = {
+            let cache = cache.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch::<u32, _, _>(&key, || async move {
+                        let _ = started.send(());
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok(4)
+                    })
+                    .await
+                    .unwrap()
+            })
+        };
+        ready.await.unwrap();
+        let waited: Arc<u32> = cache.get_or_fetch(&key, || async { Ok(5) }).await.unwrap();
+        assert_eq!(*waited, 4);
+        assert_eq!(*relist.await.unwrap(), 4);
     }
 
     #[tokio::test]
