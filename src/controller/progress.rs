@@ -179,24 +179,55 @@ fn later_by(a: SystemTime, b: SystemTime) -> Duration {
     a.duration_since(b).unwrap_or_default()
 }
 
+/// News no write waits for (a plan, a rate-limit wait) is shown once it is this old, or
+/// with the next write's record if one comes first; a sync that ends sooner leaves it to the
+/// reconcile's own status write. A change that takes one platform write thus costs one
+/// status write before it, not two, and a sync that parks at once costs none.
+pub const SHOW_AFTER: Duration = crate::sync::progress::REPORTED_WAIT;
+
 /// Writes status from the reports on `reports` until the sync drops its end; a write's
 /// report is answered once status holds it.
 pub async fn write(start: Start, mut reports: UnboundedReceiver<Report>) {
     let mut tracker = Tracker::new(start.objects.clone());
     let mut written: Option<serde_json::Value> = None;
-    while let Some(first) = reports.recv().await {
-        let mut waiting = Vec::new();
-        let mut show = fold(&mut tracker, first, &mut waiting);
-        // Reports that arrived while the last write was in flight go into this one.
-        while let Ok(next) = reports.try_recv() {
-            show |= fold(&mut tracker, next, &mut waiting);
+    let mut waiting = Vec::new();
+    let mut show = false;
+    // When the news folded in so far is shown at the latest.
+    let mut due: Option<tokio::time::Instant> = None;
+    loop {
+        let received = match due {
+            None => reports.recv().await,
+            Some(at) => tokio::select! {
+                received = reports.recv() => received,
+                () = tokio::time::sleep_until(at) => None,
+            },
+        };
+        match received {
+            Some(report) => {
+                show |= fold(&mut tracker, report, &mut waiting);
+                // Reports that arrived meanwhile go into the same write.
+                while let Ok(next) = reports.try_recv() {
+                    show |= fold(&mut tracker, next, &mut waiting);
+                }
+                if waiting.is_empty() {
+                    if show && due.is_none() {
+                        due = Some(tokio::time::Instant::now() + SHOW_AFTER);
+                    }
+                    continue;
+                }
+            }
+            // The sync ended: what it did not wait for is the reconcile's to write.
+            None if due.is_none_or(|at| at > tokio::time::Instant::now()) => break,
+            None => {}
         }
         let status = status_of(&start, &tracker, SystemTime::now());
         if show && written.as_ref() != Some(&status) {
             patch(&start, &status).await;
             written = Some(status);
         }
-        for recorded in waiting {
+        show = false;
+        due = None;
+        for recorded in waiting.drain(..) {
             let _ = recorded.send(());
         }
     }
