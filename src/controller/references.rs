@@ -140,58 +140,45 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Reads every object `references` name from namespace `namespace`.
+    /// Reads every object `references` name from namespace `namespace`, all at once (a
+    /// reconcile waits for one round trip, not one per reference).
     pub async fn read(
         client: &Client,
         namespace: &str,
         references: &[Reference],
     ) -> Result<Self, ReconcileError> {
+        let mut seen = BTreeSet::new();
+        let distinct: Vec<&Reference> = references
+            .iter()
+            .filter(|r| seen.insert((r.kind, r.name.as_str())))
+            .collect();
+        let reads = futures::future::try_join_all(
+            distinct
+                .iter()
+                .map(|reference| read_one(client, namespace, reference)),
+        )
+        .await?;
         let mut snapshot = Snapshot::default();
-        for reference in references {
-            let name = reference.name.as_str();
-            let read_error = |source| ReconcileError::ReadReference {
-                what: format!("{} {:?}", reference.kind, name),
-                source,
-            };
-            match reference.kind {
-                RefKind::Secret if !snapshot.secrets.contains_key(name) => {
-                    let secret = crate::platform::credentials::read_secret(client, namespace, name)
-                        .await
-                        .map_err(|e| ReconcileError::from_secret_read(name, e))?;
+        for (reference, read) in distinct.into_iter().zip(reads) {
+            let name = reference.name.clone();
+            match read {
+                Read::Secret(secret) => {
                     if let Some(secret) = &secret {
-                        keep_values(&mut snapshot.values, name, secret);
+                        keep_values(&mut snapshot.values, &name, secret);
                     }
                     snapshot
                         .secrets
-                        .insert(name.to_string(), secret.map(secret_keys));
+                        .insert(name, secret.map(|secret| secret_keys(*secret)));
                 }
-                RefKind::ConfigMap if !snapshot.config_maps.contains_key(name) => {
-                    let config_map = Api::<ConfigMap>::namespaced(client.clone(), namespace)
-                        .get_opt(name)
-                        .await
-                        .map_err(read_error)?;
-                    snapshot.config_maps.insert(
-                        name.to_string(),
-                        config_map.map(|c| c.data.unwrap_or_default()),
-                    );
+                Read::ConfigMap(data) => {
+                    snapshot.config_maps.insert(name, data);
                 }
-                RefKind::Environment if !snapshot.environments.contains_key(name) => {
-                    let environment = Api::<Environment>::namespaced(client.clone(), namespace)
-                        .get_opt(name)
-                        .await
-                        .map_err(read_error)?;
-                    snapshot.environments.insert(name.to_string(), environment);
+                Read::Environment(environment) => {
+                    snapshot.environments.insert(name, environment.map(|e| *e));
                 }
-                RefKind::Migration if !snapshot.migrations.contains_key(name) => {
-                    // Metadata is enough: the Release only needs the Migration to exist.
-                    let exists = Api::<Migration>::namespaced(client.clone(), namespace)
-                        .get_metadata_opt(name)
-                        .await
-                        .map_err(read_error)?
-                        .is_some();
-                    snapshot.migrations.insert(name.to_string(), exists);
+                Read::Migration(exists) => {
+                    snapshot.migrations.insert(name, exists);
                 }
-                _ => {}
             }
         }
         Ok(snapshot)
@@ -248,6 +235,56 @@ impl Snapshot {
 }
 
 /// Keeps the text values of `secret`, as they are (tokens are trimmed where they are used).
+/// One referenced object as read (`None`: it does not exist).
+enum Read {
+    Secret(Option<Box<Secret>>),
+    ConfigMap(Option<BTreeMap<String, String>>),
+    Environment(Option<Box<Environment>>),
+    /// Whether the Migration exists (metadata is enough: a Release only needs that).
+    Migration(bool),
+}
+
+async fn read_one(
+    client: &Client,
+    namespace: &str,
+    reference: &Reference,
+) -> Result<Read, ReconcileError> {
+    let name = reference.name.as_str();
+    let read_error = |source| ReconcileError::ReadReference {
+        what: format!("{} {:?}", reference.kind, name),
+        source,
+    };
+    Ok(match reference.kind {
+        RefKind::Secret => Read::Secret(
+            crate::platform::credentials::read_secret(client, namespace, name)
+                .await
+                .map_err(|e| ReconcileError::from_secret_read(name, e))?
+                .map(Box::new),
+        ),
+        RefKind::ConfigMap => Read::ConfigMap(
+            Api::<ConfigMap>::namespaced(client.clone(), namespace)
+                .get_opt(name)
+                .await
+                .map_err(read_error)?
+                .map(|c| c.data.unwrap_or_default()),
+        ),
+        RefKind::Environment => Read::Environment(
+            Api::<Environment>::namespaced(client.clone(), namespace)
+                .get_opt(name)
+                .await
+                .map_err(read_error)?
+                .map(Box::new),
+        ),
+        RefKind::Migration => Read::Migration(
+            Api::<Migration>::namespaced(client.clone(), namespace)
+                .get_metadata_opt(name)
+                .await
+                .map_err(read_error)?
+                .is_some(),
+        ),
+    })
+}
+
 fn keep_values(values: &mut SecretValues, name: &str, secret: &Secret) {
     let data = secret
         .data
