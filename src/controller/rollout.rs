@@ -493,8 +493,10 @@ pub async fn advance(
                 true => Some(target.client.list(&target.id).await),
                 false => None,
             };
+            // A list that failed (or waits for the rate limit) says nothing about what the
+            // crash left behind: nothing is sent until it can be read.
             let adopted = match listed {
-                Some(Ok(list)) => list.into_iter().find(|d| {
+                Some(Ok(list)) => Ok(list.into_iter().find(|d| {
                     d.source.as_deref() == source_text(&target.source)
                         && !matches!(
                             d.state,
@@ -502,12 +504,14 @@ pub async fn advance(
                                 | DeploymentState::Canceled
                                 | DeploymentState::Superseded
                         )
-                }),
-                Some(Err(_)) | None => None,
+                })),
+                Some(Err(error)) => Err(error),
+                None => Ok(None),
             };
             match adopted {
-                Some(deployment) => Ok(deployment),
-                None => {
+                Err(error) => Err(error),
+                Ok(Some(deployment)) => Ok(deployment),
+                Ok(None) => {
                     entry.started_at = Some(now.to_string());
                     match (&target.how, &target.client, &target.source) {
                         (How::Build { name, repo }, Client::Vercel(c), DeploySource::Git(git)) => {
