@@ -113,6 +113,9 @@ pub struct Faults {
     pub slow_sources: Vec<String>,
     /// How long a slow version takes to answer, in milliseconds (wall time).
     pub slow_ms: u64,
+    /// Requests answered with a 5xx without being applied, each as `METHOD path-suffix`
+    /// (`GET /deploys`: every list of a service's deploys).
+    pub failing_requests: Vec<String>,
 }
 
 /// One request/response pair seen by the sandbox.
@@ -988,7 +991,11 @@ async fn handle_request(
             .unwrap_or_else(|| common.wall(Duration::from_secs(1)));
         return common.too_many(wait, window);
     }
-    if faults.error_share > 0.0 && rand::random::<f64>() < faults.error_share {
+    let failing = faults.failing_requests.iter().any(|f| {
+        f.split_once(' ')
+            .is_some_and(|(m, suffix)| m == method && path.ends_with(suffix))
+    });
+    if failing || faults.error_share > 0.0 && rand::random::<f64>() < faults.error_share {
         let status = if rand::random::<bool>() {
             StatusCode::INTERNAL_SERVER_ERROR
         } else {

@@ -786,6 +786,54 @@ async fn a_newer_release_of_an_environment_waits_for_the_one_in_progress() {
     h.stop().await;
 }
 
+#[tokio::test]
+async fn after_a_crash_mid_deploy_nothing_is_sent_again_until_the_platforms_deploys_can_be_read() {
+    let mut h = SyncHarness::start().await;
+    h.apply(shop()).await;
+    h.wait_ready("shop").await;
+    // Every Render call takes a while: the API's deploy stays `Starting` in status meanwhile.
+    h.sandbox.set_faults(
+        Platform::Render,
+        Faults {
+            latency_ms: 400,
+            ..Faults::default()
+        },
+    );
+    apply_release(&h, shop_release("shop-2", "2")).await;
+    wait_release(&h, "shop-2", |r| {
+        r["status"]["steps"].as_array().is_some_and(|steps| {
+            steps
+                .iter()
+                .any(|s| s["component"] == "shop-api" && s["state"] == "Starting")
+        })
+    })
+    .await;
+    // Killed with the deploy recorded as starting; the next controller cannot list the
+    // service's deploys (to find the one the crash may have left behind).
+    h.kill_controllers();
+    h.sandbox.set_faults(
+        Platform::Render,
+        Faults {
+            failing_requests: vec!["GET /deploys".into()],
+            ..Faults::default()
+        },
+    );
+    let image = "ghcr.io/acme/api:2";
+    let before = deploys_of(&h, image);
+    h.start_controllers().await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(
+        !requests(&h, Platform::Render, "GET", "/deploys").is_empty(),
+        "the restarted controller tried to list the deploys"
+    );
+    assert_eq!(deploys_of(&h, image), before, "nothing sent while blind");
+    // Once the list can be read, the release goes on with exactly one deploy of the API.
+    h.sandbox.set_faults(Platform::Render, Faults::default());
+    wait_release(&h, "shop-2", |r| r["status"]["phase"] == "Succeeded").await;
+    assert_eq!(deploys_of(&h, image), 1);
+    h.stop().await;
+}
+
 /// Render rollbacks (`POST /services/{id}/rollback`) to the deploy `deploy_id`.
 pub(super) fn rollbacks_to(h: &SyncHarness, deploy_id: &Value) -> usize {
     requests(h, Platform::Render, "POST", "/rollback")
