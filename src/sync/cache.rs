@@ -336,6 +336,30 @@ mod tests {
         assert_eq!(fetches.load(Ordering::SeqCst), 1);
     }
 
+    /// Starts a re-list of `key` that takes `took` and yields `value`; returns once it is
+    /// under way, with its handle.
+    async fn relist(
+        cache: &ObserveCache,
+        key: &CacheKey,
+        took: Duration,
+        value: u32,
+    ) -> tokio::task::JoinHandle<Arc<u32>> {
+        let (started, ready) = tokio::sync::oneshot::channel();
+        let (cache, key) = (cache.clone(), key.clone());
+        let relist = tokio::spawn(async move {
+            cache
+                .get_or_fetch::<u32, _, _>(&key, || async move {
+                    let _ = started.send(());
+                    tokio::time::sleep(took).await;
+                    Ok(value)
+                })
+                .await
+                .unwrap()
+        });
+        ready.await.unwrap();
+        relist
+    }
+
     #[tokio::test]
     async fn while_one_reader_re_lists_the_others_get_the_value_it_replaces() {
         let cache = ObserveCache::new(Duration::from_millis(50));
@@ -344,48 +368,18 @@ mod tests {
         assert_eq!(*v1, 1);
         tokio::time::sleep(Duration::from_millis(60)).await;
         // Aged out: the first reader re-lists (slowly); one arriving meanwhile does not wait.
-        let (started, ready) = tokio::sync::oneshot::channel();
-        let relist = {
-            let cache = cache.clone();
-            let key = key.clone();
-            tokio::spawn(async move {
-                cache
-                    .get_or_fetch::<u32, _, _>(&key, || async move {
-                        let _ = started.send(());
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        Ok(2)
-                    })
-                    .await
-                    .unwrap()
-            })
-        };
-        ready.await.unwrap();
+        let relisting = relist(&cache, &key, Duration::from_millis(300), 2).await;
         let served = Instant::now();
         let meanwhile: Arc<u32> = cache.get_or_fetch(&key, || async { Ok(3) }).await.unwrap();
         assert_eq!(*meanwhile, 1);
         assert!(served.elapsed() < Duration::from_millis(100));
-        assert_eq!(*relist.await.unwrap(), 2);
+        assert_eq!(*relisting.await.unwrap(), 2);
         // Past two max ages, a reader waits for the re-list rather than take older news.
         tokio::time::sleep(Duration::from_millis(110)).await;
-        let (started, ready) = tokio::sync::oneshot::channel();
-        let relist = {
-            let cache = cache.clone();
-            let key = key.clone();
-            tokio::spawn(async move {
-                cache
-                    .get_or_fetch::<u32, _, _>(&key, || async move {
-                        let _ = started.send(());
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        Ok(4)
-                    })
-                    .await
-                    .unwrap()
-            })
-        };
-        ready.await.unwrap();
+        let relisting = relist(&cache, &key, Duration::from_millis(100), 4).await;
         let waited: Arc<u32> = cache.get_or_fetch(&key, || async { Ok(5) }).await.unwrap();
         assert_eq!(*waited, 4);
-        assert_eq!(*relist.await.unwrap(), 4);
+        assert_eq!(*relisting.await.unwrap(), 4);
     }
 
     #[tokio::test]
