@@ -388,32 +388,43 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// One page of `items` (ordered by key) after `cursor`, as `[{<field>: item, cursor}]`.
-fn page(
-    render: &Render,
+/// One page of `items` (ordered by key) after `cursor`, as `[{<field>: item, cursor}]`;
+/// only the page's items are turned into JSON (`view`), so a page costs the same however
+/// long the list is. Call with the state locked; answer once it is unlocked.
+fn page<K: AsRef<str>, T>(
     params: &[(String, String)],
     field: &str,
-    items: Vec<(String, Value)>,
-) -> Response {
+    items: Vec<(K, T)>,
+    view: impl Fn(T) -> Value,
+) -> Result<Vec<Value>, &'static str> {
     let limit = match param(params, "limit").map(str::parse::<usize>) {
         None => 20,
         Some(Ok(n)) if (1..=100).contains(&n) => n,
-        Some(_) => return render.bad_request("limit must be between 1 and 100"),
+        Some(_) => return Err("limit must be between 1 and 100"),
     };
     let start = match param(params, "cursor") {
-        Some(cursor) => match items.iter().position(|(k, _)| k == cursor) {
+        Some(cursor) => match items.iter().position(|(k, _)| k.as_ref() == cursor) {
             Some(i) => i + 1,
-            None => return render.bad_request("invalid cursor"),
+            None => return Err("invalid cursor"),
         },
         None => 0,
     };
-    let out: Vec<Value> = items
+    Ok(items
         .into_iter()
         .skip(start)
         .take(limit)
-        .map(|(cursor, item)| json!({ field: item, "cursor": cursor }))
-        .collect();
-    axum::Json(out).into_response()
+        .map(|(cursor, item)| json!({ field: view(item), "cursor": cursor.as_ref() }))
+        .collect())
+}
+
+impl Render {
+    /// The answer to a list request: the page, or why the request is bad.
+    fn paged(&self, page: Result<Vec<Value>, &'static str>) -> Response {
+        match page {
+            Ok(items) => axum::Json(items).into_response(),
+            Err(message) => self.bad_request(message),
+        }
+    }
 }
 
 fn csv(params: &[(String, String)], name: &str) -> Option<Vec<String>> {
@@ -423,9 +434,9 @@ fn csv(params: &[(String, String)], name: &str) -> Option<Vec<String>> {
 async fn list_services(State(r): State<Render>, Query(params): Params) -> Response {
     let names = csv(&params, "name");
     let owners = csv(&params, "ownerId");
-    let items: Vec<(String, Value)> = {
+    let page = {
         let state = r.lock();
-        state
+        let items: Vec<(&String, &Service)> = state
             .services
             .iter()
             .filter(|(_, s)| {
@@ -436,10 +447,10 @@ async fn list_services(State(r): State<Render>, Query(params): Params) -> Respon
                         .as_ref()
                         .is_none_or(|o| o.iter().any(|o| s.json["ownerId"] == o.as_str()))
             })
-            .map(|(id, s)| (id.clone(), s.json.clone()))
-            .collect()
+            .collect();
+        page(&params, "service", items, |s| s.json.clone())
     };
-    page(&r, &params, "service", items)
+    r.paged(page)
 }
 
 /// `serviceDetails` of a new service of `kind` from the request's `serviceDetails`
@@ -715,18 +726,21 @@ async fn list_env_vars(
     Path(id): Path<String>,
     Query(params): Params,
 ) -> Response {
-    let items: Vec<(String, Value)> = {
+    let page = {
         let state = r.lock();
         let Some(service) = state.services.get(&id) else {
             return r.not_found();
         };
-        service
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), json!({ "key": k, "value": v })))
-            .collect()
+        let items: Vec<(&String, (&String, &String))> =
+            service.env.iter().map(|(k, v)| (k, (k, v))).collect();
+        page(
+            &params,
+            "envVar",
+            items,
+            |(k, v)| json!({ "key": k, "value": v }),
+        )
     };
-    page(&r, &params, "envVar", items)
+    r.paged(page)
 }
 
 async fn put_env_var(
@@ -769,18 +783,15 @@ async fn list_domains(
     Path(id): Path<String>,
     Query(params): Params,
 ) -> Response {
-    let items: Vec<(String, Value)> = {
+    let page = {
         let state = r.lock();
         let Some(service) = state.services.get(&id) else {
             return r.not_found();
         };
-        service
-            .domains
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        let items: Vec<(&String, &Value)> = service.domains.iter().collect();
+        page(&params, "customDomain", items, Value::clone)
     };
-    page(&r, &params, "customDomain", items)
+    r.paged(page)
 }
 
 async fn add_domain(
@@ -911,7 +922,7 @@ async fn list_deploys(
             })
             .collect()
     };
-    page(&r, &params, "deploy", items)
+    r.paged(page(&params, "deploy", items, |d| d))
 }
 
 async fn get_deploy(
@@ -1037,9 +1048,9 @@ async fn list_datastores(r: Render, store: Store, params: Vec<(String, String)>)
     let names = csv(&params, "name");
     let owners = csv(&params, "ownerId");
     let regions = csv(&params, "region");
-    let items: Vec<(String, Value)> = {
+    let page = {
         let mut state = r.lock();
-        store
+        let items: Vec<_> = store
             .map(&mut state)
             .iter()
             .filter(|(_, d)| {
@@ -1052,10 +1063,10 @@ async fn list_datastores(r: Render, store: Store, params: Vec<(String, String)>)
                     && matches(&owners, &d.json["owner"]["id"])
                     && matches(&regions, &d.json["region"])
             })
-            .map(|(id, d)| (id.clone(), d.view()))
-            .collect()
+            .collect();
+        page(&params, store.field(), items, |d| d.view())
     };
-    page(&r, &params, store.field(), items)
+    r.paged(page)
 }
 
 fn get_datastore(r: &Render, store: Store, id: &str) -> Response {
