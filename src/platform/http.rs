@@ -1152,6 +1152,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_completing_a_write_already_sent_waits_for_its_token_instead_of_parking() {
+        // One read at once, then one every 300 ms (PARK_AFTER is 100 ms).
+        let spec = LimitSpec {
+            class: "create",
+            max: 1,
+            window: Duration::from_millis(300),
+            style: LimitStyle::Bucket { burst: 1 },
+            per_key: false,
+        };
+        let limiters = Limiters::new(&[spec]);
+        assert_eq!(create_as(&limiters, "ns/a").await, Ok(()));
+        // A sync's request parks (fails as if unsent) ...
+        assert!(create_as(&limiters, "ns/b").await.is_err());
+        // ... unless it completes a write already sent (the id of a queued deploy): then
+        // the sync waits in its worker for the next token.
+        let started = Instant::now();
+        let waited = crate::sync::progress::in_place(create_as(&limiters, "ns/c")).await;
+        assert_eq!(waited, Ok(()));
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
     async fn a_wait_counts_those_ahead_in_line_and_only_a_short_one_is_waited_out_in_place() {
         // One create at once, then one every 45 ms: a short wait (under PARK_AFTER) is not
         // worth a reconcile, but the third in line waits three periods and parks.

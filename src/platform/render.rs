@@ -1522,11 +1522,14 @@ impl Deployments for RenderClient {
         let response = self.http.send(&request).await?;
         if response.status == 202 {
             // Queued behind a running deploy, no body: the newest queued deploy is ours.
+            // The deploy is sent, so this read waits out its rate limit instead of parking
+            // (a parked read says nothing was sent, and the deploy would be sent again).
             let request = ApiRequest::get("list_deploys", &["services", target, "deploys"])
                 .query("status", "queued")
                 .query("limit", "1")
                 .limited(READ, "");
-            let page: Vec<Value> = self.http.json(&request).await?;
+            let page: Vec<Value> =
+                crate::sync::progress::in_place(self.http.json(&request)).await?;
             let deploy = page
                 .into_iter()
                 .next()

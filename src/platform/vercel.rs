@@ -1021,7 +1021,8 @@ impl Deployments for VercelClient {
             )
             .idempotent();
         self.http.send(&request).await?;
-        self.deployment(target, deployment_id).await
+        // The promotion is sent: its read-back waits out a rate limit instead of parking.
+        crate::sync::progress::in_place(self.deployment(target, deployment_id)).await
     }
 }
 

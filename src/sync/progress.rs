@@ -69,6 +69,7 @@ pub enum Progress {
 tokio::task_local! {
     static SINK: UnboundedSender<Report>;
     static WHO: std::sync::Arc<str>;
+    static IN_PLACE: ();
 }
 
 /// Runs `work` (the sync of `who`, e.g. `namespace/name` of an Environment) with its
@@ -92,9 +93,16 @@ pub fn who() -> Option<std::sync::Arc<str>> {
 pub const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// Whether a wait of `wait` is parked instead of waited out: only inside a scope (a
-/// controller's sync); `tether plan` and direct client calls wait.
+/// controller's sync), outside [`in_place`]; `tether plan` and direct client calls wait.
 pub fn parks(wait: Duration) -> bool {
-    wait >= PARK_AFTER && SINK.try_with(|_| ()).is_ok()
+    wait >= PARK_AFTER && SINK.try_with(|_| ()).is_ok() && IN_PLACE.try_with(|_| ()).is_err()
+}
+
+/// Runs `work` with its rate-limit waits waited out, not parked: for the requests that
+/// complete a write already sent (reading back the id of what it started), since a parked
+/// request fails as if nothing was sent and the caller would send the write again.
+pub async fn in_place<F: Future>(work: F) -> F::Output {
+    IN_PLACE.scope((), work).await
 }
 
 /// Reports `progress` to the current scope, if any.
