@@ -1153,7 +1153,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_completing_a_write_already_sent_waits_for_its_token_instead_of_parking() {
-        // One read at once, then one every 300 ms (PARK_AFTER is 100 ms).
+        // One request at once, then one every 300 ms (PARK_AFTER is 100 ms).
         let spec = LimitSpec {
             class: "create",
             max: 1,
