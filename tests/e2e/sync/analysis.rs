@@ -125,6 +125,9 @@ async fn an_error_rate_above_the_threshold_rolls_the_release_back_and_a_healthy_
         )
     })
     .await;
+    // An event follows the status write it reports: a kill between the two loses it (events
+    // are notifications, not state), so the kill waits for the one asserted below.
+    h.wait_events("shop-3", &["AnalysisFailed"]).await;
     h.kill_controllers();
     h.start_controllers().await;
     let rel = wait_release(&h, "shop-3", |r| {
@@ -157,7 +160,9 @@ async fn an_error_rate_above_the_threshold_rolls_the_release_back_and_a_healthy_
         body.contains(v2),
         "the previous version is live again: {body}"
     );
-    let events = h.events("shop-3").await;
+    let events = h
+        .wait_events("shop-3", &["AnalysisFailed", "RolledBack"])
+        .await;
     assert!(
         events
             .iter()
