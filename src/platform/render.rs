@@ -220,6 +220,14 @@ pub trait RenderServices: Deployments {
         owner_id: &str,
         name: Option<&str>,
     ) -> impl Future<Output = PlatformResult<Vec<RenderService>>> + Send;
+    /// The workspace's services created or updated after `since` (all pages; Render's
+    /// `updatedAfter` filter): what changed since an earlier [`RenderServices::list_services`],
+    /// deletions aside.
+    fn list_services_updated_after(
+        &self,
+        owner_id: &str,
+        since: std::time::SystemTime,
+    ) -> impl Future<Output = PlatformResult<Vec<RenderService>>> + Send;
     /// Reads one service.
     fn get_service(&self, id: &str) -> impl Future<Output = PlatformResult<RenderService>> + Send;
     /// Finds the service by name, or creates it (with its environment variables).
@@ -1006,6 +1014,25 @@ impl RenderServices for RenderClient {
     ) -> PlatformResult<Vec<RenderService>> {
         self.list_owned::<ApiService, _>("list_services", "services", "service", owner_id, name)
             .await
+    }
+
+    async fn list_services_updated_after(
+        &self,
+        owner_id: &str,
+        since: std::time::SystemTime,
+    ) -> PlatformResult<Vec<RenderService>> {
+        let since = jiff::Timestamp::try_from(since).map_err(|error| {
+            invalid(
+                "list_services",
+                format!("updatedAfter out of range: {error}"),
+            )
+        })?;
+        let request = ApiRequest::get("list_services", &["services"])
+            .query("ownerId", owner_id)
+            .query("updatedAfter", since.to_string())
+            .limited(READ, "");
+        let found: Vec<ApiService> = self.list_all(request, "service").await?;
+        Ok(found.into_iter().map(RenderService::from).collect())
     }
 
     async fn get_service(&self, id: &str) -> PlatformResult<RenderService> {

@@ -325,7 +325,14 @@ impl Imitation for Render {
             return false;
         };
         match object {
-            "service" => set_field(&mut service.json, field, value),
+            // A dashboard edit is an update: it moves `updatedAt` (unless that is the field).
+            "service" => {
+                let set = set_field(&mut service.json, field, value);
+                if set && field != "updatedAt" {
+                    service.json["updatedAt"] = json!(timestamp());
+                }
+                set
+            }
             "envVar" => match value.as_str() {
                 Some(v) => {
                     service.env.insert(field.to_owned(), v.to_owned());
@@ -431,9 +438,45 @@ fn csv(params: &[(String, String)], name: &str) -> Option<Vec<String>> {
     param(params, name).map(|v| v.split(',').map(str::to_owned).collect())
 }
 
+/// The `createdBefore`/`createdAfter`/`updatedBefore`/`updatedAfter` filters of a list: the
+/// field each compares, whether it keeps later times, and the bound.
+type TimeFilters = Vec<(&'static str, bool, jiff::Timestamp)>;
+
+fn time_filters(params: &[(String, String)]) -> Result<TimeFilters, String> {
+    [
+        ("createdBefore", "createdAt", false),
+        ("createdAfter", "createdAt", true),
+        ("updatedBefore", "updatedAt", false),
+        ("updatedAfter", "updatedAt", true),
+    ]
+    .into_iter()
+    .filter_map(|(name, field, after)| {
+        param(params, name).map(|text| {
+            text.parse::<jiff::Timestamp>()
+                .map(|bound| (field, after, bound))
+                .map_err(|_| format!("{name} must be an ISO 8601 timestamp"))
+        })
+    })
+    .collect()
+}
+
+/// Whether `json` passes every time filter (an object without the field passes none).
+fn in_time(json: &Value, filters: &TimeFilters) -> bool {
+    filters.iter().all(|(field, after, bound)| {
+        json[*field]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .is_some_and(|t| if *after { t > *bound } else { t < *bound })
+    })
+}
+
 async fn list_services(State(r): State<Render>, Query(params): Params) -> Response {
     let names = csv(&params, "name");
     let owners = csv(&params, "ownerId");
+    let times = match time_filters(&params) {
+        Ok(times) => times,
+        Err(message) => return r.bad_request(&message),
+    };
     let page = {
         let state = r.lock();
         let items: Vec<(&String, &Service)> = state
@@ -446,6 +489,7 @@ async fn list_services(State(r): State<Render>, Query(params): Params) -> Respon
                     && owners
                         .as_ref()
                         .is_none_or(|o| o.iter().any(|o| s.json["ownerId"] == o.as_str()))
+                    && in_time(&s.json, &times)
             })
             .collect();
         page(&params, "service", items, |s| s.json.clone())

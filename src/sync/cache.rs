@@ -18,6 +18,12 @@
 //! The first deadline of an entry is spread at random over `keep`, so the re-reads of objects
 //! created together do not all fall into one interval.
 //!
+//! A list whose platform can filter by update time (Render's `updatedAfter`) is read through
+//! [`ObserveCache::get_or_refresh`]: once aged out it is brought up to date by asking only for
+//! what changed since the last read began (merged into the cached value), and read in full
+//! only every [`FULL_LIST_AGES`] max ages, which is also how late an out-of-band deletion (or
+//! an edit that moves no update time) is seen at most.
+//!
 //! Memory does not grow with history: entries unused for [`EVICT_AFTER_AGES`] max ages, and
 //! past their reuse deadline (the sub-lists of objects deleted long ago, accounts no longer
 //! used), are dropped by a sweep that runs at most once per max age.
@@ -26,7 +32,9 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::future::Either;
 
 use crate::platform::PlatformResult;
 
@@ -59,6 +67,24 @@ struct Stored {
     until: Instant,
     /// Fetched to be kept longer than a max age.
     long: bool,
+    /// When the last full read of the value began (refreshed entries).
+    full: Instant,
+    /// Wall time when the last read of the value (full or changes only) began.
+    since: SystemTime,
+}
+
+/// A list refreshed with only its changes ([`ObserveCache::get_or_refresh`]) is read in full
+/// again once its last full read is this many max ages old.
+pub const FULL_LIST_AGES: u32 = 4;
+
+/// How far before the last read's start a changes-only read asks from: the platform's clock
+/// and its commit of an update may lag ours by this much without an update being missed.
+pub const REFRESH_OVERLAP: Duration = Duration::from_secs(10);
+
+/// A cached value to bring up to date, and the wall time to ask for its changes from.
+struct Refresh<T> {
+    value: Arc<T>,
+    since: SystemTime,
 }
 
 /// Entries older than this many max ages are dropped (nobody read them again in that time).
@@ -174,7 +200,37 @@ impl ObserveCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = PlatformResult<T>>,
     {
-        self.fetch_unless(key, None, self.max_age, fetch).await
+        self.fetch_unless(key, None, self.max_age, |_: Option<Refresh<T>>| fetch())
+            .await
+    }
+
+    /// Like [`ObserveCache::get_or_fetch`], but a value that aged out is brought up to date by
+    /// `refresh` — given the cached value and the wall time to ask for changes from (the last
+    /// read's start less [`REFRESH_OVERLAP`]), it returns the value with those changes merged —
+    /// instead of a full `fetch`, except every [`FULL_LIST_AGES`] max ages.
+    pub async fn get_or_refresh<T, F, Fut, R, RFut>(
+        &self,
+        key: &CacheKey,
+        fetch: F,
+        refresh: R,
+    ) -> PlatformResult<Arc<T>>
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = PlatformResult<T>>,
+        R: FnOnce(Arc<T>, SystemTime) -> RFut,
+        RFut: Future<Output = PlatformResult<T>>,
+    {
+        self.fetch_unless(
+            key,
+            None,
+            self.max_age,
+            |previous: Option<Refresh<T>>| match previous {
+                Some(Refresh { value, since }) => Either::Left(refresh(value, since)),
+                None => Either::Right(fetch()),
+            },
+        )
+        .await
     }
 
     /// Like [`ObserveCache::get_or_fetch`], and besides reuses a value fetched under the same
@@ -194,9 +250,29 @@ impl ObserveCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = PlatformResult<T>>,
     {
-        self.fetch_unless(key, Some(signal), keep, fetch).await
+        self.fetch_unless(key, Some(signal), keep, |_: Option<Refresh<T>>| fetch())
+            .await
     }
 
+    /// The cached value of `key` to refresh with its changes only, if it has one of type `T`
+    /// whose last full read is younger than [`FULL_LIST_AGES`] max ages.
+    fn refreshable<T: Send + Sync + 'static>(&self, key: &CacheKey) -> Option<Refresh<T>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let stored = entries.get(key)?.value.as_ref()?;
+        if stored.full.elapsed() >= self.max_age * FULL_LIST_AGES {
+            return None;
+        }
+        Some(Refresh {
+            value: stored.value.clone().downcast::<T>().ok()?,
+            since: stored
+                .since
+                .checked_sub(REFRESH_OVERLAP)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        })
+    }
+
+    /// `fetch` is given what to refresh when a changes-only read may serve (only the callers
+    /// of [`ObserveCache::get_or_refresh`] use it).
     async fn fetch_unless<T, F, Fut>(
         &self,
         key: &CacheKey,
@@ -206,7 +282,7 @@ impl ObserveCache {
     ) -> PlatformResult<Arc<T>>
     where
         T: Send + Sync + 'static,
-        F: FnOnce() -> Fut,
+        F: FnOnce(Option<Refresh<T>>) -> Fut,
         Fut: Future<Output = PlatformResult<T>>,
     {
         if let Some(hit) = self.fresh(key, signal, keep) {
@@ -249,10 +325,18 @@ impl ObserveCache {
         if let Some(hit) = self.fresh(key, signal, keep) {
             return Ok(hit);
         }
-        let value = Arc::new(fetch().await?);
+        let previous = self.refreshable::<T>(key);
+        let full = previous.is_none();
+        let (started, since) = (Instant::now(), SystemTime::now());
+        let value = Arc::new(fetch(previous).await?);
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(entry) = entries.get_mut(key) {
+            let full = if full {
+                started
+            } else {
+                entry.value.as_ref().map_or(started, |v| v.full)
+            };
             let long = keep > self.max_age;
             // The first long keep of an entry (a new object, or one that just settled).
             let first = !settled;
@@ -269,6 +353,8 @@ impl ObserveCache {
                 signal: signal.map(str::to_owned),
                 until: now + keep,
                 long,
+                full,
+                since,
             });
         }
         Ok(value)
@@ -497,5 +583,62 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(refetched.as_slice(), [9]);
+    }
+
+    #[tokio::test]
+    async fn an_aged_out_list_is_refreshed_with_its_changes_and_read_in_full_every_few_ages() {
+        let max_age = Duration::from_millis(40);
+        let cache = ObserveCache::new(max_age);
+        let key = CacheKey::new("render", "acct", "tea-1", "services");
+        // What a read sees: `(full reads, changes-only reads, the since of the last one)`.
+        let reads = Arc::new(Mutex::new((0u32, 0u32, None::<SystemTime>)));
+        let read = |value: u32| {
+            let (cache, key, reads) = (cache.clone(), key.clone(), reads.clone());
+            async move {
+                let full_reads = reads.clone();
+                cache
+                    .get_or_refresh(
+                        &key,
+                        || async move {
+                            full_reads.lock().unwrap().0 += 1;
+                            Ok(vec![value])
+                        },
+                        |previous: Arc<Vec<u32>>, since| async move {
+                            let mut seen = reads.lock().unwrap();
+                            seen.1 += 1;
+                            seen.2 = Some(since);
+                            let mut all = Vec::clone(&previous);
+                            all.push(value);
+                            Ok(all)
+                        },
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        let first_read = SystemTime::now();
+        assert_eq!(read(1).await.as_slice(), [1]);
+        let first_done = SystemTime::now();
+        // Young: served from the cache.
+        assert_eq!(read(2).await.as_slice(), [1]);
+        assert_eq!(reads.lock().unwrap().0, 1);
+        // Aged out: only the changes are read, from before the first read began (less the
+        // overlap), and merged into what was cached.
+        tokio::time::sleep(max_age + Duration::from_millis(5)).await;
+        assert_eq!(read(3).await.as_slice(), [1, 3]);
+        let (full, changes, since) = *reads.lock().unwrap();
+        assert_eq!((full, changes), (1, 1));
+        let since = since.unwrap();
+        assert!(since >= first_read - REFRESH_OVERLAP);
+        assert!(since <= first_done - REFRESH_OVERLAP);
+        // Once the last full read is FULL_LIST_AGES max ages old, the list is read in full.
+        let full_due = Instant::now() + max_age * FULL_LIST_AGES;
+        let mut last = Vec::new();
+        while Instant::now() < full_due + max_age * 2 && reads.lock().unwrap().0 == 1 {
+            tokio::time::sleep(max_age + Duration::from_millis(5)).await;
+            last = read(4).await.to_vec();
+        }
+        assert_eq!(reads.lock().unwrap().0, 2, "read in full again");
+        assert_eq!(last, [4]);
     }
 }

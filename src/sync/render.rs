@@ -1102,10 +1102,21 @@ impl RenderDriver {
         let client = RenderClient::new(input.http.clone());
         let owner = spec.owner_id.as_str();
         let cache = &input.cache;
+        // Between full lists, a re-list asks only for what changed (`updatedAfter`).
+        let lister = &client;
         let services = cache
-            .get_or_fetch(&input.key(owner, "services"), || {
-                client.list_services(owner, None)
-            })
+            .get_or_refresh(
+                &input.key(owner, "services"),
+                || client.list_services(owner, None),
+                |previous: Arc<Vec<RenderService>>, since| async move {
+                    let changed = lister.list_services_updated_after(owner, since).await?;
+                    let mut all = Vec::clone(&previous);
+                    for service in changed {
+                        replace(&mut all, service);
+                    }
+                    Ok(all)
+                },
+            )
             .await?;
         // The workspace's lists are shared by every Environment; this one keeps only the
         // objects its spec names or its status records (planning finds nothing else), so a

@@ -175,6 +175,83 @@ async fn services_env_vars_and_domains_go_through_create_read_update_list_delete
 }
 
 #[tokio::test]
+async fn updated_after_lists_only_services_created_or_changed_since() {
+    let env = harness::start(Platform::Render, SCALE).await;
+    let client = RenderClient::new(env.http(Platform::Render)).with_page_limit(2);
+    for name in ["old-1", "old-2", "old-3"] {
+        client
+            .ensure_service(&spec(name, "acme/o:1"))
+            .await
+            .unwrap();
+    }
+    // Render's timestamps are to the millisecond or finer; a pause keeps "after" strict.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let since = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        client
+            .list_services_updated_after("tea-test", since)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing changed yet"
+    );
+    let new = client
+        .ensure_service(&spec("new", "acme/n:1"))
+        .await
+        .unwrap()
+        .object;
+    let old = client
+        .list_services("tea-test", Some("old-1"))
+        .await
+        .unwrap();
+    client
+        .update_service(
+            &old[0],
+            &RenderServicePatch {
+                plan: Some("standard".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    // A dashboard edit is an update too.
+    let dashboard = serde_json::json!({"object": "service", "name": "old-2", "field": "serviceDetails.numInstances", "value": 2});
+    assert_eq!(edit(&env, dashboard).await, 204);
+    let mut changed: Vec<String> = client
+        .list_services_updated_after("tea-test", since)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    changed.sort();
+    assert_eq!(
+        changed,
+        ["new", "old-1", "old-2"],
+        "two pages of two are followed"
+    );
+    assert_eq!(
+        client.list_services("tea-test", None).await.unwrap().len(),
+        4
+    );
+    assert!(new.id.starts_with("srv-"));
+    env.check_contract(Platform::Render);
+
+    // A timestamp Render cannot read is refused, not ignored.
+    let raw = reqwest::Client::new()
+        .get(format!(
+            "{}/services?updatedAfter=yesterday",
+            env.sandbox.url(Platform::Render).unwrap()
+        ))
+        .bearer_auth(env.sandbox.token(Platform::Render).unwrap().expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status().as_u16(), 400);
+}
+
+#[tokio::test]
 async fn a_deploy_goes_live_a_failing_image_fails_and_rollback_restores_the_old_one() {
     let env = harness::start(Platform::Render, SCALE).await;
     let client = RenderClient::new(env.http(Platform::Render));
