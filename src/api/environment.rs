@@ -834,6 +834,11 @@ pub struct EnvironmentStatus {
     /// Secrets this Environment read (name only), so a change to them triggers a reconcile.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secret_refs: Vec<LocalObjectRef>,
+    /// Per platform, a digest of its part of the spec and its credentials reference as the
+    /// last reconcile saw them: a difference on a platform whose part did not change since is
+    /// drift, even when another platform's part changed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub spec_digests: BTreeMap<String, String>,
 }
 
 /// A platform object managed by an Environment.

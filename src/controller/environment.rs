@@ -11,7 +11,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::common::condition_types::RECONCILING;
 use crate::api::common::{DeletionPolicy, LocalObjectRef, parse_duration_within};
-use crate::api::environment::{EnvironmentSpec, ManagedObject};
+use crate::api::environment::{EnvironmentSpec, EnvironmentStatus, ManagedObject};
 use crate::api::{Condition, ConditionStatus, EnvVar, Environment};
 use crate::controller::conditions::{Verdict, is_stalled};
 use crate::controller::decoded::Decoded;
@@ -336,6 +336,11 @@ pub fn report(input: &ReportInput<'_>, syncs: Vec<PlatformSync>) -> Reported {
     );
     status.insert("objects".into(), serde_json::json!(objects));
     status.insert("secretRefs".into(), serde_json::json!(secret_refs));
+    let digests: std::collections::BTreeMap<&str, String> = Platform::ALL
+        .into_iter()
+        .filter_map(|p| spec_digest(input.spec, p).map(|d| (p.as_str(), d)))
+        .collect();
+    status.insert("specDigests".into(), serde_json::json!(digests));
     Reported {
         report: Report {
             verdict,
@@ -347,6 +352,49 @@ pub fn report(input: &ReportInput<'_>, syncs: Vec<PlatformSync>) -> Reported {
         drift_detected,
         drift_corrected,
     }
+}
+
+/// A digest of `platform`'s part of `spec` and its credentials reference (`None` when the
+/// spec has neither), recorded in `status.specDigests`.
+pub fn spec_digest(spec: &EnvironmentSpec, platform: Platform) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let c = &spec.credentials;
+    let part = match platform {
+        Platform::Render => serde_json::to_vec(&(&spec.render, &c.render)),
+        Platform::Vercel => serde_json::to_vec(&(&spec.vercel, &c.vercel)),
+        Platform::Fly => serde_json::to_vec(&(&spec.fly, &c.fly)),
+        Platform::Supabase => serde_json::to_vec(&(&spec.supabase, &c.supabase)),
+    }
+    .ok()?;
+    if part == b"[null,null]" {
+        return None;
+    }
+    let digest = Sha256::digest(&part);
+    Some(digest[..12].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The platforms whose part of the spec the last reconcile saw as it is now, when it was not
+/// stalled: a difference found there can only come from outside. A status from before
+/// `specDigests` counts its whole `observedGeneration`.
+pub fn drift_possible(
+    spec: &EnvironmentSpec,
+    status: Option<&EnvironmentStatus>,
+    generation: Option<i64>,
+) -> Vec<Platform> {
+    let Some(status) = status.filter(|s| !is_stalled(&s.conditions)) else {
+        return Vec::new();
+    };
+    Platform::ALL
+        .into_iter()
+        .filter(|&p| {
+            if status.spec_digests.is_empty() {
+                status.observed_generation == generation
+            } else {
+                spec_digest(spec, p)
+                    .is_some_and(|d| status.spec_digests.get(p.as_str()) == Some(&d))
+            }
+        })
+        .collect()
 }
 
 /// Checks the interval parses and is within the CRD's bounds (an object stored before the
@@ -427,10 +475,9 @@ impl Reconciled for Environment {
         let snapshot = self.read_references(ctx).await?;
         let status = self.status.as_ref();
         let generation = self.metadata.generation;
-        // The last reconcile applied this generation and was not stalled: a readable
-        // difference now can only come from outside.
-        let drift_possible = status
-            .is_some_and(|s| s.observed_generation == generation && !is_stalled(&s.conditions));
+        // The last reconcile applied a platform's part of the spec as it is now and was not
+        // stalled: a readable difference there now can only come from outside.
+        let drift_possible = drift_possible(&self.spec, status, generation);
         let now = now();
         let key = self.key();
         let owners = ctx.owners_except(&key);
@@ -439,7 +486,7 @@ impl Reconciled for Environment {
             spec: &self.spec,
             secrets: &snapshot.values,
             previous: self.previous_objects(),
-            drift_possible,
+            drift_possible: &drift_possible,
             deleting: false,
             now: now.clone(),
             owners: &owners,
@@ -524,7 +571,7 @@ impl Reconciled for Environment {
             spec: &self.spec,
             secrets: &snapshot.values,
             previous: self.previous_objects(),
-            drift_possible: false,
+            drift_possible: &[],
             deleting: true,
             now: now(),
             // Deleting removes only what this Environment recorded.
@@ -877,5 +924,72 @@ mod tests {
         let env = Environment::new("web", spec());
         assert!(references_secret(&env, "supa"));
         assert!(!references_secret(&env, "unrelated"));
+    }
+
+    #[test]
+    fn drift_is_possible_on_each_platform_whose_part_of_the_spec_did_not_change() {
+        let spec = |build: &str, render_secret: &str| -> EnvironmentSpec {
+            serde_json::from_value(serde_json::json!({
+                "credentials": {
+                    "render": {"name": render_secret, "key": "token"},
+                    "vercel": {"name": "vercel", "key": "token"},
+                },
+                "render": {"ownerId": "tea-1", "services": [
+                    {"name": "api", "type": "web", "image": "ghcr.io/acme/api:1"}]},
+                "vercel": {"projects": [{"name": "site", "buildCommand": build}]},
+            }))
+            .unwrap()
+        };
+        let applied = spec("pnpm build", "render");
+        let status = |digests: bool, stalled: bool| EnvironmentStatus {
+            observed_generation: Some(1),
+            conditions: vec![Condition {
+                type_: crate::api::common::condition_types::STALLED.into(),
+                status: if stalled {
+                    ConditionStatus::True
+                } else {
+                    ConditionStatus::False
+                },
+                observed_generation: Some(1),
+                last_transition_time: "2026-12-07T08:00:00Z".into(),
+                reason: "Test".into(),
+                message: String::new(),
+            }],
+            spec_digests: if digests {
+                Platform::ALL
+                    .into_iter()
+                    .filter_map(|p| spec_digest(&applied, p).map(|d| (p.as_str().into(), d)))
+                    .collect()
+            } else {
+                Default::default()
+            },
+            ..EnvironmentStatus::default()
+        };
+        let recorded = status(true, false);
+        assert_eq!(recorded.spec_digests.len(), 2, "only the platforms in use");
+        // Unchanged: both platforms; the generation alone does not matter any more.
+        assert_eq!(
+            drift_possible(&applied, Some(&recorded), Some(2)),
+            [Platform::Render, Platform::Vercel]
+        );
+        // A Vercel change leaves Render's drift drift.
+        let vercel_changed = spec("pnpm build:prod", "render");
+        assert_eq!(
+            drift_possible(&vercel_changed, Some(&recorded), Some(2)),
+            [Platform::Render]
+        );
+        // Other credentials may be another account: nothing there is known.
+        let render_token = spec("pnpm build", "render-2");
+        assert_eq!(
+            drift_possible(&render_token, Some(&recorded), Some(2)),
+            [Platform::Vercel]
+        );
+        // A stalled reconcile applied nothing; no status, nothing applied.
+        assert!(drift_possible(&applied, Some(&status(true, true)), Some(1)).is_empty());
+        assert!(drift_possible(&applied, None, Some(1)).is_empty());
+        // A status from before the digests: the whole generation decides.
+        let old = status(false, false);
+        assert_eq!(drift_possible(&applied, Some(&old), Some(1)), Platform::ALL);
+        assert!(drift_possible(&applied, Some(&old), Some(2)).is_empty());
     }
 }

@@ -316,7 +316,8 @@ pub struct SyncInput<'a> {
     pub fingerprints: Fingerprinter,
     /// `status.objects` of the last reconcile (all platforms; see [`SyncInput::previous`]).
     pub previous: &'a [ManagedObject],
-    /// The last reconcile applied this same generation: a readable difference is drift.
+    /// The last reconcile applied this platform's part of the spec as it is now: a readable
+    /// difference is drift.
     pub drift_possible: bool,
     /// The Environment is being deleted: every object is removed per the deletion policy.
     pub deleting: bool,
@@ -397,15 +398,15 @@ impl SyncInput<'_> {
 /// The safety net for sub-lists no change signal covers. A sub-list of an object (a Render
 /// service's env vars and custom domains, a Vercel project's domains, a Fly app's machines
 /// and secrets) is read again when its parent's list entry changes (`updatedAt`, a machine
-/// count), when the object was not ready or in sync at the last reconcile, when the spec
-/// changed, and otherwise at least every this many resync intervals: an out-of-band edit that
+/// count), when the object was not ready or in sync at the last reconcile, when its
+/// platform's part of the spec changed, and otherwise at least every this many resync intervals: an out-of-band edit that
 /// moves no signal is found within this many intervals.
 pub const SUBLIST_RECHECK_INTERVALS: u32 = 8;
 
 impl SyncInput<'_> {
     /// How long a sub-list of the objects `settled` looks at may be reused while its parent's
     /// change signal holds: [`SUBLIST_RECHECK_INTERVALS`] intervals when the last reconcile
-    /// applied this spec and every such object was ready with no drift, one max age otherwise.
+    /// applied this platform's part of the spec and every such object was ready with no drift, one max age otherwise.
     pub fn sub_list_keep(&self, settled: impl Fn(&ManagedObject) -> Option<bool>) -> Duration {
         let mut seen = false;
         let mut all = self.drift_possible;

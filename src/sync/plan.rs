@@ -839,7 +839,7 @@ pub async fn plan(
                 spec: &env.spec,
                 secrets,
                 previous: &target.previous,
-                drift_possible: false,
+                drift_possible: &[],
                 deleting: target.removed,
                 now: now.clone(),
                 owners: &owners,

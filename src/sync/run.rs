@@ -33,8 +33,8 @@ pub struct Request<'a> {
     pub secrets: &'a SecretValues,
     /// `status.objects` of the last reconcile.
     pub previous: &'a [ManagedObject],
-    /// The last reconcile applied this same generation.
-    pub drift_possible: bool,
+    /// The platforms whose part of the spec the last reconcile applied as it is now.
+    pub drift_possible: &'a [Platform],
     /// The Environment is being deleted.
     pub deleting: bool,
     /// RFC 3339 time of this sync.
@@ -218,7 +218,7 @@ async fn sync_platform(
         secrets: request.secrets,
         fingerprints: Fingerprinter::new(token),
         previous: request.previous,
-        drift_possible: request.drift_possible,
+        drift_possible: request.drift_possible.contains(&platform),
         deleting: request.deleting,
         http,
         account,

@@ -302,7 +302,7 @@ async fn apply(dir: &Path, platforms: &Platforms) {
             spec: &env.spec,
             secrets: &secrets,
             previous: &[],
-            drift_possible: false,
+            drift_possible: &[],
             deleting: false,
             now: "2026-11-22T08:00:00Z".into(),
             owners: &Default::default(),

@@ -5,7 +5,7 @@
 use crate::support::eventually;
 use crate::support::sync::{SyncHarness, WAIT, condition, condition_is};
 use serde_json::{Value, json};
-use tether::platform::{Platform, RenderClient, RenderServices};
+use tether::platform::{Platform, RenderClient, RenderServices, VercelClient, VercelProjects};
 use tether::sandbox::Faults;
 
 fn manifest(name: &str, spec: Value) -> Value {
@@ -470,5 +470,62 @@ async fn an_object_another_environment_lets_go_is_adopted_at_the_next_interval()
         .filter(|r| *r == "POST /services")
         .count();
     assert_eq!(creates, 1, "adopted, not created again");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_to_one_platforms_part_leaves_drift_reported_on_another_as_it_is() {
+    let h = SyncHarness::start().await;
+    let spec = |build: &str| {
+        json!({
+            "credentials": {
+                "render": {"name": "tether-sandbox-render", "key": "token"},
+                "vercel": {"name": "tether-sandbox-vercel"},
+            },
+            "render": {"ownerId": "tea-e2e", "services": [
+                {"name": "split-api", "type": "web", "image": "ghcr.io/acme/api:1",
+                 "startCommand": "./serve"}]},
+            "vercel": {"teamId": "team_sandbox", "projects": [
+                {"name": "split-site", "framework": "nextjs", "buildCommand": build}]},
+            "driftPolicy": "Report",
+            "interval": "1s",
+        })
+    };
+    h.apply(manifest("split", spec("pnpm build"))).await;
+    h.wait_ready("split").await;
+    // An out-of-band edit on Render is reported, not corrected (driftPolicy: Report).
+    h.edit(
+        Platform::Render,
+        "service",
+        "split-api",
+        "serviceDetails.envSpecificDetails.dockerCommand",
+        json!("./by-hand"),
+    )
+    .await;
+    h.wait_for("split", "Render drift reported", |env| {
+        condition_is(env, "DriftDetected", "True")
+    })
+    .await;
+    // A change to the Vercel part is applied; the Render part did not change, so what differs
+    // there is still drift: reported, not overwritten.
+    h.apply(manifest("split", spec("pnpm build:prod"))).await;
+    let env = h.wait_ready("split").await;
+    let vercel = VercelClient::new(h.http(Platform::Vercel), Some("team_sandbox".into()));
+    assert_eq!(
+        vercel
+            .get_project("split-site")
+            .await
+            .unwrap()
+            .build_command
+            .as_deref(),
+        Some("pnpm build:prod")
+    );
+    assert!(condition_is(&env, "DriftDetected", "True"), "{env}");
+    let render = RenderClient::new(h.http(Platform::Render));
+    let service = render
+        .list_services("tea-e2e", Some("split-api"))
+        .await
+        .unwrap();
+    assert_eq!(service[0].start_command.as_deref(), Some("./by-hand"));
     h.stop().await;
 }
