@@ -200,8 +200,10 @@ impl ObserveCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = PlatformResult<T>>,
     {
-        self.fetch_unless(key, None, self.max_age, |_: Option<Refresh<T>>| fetch())
-            .await
+        self.fetch_unless(key, None, self.max_age, false, |_: Option<Refresh<T>>| {
+            fetch()
+        })
+        .await
     }
 
     /// Like [`ObserveCache::get_or_fetch`], but a value that aged out is brought up to date by
@@ -225,6 +227,7 @@ impl ObserveCache {
             key,
             None,
             self.max_age,
+            true,
             |previous: Option<Refresh<T>>| match previous {
                 Some(Refresh { value, since }) => Either::Left(refresh(value, since)),
                 None => Either::Right(fetch()),
@@ -250,8 +253,10 @@ impl ObserveCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = PlatformResult<T>>,
     {
-        self.fetch_unless(key, Some(signal), keep, |_: Option<Refresh<T>>| fetch())
-            .await
+        self.fetch_unless(key, Some(signal), keep, false, |_: Option<Refresh<T>>| {
+            fetch()
+        })
+        .await
     }
 
     /// The cached value of `key` to refresh with its changes only, if it has one of type `T`
@@ -271,13 +276,14 @@ impl ObserveCache {
         })
     }
 
-    /// `fetch` is given what to refresh when a changes-only read may serve (only the callers
-    /// of [`ObserveCache::get_or_refresh`] use it).
+    /// With `refreshes` (the callers of [`ObserveCache::get_or_refresh`]), `fetch` is given what
+    /// to refresh when a changes-only read may serve; otherwise always `None` (a full read).
     async fn fetch_unless<T, F, Fut>(
         &self,
         key: &CacheKey,
         signal: Option<&str>,
         keep: Duration,
+        refreshes: bool,
         fetch: F,
     ) -> PlatformResult<Arc<T>>
     where
@@ -325,7 +331,7 @@ impl ObserveCache {
         if let Some(hit) = self.fresh(key, signal, keep) {
             return Ok(hit);
         }
-        let previous = self.refreshable::<T>(key);
+        let previous = refreshes.then(|| self.refreshable::<T>(key)).flatten();
         let full = previous.is_none();
         let (started, since) = (Instant::now(), SystemTime::now());
         let value = Arc::new(fetch(previous).await?);
