@@ -15,84 +15,112 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::api::Condition;
 
-/// An object of kind `K` as read from the API: its metadata and current conditions
-/// always, the typed object when it decodes.
+/// An object of kind `K` as read from the API: the typed object when it decodes, otherwise
+/// its metadata and current conditions (read leniently) with why it does not decode. The
+/// metadata and conditions of a decoded object are its own, not copies: the Environment
+/// store holds one of these per Environment.
 #[derive(Clone, Debug)]
-pub struct Decoded<K> {
+pub struct Decoded<K>(Inner<K>);
+
+#[derive(Clone, Debug)]
+enum Inner<K> {
+    Ok(K),
+    Err(Box<Malformed>),
+}
+
+/// What is kept of an object that does not decode.
+#[derive(Clone, Debug)]
+struct Malformed {
     meta: ObjectMeta,
     conditions: Vec<Condition>,
-    object: Result<K, String>,
+    message: String,
 }
+
+/// A kind whose status carries conditions.
+pub trait Conditioned {
+    /// The conditions in the object's status (empty when it has none).
+    fn conditions(&self) -> &[Condition];
+}
+
+macro_rules! conditioned {
+    ($($kind:ty),*) => {$(
+        impl Conditioned for $kind {
+            fn conditions(&self) -> &[Condition] {
+                self.status.as_ref().map_or(&[], |s| s.conditions.as_slice())
+            }
+        }
+    )*};
+}
+conditioned!(
+    crate::api::Environment,
+    crate::api::Release,
+    crate::api::Migration
+);
 
 impl<K> Decoded<K> {
     /// The typed object, or why it does not decode.
     pub fn object(&self) -> Result<&K, &str> {
-        self.object.as_ref().map_err(String::as_str)
-    }
-
-    /// The conditions in the object's status (empty when absent or unreadable).
-    pub fn conditions(&self) -> &[Condition] {
-        &self.conditions
-    }
-}
-
-impl<K> From<K> for Decoded<K>
-where
-    K: Resource + Serialize,
-{
-    fn from(object: K) -> Self {
-        let conditions = serde_json::to_value(&object)
-            .map(|v| conditions_of(&v))
-            .unwrap_or_default();
-        Self {
-            meta: object.meta().clone(),
-            conditions,
-            object: Ok(object),
+        match &self.0 {
+            Inner::Ok(object) => Ok(object),
+            Inner::Err(malformed) => Err(&malformed.message),
         }
     }
 }
 
-fn conditions_of(value: &serde_json::Value) -> Vec<Condition> {
-    value
-        .pointer("/status/conditions")
-        .cloned()
-        .and_then(|c| serde_json::from_value(c).ok())
-        .unwrap_or_default()
+impl<K: Conditioned> Decoded<K> {
+    /// The conditions in the object's status (empty when absent or unreadable).
+    pub fn conditions(&self) -> &[Condition] {
+        match &self.0 {
+            Inner::Ok(object) => object.conditions(),
+            Inner::Err(malformed) => &malformed.conditions,
+        }
+    }
+}
+
+impl<K> From<K> for Decoded<K> {
+    fn from(object: K) -> Self {
+        Self(Inner::Ok(object))
+    }
 }
 
 impl<'de, K: DeserializeOwned> Deserialize<'de> for Decoded<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let mut value = serde_json::Value::deserialize(deserializer)?;
         // Server-side apply bookkeeping: the controllers never read it, and it is the
-        // largest part of an object's metadata, held twice per object in the reflector.
+        // largest part of an object's metadata.
         if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
             meta.remove("managedFields");
         }
+        let error = match K::deserialize(&value) {
+            Ok(object) => return Ok(Self(Inner::Ok(object))),
+            Err(error) => error.to_string(),
+        };
         let meta: ObjectMeta = value
             .get("metadata")
-            .cloned()
-            .map(serde_json::from_value)
+            .map(ObjectMeta::deserialize)
             .transpose()
             .map_err(D::Error::custom)?
             .unwrap_or_default();
-        let conditions = conditions_of(&value);
-        let object = serde_json::from_value::<K>(value).map_err(|e| e.to_string());
-        Ok(Self {
+        let conditions = value
+            .pointer("/status/conditions")
+            .and_then(|c| Vec::<Condition>::deserialize(c).ok())
+            .unwrap_or_default();
+        Ok(Self(Inner::Err(Box::new(Malformed {
             meta,
             conditions,
-            object,
-        })
+            message: error,
+        }))))
     }
 }
 
 impl<K: Serialize + Resource<DynamicType = ()>> Serialize for Decoded<K> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match &self.object {
-            Ok(object) => object.serialize(serializer),
-            Err(_) => serde_json::json!({
+        match &self.0 {
+            Inner::Ok(object) => object.serialize(serializer),
+            Inner::Err(malformed) => serde_json::json!({
                 "apiVersion": K::api_version(&()),
                 "kind": K::kind(&()),
-                "metadata": self.meta,
+                "metadata": malformed.meta,
             })
             .serialize(serializer),
         }
@@ -116,10 +144,16 @@ impl<K: Resource<DynamicType = ()>> Resource for Decoded<K> {
         K::plural(dt)
     }
     fn meta(&self) -> &ObjectMeta {
-        &self.meta
+        match &self.0 {
+            Inner::Ok(object) => object.meta(),
+            Inner::Err(malformed) => &malformed.meta,
+        }
     }
     fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.meta
+        match &mut self.0 {
+            Inner::Ok(object) => object.meta_mut(),
+            Inner::Err(malformed) => &mut malformed.meta,
+        }
     }
 }
 

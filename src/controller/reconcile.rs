@@ -36,7 +36,7 @@ use tracing::{info, instrument, warn};
 use crate::api::Condition;
 use crate::api::Environment;
 use crate::controller::conditions::{self, Verdict};
-use crate::controller::decoded::Decoded;
+use crate::controller::decoded::{Conditioned, Decoded};
 use crate::controller::error::{Backoff, ReconcileError};
 use crate::controller::events::Events;
 use crate::controller::metrics::{ControllerMetrics, ReconcileResult};
@@ -221,6 +221,7 @@ pub trait Reconciled:
     + Serialize
     + Send
     + Sync
+    + Conditioned
     + 'static
 {
     /// The `controller` metric label, e.g. `environment`.
