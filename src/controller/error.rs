@@ -43,6 +43,10 @@ pub enum ReconcileError {
     /// Writing status failed.
     #[error("failed to patch status: {0}")]
     PatchStatus(#[source] kube::Error),
+    /// The object changed since this reconcile read it (a write conditional on the version
+    /// it read was refused): nothing was done, and the newer version is reconciled next.
+    #[error("the object changed since it was read; the newer version is reconciled next")]
+    Outdated,
     /// Adding the finalizer failed.
     #[error("failed to add the finalizer: {0}")]
     AddFinalizer(#[source] kube::Error),
@@ -90,6 +94,7 @@ impl ReconcileError {
             ReconcileError::InvalidSecret(_) => "InvalidSecret",
             ReconcileError::CleanupBlocked(_) => "CleanupBlocked",
             ReconcileError::PatchStatus(_) => "PatchStatusFailed",
+            ReconcileError::Outdated => "Outdated",
             ReconcileError::AddFinalizer(_) => "AddFinalizerFailed",
             ReconcileError::RemoveFinalizer(_) => "RemoveFinalizerFailed",
             ReconcileError::Platform { reason, .. } => reason,
@@ -110,6 +115,7 @@ impl ReconcileError {
             | ReconcileError::CleanupBlocked(_)
             | ReconcileError::Panicked(_) => true,
             ReconcileError::Platform { permanent, .. } => *permanent,
+            ReconcileError::Outdated => false,
             ReconcileError::ReadReference { source, .. }
             | ReconcileError::PatchStatus(source)
             | ReconcileError::AddFinalizer(source)

@@ -175,6 +175,25 @@ pub async fn run(
     run_registered(client, &config, metrics, health, shutdown).await
 }
 
+/// What the reconcilers of `config` share (the Environment store aside, which
+/// [`Context::with_environments`] adds).
+pub fn context(client: Client, config: &ControllerConfig, metrics: ControllerMetrics) -> Context {
+    let backoff = Backoff {
+        min: config.min_retry,
+        max: config.max_retry,
+    };
+    let platforms = Platforms::new(config.platforms.clone(), metrics.platform().clone());
+    Context::new(
+        client,
+        metrics,
+        backoff,
+        platforms,
+        config.pending_interval,
+        config.supabase_database_url.clone(),
+    )
+    .with_prober(health::Prober::new(config.health_check_via.clone()))
+}
+
 /// [`run`] with metrics already registered (leader election starts the controllers once
 /// per leadership term).
 pub(crate) async fn run_registered(
@@ -184,24 +203,9 @@ pub(crate) async fn run_registered(
     health: Health,
     shutdown: CancellationToken,
 ) -> Result<(), ControllerError> {
-    let backoff = Backoff {
-        min: config.min_retry,
-        max: config.max_retry,
-    };
-    let platforms = Platforms::new(config.platforms.clone(), metrics.platform().clone());
     let (env_store, env_writer) = reflector::store();
-    let ctx = Arc::new(
-        Context::new(
-            client.clone(),
-            metrics,
-            backoff,
-            platforms,
-            config.pending_interval,
-            config.supabase_database_url.clone(),
-        )
-        .with_environments(env_store.clone())
-        .with_prober(health::Prober::new(config.health_check_via.clone())),
-    );
+    let ctx =
+        Arc::new(context(client.clone(), config, metrics).with_environments(env_store.clone()));
     let watch = match &config.selector {
         Some(selector) => watcher::Config::default().labels(selector),
         None => watcher::Config::default(),

@@ -305,6 +305,14 @@ pub async fn reconcile<K: Reconciled>(
         Ok(action) => Ok(action),
         Err(error) => Err(ReconcileError::from(error)),
     };
+    if let Err(ReconcileError::Outdated) = result {
+        // Not a failure: the cache held an older version than the API (its watch event is
+        // on the way and wakes the object again; the requeue is the fallback).
+        info!("read an outdated version; nothing done, the newer one is reconciled next");
+        ctx.metrics
+            .observe(K::CONTROLLER, ReconcileResult::Requeue, started.elapsed());
+        return Ok(Action::requeue(ctx.backoff.min));
+    }
     if result.is_ok() {
         ctx.clear_failures(&key);
     }

@@ -1095,7 +1095,8 @@ impl Release {
     /// components `names` of `entries` that start one now are starting (state
     /// [`rollout::STARTING`]); in `status.rollback.steps` when `rollback` is given, else in
     /// `status.steps`. Returns those components (an entry already recorded so, by an earlier
-    /// reconcile, is not among them: its deployment is looked for first).
+    /// reconcile, is not among them: its deployment is looked for first), or
+    /// [`ReconcileError::Outdated`] when the Release changed since this reconcile read it.
     #[allow(clippy::too_many_arguments)]
     async fn record_starting(
         &self,
@@ -1133,15 +1134,27 @@ impl Release {
             }
             None => serde_json::json!({ "steps": entries }),
         };
+        // Conditional on the version this reconcile read: the controller's cache can trail
+        // the API by a write or two (a reconcile woken by another object's event right after
+        // this one's last), and a step an older version shows as not started may have
+        // started since. The API refuses the write then (409), and nothing is sent.
         let api: kube::Api<Release> = kube::Api::namespaced(ctx.client.clone(), namespace);
-        api.patch_status(
-            &self.name_any(),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&serde_json::json!({ "status": status })),
-        )
-        .await
-        .map_err(ReconcileError::PatchStatus)?;
-        Ok(fresh)
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": self.resource_version() },
+            "status": status,
+        });
+        match api
+            .patch_status(
+                &self.name_any(),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => Ok(fresh),
+            Err(kube::Error::Api(e)) if e.code == 409 => Err(ReconcileError::Outdated),
+            Err(error) => Err(ReconcileError::PatchStatus(error)),
+        }
     }
 
     /// Whose rollout this is, for the platforms' rate-limit lines.

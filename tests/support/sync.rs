@@ -34,6 +34,11 @@ use super::{TestCluster, TestClusterBuilder, eventually};
 pub const WAIT: Duration = Duration::from_secs(60);
 /// Sandbox time scale: deploys and projects come up fast, rate-limit windows are short.
 pub const TIME_SCALE: f64 = 200.0;
+/// How long a killed controller stays down before [`SyncHarness::start_controllers`] starts
+/// the next: long enough for a request it had on the wire to reach the in-process sandbox,
+/// short against the sandbox's deploys (75 ms at [`TIME_SCALE`]), so that a restart still
+/// finds them running.
+const RESTART: Duration = Duration::from_millis(20);
 
 static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
 
@@ -108,6 +113,8 @@ pub struct SyncHarness {
     pub client: Client,
     config: ControllerConfig,
     controllers: Option<Controllers>,
+    /// The killed controllers' task, until it has ended.
+    killed: Option<tokio::task::JoinHandle<()>>,
     logs: Arc<Mutex<Vec<u8>>>,
 }
 
@@ -171,6 +178,7 @@ impl SyncHarness {
             client,
             config,
             controllers: None,
+            killed: None,
             logs,
         };
         harness.start_controllers().await;
@@ -179,6 +187,14 @@ impl SyncHarness {
 
     /// Starts the controllers (again, after [`SyncHarness::stop_controllers`]).
     pub async fn start_controllers(&mut self) {
+        if let Some(killed) = self.killed.take() {
+            // A restart: the killed process is gone first, and the requests it had already
+            // sent have landed (in a cluster a new pod, or a new leader after the old lease
+            // ran out, takes seconds; the adoption of a deployment recorded `Starting` sees
+            // what landed before it looks).
+            let _ = killed.await;
+            tokio::time::sleep(RESTART).await;
+        }
         let shutdown = CancellationToken::new();
         let metrics = MetricsRegistry::new();
         let health = Health::new();
@@ -207,6 +223,11 @@ impl SyncHarness {
         });
     }
 
+    /// The controllers' configuration (pointed at the sandbox).
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
+    }
+
     /// Stops the controllers gracefully.
     pub async fn stop_controllers(&mut self) {
         if let Some(c) = self.controllers.take() {
@@ -221,10 +242,10 @@ impl SyncHarness {
     pub fn kill_controllers(&mut self) {
         if let Some(c) = self.controllers.take() {
             c.task.abort();
-            tokio::spawn(async move {
+            self.killed = Some(tokio::spawn(async move {
                 let _ = c.task.await;
                 c.shutdown.cancel();
-            });
+            }));
         }
     }
 

@@ -834,6 +834,80 @@ async fn after_a_crash_mid_deploy_nothing_is_sent_again_until_the_platforms_depl
     h.stop().await;
 }
 
+#[tokio::test]
+async fn a_reconcile_of_an_outdated_version_starts_nothing_again_and_writes_nothing() {
+    use futures::StreamExt;
+    use kube::ResourceExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    use std::sync::{Arc, Mutex};
+    use tether::controller::decoded::Decoded;
+    use tether::controller::metrics::ControllerMetrics;
+    use tether::controller::reconcile::{FINALIZER, reconcile};
+
+    let mut h = SyncHarness::start().await;
+    h.apply(environment()).await;
+    h.wait_ready("shop").await;
+    // Every version of the Release as the API sends them (a controller's cache holds each
+    // in turn, and can trail the API by a write or two).
+    let api: kube::Api<Release> = kube::Api::namespaced(h.client.clone(), "default");
+    let versions: Arc<Mutex<Vec<Release>>> = Arc::default();
+    let watching = tokio::spawn({
+        let (api, versions) = (api.clone(), versions.clone());
+        async move {
+            watcher(api, watcher::Config::default())
+                .applied_objects()
+                .for_each(|r| {
+                    if let Ok(r) = r {
+                        versions.lock().unwrap().push(r);
+                    }
+                    async {}
+                })
+                .await;
+        }
+    });
+    let image = "ghcr.io/acme/api:9";
+    apply_release(&h, release("shop-9", image)).await;
+    wait_release(&h, "shop-9", |r| r["status"]["phase"] == "Succeeded").await;
+    h.stop_controllers().await;
+    watching.abort();
+    // The version a reconcile saw before the deploy started: finalizer on, no step yet.
+    let outdated = versions
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r.finalizers().iter().any(|f| f == FINALIZER))
+        .cloned()
+        .expect("a version with the finalizer");
+    assert!(
+        outdated.status.as_ref().is_none_or(|s| s
+            .steps
+            .iter()
+            .all(|s| s.deployment_id.is_none() && s.state.as_deref() != Some("Starting"))),
+        "{:?}",
+        outdated.status
+    );
+    assert_eq!(deploys_of(&h, image), 1);
+    let live = api.get("shop-9").await.unwrap();
+
+    let metrics = ControllerMetrics::register(&tether::telemetry::MetricsRegistry::new()).unwrap();
+    let ctx = Arc::new(tether::controller::context(
+        h.client.clone(),
+        h.config(),
+        metrics,
+    ));
+    let action = reconcile(Arc::new(Decoded::from(outdated)), ctx).await;
+    assert!(action.is_ok(), "{action:?}");
+    assert_eq!(deploys_of(&h, image), 1, "the deploy was not sent again");
+    let after = api.get("shop-9").await.unwrap();
+    assert_eq!(
+        after.resource_version(),
+        live.resource_version(),
+        "status as it was: {:?}",
+        after.status
+    );
+    h.stop().await;
+}
+
 /// Render rollbacks (`POST /services/{id}/rollback`) to the deploy `deploy_id`.
 pub(super) fn rollbacks_to(h: &SyncHarness, deploy_id: &Value) -> usize {
     requests(h, Platform::Render, "POST", "/rollback")
