@@ -1096,7 +1096,8 @@ impl Release {
     /// [`rollout::STARTING`]); in `status.rollback.steps` when `rollback` is given, else in
     /// `status.steps`. Returns those components (an entry already recorded so, by an earlier
     /// reconcile, is not among them: its deployment is looked for first), or
-    /// [`ReconcileError::Outdated`] when the Release changed since this reconcile read it.
+    /// [`ReconcileError::Outdated`] when the Release changed since this reconcile read it
+    /// (checked by the write, or, when an entry is already recorded starting, by a read).
     #[allow(clippy::too_many_arguments)]
     async fn record_starting(
         &self,
@@ -1108,16 +1109,34 @@ impl Release {
         now: &str,
         rollback: Option<&RollbackStatus>,
     ) -> Result<Vec<String>, ReconcileError> {
+        let starts = |entry: &StepStatus| {
+            names.contains(&entry.component.as_str())
+                && entry.deployment_id.is_none()
+                && targets
+                    .get(&entry.component)
+                    .is_some_and(rollout::Target::starts_deployment)
+        };
+        let api: kube::Api<Release> = kube::Api::namespaced(ctx.client.clone(), namespace);
+        // An entry recorded starting has its deployment looked for on the platform (a list
+        // the rate limit counts), unless this version is outdated: the cache can trail the
+        // API by the write that recorded its id. One read of the metadata tells.
+        if entries
+            .iter()
+            .any(|e| starts(e) && e.state.as_deref() == Some(rollout::STARTING))
+        {
+            let current = api.get_metadata(&self.name_any()).await.map_err(|source| {
+                ReconcileError::ReadReference {
+                    what: format!("Release {:?}", self.name_any()),
+                    source,
+                }
+            })?;
+            if current.resource_version() != self.resource_version() {
+                return Err(ReconcileError::Outdated);
+            }
+        }
         let mut fresh = Vec::new();
         for entry in entries.iter_mut() {
-            let starts = targets
-                .get(&entry.component)
-                .is_some_and(rollout::Target::starts_deployment);
-            if names.contains(&entry.component.as_str())
-                && starts
-                && entry.deployment_id.is_none()
-                && entry.state.as_deref() != Some(rollout::STARTING)
-            {
+            if starts(entry) && entry.state.as_deref() != Some(rollout::STARTING) {
                 entry.state = Some(rollout::STARTING.into());
                 entry.started_at = Some(now.to_string());
                 fresh.push(entry.component.clone());
@@ -1138,7 +1157,6 @@ impl Release {
         // the API by a write or two (a reconcile woken by another object's event right after
         // this one's last), and a step an older version shows as not started may have
         // started since. The API refuses the write then (409), and nothing is sent.
-        let api: kube::Api<Release> = kube::Api::namespaced(ctx.client.clone(), namespace);
         let patch = serde_json::json!({
             "metadata": { "resourceVersion": self.resource_version() },
             "status": status,

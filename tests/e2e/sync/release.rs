@@ -835,7 +835,7 @@ async fn after_a_crash_mid_deploy_nothing_is_sent_again_until_the_platforms_depl
 }
 
 #[tokio::test]
-async fn a_reconcile_of_an_outdated_version_starts_nothing_again_and_writes_nothing() {
+async fn a_reconcile_of_an_outdated_version_starts_and_lists_nothing_and_writes_nothing() {
     use futures::StreamExt;
     use kube::ResourceExt;
     use kube::runtime::{WatchStreamExt, watcher};
@@ -895,9 +895,40 @@ async fn a_reconcile_of_an_outdated_version_starts_nothing_again_and_writes_noth
         h.config(),
         metrics,
     ));
-    let action = reconcile(Arc::new(Decoded::from(outdated)), ctx).await;
+    let action = reconcile(Arc::new(Decoded::from(outdated)), ctx.clone()).await;
     assert!(action.is_ok(), "{action:?}");
     assert_eq!(deploys_of(&h, image), 1, "the deploy was not sent again");
+    let after = api.get("shop-9").await.unwrap();
+    assert_eq!(
+        after.resource_version(),
+        live.resource_version(),
+        "status as it was: {:?}",
+        after.status
+    );
+    // The version that recorded the deploy as starting, before its id was written: its
+    // deploy is not looked for on the platform (the newer version has the id).
+    let starting = versions
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r.status.as_ref().is_some_and(|s| {
+                s.steps
+                    .iter()
+                    .any(|s| s.state.as_deref() == Some("Starting") && s.deployment_id.is_none())
+            })
+        })
+        .cloned()
+        .expect("a version with the deploy recorded starting");
+    let lists = requests(&h, Platform::Render, "GET", "/deploys").len();
+    let action = reconcile(Arc::new(Decoded::from(starting)), ctx).await;
+    assert!(action.is_ok(), "{action:?}");
+    assert_eq!(
+        requests(&h, Platform::Render, "GET", "/deploys").len(),
+        lists,
+        "no list of deploys"
+    );
+    assert_eq!(deploys_of(&h, image), 1);
     let after = api.get("shop-9").await.unwrap();
     assert_eq!(
         after.resource_version(),
