@@ -529,6 +529,20 @@ pub enum ReleasePhase {
     Superseded,
 }
 
+impl ReleasePhase {
+    /// A phase the rollout never leaves by itself (only the Release's own change, such as a
+    /// rollback asked for by annotation, moves it on).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            ReleasePhase::Succeeded
+                | ReleasePhase::Failed
+                | ReleasePhase::RolledBack
+                | ReleasePhase::Superseded
+        )
+    }
+}
+
 /// Observed state of a Release.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

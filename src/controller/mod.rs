@@ -51,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 
+use crate::api::release::ReleasePhase;
 use crate::api::{Environment, Migration, Release};
 use crate::sync::{Platforms, PlatformsConfig};
 use crate::telemetry::MetricsRegistry;
@@ -246,6 +247,16 @@ pub(crate) async fn run_registered(
             referencing(
                 release_store.clone(),
                 |rel: &Release, env: &PartialObjectMeta<Environment>| {
+                    // A Release that ended stays as it ended: its Environment's changes (a
+                    // status write every reconcile) would only rewrite its status.
+                    if rel
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.phase)
+                        .is_some_and(ReleasePhase::is_final)
+                    {
+                        return false;
+                    }
                     let name = env.name_any();
                     rel.spec.environment_ref.name == name
                         || rel

@@ -931,6 +931,46 @@ async fn a_reconcile_of_an_outdated_version_starts_and_lists_nothing_and_writes_
     h.stop().await;
 }
 
+/// Release reconciles so far (every result), once the count has held still for 300 ms.
+async fn release_reconciles(h: &SyncHarness) -> u64 {
+    let count = || async {
+        h.metrics()
+            .await
+            .lines()
+            .filter(|l| l.starts_with(r#"controller_runtime_reconcile_total{controller="release""#))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let mut last = count().await;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let now = count().await;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+#[tokio::test]
+async fn a_finished_release_is_not_reconciled_again_when_its_environment_changes() {
+    let h = SyncHarness::start().await;
+    h.apply(environment()).await;
+    h.wait_ready("shop").await;
+    apply_release(&h, release("shop-7", "ghcr.io/acme/api:7")).await;
+    wait_release(&h, "shop-7", |r| r["status"]["phase"] == "Succeeded").await;
+    let before = release_reconciles(&h).await;
+    // Two changes of the Environment, each reconciled and its status written.
+    for interval in ["2h", "3h"] {
+        let mut env = environment();
+        env["spec"]["interval"] = json!(interval);
+        h.apply(env).await;
+        h.wait_ready("shop").await;
+    }
+    assert_eq!(release_reconciles(&h).await, before);
+    h.stop().await;
+}
+
 /// Render rollbacks (`POST /services/{id}/rollback`) to the deploy `deploy_id`.
 pub(super) fn rollbacks_to(h: &SyncHarness, deploy_id: &Value) -> usize {
     requests(h, Platform::Render, "POST", "/rollback")
