@@ -79,6 +79,10 @@ pub struct Context {
     /// object is checked against them).
     environments: Option<Store<Decoded<Environment>>>,
     failures: Mutex<HashMap<String, u32>>,
+    /// Per object (`namespace/name`), the resourceVersion of its own status write earlier in
+    /// the reconcile under way (a Release's `Starting` record): what its conditional status
+    /// write expects instead of the version read.
+    written: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -111,6 +115,7 @@ impl Context {
             notifier: crate::controller::notify::Notifier::default(),
             environments: None,
             failures: Mutex::default(),
+            written: Mutex::default(),
         }
     }
 
@@ -154,6 +159,23 @@ impl Context {
         let count = failures.entry(key.to_string()).or_insert(0);
         *count = count.saturating_add(1);
         *count
+    }
+
+    /// Records that the reconcile of `obj` under way wrote it, leaving `resource_version`.
+    pub fn wrote<K: Resource>(&self, obj: &K, resource_version: Option<String>) {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        match resource_version {
+            Some(version) => written.insert(object_key(obj), version),
+            None => written.remove(&object_key(obj)),
+        };
+    }
+
+    /// The resourceVersion the reconcile of `key` under way last wrote, forgotten.
+    fn take_written(&self, key: &str) -> Option<String> {
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key)
     }
 
     fn clear_failures(&self, key: &str) {
@@ -227,6 +249,12 @@ pub trait Reconciled:
     /// The `controller` metric label, e.g. `environment`.
     const CONTROLLER: &'static str;
 
+    /// Whether status is written only over the version the reconcile read (or its own write
+    /// since, [`Context::wrote`]): a reconcile of a version the cache still held after a
+    /// newer one was written ends [`ReconcileError::Outdated`] instead of writing a status
+    /// computed from the older one.
+    const CONDITIONAL_STATUS: bool = false;
+
     /// Brings the world toward the spec. Permanent errors are turned into `Stalled` by the
     /// driver; transient ones are retried with backoff.
     fn apply(&self, ctx: &Context) -> impl Future<Output = Result<Report, ReconcileError>> + Send;
@@ -258,6 +286,8 @@ pub async fn reconcile<K: Reconciled>(
     let deleting = obj.meta().deletion_timestamp.is_some();
 
     let outcome = finalizer(&api, FINALIZER, obj.clone(), |event| async {
+        // Nothing this object's earlier reconciles wrote is expected now.
+        ctx.take_written(&key);
         match event {
             FinalizerEvent::Apply(obj) => apply(&api, &obj, &ctx).await,
             FinalizerEvent::Cleanup(obj) => {
@@ -442,19 +472,31 @@ async fn write_status<K: Reconciled>(
     let mut status = report.status.clone();
     status.insert("observedGeneration".into(), serde_json::json!(generation));
     status.insert("conditions".into(), serde_json::json!(next));
-    let patch = serde_json::json!({
+    let mut patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": status,
     });
+    let written = ctx.take_written(&object_key(obj));
+    if K::CONDITIONAL_STATUS {
+        let expected = written.or_else(|| obj.resource_version());
+        patch["metadata"] = serde_json::json!({ "resourceVersion": expected });
+    }
     let name = obj.name_any();
-    api.patch_status(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(ReconcileError::PatchStatus)?;
+    match api
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if K::CONDITIONAL_STATUS && e.code == 409 => {
+            return Err(ReconcileError::Outdated);
+        }
+        Err(error) => return Err(ReconcileError::PatchStatus(error)),
+    }
 
     let transition = conditions::transition_event(previous, &next);
     let mut events: Vec<ReportEvent> = report

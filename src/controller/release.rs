@@ -1169,7 +1169,10 @@ impl Release {
             )
             .await
         {
-            Ok(_) => Ok(fresh),
+            Ok(written) => {
+                ctx.wrote(self, written.resource_version());
+                Ok(fresh)
+            }
             Err(kube::Error::Api(e)) if e.code == 409 => Err(ReconcileError::Outdated),
             Err(error) => Err(ReconcileError::PatchStatus(error)),
         }
@@ -1965,6 +1968,7 @@ fn step_event(
 
 impl Reconciled for Release {
     const CONTROLLER: &'static str = "release";
+    const CONDITIONAL_STATUS: bool = true;
 
     async fn apply(&self, ctx: &Context) -> Result<Report, ReconcileError> {
         let namespace = self.namespace().ok_or(ReconcileError::Unidentified)?;

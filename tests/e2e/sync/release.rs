@@ -835,7 +835,7 @@ async fn after_a_crash_mid_deploy_nothing_is_sent_again_until_the_platforms_depl
 }
 
 #[tokio::test]
-async fn a_reconcile_of_an_outdated_version_starts_and_lists_nothing_and_writes_nothing() {
+async fn a_reconcile_of_an_outdated_version_sends_lists_and_writes_nothing() {
     use futures::StreamExt;
     use kube::ResourceExt;
     use kube::runtime::{WatchStreamExt, watcher};
@@ -910,8 +910,22 @@ async fn a_reconcile_of_an_outdated_version_starts_and_lists_nothing_and_writes_
         })
         .cloned()
         .expect("a version with the deploy recorded starting");
+    // And the version with the deploy's id recorded, still deploying: read on its own, it
+    // would be finished again (a new `finishedAt`).
+    let deploying = versions
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r.status.as_ref().is_some_and(|s| {
+                s.phase == Some(tether::api::release::ReleasePhase::Deploying)
+                    && s.steps.iter().all(|s| s.deployment_id.is_some())
+            })
+        })
+        .cloned()
+        .expect("a version deploying with the deploy's id");
     let lists = requests(&h, Platform::Render, "GET", "/deploys").len();
-    for version in [outdated, starting] {
+    for version in [outdated, starting, deploying] {
         let action = reconcile(Arc::new(Decoded::from(version)), ctx.clone()).await;
         assert!(action.is_ok(), "{action:?}");
         assert_eq!(deploys_of(&h, image), 1, "the deploy was not sent again");
